@@ -1,0 +1,80 @@
+"""Shared fixtures. Environment is set before anything imports transformers, Ray or wandb.
+
+    pytest -q                   # the whole suite (what CI runs)
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vlm_core.config import FormatConfig, LMConfig, VLMConfig  # noqa: E402
+from vlm_core.presets import get_preset  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                   "<|finetune_right_pad_id|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>"]
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> VLMConfig:
+    return get_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_cfg):
+    from vlm_core.model import VisionLanguageModel
+
+    return VisionLanguageModel.build(tiny_cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer_dir(tmp_path_factory) -> Path:
+    """A Llama-3-style tokenizer: the real SmolLM2 BPE plus Llama 3's special tokens and chat template."""
+    from vlm_core.language_model import load_tokenizer
+
+    tok = load_tokenizer(LMConfig(source="tiny"))
+    tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIALS}, replace_extra_special_tokens=False)
+    tok.bos_token, tok.eos_token = "<|begin_of_text|>", "<|eot_id|>"
+    tok.chat_template = (FIXTURES / "llama32_chat_template.jinja").read_text()
+    out = tmp_path_factory.mktemp("llama3_tokenizer")
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def llama_style_cfg(tiny_cfg, llama_tokenizer_dir) -> VLMConfig:
+    cfg = VLMConfig.from_dict(tiny_cfg.to_dict())
+    cfg.lm.tokenizer = str(llama_tokenizer_dir)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    from data_pipeline.sample_corpus import write_sample_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    write_sample_corpus(out, n_train_images=60, n_eval_questions=20)
+    return out
+
+
+def formatter_for(cfg: VLMConfig, mode: str = "chat", max_length: int = 256, num_image_tokens: int = 4):
+    from vlm_core.conversation import ConversationFormatter
+    from vlm_core.language_model import load_tokenizer, resolve_image_token
+
+    tok = load_tokenizer(cfg.lm)
+    image_token, _ = resolve_image_token(tok, cfg.lm.image_token)
+    return ConversationFormatter(tok, image_token, FormatConfig(mode=mode, max_length=max_length), num_image_tokens)

@@ -1,0 +1,187 @@
+"""Checkpoints: safetensors weights + JSON, written atomically, verified by hash on load.
+
+Layout of a checkpoint folder::
+
+    vlm_config.json          the VLMConfig (how to rebuild the model and format its inputs)
+    checkpoint.json          stage, step, epoch, metrics, sha256 of every weight file
+    projector.safetensors    the projector (every stage)
+    lm/                      stage 2 only: the LLM + tokenizer as a save_pretrained folder (safetensors)
+    training_state.pt        optimizer / scheduler / RNG / position, for exact resumption
+                             (plain tensors and numbers; loaded with torch.load(weights_only=True))
+
+Nothing needs the training code's pickles: ``load_vlm(path)`` uses only the JSON and safetensors files.
+
+    python -c "from vlm_core.checkpoint import load_vlm; m = load_vlm('runs/demo/stage1/final'); print(m.cfg)"
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import VLMConfig
+
+log = logging.getLogger(__name__)
+
+VLM_CONFIG = "vlm_config.json"
+CHECKPOINT_META = "checkpoint.json"
+PROJECTOR_FILE = "projector.safetensors"
+LM_DIR = "lm"
+TRAINING_STATE = "training_state.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or corrupt; the message names the path."""
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_dir(target: Path):
+    """Context manager yielding a temp folder that replaces ``target`` only when the block succeeds."""
+
+    class _Atomic:
+        def __enter__(self) -> Path:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+            return self.tmp
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return False
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+                os.replace(self.tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(self.tmp, target)
+            return False
+
+    return _Atomic()
+
+
+def save_checkpoint(model, path: str | Path, *, stage: int, step: int, epoch: float,
+                    metrics: dict[str, Any] | None = None, training_state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint folder atomically. Stage 1 saves the projector; stage 2 also the LLM + tokenizer."""
+    path = Path(path)
+    with atomic_dir(path) as tmp:
+        (tmp / VLM_CONFIG).write_text(model.cfg.to_json())
+        projector_state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
+        save_file(projector_state, tmp / PROJECTOR_FILE, metadata={"projector": model.cfg.projector.name})
+        if stage == 2:
+            model.lm.save_pretrained(tmp / LM_DIR, safe_serialization=True)
+            model.tokenizer.save_pretrained(tmp / LM_DIR)
+        files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*.safetensors"))}
+        meta = {"format_version": 1, "stage": stage, "step": step, "epoch": epoch, "metrics": metrics or {},
+                "files": files}
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE)
+            meta["training_state_sha256"] = sha256(tmp / TRAINING_STATE)
+        (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return path
+
+
+def read_meta(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Checkpoint metadata; with ``verify`` every weight file's hash is checked against it."""
+    path = Path(path)
+    meta_file = path / CHECKPOINT_META
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path}: not a checkpoint (no {CHECKPOINT_META}); was it written completely?")
+    meta = json.loads(meta_file.read_text())
+    if verify:
+        for rel, digest in meta["files"].items():
+            f = path / rel
+            if not f.is_file():
+                raise CheckpointError(f"{path}: {rel} is missing")
+            if sha256(f) != digest:
+                raise CheckpointError(f"{path}: {rel} does not match its recorded sha256 (corrupt or modified)")
+    return meta
+
+
+def load_vlm_config(path: str | Path) -> VLMConfig:
+    path = Path(path)
+    cfg = VLMConfig.from_dict(json.loads((path / VLM_CONFIG).read_text()))
+    if (path / LM_DIR / "config.json").is_file():
+        cfg.lm.source = str((path / LM_DIR).resolve())  # stage 2: the fine-tuned LLM travels with it
+        cfg.lm.tokenizer = None  # ... and so does its tokenizer
+    return cfg
+
+
+def load_projector(model, path: str | Path) -> None:
+    state = load_file(Path(path) / PROJECTOR_FILE)
+    missing, unexpected = model.projector.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: projector weights do not fit {model.cfg.projector.name} "
+                              f"(missing {missing}, unexpected {unexpected})")
+
+
+def load_vlm(path: str | Path, verify: bool = True):
+    """Rebuild a trained model from a checkpoint folder (safetensors + JSON only)."""
+    from .model import VisionLanguageModel
+
+    read_meta(path, verify=verify)
+    model = VisionLanguageModel.build(load_vlm_config(path))
+    load_projector(model, path)
+    return model
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Optimizer/scheduler/RNG state, hash-checked, loaded with ``weights_only=True`` (no arbitrary pickles)."""
+    f = Path(path) / TRAINING_STATE
+    meta = read_meta(path)
+    if not f.is_file() or "training_state_sha256" not in meta:
+        raise CheckpointError(f"{path}: no {TRAINING_STATE}; this checkpoint cannot resume training")
+    if sha256(f) != meta["training_state_sha256"]:
+        raise CheckpointError(f"{path}: {TRAINING_STATE} does not match its recorded sha256 (corrupt or modified)")
+    return torch.load(f, weights_only=True, map_location="cpu")
+
+
+def load_lm_weights(model, path: str | Path) -> None:
+    """Load a stage-2 checkpoint's LLM weights (every safetensors shard) into ``model.lm``."""
+    shards = sorted((Path(path) / LM_DIR).glob("*.safetensors"))
+    if not shards:
+        raise CheckpointError(f"{path}: no {LM_DIR}/*.safetensors; not a stage-2 checkpoint")
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(shard))
+    missing, unexpected = model.lm.load_state_dict(state, strict=False)
+    tied = {k for k in missing if model.lm.config.tie_word_embeddings and k.startswith("lm_head")}
+    if set(missing) - tied or unexpected:
+        raise CheckpointError(f"{path}: LLM weights do not fit (missing {sorted(set(missing) - tied)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]})")
+
+
+def export_weights(src: str | Path, dst: str | Path) -> Path:
+    """Publish a checkpoint's weights (not its training state) at ``dst``, hard-linked where possible."""
+    src, dst = Path(src), Path(dst)
+
+    def link_or_copy(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy,
+                        ignore=shutil.ignore_patterns(TRAINING_STATE))
+        meta = json.loads((tmp / CHECKPOINT_META).read_text())
+        meta.pop("training_state_sha256", None)
+        (tmp / CHECKPOINT_META).unlink()  # a hard link: never rewrite it in place
+        (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return dst

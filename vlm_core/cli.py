@@ -1,0 +1,185 @@
+"""``vlm-sweep``: the one console entry point. Its flags are generated from typed signatures (jsonargparse).
+
+    vlm-sweep run --preset local                 # the main job on the embedded default (CPU, offline)
+    vlm-sweep train --preset tiny --data corpus/sharegpt4v_sample.jsonl --images corpus/images --out runs/t
+    vlm-sweep chat --checkpoint runs/main/stage2/final --image photo.jpg "What is in the picture?"
+    vlm-sweep export --checkpoint runs/main/stage2/final --out exported/
+    vlm-sweep data sample-corpus --out corpus
+    vlm-sweep assets                             # convert the packaged SmolLM2 once (cached)
+
+``--preset`` picks a named ``VLMConfig`` (tiny, local, paper); any ``--model.*`` flag overrides one field of it,
+e.g. ``--preset local --model.projector.name dense_connector --model.format.mode raw``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .config import TrainConfig, VLMConfig
+from .presets import get_preset
+from .runner import DataSpec
+
+log = logging.getLogger("vlm_sweep")
+
+
+def _setup_env() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=os.environ.get("VLM_SWEEP_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "urllib3", "filelock", "transformers.modeling_utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def train_cmd(model: VLMConfig, data: DataSpec, train: TrainConfig = TrainConfig(), out: str = "runs/train",
+              resume: str | None = None, preset: str = "tiny") -> str:
+    """Train one stage of one config in-process.
+
+    Args:
+        model: The model config (defaults come from ``--preset``).
+        data: Training data.
+        train: The training run.
+        out: Run folder (checkpoints, metrics.jsonl, run_config.json, final/).
+        resume: A checkpoint folder of this run to continue from.
+        preset: Named model config: tiny, local, paper.
+    """
+    from .runner import run_stage
+
+    result, final = run_stage(model, train, data, out, resume_from=resume)
+    print(json.dumps({"final_checkpoint": str(final), "steps": result.steps,
+                      "metrics": result.epoch_metrics[-1] if result.epoch_metrics else {}}, indent=2))
+    return str(final)
+
+
+def chat_cmd(question: str, checkpoint: str, image: str, max_new_tokens: int = 64) -> str:
+    """Answer a question about an image with a trained checkpoint.
+
+    Args:
+        question: The question (the image marker is added for you).
+        checkpoint: A checkpoint folder (stage 1 or stage 2).
+        image: Path of the image.
+        max_new_tokens: Generation budget.
+    """
+    from PIL import Image
+
+    from .checkpoint import load_vlm
+    from .inference import answer
+
+    model = load_vlm(checkpoint)
+    with Image.open(image) as img:
+        reply = answer(model, [img.convert("RGB")], [question], max_new_tokens=max_new_tokens)[0]
+    print(reply)
+    return reply
+
+
+def export_cmd(checkpoint: str, out: str) -> str:
+    """Export a linear / mlp2x_gelu checkpoint to transformers' LLaVA format.
+
+    Args:
+        checkpoint: A checkpoint folder.
+        out: Destination folder (LlavaForConditionalGeneration + LlavaProcessor).
+    """
+    from .checkpoint import load_vlm
+    from .export import export_llava
+
+    path = export_llava(load_vlm(checkpoint), out)
+    print(f"exported to {path}")
+    return str(path)
+
+
+def assets_cmd() -> None:
+    """Convert the packaged SmolLM2 GGUF once into the cache and print where the offline assets are."""
+    from .assets import minilm_path, smollm2_folder
+
+    print(json.dumps({"smollm2": str(smollm2_folder()), "minilm": str(minilm_path())}, indent=2))
+
+
+def sample_corpus_cmd(out: str = "corpus", n_train_images: int = 600, n_eval_questions: int = 200,
+                      seed: int = 0) -> dict:
+    """Write the embedded default ShareGPT4V-format corpus from packaged assets.
+
+    Args:
+        out: Destination folder.
+        n_train_images: easy-vqa training images (each a multi-turn conversation).
+        n_eval_questions: Held-out easy-vqa test questions.
+        seed: Sampling seed.
+    """
+    from data_pipeline.sample_corpus import write_sample_corpus
+
+    counts = write_sample_corpus(out, n_train_images=n_train_images, n_eval_questions=n_eval_questions, seed=seed)
+    print(json.dumps(counts, indent=2))
+    return counts
+
+
+def run_cmd(preset: str = "local", out: str = "runs/main", steps: int = 8, batch_size: int = 4,
+            n_train_images: int = 200) -> dict:
+    """The main job on the embedded default: sample corpus → stage 1 → stage 2 → a chat answer.
+
+    Args:
+        preset: Named model config: tiny, local, paper.
+        out: Output folder.
+        steps: Optimizer steps per stage.
+        batch_size: Samples per step.
+        n_train_images: Size of the sample corpus (easy-vqa images).
+    """
+    from .main_job import run_main_job
+
+    return run_main_job(preset=preset, out=out, steps=steps, batch_size=batch_size, n_train_images=n_train_images)
+
+
+COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "assets": assets_cmd, "run": run_cmd}
+DATA_COMMANDS = {"sample-corpus": sample_corpus_cmd}
+
+
+def _preset_from_argv(argv: list[str]) -> str:
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--preset="):
+            return a.split("=", 1)[1]
+    return "tiny"
+
+
+def build_parser(argv: list[str]):
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="vlm-sweep", description="LLaVA-style visual instruction tuning sweeps on Ray.")
+    subs = parser.add_subcommands(dest="command")
+    preset = _preset_from_argv(argv)
+    for name, fn in COMMANDS.items():
+        sub = ArgumentParser(description=fn.__doc__.split("\n")[0])
+        sub.add_function_arguments(fn, fail_untyped=True)
+        if "model" in fn.__annotations__:
+            sub.set_defaults(model=get_preset(preset).to_dict())
+        subs.add_subcommand(name, sub, help=fn.__doc__.split("\n")[0])
+    data = ArgumentParser(description="Data preparation")
+    subs.add_subcommand("data", data, help="Data preparation")
+    data_subs = data.add_subcommands(dest="data_command")
+    for name, fn in DATA_COMMANDS.items():
+        sub = ArgumentParser(description=fn.__doc__.split("\n")[0])
+        sub.add_function_arguments(fn, fail_untyped=True)
+        data_subs.add_subcommand(name, sub, help=fn.__doc__.split("\n")[0])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    _setup_env()
+    parser = build_parser(argv)
+    cfg = parser.parse_args(argv)
+    init = parser.instantiate(cfg)
+    command = init.command
+    if command == "data":
+        fn, kwargs = DATA_COMMANDS[init.data.data_command], init.data[init.data.data_command]
+    else:
+        fn, kwargs = COMMANDS[command], init[command]
+    fn(**{k: v for k, v in dict(vars(kwargs)).items() if k in fn.__code__.co_varnames})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

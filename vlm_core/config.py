@@ -1,0 +1,233 @@
+"""Typed configs for the model and a single training run.
+
+Every field has a docstring-style comment; validation lives in ``__post_init__`` and names the bad field.
+Configs travel through Ray as plain dicts (``to_dict``) and are rebuilt on the first line of a worker with
+``from_dict``, which rejects unknown keys by name.
+
+    python -c "from vlm_core.config import VLMConfig; print(VLMConfig().to_json())"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+PINNED_DATE = "26 Jul 2024"
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the field and the fix."""
+
+
+def _check(cond: bool, field_name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}: {msg}")
+
+
+@dataclass
+class VisionConfig:
+    """The frozen CLIP vision encoder."""
+
+    source: str = "tiny"
+    """``tiny`` (random-init CLIP of the sizes below), a hub id, or a local folder with CLIP weights."""
+    feature_layer: int = -2
+    """Index into ``hidden_states`` of the main feature (LLaVA: -2, the penultimate layer)."""
+    drop_cls: bool = True
+    """Drop the CLS token (LLaVA's ``default`` select strategy)."""
+    pad_to_square: bool = True
+    """LLaVA-1.5 style: pad the image to a square with the processor's mean colour before resizing."""
+    image_size: int = 64
+    """``tiny`` only: input resolution."""
+    patch_size: int = 16
+    """``tiny`` only: patch size."""
+    hidden_size: int = 64
+    """``tiny`` only: width."""
+    num_layers: int = 4
+    """``tiny`` only: depth."""
+    num_heads: int = 4
+    """``tiny`` only: attention heads."""
+    init_seed: int = 0
+    """``tiny`` only: seed of the random init, so every process builds the same encoder."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "vision.source", "must be 'tiny', a hub id or a local folder")
+        _check(self.feature_layer != 0, "vision.feature_layer", "0 is the patch embedding, not a layer output")
+        for name in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads"):
+            _check(getattr(self, name) > 0, f"vision.{name}", "must be > 0")
+        _check(self.image_size % self.patch_size == 0, "vision.image_size", "must be a multiple of patch_size")
+        _check(self.hidden_size % self.num_heads == 0, "vision.hidden_size", "must be a multiple of num_heads")
+
+
+@dataclass
+class ProjectorConfig:
+    """The trainable connector between vision features and the LLM."""
+
+    name: str = "mlp2x_gelu"
+    """Registered projector: ``linear``, ``mlp2x_gelu``, ``dense_connector`` (DCI), ``dense_sti``, ``dense_sci``."""
+    dense_groups: int = 4
+    """Dense connector (DCI): number G of contiguous layer groups whose means are concatenated."""
+    sti_pool_stride: int = 4
+    """Dense connector (STI): token pooling stride applied to the extra layers."""
+
+    def __post_init__(self) -> None:
+        _check(self.dense_groups >= 1, "projector.dense_groups", "must be >= 1")
+        _check(self.sti_pool_stride >= 1, "projector.sti_pool_stride", "must be >= 1")
+
+
+@dataclass
+class LMConfig:
+    """The causal language model."""
+
+    source: str = "tiny"
+    """``tiny`` (random Llama with the real SmolLM2 tokenizer), ``smollm2`` (packaged SmolLM2-135M-Instruct,
+    converted once and cached), a hub id (e.g. ``alpindale/Llama-3.2-1B-Instruct``) or a local folder."""
+    tokenizer: str | None = None
+    """Tokenizer folder / hub id when it differs from ``source`` (``tiny`` defaults to SmolLM2's)."""
+    hidden_size: int = 64
+    """``tiny`` only: width."""
+    num_layers: int = 2
+    """``tiny`` only: depth."""
+    num_heads: int = 4
+    """``tiny`` only: attention heads."""
+    intermediate_size: int = 128
+    """``tiny`` only: MLP width."""
+    init_seed: int = 0
+    """``tiny`` only: seed of the random init."""
+    image_token: str = "<image>"
+    """Placeholder text in conversations. Mapped to a reserved special token when the tokenizer has one,
+    otherwise added to the vocabulary."""
+    attn_implementation: str = "sdpa"
+    """Passed to transformers (``eager``, ``sdpa``, ``flash_attention_2``)."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub. Off unless you opt in."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "lm.source", "must be 'tiny', 'smollm2', a hub id or a local folder")
+        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            _check(getattr(self, name) > 0, f"lm.{name}", "must be > 0")
+        _check(self.hidden_size % self.num_heads == 0, "lm.hidden_size", "must be a multiple of num_heads")
+        _check(self.image_token.strip() == self.image_token and bool(self.image_token), "lm.image_token",
+               "must be a non-empty string without surrounding spaces")
+
+
+@dataclass
+class FormatConfig:
+    """How a conversation becomes tokens and labels."""
+
+    mode: Literal["chat", "raw"] = "chat"
+    """``chat``: the tokenizer's chat template; ``raw``: prompt and response joined plainly, with EOS."""
+    max_length: int = 512
+    """Maximum tokens per sample, image tokens included. Truncation never cuts through the image."""
+    date_string: str = PINNED_DATE
+    """Pinned date for templates that print one (Llama 3.x), so prompts never depend on the clock."""
+    system_prompt: str | None = None
+    """Optional system message (chat mode only)."""
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("chat", "raw"), "format.mode", f"{self.mode!r} is not one of 'chat', 'raw'")
+        _check(self.max_length >= 8, "format.max_length", "must be >= 8")
+
+
+@dataclass
+class VLMConfig:
+    """Everything needed to rebuild the model and format its inputs; written into every checkpoint."""
+
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    format: FormatConfig = field(default_factory=FormatConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "VLMConfig":
+        return from_dict(cls, d)
+
+
+@dataclass
+class TrainConfig:
+    """One training run (one stage of one config)."""
+
+    stage: int = 1
+    """1 = projector only; 2 = projector + LLM, started from a stage-1 projector checkpoint."""
+    epochs: int = 1
+    """Passes over the training set. The LR schedule spans all of them."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (smoke runs). The schedule is sized to it when set."""
+    batch_size: int = 8
+    """Samples per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step. The loss is normalised by the trainable tokens of the whole step."""
+    lr: float = 2e-5
+    """Peak learning rate (AdamW)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    scheduler: str = "linear"
+    """Registered LR schedule: ``linear`` or ``cosine``, both with warmup."""
+    warmup_ratio: float = 0.03
+    """Fraction of the total steps spent warming up linearly from 0."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (0 disables)."""
+    seed: int = 0
+    """Seeds data order, dropout and init of new parameters."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory in the LLM (the 10 GB profile needs it)."""
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
+    """``auto``: bf16 autocast on CUDA, fp32 on CPU."""
+    init_checkpoint: str | None = None
+    """Stage 2: the stage-1 checkpoint whose projector starts this run."""
+    val_every_epoch: bool = True
+    """Compute validation loss after every epoch."""
+    checkpoint_every_steps: int | None = None
+    """Also checkpoint every N optimizer steps (resumable mid-epoch)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+    def __post_init__(self) -> None:
+        _check(self.stage in (1, 2), "train.stage", f"{self.stage} is not 1 or 2")
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or None")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(0 < self.lr < 1, "train.lr", f"{self.lr} is out of range (0, 1)")
+        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
+        _check(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision",
+               "must be 'auto', 'bf16' or 'no'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        return from_dict(cls, d)
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Rebuild a (nested) dataclass from a dict, rejecting unknown keys by their dotted name."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+                          f"valid keys: {', '.join(sorted(names))}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            value = from_dict(tp, value, f"{prefix}.{name}" if prefix else name)
+        kwargs[name] = value
+    return cls(**kwargs)
+

@@ -1,0 +1,72 @@
+"""One stage of one config, end to end: build the model, load data, train, write the final checkpoint.
+
+This is what a Ray Train worker calls and what ``vlm-sweep train`` runs in-process. The resolved configs are
+written into the run folder first (``run_config.json``) so that every run says exactly what it was.
+
+    vlm-sweep train --preset tiny --data corpus/sharegpt4v_sample.jsonl --images corpus/images \
+        --train.max_steps 4 --out runs/smoke
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import export_weights
+from .config import TrainConfig, VLMConfig
+from .data import ConversationDataset, read_records, split_records
+from .model import VisionLanguageModel
+from .training import StepLog, TrainResult, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSpec:
+    """Where a run's data comes from."""
+
+    train: str
+    """ShareGPT4V records (.json / .jsonl / .parquet) used for training."""
+    images: str
+    """Folder the records' ``image`` paths are relative to."""
+    val: str | None = None
+    """Separate validation records; when unset, ``val_fraction`` of ``train`` is held out by id hash."""
+    val_fraction: float = 0.1
+    """Held-out fraction when ``val`` is unset."""
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_datasets(model: VisionLanguageModel, data: DataSpec, seed: int = 0):
+    records = read_records(data.train)
+    if data.val:
+        train_records, val_records = records, read_records(data.val)
+    else:
+        train_records, val_records = split_records(records, data.val_fraction, seed)
+    make = lambda recs: ConversationDataset(recs, model.formatter, model.vision.preprocess, data.images)  # noqa: E731
+    return make(train_records), make(val_records)
+
+
+def run_stage(model_cfg: VLMConfig, train_cfg: TrainConfig, data: DataSpec, out: str | Path, *,
+              resume_from: str | Path | None = None, on_step: Callable[[StepLog], None] | None = None,
+              on_epoch: Callable[[dict[str, Any], Path], None] | None = None) -> tuple[TrainResult, Path]:
+    """Train one stage; returns the result and ``out/final`` (the last checkpoint's weights, no optimizer)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run_config.json").write_text(json.dumps(
+        {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": data.__dict__}, indent=2))
+    device = pick_device()
+    model = VisionLanguageModel.build(model_cfg).to(device)
+    train_set, val_set = load_datasets(model, data, train_cfg.seed)
+    log.info("data: %d train / %d val samples (%d skipped)", len(train_set), len(val_set),
+             sum(train_set.skipped.values()) + sum(val_set.skipped.values()))
+    result = train(model, train_cfg, train_set, val_set, out, resume_from=resume_from, on_step=on_step,
+                   on_epoch=on_epoch)
+    return result, export_weights(result.checkpoint, out / "final")

@@ -1,0 +1,45 @@
+"""Learning-rate schedules by registered name (both warm up linearly from 0).
+
+    python -c "from vlm_core.schedules import available_schedules; print(available_schedules())"
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+from .config import ConfigError
+
+
+def _linear(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def _cosine(warmup: int, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+    return f
+
+
+_SCHEDULES: dict[str, Callable[[int, int], Callable[[int], float]]] = {"linear": _linear, "cosine": _cosine}
+
+
+def available_schedules() -> list[str]:
+    return sorted(_SCHEDULES)
+
+
+def build_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_ratio: float) -> LambdaLR:
+    if name not in _SCHEDULES:
+        raise ConfigError(f"train.scheduler: unknown schedule {name!r}; choose one of {available_schedules()}")
+    warmup = math.ceil(warmup_ratio * total_steps)
+    return LambdaLR(optimizer, _SCHEDULES[name](warmup, total_steps))

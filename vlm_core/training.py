@@ -1,0 +1,253 @@
+"""The single-run training loop: plain PyTorch, called in-process or from a Ray Train worker.
+
+AdamW over the trainable parameters only (no optimizer state for frozen weights), linear/cosine schedule
+with warmup spanning every epoch, gradient accumulation normalised by the trainable tokens of the whole
+optimizer step, clipping, bf16 autocast on CUDA, optional gradient checkpointing, per-epoch validation loss,
+and exact resumption: optimizer, scheduler, RNG and the position in the (seeded) data order are restored,
+so a resumed run continues the same LR curve and the same batches.
+
+Progress leaves through two callbacks: ``on_step(StepLog)`` after every optimizer step and
+``on_epoch(metrics, checkpoint_dir)`` after every epoch (Ray Train workers forward the latter to
+``ray.train.report``).
+
+    vlm-sweep train --preset tiny --train.max_steps 4      # CPU smoke run through this loop
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .checkpoint import load_lm_weights, load_projector, load_training_state, read_meta, save_checkpoint
+from .config import TrainConfig
+from .conversation import IGNORE_INDEX
+from .data import Collator, ConversationDataset
+from .schedules import build_scheduler
+from .stages import freeze_for_stage
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN/inf; training stops instead of continuing on garbage."""
+
+
+@dataclass
+class StepLog:
+    step: int
+    epoch: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_completed: int
+    total_steps: int
+    epoch_metrics: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of an epoch: a pure function of (seed, epoch), so a resumed run sees the same batches."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def plan_steps(n_samples: int, cfg: TrainConfig) -> tuple[int, int]:
+    """(optimizer steps per epoch, total optimizer steps)."""
+    micro = math.ceil(n_samples / cfg.batch_size)
+    per_epoch = math.ceil(micro / cfg.grad_accum)
+    total = per_epoch * cfg.epochs
+    return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    use_bf16 = cfg.mixed_precision == "bf16" or (cfg.mixed_precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _forward(model, batch):
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                 pixel_values=batch.get("pixel_values"), image_features=batch.get("image_features"))
+
+
+@torch.no_grad()
+def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: TrainConfig | None = None) -> float:
+    """Token-weighted mean loss over ``dataset``."""
+    if len(dataset) == 0:
+        return float("nan")
+    device = model.device
+    was_training = model.training
+    model.eval()
+    collate = Collator(model.tokenizer.pad_token_id)
+    total, tokens = 0.0, 0
+    for start in range(0, len(dataset), batch_size):
+        batch = _to(collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]), device)
+        with _autocast(cfg or TrainConfig(), device):
+            out = _forward(model, batch)
+        total += out.loss_sum.item()
+        tokens += out.num_tokens
+    model.train(was_training)
+    return total / max(tokens, 1)
+
+
+def _prune_checkpoints(newest: Path) -> None:
+    """Keep the newest epoch checkpoint and the best one by validation loss; drop the rest and ``latest``."""
+    root = newest.parent
+    scored = []
+    for p in root.glob("epoch-*"):
+        meta = json.loads((p / "checkpoint.json").read_text()) if (p / "checkpoint.json").is_file() else {}
+        scored.append((meta.get("metrics", {}).get("val_loss", float("inf")), p))
+    best = min(scored, key=lambda t: (math.isnan(t[0]), t[0]))[1] if scored else newest
+    for _, p in scored:
+        if p not in (newest, best):
+            shutil.rmtree(p, ignore_errors=True)
+    shutil.rmtree(root / "latest", ignore_errors=True)
+
+
+def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: ConversationDataset | None,
+          out_dir: str | Path, *, resume_from: str | Path | None = None,
+          on_step: Callable[[StepLog], None] | None = None,
+          on_epoch: Callable[[dict[str, Any], Path], None] | None = None) -> TrainResult:
+    """Train ``model`` for one stage. Checkpoints go to ``out_dir/checkpoints/``; step logs to ``metrics.jsonl``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = model.device
+    if len(train_set) == 0:
+        raise ValueError("the training set is empty (every record was skipped? see the warnings above)")
+
+    freeze_for_stage(model, cfg.stage)
+    if cfg.gradient_checkpointing and cfg.stage == 2:
+        model.lm.gradient_checkpointing_enable()
+    if cfg.stage == 2 and cfg.init_checkpoint and resume_from is None:
+        read_meta(cfg.init_checkpoint)
+        load_projector(model, cfg.init_checkpoint)
+        log.info("stage 2 starts from the projector of %s", cfg.init_checkpoint)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch, total_steps = plan_steps(len(train_set), cfg)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps, cfg.warmup_ratio)
+    collate = Collator(model.tokenizer.pad_token_id)
+
+    step, epoch, micro_done = 0, 0, 0  # micro_done: micro-batches of `epoch` already consumed
+    if resume_from is not None:
+        state = load_training_state(resume_from)
+        if state["total_steps"] != total_steps:
+            raise ValueError(f"cannot resume {resume_from}: it planned {state['total_steps']} steps, this config "
+                             f"plans {total_steps}; resume with the config it was started with")
+        load_projector(model, resume_from)
+        if cfg.stage == 2:
+            load_lm_weights(model, resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        step, epoch, micro_done = state["step"], state["epoch"], state["micro_done"]
+        log.info("resumed from %s at step %d/%d (epoch %d, micro-batch %d)", resume_from, step, total_steps,
+                 epoch, micro_done)
+    else:
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+
+    def checkpoint(name: str, metrics: dict[str, Any]) -> Path:
+        training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "rng": _rng_state(), "step": step, "epoch": epoch, "micro_done": micro_done,
+                          "total_steps": total_steps}
+        return save_checkpoint(model, out_dir / "checkpoints" / name, stage=cfg.stage, step=step,
+                               epoch=epoch + micro_done / max(1, math.ceil(len(train_set) / cfg.batch_size)),
+                               metrics=metrics, training_state=training_state)
+
+    result = TrainResult(steps=step, epochs_completed=epoch, total_steps=total_steps)
+    metrics_log = (out_dir / "metrics.jsonl").open("a")
+    model.train()
+    try:
+        while step < total_steps and epoch < cfg.epochs:
+            order = epoch_order(len(train_set), cfg.seed, epoch)
+            micro_batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            epoch_start, epoch_loss, epoch_tokens, seen_tokens = time.perf_counter(), 0.0, 0, 0
+            while micro_done < len(micro_batches) and step < total_steps:
+                t0 = time.perf_counter()
+                group = micro_batches[micro_done:micro_done + cfg.grad_accum]
+                batches = [_to(collate([train_set[i] for i in idx]), device) for idx in group]
+                window_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+                step_loss, step_seen = 0.0, 0
+                for batch in batches:
+                    with _autocast(cfg, device):
+                        out = _forward(model, batch)
+                    if not torch.isfinite(out.loss_sum):
+                        raise NonFiniteLoss(f"non-finite loss at step {step} (epoch {epoch}); lower train.lr or "
+                                            f"check the data of samples {batch['ids']}")
+                    (out.loss_sum / max(window_tokens, 1)).backward()
+                    step_loss += out.loss_sum.item()
+                    step_seen += int(out.attention_mask.sum())
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                micro_done += len(group)
+                epoch_loss += step_loss
+                epoch_tokens += window_tokens
+                seen_tokens += step_seen
+                rec = StepLog(step, epoch, step_loss / max(window_tokens, 1), lr, float(grad_norm), step_seen,
+                              time.perf_counter() - t0)
+                metrics_log.write(json.dumps(asdict(rec)) + "\n")
+                metrics_log.flush()
+                if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
+                    checkpoint("latest", {"step": step})
+                if on_step:
+                    on_step(rec)
+            epoch_done = micro_done >= len(micro_batches)
+            metrics = {"epoch": epoch + 1 if epoch_done else epoch + micro_done / len(micro_batches),
+                       "step": step, "train_loss": epoch_loss / max(epoch_tokens, 1),
+                       "lr": scheduler.get_last_lr()[0],
+                       "tokens_per_s": seen_tokens / max(time.perf_counter() - epoch_start, 1e-9)}
+            if val_set is not None and cfg.val_every_epoch:
+                metrics["val_loss"] = evaluate_loss(model, val_set, cfg.batch_size, cfg)
+            if epoch_done:
+                epoch, micro_done = epoch + 1, 0
+            ckpt = checkpoint(f"epoch-{epoch:03d}" if epoch_done else "latest", metrics)
+            if epoch_done:
+                _prune_checkpoints(ckpt)
+            result.epoch_metrics.append(metrics)
+            result.checkpoint, result.steps, result.epochs_completed = ckpt, step, epoch
+            log.info("epoch %s: %s", metrics["epoch"], {k: round(v, 5) for k, v in metrics.items()})
+            if on_epoch:
+                on_epoch(metrics, ckpt)
+    finally:
+        metrics_log.close()
+    return result
