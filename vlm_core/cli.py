@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import sys
+import typing
 from pathlib import Path
 
 from .config import TrainConfig, VLMConfig
@@ -133,6 +134,7 @@ def run_cmd(preset: str = "local", out: str = "runs/main", steps: int = 8, batch
 
 COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "assets": assets_cmd, "run": run_cmd}
 DATA_COMMANDS = {"sample-corpus": sample_corpus_cmd}
+POSITIONAL = {"chat": ("question",)}
 
 
 def _preset_from_argv(argv: list[str]) -> str:
@@ -152,7 +154,10 @@ def build_parser(argv: list[str]):
     preset = _preset_from_argv(argv)
     for name, fn in COMMANDS.items():
         sub = ArgumentParser(description=fn.__doc__.split("\n")[0])
-        sub.add_function_arguments(fn, fail_untyped=True)
+        positional = POSITIONAL.get(name, ())
+        sub.add_function_arguments(fn, fail_untyped=True, skip=set(positional))
+        for arg in positional:
+            sub.add_argument(arg, type=typing.get_type_hints(fn)[arg], help=f"the {arg}")
         if "model" in fn.__annotations__:
             sub.set_defaults(model=get_preset(preset).to_dict())
         subs.add_subcommand(name, sub, help=fn.__doc__.split("\n")[0])
@@ -166,18 +171,33 @@ def build_parser(argv: list[str]):
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message already says what is wrong and how to fix it: printed without a traceback."""
+    from .assets import AssetError
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .conversation import FormatError
+    from .vision import ModelSourceError
+
+    return (ConfigError, ModelSourceError, CheckpointError, FormatError, AssetError, FileNotFoundError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _setup_env()
-    parser = build_parser(argv)
-    cfg = parser.parse_args(argv)
-    init = parser.instantiate(cfg)
-    command = init.command
-    if command == "data":
-        fn, kwargs = DATA_COMMANDS[init.data.data_command], init.data[init.data.data_command]
-    else:
-        fn, kwargs = COMMANDS[command], init[command]
-    fn(**{k: v for k, v in dict(vars(kwargs)).items() if k in fn.__code__.co_varnames})
+    try:
+        parser = build_parser(argv)
+        cfg = parser.parse_args(argv)
+        init = parser.instantiate(cfg)
+        command = init.command
+        if command == "data":
+            fn, kwargs = DATA_COMMANDS[init.data.data_command], init.data[init.data.data_command]
+        else:
+            fn, kwargs = COMMANDS[command], init[command]
+        fn(**{k: v for k, v in dict(vars(kwargs)).items() if k in fn.__code__.co_varnames})
+    except user_errors() as e:
+        print(f"vlm-sweep: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -73,6 +73,8 @@ class ProjectorConfig:
     """Dense connector (DCI): number G of contiguous layer groups whose means are concatenated."""
     sti_pool_stride: int = 4
     """Dense connector (STI): token pooling stride applied to the extra layers."""
+    init_seed: int = 0
+    """Seed of the projector's initialisation, so every trial of a config starts from the same weights."""
 
     def __post_init__(self) -> None:
         _check(self.dense_groups >= 1, "projector.dense_groups", "must be >= 1")

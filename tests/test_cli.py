@@ -1,0 +1,63 @@
+"""The console entry point, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def vlm_sweep(*args, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VLM_SWEEP_LOG": "WARNING"}
+    return subprocess.run([sys.executable, "-m", "vlm_core.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=600)
+
+
+def test_main_job_tiny_then_chat_on_its_checkpoint(tmp_path):
+    out = tmp_path / "main"
+    r = vlm_sweep("run", "--preset", "tiny", "--steps", "2", "--n_train_images", "30", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stage1"]["step"] == 2 and summary["stage2"]["step"] == 2
+    assert summary["coco_records"] < 30 + 14  # the non-COCO rows were filtered out
+    final = summary["stage2"]["checkpoint"]
+    assert (out / "stage2" / "final" / "lm").is_dir() and not (out / "stage1" / "final" / "lm").exists()
+    r = vlm_sweep("chat", "--checkpoint", final, "--image", summary["chat"]["image"], "--max_new_tokens", "3",
+                  "What shape is it?")
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / "stage2" / "run_config.json").read_text())
+    assert cfg["train"]["init_checkpoint"] == summary["stage1"]["checkpoint"]  # stage 2 starts from stage 1
+
+
+def test_model_flags_override_one_field_of_the_preset(tmp_path, corpus):
+    r = vlm_sweep("train", "--preset", "tiny", "--model.projector.name", "dense_connector",
+                  "--model.format.mode", "raw", "--data.train", str(corpus / "sharegpt4v_sample.jsonl"),
+                  "--data.images", str(corpus / "images"), "--train.max_steps", "1", "--train.batch_size", "2",
+                  "--out", str(tmp_path / "t"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((tmp_path / "t" / "run_config.json").read_text())
+    assert cfg["model"]["projector"]["name"] == "dense_connector" and cfg["model"]["format"]["mode"] == "raw"
+    assert cfg["model"]["vision"]["image_size"] == 64  # the rest is still the tiny preset
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--preset", "huge"], "huge"),
+    (["train", "--train.lr", "5", "--data.train", "x", "--data.images", "y"], "train.lr"),
+    (["train", "--train.bogus", "1"], "bogus"),
+])
+def test_bad_arguments_fail_with_a_message_naming_them(args, message):
+    r = vlm_sweep(*args)
+    assert r.returncode != 0
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sample_corpus_command(tmp_path):
+    r = vlm_sweep("data", "sample-corpus", "--out", str(tmp_path / "c"), "--n_train_images", "10",
+                  "--n_eval_questions", "5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = (tmp_path / "c" / "sharegpt4v_sample.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    assert set(rec) == {"id", "image", "conversations"} and (tmp_path / "c" / "images" / rec["image"]).is_file()

@@ -1,0 +1,152 @@
+"""Training loop: stage freezing, exact resumption, accumulation, schedules, non-finite loss."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from vlm_core.config import TrainConfig
+from vlm_core.data import Collator, ConversationDataset, read_records
+from vlm_core.model import VisionLanguageModel
+from vlm_core.schedules import build_scheduler
+from vlm_core.stages import freeze_for_stage
+from vlm_core.training import NonFiniteLoss, train
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def fresh_model(tiny_cfg):
+    return lambda: VisionLanguageModel.build(tiny_cfg)
+
+
+def _dataset(model, corpus, n=20):
+    records = read_records(corpus / "sharegpt4v_sample.jsonl")[:n]
+    return ConversationDataset(records, model.formatter, model.vision.preprocess, corpus / "images")
+
+
+def _grads_after_backward(model, corpus, stage):
+    freeze_for_stage(model, stage)
+    ds = _dataset(model, corpus, 4)
+    batch = Collator(model.tokenizer.pad_token_id)([ds[i] for i in range(4)])
+    model.zero_grad(set_to_none=True)
+    model(batch["input_ids"], batch["attention_mask"], batch["labels"], pixel_values=batch["pixel_values"]).loss.backward()
+    return {name: [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in getattr(model, name).parameters()]
+            for name in ("vision", "projector", "lm")}
+
+
+def test_stage1_trains_only_the_projector(fresh_model, corpus):
+    got = _grads_after_backward(fresh_model(), corpus, 1)
+    assert all(got["projector"]) and not any(got["lm"]) and not any(got["vision"])
+
+
+def test_stage2_trains_projector_and_llm_never_vision(fresh_model, corpus):
+    model = fresh_model()
+    counts = freeze_for_stage(model, 2)
+    assert counts["vision"]["trainable"] == 0 and counts["lm"]["trainable"] == counts["lm"]["total"] > 0
+    got = _grads_after_backward(model, corpus, 2)
+    assert all(got["projector"]) and all(got["lm"]) and not any(got["vision"])
+
+
+def _metrics(out_dir):
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_resume_continues_exactly(stage, fresh_model, corpus, tmp_path):
+    cfg = TrainConfig(stage=stage, epochs=2, batch_size=4, grad_accum=1, lr=5e-3, scheduler="cosine",
+                      warmup_ratio=0.2, checkpoint_every_steps=3, seed=7)
+    model = fresh_model()
+    ds = _dataset(model, corpus)
+    full = train(model, cfg, ds, None, tmp_path / "full")
+    n = full.total_steps
+    assert n == 10  # 20 samples / 4 per batch * 2 epochs
+    k = 3  # mid-epoch: epoch 0 has 5 steps
+
+    def crash(rec):
+        if rec.step == k:
+            raise Interrupted
+
+    model2 = fresh_model()
+    with pytest.raises(Interrupted):
+        train(model2, cfg, _dataset(model2, corpus), None, tmp_path / "resumed", on_step=crash)
+    model3 = fresh_model()  # a new process would start from scratch like this
+    resumed = train(model3, cfg, _dataset(model3, corpus), None, tmp_path / "resumed",
+                    resume_from=tmp_path / "resumed" / "checkpoints" / "latest")
+    assert resumed.steps == n
+    a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "resumed")
+    assert [r["step"] for r in b] == list(range(1, n + 1))
+    for ra, rb in zip(a, b):
+        assert rb["lr"] == pytest.approx(ra["lr"], rel=1e-12, abs=1e-15)
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-5)
+    lrs = [r["lr"] for r in b]
+    peak = lrs.index(max(lrs))
+    assert all(x >= y for x, y in zip(lrs[peak:], lrs[peak + 1:]))  # after warmup the LR never jumps back up
+    for pa, pb in zip(model.projector.parameters(), model3.projector.parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_accumulation_matches_a_big_batch(fresh_model, corpus, tmp_path):
+    """bs 4 == bs 2 × accum 2: the loss is normalised by the trainable tokens of the whole step."""
+    results = []
+    for bs, accum in ((4, 1), (2, 2)):
+        model = fresh_model()
+        cfg = TrainConfig(stage=1, max_steps=1, batch_size=bs, grad_accum=accum, lr=1e-2, warmup_ratio=0.0)
+        ds = _dataset(model, corpus, 8)
+        train(model, cfg, ds, None, tmp_path / f"bs{bs}")
+        results.append([p.detach().clone() for p in model.projector.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(results[0][0], fresh_model().projector.parameters().__next__())
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_schedules_warm_up_then_decay_to_zero(name):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(name, opt, total_steps=100, warmup_ratio=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0 and lrs[10] == pytest.approx(1.0)
+    assert all(x <= y for x, y in zip(lrs[:10], lrs[1:11]))
+    assert all(x >= y for x, y in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.05
+    if name == "cosine":
+        assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+
+
+def test_non_finite_loss_stops_training(fresh_model, corpus, tmp_path):
+    model = fresh_model()
+    with torch.no_grad():
+        next(model.projector.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteLoss, match="non-finite loss at step 0"):
+        train(model, TrainConfig(stage=1, max_steps=2, batch_size=2), _dataset(model, corpus, 4), None, tmp_path)
+
+
+def test_optimizer_holds_only_trainable_parameters(fresh_model, corpus, tmp_path):
+    model = fresh_model()
+    train(model, TrainConfig(stage=1, max_steps=1, batch_size=2, checkpoint_every_steps=1), _dataset(model, corpus, 4),
+          None, tmp_path)
+    state = torch.load(tmp_path / "checkpoints" / "latest" / "training_state.pt", weights_only=True)
+    n_params = sum(len(g["params"]) for g in state["optimizer"]["param_groups"])
+    assert n_params == len(list(model.projector.parameters()))
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_gradient_checkpointing_gives_the_same_update(stage, fresh_model, corpus, tmp_path):
+    results = []
+    for ckpt in (False, True):
+        model = fresh_model()
+        cfg = TrainConfig(stage=stage, max_steps=1, batch_size=4, lr=1e-2, warmup_ratio=0.0,
+                          gradient_checkpointing=ckpt)
+        train(model, cfg, _dataset(model, corpus, 4), None, tmp_path / str(ckpt))
+        assert model.lm.is_activation_checkpointing == ckpt
+        results.append([p.detach().clone() for p in model.projector.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
