@@ -147,8 +147,9 @@ def _preset_from_argv(argv: list[str]) -> str:
 
 
 def build_parser(argv: list[str]):
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentParser, set_parsing_settings
 
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
     parser = ArgumentParser(prog="vlm-sweep", description="LLaVA-style visual instruction tuning sweeps on Ray.")
     subs = parser.add_subcommands(dest="command")
     preset = _preset_from_argv(argv)

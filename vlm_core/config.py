@@ -191,8 +191,6 @@ class TrainConfig:
     """Compute validation loss after every epoch."""
     checkpoint_every_steps: int | None = None
     """Also checkpoint every N optimizer steps (resumable mid-epoch)."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
 
     def __post_init__(self) -> None:
         _check(self.stage in (1, 2), "train.stage", f"{self.stage} is not 1 or 2")

@@ -85,8 +85,7 @@ def _tiny_llama(cfg: LMConfig, tokenizer) -> nn.Module:
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_heads,
         max_position_embeddings=2048, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    config._attn_implementation = cfg.attn_implementation
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, attn_implementation=cfg.attn_implementation)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
         return LlamaForCausalLM(config)

@@ -1,0 +1,51 @@
+"""Samples and batches: dynamic padding, stable splits, skipped samples counted, bad lines named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlm_core.conversation import IGNORE_INDEX
+from vlm_core.data import Collator, ConversationDataset, read_records, split_records
+
+
+def test_batches_pad_to_their_longest_sample_not_max_length(tiny_model, corpus):
+    records = read_records(corpus / "sharegpt4v_sample.jsonl")[:6]
+    ds = ConversationDataset(records, tiny_model.formatter, tiny_model.vision.preprocess, corpus / "images")
+    batch = Collator(tiny_model.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+    lengths = [len(ex.encoded.input_ids) for ex in ds.examples]
+    assert batch["input_ids"].shape == (6, max(lengths)) and max(lengths) < tiny_model.cfg.format.max_length
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    assert batch["pixel_values"].shape == (6, 3, 64, 64)
+
+
+def test_untrainable_and_malformed_records_are_counted_not_silently_dropped(tiny_model, corpus, caplog):
+    good = read_records(corpus / "sharegpt4v_sample.jsonl")[0]
+    too_long = {"id": "long", "image": good["image"], "conversations": [
+        {"from": "human", "value": "<image>\n" + "why " * 400}, {"from": "gpt", "value": "ok"}]}
+    no_marker = {"id": "nomark", "image": good["image"], "conversations": [
+        {"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]}
+    missing = {"id": "noconv", "image": good["image"]}
+    ds = ConversationDataset([good, too_long, no_marker, missing], tiny_model.formatter,
+                             tiny_model.vision.preprocess, corpus / "images")
+    assert len(ds) == 1 and sum(ds.skipped.values()) == 3
+    assert any("no trainable" in k for k in ds.skipped) and any("exactly one" in k for k in ds.skipped)
+    assert "skipping record long" in caplog.text and "skipping record noconv" in caplog.text
+
+
+def test_split_is_stable_per_record_id():
+    records = [{"id": f"r{i}"} for i in range(2000)]
+    train, val = split_records(records, 0.1)
+    assert 150 < len(val) < 250
+    val_ids = {r["id"] for r in val}
+    _, val2 = split_records(list(reversed(records[:500])), 0.1)  # other order, smaller corpus
+    assert {r["id"] for r in val2} == {r["id"] for r in records[:500] if r["id"] in val_ids}
+
+
+def test_bad_jsonl_line_names_file_and_line(tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(json.dumps({"id": 1}) + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
+        read_records(f)
