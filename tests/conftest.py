@@ -78,3 +78,15 @@ def formatter_for(cfg: VLMConfig, mode: str = "chat", max_length: int = 256, num
     tok = load_tokenizer(cfg.lm)
     image_token, _ = resolve_image_token(tok, cfg.lm.image_token)
     return ConversationFormatter(tok, image_token, FormatConfig(mode=mode, max_length=max_length), num_image_tokens)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the whole test run (small object store, loopback dashboard)."""
+    import ray
+
+    from vlm_core.ray_env import init_ray
+
+    resources = init_ray(num_cpus=2, object_store_bytes=300 * 1024 * 1024)
+    yield resources
+    ray.shutdown()

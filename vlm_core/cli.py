@@ -5,6 +5,7 @@
     vlm-sweep chat --checkpoint runs/main/stage2/final --image photo.jpg "What is in the picture?"
     vlm-sweep export --checkpoint runs/main/stage2/final --out exported/
     vlm-sweep data sample-corpus --out corpus
+    vlm-sweep data build --source corpus/sharegpt4v_sample.jsonl --images corpus/images --out data
     vlm-sweep assets                             # convert the packaged SmolLM2 once (cached)
 
 ``--preset`` picks a named ``VLMConfig`` (tiny, local, paper); any ``--model.*`` flag overrides one field of it,
@@ -132,8 +133,30 @@ def run_cmd(preset: str = "local", out: str = "runs/main", steps: int = 8, batch
     return run_main_job(preset=preset, out=out, steps=steps, batch_size=batch_size, n_train_images=n_train_images)
 
 
+def data_build_cmd(config) -> dict:
+    """Prepare datasets on Ray Data: validate, filter, translate, embed, UMAP, cluster, sample, write."""
+    from data_pipeline.build import build
+
+    manifest = build(config)
+    out = Path(config.out)
+    print(json.dumps({"out": str(out), "counts": manifest["counts"], "variants": {
+        k: {"train": v["train"], "val": v["val"]} for k, v in manifest["variants"].items()},
+        "clusters": manifest["clusters"]["k"], "wall_s": manifest["wall_s"]}, indent=2))
+    print(f"manifest: {out / 'manifest.json'}\nrejected: {out / 'rejected.jsonl'}\nplot: {out / 'umap.png'}")
+    return manifest
+
+
 COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "assets": assets_cmd, "run": run_cmd}
-DATA_COMMANDS = {"sample-corpus": sample_corpus_cmd}
+DATA_COMMANDS = {"sample-corpus": sample_corpus_cmd, "build": data_build_cmd}
+
+
+def _build_config_cls():
+    from data_pipeline.config import BuildConfig
+
+    return BuildConfig
+
+
+CONFIG_COMMANDS = {"build": _build_config_cls}  # commands whose flags are one dataclass's fields
 POSITIONAL = {"chat": ("question",)}
 
 
@@ -167,7 +190,10 @@ def build_parser(argv: list[str]):
     data_subs = data.add_subcommands(dest="data_command")
     for name, fn in DATA_COMMANDS.items():
         sub = ArgumentParser(description=fn.__doc__.split("\n")[0])
-        sub.add_function_arguments(fn, fail_untyped=True)
+        if name in CONFIG_COMMANDS:  # the dataclass's fields are the flags, at top level
+            sub.add_class_arguments(CONFIG_COMMANDS[name](), None)
+        else:
+            sub.add_function_arguments(fn, fail_untyped=True)
         data_subs.add_subcommand(name, sub, help=fn.__doc__.split("\n")[0])
     return parser
 
@@ -180,7 +206,13 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .conversation import FormatError
     from .vision import ModelSourceError
 
-    return (ConfigError, ModelSourceError, CheckpointError, FormatError, AssetError, FileNotFoundError)
+    from data_pipeline.records import SourceError
+    from data_pipeline.sampling import SamplingError
+
+    from .ray_env import RayUnreachable
+
+    return (ConfigError, ModelSourceError, CheckpointError, FormatError, AssetError, FileNotFoundError, SourceError,
+            SamplingError, RayUnreachable)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,7 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         init = parser.instantiate(cfg)
         command = init.command
         if command == "data":
-            fn, kwargs = DATA_COMMANDS[init.data.data_command], init.data[init.data.data_command]
+            name = init.data.data_command
+            fn, kwargs = DATA_COMMANDS[name], init.data[name]
+            if name in CONFIG_COMMANDS:
+                fn(CONFIG_COMMANDS[name]()(**vars(kwargs)))
+                return 0
         else:
             fn, kwargs = COMMANDS[command], init[command]
         fn(**{k: v for k, v in dict(vars(kwargs)).items() if k in fn.__code__.co_varnames})

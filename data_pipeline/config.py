@@ -1,0 +1,136 @@
+"""Typed configuration of ``vlm-sweep data build``.
+
+    vlm-sweep data build --help          # every option below, with these docstrings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vlm_core.config import ConfigError, from_dict
+
+from .translate import TranslatorConfig
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{name}: {msg}")
+
+
+@dataclass
+class VariantSpec:
+    """One output dataset."""
+
+    name: str
+    """Folder name under the output, e.g. ``20kUmap``."""
+    kind: Literal["umap", "random"]
+    """``umap``: equal allocation per cluster; ``random``: uniform sample."""
+    size: int
+    """Exact number of records (train + val) to sample."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "variants.name", f"{self.name!r} is not a folder name")
+        _check(self.kind in ("umap", "random"), f"variants[{self.name}].kind", "must be 'umap' or 'random'")
+        _check(self.size >= 1, f"variants[{self.name}].size", "must be >= 1")
+
+
+def default_variants() -> list[VariantSpec]:
+    return [VariantSpec("10kRandom", "random", 10_000), VariantSpec("20kUmap", "umap", 20_000)]
+
+
+@dataclass
+class EmbedConfig:
+    """Sentence embeddings of the human turns."""
+
+    model: str | None = None
+    """sentence-transformers model: hub id or folder. Default: the packaged all-MiniLM-L6-v2 (384-d)."""
+    batch_size: int = 128
+    """Rows per embedding batch."""
+    actors: int | None = None
+    """Embedding actors. Default: one per GPU, else CPUs - 1 (so read tasks keep a CPU), at least 1."""
+
+
+@dataclass
+class UmapConfig:
+    """Dimensionality reduction before clustering."""
+
+    n_components: int = 10
+    """Output dimensions."""
+    n_neighbors: int = 15
+    """UMAP neighbourhood size."""
+    min_dist: float = 0.0
+    """UMAP min_dist (0 suits clustering)."""
+    fit_sample: int = 20_000
+    """UMAP is fitted on at most this many rows (chosen by id hash), then applied to every row in parallel."""
+    transform_batch: int = 1024
+    """Fixed rows per transform call: UMAP's transform depends on batching, so it is pinned."""
+
+    def __post_init__(self) -> None:
+        _check(self.n_components >= 2, "umap.n_components", "must be >= 2")
+        _check(self.fit_sample >= 10, "umap.fit_sample", "must be >= 10")
+
+
+@dataclass
+class ClusterConfig:
+    """Clustering of the UMAP coordinates."""
+
+    method: Literal["kmeans", "hdbscan"] = "kmeans"
+    """``kmeans`` (k fixed or chosen by silhouette) or ``hdbscan`` (noise points form their own cluster -1)."""
+    k: int | None = None
+    """k-means clusters. Default: the k in ``k_range`` with the best silhouette score on the fit sample."""
+    k_range: list[int] = field(default_factory=lambda: [4, 6, 8, 10, 12, 16, 20])
+    """Candidates when ``k`` is unset."""
+    min_cluster_size: int = 25
+    """HDBSCAN's min_cluster_size."""
+
+    def __post_init__(self) -> None:
+        _check(self.method in ("kmeans", "hdbscan"), "cluster.method", "must be 'kmeans' or 'hdbscan'")
+        _check(self.k is None or self.k >= 2, "cluster.k", "must be >= 2")
+        _check(all(k >= 2 for k in self.k_range) and bool(self.k_range), "cluster.k_range", "needs values >= 2")
+
+
+@dataclass
+class BuildConfig:
+    """The whole preparation."""
+
+    source: str
+    """ShareGPT4V records: a JSON list (``.json``) or JSON Lines (``.jsonl``), read streaming."""
+    images: str
+    """Root folder the records' ``image`` paths are relative to."""
+    out: str
+    """Output folder (variants, manifest.json, rejected.jsonl, umap.png, artifacts/)."""
+    variants: list[VariantSpec] = field(default_factory=default_variants)
+    """Datasets to sample."""
+    image_prefix: str = "coco/"
+    """Keep records whose image path starts with this (the COCO filter); empty keeps all."""
+    check_images: bool = False
+    """Also open every kept image and drop (with a reason) the missing or undecodable ones."""
+    translate: TranslatorConfig = field(default_factory=TranslatorConfig)
+    """English → Indonesian translation (``none`` keeps English)."""
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    umap: UmapConfig = field(default_factory=UmapConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    val_fraction: float = 0.05
+    """Validation share of each variant, assigned by a hash of the record id (stable across variants)."""
+    seed: int = 0
+    """Seeds UMAP, clustering and sampling."""
+    shard_lines: int = 20_000
+    """Source lines per read task."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
+        _check(self.shard_lines >= 1, "shard_lines", "must be >= 1")
+        names = [v.name for v in self.variants]
+        _check(len(set(names)) == len(names), "variants", f"duplicate names in {names}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BuildConfig":
+        d = dict(d)
+        d["variants"] = [v if isinstance(v, VariantSpec) else VariantSpec(**v) for v in d.get("variants", [])] \
+            if "variants" in d else default_variants()
+        return from_dict(cls, d)

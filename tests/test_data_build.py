@@ -1,0 +1,134 @@
+"""The whole preparation through Ray Data on the sample corpus: outputs, determinism, rerun, rejections."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from data_pipeline.build import build
+from data_pipeline.config import BuildConfig, ClusterConfig, UmapConfig, VariantSpec
+from data_pipeline.sampling import SamplingError
+
+VARIANTS = [VariantSpec("10kRandom", "random", 30), VariantSpec("20kUmap", "umap", 40)]
+
+
+@pytest.fixture(scope="module")
+def source(corpus, tmp_path_factory):
+    """The sample corpus plus a few broken lines, so that every rejection path shows up."""
+    src = tmp_path_factory.mktemp("src") / "sharegpt4v.jsonl"
+    lines = (corpus / "sharegpt4v_sample.jsonl").read_text().splitlines()
+    bad = ['{"id": "truncated", "image": "coco/x.jpg", "conv',
+           json.dumps({"id": "nomarker", "image": "coco/train2017/1.jpg",
+                       "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}),
+           json.dumps({"image": "coco/train2017/1.jpg", "conversations": []})]
+    src.write_text("\n".join(lines[:5] + bad + lines[5:]) + "\n")
+    return src
+
+
+def _cfg(source, corpus, out, **kw) -> BuildConfig:
+    return BuildConfig(source=str(source), images=str(corpus / "images"), out=str(out), variants=VARIANTS,
+                       umap=UmapConfig(n_components=5, fit_sample=50), cluster=ClusterConfig(k_range=[3, 4, 5]),
+                       val_fraction=0.2, shard_lines=16, **kw)
+
+
+@pytest.fixture(scope="module")
+def built(ray_local, source, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    return out, build(_cfg(source, corpus, out))
+
+
+def test_build_writes_variants_manifest_rejections_and_plot(built, source):
+    out, manifest = built
+    n_lines = len(source.read_text().splitlines())
+    counts = manifest["counts"]
+    assert counts["read"] == n_lines
+    assert counts["rejected_validate"] == 3 and counts["rejected_filter"] > 0
+    assert counts["embedded"] == n_lines - counts["rejected_total"]
+    rejected = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == counts["rejected_total"]
+    by_line = {r["line"]: r for r in rejected}
+    assert "malformed JSON" in by_line[6]["reason"] and by_line[7]["reason"] == "no <image> marker"
+    assert by_line[7]["id"] == "nomarker" and "id" in by_line[8]["reason"]
+    assert all(r["image"].startswith("sam/") for r in rejected if r["stage"] == "filter")
+    for v in VARIANTS:
+        train = pq.read_table(out / v.name / "train-00000.parquet")
+        val = pq.read_table(out / v.name / "val-00000.parquet")
+        assert train.num_rows + val.num_rows == v.size  # exact size
+        ids = train["id"].to_pylist() + val["id"].to_pylist()
+        assert len(set(ids)) == v.size and not set(train["id"].to_pylist()) & set(val["id"].to_pylist())
+        assert all(i.startswith(("easyvqa", "photo")) for i in ids)
+        assert all(json.loads(c)[0]["value"].startswith("<image>\n") for c in train["conversations"].to_pylist())
+        info = manifest["variants"][v.name]
+        assert (info["train"], info["val"]) == (train.num_rows, val.num_rows)
+    per = manifest["variants"]["20kUmap"]["per_cluster"]
+    assert sum(per.values()) == 40 and manifest["clusters"]["k"] == len(manifest["clusters"]["per_cluster_all"])
+    assert max(per.values()) - min(per.values()) <= max(1, 40 // len(per)) or min(
+        manifest["clusters"]["per_cluster_all"].values()) < 40 // len(per)  # equal, unless a cluster ran out
+    assert manifest["embedding"]["dim"] == 384 and manifest["source"]["sha256"]
+    assert (out / "umap.png").stat().st_size > 10_000 and (out / "artifacts" / "umap_clusters.joblib").is_file()
+
+
+def test_train_val_split_is_stable_across_variants(built):
+    out, _ = built
+    val_ids = {v.name: set(pq.read_table(out / v.name / "val-00000.parquet")["id"].to_pylist()) for v in VARIANTS}
+    train_ids = {v.name: set(pq.read_table(out / v.name / "train-00000.parquet")["id"].to_pylist())
+                 for v in VARIANTS}
+    assert not (val_ids["10kRandom"] & train_ids["20kUmap"]) and not (val_ids["20kUmap"] & train_ids["10kRandom"])
+
+
+def test_rerun_reuses_stages_and_gives_identical_outputs(built, source, corpus):
+    out, first = built
+    before = {v.name: pq.read_table(out / v.name / "train-00000.parquet") for v in VARIANTS}
+    again = build(_cfg(source, corpus, out))
+    assert again["reused_stages"] == ["rows"]
+    assert again["clusters"] == first["clusters"], (again["clusters"], first["clusters"])
+    for v in VARIANTS:
+        assert pq.read_table(out / v.name / "train-00000.parquet").equals(before[v.name])  # same rows, once
+        assert sorted(p.name for p in (out / v.name).iterdir()) == ["train-00000.parquet", "val-00000.parquet"]
+    assert again["counts"] == first["counts"]
+
+
+def test_same_seed_in_a_fresh_folder_gives_identical_parquet(built, source, corpus, tmp_path):
+    out, _ = built
+    build(_cfg(source, corpus, tmp_path))
+    for v in VARIANTS:
+        for split in ("train", "val"):
+            a = pq.read_table(out / v.name / f"{split}-00000.parquet")
+            b = pq.read_table(tmp_path / v.name / f"{split}-00000.parquet")
+            assert a.equals(b), (v.name, split)
+
+
+def test_variant_larger_than_the_data_fails_clearly(ray_local, source, corpus, tmp_path):
+    cfg = _cfg(source, corpus, tmp_path)
+    cfg.variants = [VariantSpec("huge", "random", 10_000)]
+    with pytest.raises(SamplingError, match="asks for 10000 records"):
+        build(cfg)
+
+
+def test_translation_through_ray_marks_failures_and_keeps_english(ray_local, corpus, tmp_path):
+    """Dictionary translation in the actor pool: translated rows keep their English, failures are rejected."""
+    from data_pipeline.translate import TranslatorConfig
+    from tests.test_translate import FIXTURE_ENTRIES, write_dictd
+
+    words = {"is": "adalah", "there": "ada", "a": "sebuah", "shape": "bentuk", "no": "tidak", "not": "tidak",
+             "does": "apakah", "contain": "berisi", "color": "warna", "circle": "lingkaran", "triangle": "segitiga",
+             "rectangle": "persegi panjang", "blue": "biru", "green": "hijau", "gray": "abu-abu", "black": "hitam",
+             "brown": "cokelat", "yellow": "kuning", "teal": "hijau kebiruan", "present": "hadir", "of": "dari"}
+    prefix = write_dictd(tmp_path, FIXTURE_ENTRIES + [(w, f"<x>\n{t}\ngloss") for w, t in words.items()])
+    cfg = BuildConfig(source=str(corpus / "sharegpt4v_sample.jsonl"), images=str(corpus / "images"),
+                      out=str(tmp_path / "out"), variants=[VariantSpec("5Random", "random", 5)],
+                      translate=TranslatorConfig(name="dictionary", dictionary=prefix, min_coverage=0.6),
+                      umap=UmapConfig(n_components=3, fit_sample=30), cluster=ClusterConfig(k=2), shard_lines=32)
+    manifest = build(cfg)
+    assert manifest["counts"]["rejected_translate"] > 0 and manifest["counts"]["embedded"] >= 5
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    failed = [r for r in rejected if r["stage"] == "translate"]
+    assert len(failed) == manifest["counts"]["rejected_translate"]
+    assert all(r["reason"].startswith("translation failed: ") and "coverage" in r["reason"] for r in failed)
+    table = pq.read_table(tmp_path / "out" / "5Random" / "train-00000.parquet")
+    for conv, en in zip(table["conversations"].to_pylist(), table["conversations_en"].to_pylist()):
+        conv, en = json.loads(conv), json.loads(en)
+        assert conv[0]["value"].startswith("<image>\n") and conv != en
+    assert manifest["translation"]["translator"] == "dictionary"

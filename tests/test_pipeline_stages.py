@@ -1,0 +1,146 @@
+"""Data pipeline stages as pure functions (no Ray): validation, sharding, filtering, sampling, clustering."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data_pipeline.build import FilterBatch
+from data_pipeline.config import ClusterConfig, UmapConfig
+from data_pipeline.records import json_list_to_jsonl, plan_shards, read_shard, validate_record
+from data_pipeline.reduce import AssignBatch, fit_space
+from data_pipeline.sampling import SamplingError, allocate, sample_per_cluster, sample_random
+
+GOOD = {"id": "r1", "image": "coco/train2017/1.jpg",
+        "conversations": [{"from": "human", "value": "What is this?\n<image>"}, {"from": "gpt", "value": "A cat."},
+                          {"from": "human", "value": "Colour?"}, {"from": "gpt", "value": "Grey."}]}
+
+
+def test_valid_record_is_normalised_with_image_first_and_turns_kept():
+    fields, reason = validate_record(GOOD)
+    assert reason is None
+    turns = json.loads(fields["conversations"])
+    assert turns[0]["value"] == "<image>\nWhat is this?" and len(turns) == 4 and fields["n_turns"] == 4
+    assert fields["human_text"] == "What is this?\nColour?"
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda r: r.pop("id"), "id"),
+    (lambda r: r.update(id="  "), "id"),
+    (lambda r: r.pop("image"), "image"),
+    (lambda r: r.update(image=7), "image"),
+    (lambda r: r.pop("conversations"), "conversations"),
+    (lambda r: r.update(conversations="hi"), "conversations"),
+    (lambda r: r["conversations"][0].update(value="What is this?"), "no <image>"),
+    (lambda r: r["conversations"][2].update(value="<image> again"), "2 <image> markers"),
+    (lambda r: r["conversations"][0].update(value="x"), "no <image>"),
+    (lambda r: r["conversations"].reverse(), "out of order"),
+    (lambda r: r["conversations"][1].update(value="   "), "empty"),
+    (lambda r: r["conversations"].pop(), "end with a gpt turn"),
+    (lambda r: r["conversations"][0].update(value="<image>"), "nothing but <image>"),
+])
+def test_bad_records_get_a_reason(mutate, reason):
+    rec = json.loads(json.dumps(GOOD))
+    mutate(rec)
+    fields, why = validate_record(rec)
+    assert fields is None and reason in why
+
+
+def test_marker_only_in_a_later_human_turn_is_rejected():
+    rec = json.loads(json.dumps(GOOD))
+    rec["conversations"][0]["value"] = "What is this?"
+    rec["conversations"][2]["value"] = "<image>\nColour?"
+    assert validate_record(rec) == (None, "<image> marker is not in the first human turn")
+
+
+def test_shards_cover_every_line_once_with_line_numbers(tmp_path):
+    f = tmp_path / "src.jsonl"
+    lines = [json.dumps({**GOOD, "id": f"r{i}"}) for i in range(10)]
+    lines[3] = "{broken"
+    f.write_bytes(("\n".join(lines) + "\n").encode() + b'{"id": "\xff\xfe"}\n')
+    shards = plan_shards(f, 4)
+    assert [s.first_line for s in shards] == [1, 5, 9]
+    rows = [r for s in shards for r in read_shard(s)]
+    assert [r["line"] for r in rows] == list(range(1, 12))
+    bad = {r["line"]: r["reason"] for r in rows if r["reason"]}
+    assert set(bad) == {4, 11} and "malformed JSON" in bad[4] and "not UTF-8" in bad[11]
+    assert [r["id"] for r in rows if not r["reason"]] == [f"r{i}" for i in range(10) if i != 3]
+
+
+def test_json_list_is_streamed_and_a_truncated_one_keeps_what_came_before(tmp_path):
+    src = tmp_path / "a.json"
+    src.write_text(json.dumps([{**GOOD, "id": f"r{i}"} for i in range(5)]))
+    n, err = json_list_to_jsonl(src, tmp_path / "a.jsonl")
+    assert n == 5 and err is None and len((tmp_path / "a.jsonl").read_text().splitlines()) == 5
+    src.write_text(src.read_text()[:-40])  # cut inside the last record
+    n, err = json_list_to_jsonl(src, tmp_path / "b.jsonl")
+    assert n == 4 and "truncated after record 4" in err
+
+
+def test_filter_marks_non_coco_missing_empty_and_corrupt_images(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "coco").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "coco" / "ok.jpg")
+    (tmp_path / "coco" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "coco" / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    images = ["coco/ok.jpg", "sam/x.jpg", "coco/missing.jpg", "coco/empty.jpg", "coco/bad.jpg"]
+    batch = {"image": images, "reason": [""] * 5, "stage": [""] * 5}
+    out = FilterBatch("coco/", True, str(tmp_path))(batch)
+    assert out["reason"][0] == "" and "not under 'coco/'" in out["reason"][1]
+    assert "not found" in out["reason"][2] and "0 bytes" in out["reason"][3] and "decoded" in out["reason"][4]
+    assert out["stage"] == ["", "filter", "image", "image", "image"]
+    assert FilterBatch("coco/", False, str(tmp_path))(batch)["reason"][2] == ""  # no check: path only
+
+
+def test_allocation_is_exact_balanced_and_redistributes():
+    assert allocate({0: 5, 1: 100, 2: 100}, 60) == {0: 5, 1: 28, 2: 27}
+    assert allocate({0: 10, 1: 10}, 20) == {0: 10, 1: 10}
+    alloc = allocate({c: 50 + c for c in range(7)}, 100)
+    assert sum(alloc.values()) == 100 and max(alloc.values()) - min(alloc.values()) <= 1
+
+
+def test_sampling_is_exact_seeded_and_refuses_oversize():
+    ids = [f"id{i:04d}" for i in range(500)]
+    clusters = [0] * 20 + [1] * 200 + [2] * 280
+    a, per = sample_per_cluster(ids, clusters, 90, seed=3)
+    b, _ = sample_per_cluster(list(reversed(ids)), list(reversed(clusters)), 90, seed=3)
+    assert a == b and len(a) == len(set(a)) == 90 and per == {0: 20, 1: 35, 2: 35}
+    assert sample_random(ids, 77, 1) == sample_random(list(reversed(ids)), 77, 1) != sample_random(ids, 77, 2)
+    assert len(sample_random(ids, 77, 1)) == 77
+    with pytest.raises(SamplingError, match="asks for 501 records but only 500"):
+        sample_random(ids, 501, 0, "10kRandom")
+
+
+def test_umap_clusters_separate_blobs_and_assignment_matches(tmp_path):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 32)) * 5
+    emb = np.concatenate([c + rng.normal(size=(60, 32)) for c in centers]).astype(np.float32)
+    truth = np.repeat([0, 1, 2], 60)
+    space = fit_space(emb, UmapConfig(n_components=4, n_neighbors=10), ClusterConfig(k_range=[2, 3, 5]), seed=0,
+                      sample_ids=[str(i) for i in range(180)])
+    assert space.k == 3 and set(space.silhouette) == {2, 3, 5}
+    # every true blob maps to one cluster
+    assert all(len(set(space.sample_labels[truth == t].tolist())) == 1 for t in range(3))
+    out = AssignBatch([space])({"embedding": emb[:40], "reason": [""] * 39 + ["rejected"]})
+    assert out["umap"].shape == (40, 4) and out["cluster"][-1] == -2
+    assert (out["cluster"][:39] == space.sample_labels[:39]).mean() > 0.9
+
+
+@pytest.mark.parametrize("cpus", [2, 4, 16])
+@pytest.mark.parametrize("translator", ["none", "dictionary", "seq2seq"])
+def test_actor_plan_leaves_the_read_tasks_a_cpu_share(cpus, translator):
+    """A pool that takes every CPU stalls the read tasks (seen on 2 cores): the plan must fit with reads running."""
+    from data_pipeline.build import plan_actors
+    from data_pipeline.config import BuildConfig
+    from data_pipeline.translate import TranslatorConfig
+
+    cfg = BuildConfig(source="s", images="i", out="o", translate=TranslatorConfig(name=translator, model="m"))
+    p = plan_actors(cfg, {"cpu": cpus})
+    used = p.read_cpus + p.translate_actors * p.translate_cpus + p.embed_actors * p.embed_cpus
+    assert p.read_cpus > 0 and used <= cpus and p.embed_actors >= 1
+    assert (p.translate_actors > 0) == (translator != "none")
+    g = plan_actors(cfg, {"cpu": cpus, "gpu": 2})
+    assert g.embed_actors == 2 and g.embed_gpus + g.translate_gpus <= 1.0
