@@ -38,8 +38,17 @@ from typing import Any
 import numpy as np
 
 from .config import BuildConfig
-from .records import IMAGE_MARKER, Shard, SourceError, _is_json_list, file_sha256, json_list_to_jsonl, \
-    plan_shards, read_shard, rows_to_batch
+from .records import (
+    IMAGE_MARKER,
+    Shard,
+    SourceError,
+    _is_json_list,
+    file_sha256,
+    json_list_to_jsonl,
+    plan_shards,
+    read_shard,
+    rows_to_batch,
+)
 
 log = logging.getLogger(__name__)
 DONE = "_DONE"
@@ -313,7 +322,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                             num_cpus=plan.read_cpus)
         if plan.translate_actors:
             ds = ds.map_batches(TranslateStage, fn_constructor_args=(
-                _asdict(cfg.translate), str((work / "translation_cache").resolve())),
+                cfg.translate.to_dict(), str((work / "translation_cache").resolve())),
                 batch_size=cfg.translate.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.translate_actors),
                 num_cpus=plan.translate_cpus, num_gpus=plan.translate_gpus)
         threads = None if plan.embed_gpus else max(1, round(plan.embed_cpus))
@@ -436,10 +445,4 @@ def _variant_ids(vdir: Path) -> list[str]:
     import pyarrow.dataset as pads
 
     return pads.dataset(vdir, format="parquet").to_table(columns=["id"])["id"].to_pylist()
-
-
-def _asdict(obj) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 

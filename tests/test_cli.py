@@ -22,7 +22,9 @@ def test_main_job_tiny_then_chat_on_its_checkpoint(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stage1"]["step"] == 2 and summary["stage2"]["step"] == 2
-    assert summary["coco_records"] < 30 + 14  # the non-COCO rows were filtered out
+    records = [json.loads(line) for line in (out / "corpus" / "sharegpt4v_sample.jsonl").read_text().splitlines()]
+    n_coco = sum(r["image"].startswith("coco/") for r in records)
+    assert summary["coco_records"] == n_coco < len(records)  # the non-COCO rows were filtered out
     final = summary["stage2"]["checkpoint"]
     assert (out / "stage2" / "final" / "lm").is_dir() and not (out / "stage1" / "final" / "lm").exists()
     r = vlm_sweep("chat", "--checkpoint", final, "--image", summary["chat"]["image"], "--max_new_tokens", "3",
@@ -61,3 +63,17 @@ def test_sample_corpus_command(tmp_path):
     lines = (tmp_path / "c" / "sharegpt4v_sample.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])
     assert set(rec) == {"id", "image", "conversations"} and (tmp_path / "c" / "images" / rec["image"]).is_file()
+
+
+def test_data_build_names_a_missing_source_before_starting_ray(tmp_path):
+    r = vlm_sweep("data", "build", "--source", str(tmp_path / "nope.jsonl"), "--images", str(tmp_path),
+                  "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "nope.jsonl does not exist" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_data_build_help_lists_the_typed_options():
+    r = vlm_sweep("data", "build", "--help")
+    assert r.returncode == 0
+    for flag in ("--source", "--variants", "--translate.name", "--embed.batch_size", "--umap.n_components",
+                 "--cluster.method", "--check_images"):
+        assert flag in r.stdout

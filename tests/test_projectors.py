@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from vlm_core.config import ConfigError, ProjectorConfig, VisionConfig
-from vlm_core.projectors import (EncoderGeometry, available_projectors, build_projector, dense_groups,
-                                 picked_layers)
+from vlm_core.projectors import EncoderGeometry, available_projectors, build_projector, dense_groups, picked_layers
 from vlm_core.vision import build_vision_tower
 
 

@@ -35,7 +35,8 @@ def _grads_after_backward(model, corpus, stage):
     ds = _dataset(model, corpus, 4)
     batch = Collator(model.tokenizer.pad_token_id)([ds[i] for i in range(4)])
     model.zero_grad(set_to_none=True)
-    model(batch["input_ids"], batch["attention_mask"], batch["labels"], pixel_values=batch["pixel_values"]).loss.backward()
+    out = model(batch["input_ids"], batch["attention_mask"], batch["labels"], pixel_values=batch["pixel_values"])
+    out.loss.backward()
     return {name: [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in getattr(model, name).parameters()]
             for name in ("vision", "projector", "lm")}
 

@@ -200,16 +200,15 @@ def build_parser(argv: list[str]):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message already says what is wrong and how to fix it: printed without a traceback."""
+    from data_pipeline.records import SourceError
+    from data_pipeline.sampling import SamplingError
+
     from .assets import AssetError
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .conversation import FormatError
-    from .vision import ModelSourceError
-
-    from data_pipeline.records import SourceError
-    from data_pipeline.sampling import SamplingError
-
     from .ray_env import RayUnreachable
+    from .vision import ModelSourceError
 
     return (ConfigError, ModelSourceError, CheckpointError, FormatError, AssetError, FileNotFoundError, SourceError,
             SamplingError, RayUnreachable)

@@ -24,7 +24,8 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the field and the fix."""
 
 
-def _check(cond: bool, field_name: str, msg: str) -> None:
+def check_field(cond: bool, field_name: str, msg: str) -> None:
+    """Raise ``ConfigError`` naming ``field_name`` unless ``cond`` holds (used in every ``__post_init__``)."""
     if not cond:
         raise ConfigError(f"{field_name}: {msg}")
 
@@ -55,12 +56,12 @@ class VisionConfig:
     """``tiny`` only: seed of the random init, so every process builds the same encoder."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "vision.source", "must be 'tiny', a hub id or a local folder")
-        _check(self.feature_layer != 0, "vision.feature_layer", "0 is the patch embedding, not a layer output")
+        check_field(bool(self.source), "vision.source", "must be 'tiny', a hub id or a local folder")
+        check_field(self.feature_layer != 0, "vision.feature_layer", "0 is the patch embedding, not a layer output")
         for name in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads"):
-            _check(getattr(self, name) > 0, f"vision.{name}", "must be > 0")
-        _check(self.image_size % self.patch_size == 0, "vision.image_size", "must be a multiple of patch_size")
-        _check(self.hidden_size % self.num_heads == 0, "vision.hidden_size", "must be a multiple of num_heads")
+            check_field(getattr(self, name) > 0, f"vision.{name}", "must be > 0")
+        check_field(self.image_size % self.patch_size == 0, "vision.image_size", "must be a multiple of patch_size")
+        check_field(self.hidden_size % self.num_heads == 0, "vision.hidden_size", "must be a multiple of num_heads")
 
 
 @dataclass
@@ -77,8 +78,8 @@ class ProjectorConfig:
     """Seed of the projector's initialisation, so every trial of a config starts from the same weights."""
 
     def __post_init__(self) -> None:
-        _check(self.dense_groups >= 1, "projector.dense_groups", "must be >= 1")
-        _check(self.sti_pool_stride >= 1, "projector.sti_pool_stride", "must be >= 1")
+        check_field(self.dense_groups >= 1, "projector.dense_groups", "must be >= 1")
+        check_field(self.sti_pool_stride >= 1, "projector.sti_pool_stride", "must be >= 1")
 
 
 @dataclass
@@ -109,11 +110,11 @@ class LMConfig:
     """Allow model code from the hub. Off unless you opt in."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "lm.source", "must be 'tiny', 'smollm2', a hub id or a local folder")
+        check_field(bool(self.source), "lm.source", "must be 'tiny', 'smollm2', a hub id or a local folder")
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size"):
-            _check(getattr(self, name) > 0, f"lm.{name}", "must be > 0")
-        _check(self.hidden_size % self.num_heads == 0, "lm.hidden_size", "must be a multiple of num_heads")
-        _check(self.image_token.strip() == self.image_token and bool(self.image_token), "lm.image_token",
+            check_field(getattr(self, name) > 0, f"lm.{name}", "must be > 0")
+        check_field(self.hidden_size % self.num_heads == 0, "lm.hidden_size", "must be a multiple of num_heads")
+        check_field(self.image_token.strip() == self.image_token and bool(self.image_token), "lm.image_token",
                "must be a non-empty string without surrounding spaces")
 
 
@@ -131,8 +132,8 @@ class FormatConfig:
     """Optional system message (chat mode only)."""
 
     def __post_init__(self) -> None:
-        _check(self.mode in ("chat", "raw"), "format.mode", f"{self.mode!r} is not one of 'chat', 'raw'")
-        _check(self.max_length >= 8, "format.max_length", "must be >= 8")
+        check_field(self.mode in ("chat", "raw"), "format.mode", f"{self.mode!r} is not one of 'chat', 'raw'")
+        check_field(self.max_length >= 8, "format.max_length", "must be >= 8")
 
 
 @dataclass
@@ -193,15 +194,15 @@ class TrainConfig:
     """Also checkpoint every N optimizer steps (resumable mid-epoch)."""
 
     def __post_init__(self) -> None:
-        _check(self.stage in (1, 2), "train.stage", f"{self.stage} is not 1 or 2")
-        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
-        _check(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or None")
-        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-        _check(0 < self.lr < 1, "train.lr", f"{self.lr} is out of range (0, 1)")
-        _check(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
-        _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
-        _check(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision",
+        check_field(self.stage in (1, 2), "train.stage", f"{self.stage} is not 1 or 2")
+        check_field(self.epochs >= 1, "train.epochs", "must be >= 1")
+        check_field(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or None")
+        check_field(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        check_field(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        check_field(0 < self.lr < 1, "train.lr", f"{self.lr} is out of range (0, 1)")
+        check_field(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
+        check_field(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
+        check_field(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision",
                "must be 'auto', 'bf16' or 'no'")
 
     def to_dict(self) -> dict[str, Any]:

@@ -110,15 +110,17 @@ class Collator:
     pad_token_id: int
     padding_side: str = "right"
 
+    def _pad(self, seq: list[int], value: int, n: int) -> list[int]:
+        return [value] * n + seq if self.padding_side == "left" else seq + [value] * n
+
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         longest = max(len(b["input_ids"]) for b in batch)
         ids, labels, mask = [], [], []
         for b in batch:
             n = longest - len(b["input_ids"])
-            pad = lambda seq, value: ([value] * n + seq) if self.padding_side == "left" else (seq + [value] * n)  # noqa: E731
-            ids.append(pad(list(b["input_ids"]), self.pad_token_id))
-            labels.append(pad(list(b["labels"]), IGNORE_INDEX))
-            mask.append(pad([1] * len(b["input_ids"]), 0))
+            ids.append(self._pad(list(b["input_ids"]), self.pad_token_id, n))
+            labels.append(self._pad(list(b["labels"]), IGNORE_INDEX, n))
+            mask.append(self._pad([1] * len(b["input_ids"]), 0, n))
         out = {"ids": [b["id"] for b in batch], "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
                "attention_mask": torch.tensor(mask)}
         if "pixel_values" in batch[0]:

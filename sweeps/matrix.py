@@ -1,0 +1,135 @@
+"""The study's experiment matrices, as data: the 19 stage-1 runs, the 6 stage-2 continuations, the full grid.
+
+Every trial has a stable id (its position-free description) and a readable name, e.g.
+``s1-20kUmap-nodense-raw-linear-e3-b12``; stage-2 trials name the stage-1 config they continue.
+
+    python -m sweeps.matrix paper19        # prints the table
+    python -m sweeps.matrix full
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vlm_core.config import ConfigError
+
+DATASETS = ("20kUmap", "10kRandom")
+SCHEDULERS = ("linear", "cosine")
+EPOCHS = (3, 6, 9)
+BATCH_SIZES = (1, 8, 12)
+LR = 2e-5
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One run of the study: the ablation axes plus the hardware it was run on."""
+
+    stage: int
+    dataset: str
+    dense: bool
+    chat: bool
+    scheduler: str
+    epochs: int
+    batch_size: int
+    profile: str
+    lr: float = LR
+    paper_id: int | None = None
+    parent: str | None = None  # stage 2: the config id of the stage-1 run it continues
+
+    @property
+    def config_id(self) -> str:
+        """Stable, readable id: the same config always has the same id, in any matrix."""
+        return (f"s{self.stage}-{self.dataset}-{'dense' if self.dense else 'nodense'}-"
+                f"{'chat' if self.chat else 'raw'}-{self.scheduler}-e{self.epochs}-b{self.batch_size}")
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "dense": self.dense, "chat": self.chat, "scheduler": self.scheduler,
+                "epochs": self.epochs, "batch_size": self.batch_size}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "config_id": self.config_id}
+
+
+# The seed study's stage-1 table (shared/architecture.md §2): id, dataset, dense, chat, scheduler, epochs, batch,
+# GPU config. Kept verbatim as data.
+PAPER19_TABLE: list[tuple[int, str, bool, bool, str, int, int, str]] = [
+    (1, "20kUmap", False, False, "linear", 3, 1, "a100-10g"),
+    (2, "20kUmap", False, False, "linear", 3, 12, "a100-37g"),
+    (3, "20kUmap", False, False, "linear", 6, 12, "a100-37g"),
+    (4, "20kUmap", False, False, "cosine", 3, 12, "a100-37g"),
+    (5, "20kUmap", False, False, "cosine", 6, 12, "a100-37g"),
+    (6, "20kUmap", False, True, "cosine", 6, 8, "a100-10g"),
+    (7, "20kUmap", False, True, "cosine", 9, 8, "a100-10g"),
+    (8, "10kRandom", False, False, "linear", 3, 8, "a100-26g"),
+    (9, "10kRandom", False, False, "linear", 6, 8, "a100-26g"),
+    (10, "10kRandom", False, False, "cosine", 3, 12, "a100-37g"),
+    (11, "10kRandom", False, False, "cosine", 6, 12, "a100-37g"),
+    (12, "10kRandom", False, True, "linear", 6, 8, "a100-37g"),
+    (13, "10kRandom", False, True, "cosine", 6, 8, "a100-37g"),
+    (14, "10kRandom", True, True, "linear", 3, 8, "a100-37g"),
+    (15, "10kRandom", True, True, "linear", 6, 8, "a100-37g"),
+    (16, "10kRandom", True, True, "linear", 9, 8, "a100-37g"),
+    (17, "10kRandom", True, True, "cosine", 3, 8, "a100-26g"),
+    (18, "10kRandom", True, True, "cosine", 6, 8, "a100-26g"),
+    (19, "10kRandom", True, True, "cosine", 9, 8, "a100-26g"),
+]
+STAGE2_CONTINUES = (3, 7, 9, 13, 16, 19)
+STAGE2_EPOCHS, STAGE2_BATCH, STAGE2_PROFILE = 3, 3, "a100-28g"
+# Full grid: the profile follows the batch size (the study's memory need grows with it).
+PROFILE_BY_BATCH = {1: "a100-10g", 8: "a100-26g", 12: "a100-37g"}
+
+
+def paper19_stage1() -> list[TrialSpec]:
+    return [TrialSpec(1, d, dense, chat, sched, ep, bs, prof, paper_id=i)
+            for i, d, dense, chat, sched, ep, bs, prof in PAPER19_TABLE]
+
+
+def continuation(parent: TrialSpec) -> TrialSpec:
+    """Stage 2 of a stage-1 config: same dataset / dense / chat / scheduler, 3 epochs, batch 3."""
+    return TrialSpec(2, parent.dataset, parent.dense, parent.chat, parent.scheduler, STAGE2_EPOCHS, STAGE2_BATCH,
+                     STAGE2_PROFILE, paper_id=parent.paper_id, parent=parent.config_id)
+
+
+def paper19_stage2() -> list[TrialSpec]:
+    by_id = {t.paper_id: t for t in paper19_stage1()}
+    return [continuation(by_id[i]) for i in STAGE2_CONTINUES]
+
+
+def full_stage1() -> list[TrialSpec]:
+    return [TrialSpec(1, d, dense, chat, sched, ep, bs, PROFILE_BY_BATCH[bs])
+            for d, dense, chat, sched, ep, bs in itertools.product(DATASETS, (False, True), (False, True),
+                                                                    SCHEDULERS, EPOCHS, BATCH_SIZES)]
+
+
+def full_stage2() -> list[TrialSpec]:
+    """Every stage-1 config of the grid continued (dataset × dense × chat × scheduler × epochs × batch)."""
+    return [continuation(t) for t in full_stage1()]
+
+
+GRIDS = {"paper19": (paper19_stage1, paper19_stage2), "full": (full_stage1, full_stage2)}
+
+
+def get_grid(name: str, stage: int) -> list[TrialSpec]:
+    if name not in GRIDS:
+        raise ConfigError(f"grid: unknown grid {name!r}; choose one of {sorted(GRIDS)}")
+    if stage not in (1, 2):
+        raise ConfigError(f"stage: {stage} is not 1 or 2")
+    return GRIDS[name][stage - 1]()
+
+
+def format_table(trials: list[TrialSpec]) -> str:
+    head = f"{'paper':>5}  {'config id':44} {'profile':9} {'continues'}"
+    lines = [head, "-" * len(head)]
+    for t in trials:
+        lines.append(f"{t.paper_id or '':>5}  {t.config_id:44} {t.profile:9} {t.parent or ''}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    grid = sys.argv[1] if len(sys.argv) > 1 else "paper19"
+    for stage in (1, 2):
+        print(f"stage {stage}:\n{format_table(get_grid(grid, stage))}\n")

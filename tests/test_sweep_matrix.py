@@ -1,0 +1,71 @@
+"""The study's matrices as data, and hardware profiles mapped onto Ray resources."""
+
+from __future__ import annotations
+
+import pytest
+
+from sweeps.matrix import PAPER19_TABLE, get_grid
+from sweeps.profiles import check_fits, trial_resources
+from vlm_core.config import ConfigError
+
+
+def test_paper19_has_the_19_tabled_runs_and_6_continuations():
+    s1, s2 = get_grid("paper19", 1), get_grid("paper19", 2)
+    assert len(s1) == 19 and len(s2) == 6
+    assert len({t.config_id for t in s1}) == 19  # ids are unique
+    assert s1[1].config_id == "s1-20kUmap-nodense-raw-linear-e3-b12" and s1[1].profile == "a100-37g"
+    assert s1[0].batch_size == 1 and s1[0].profile == "a100-10g"
+    row16 = next(t for t in s1 if t.paper_id == 16)
+    assert (row16.dataset, row16.dense, row16.chat, row16.scheduler, row16.epochs) == ("10kRandom", True, True,
+                                                                                       "linear", 9)
+    assert [t.paper_id for t in s2] == [3, 7, 9, 13, 16, 19]
+    by_id = {t.config_id: t for t in s1}
+    for t in s2:
+        parent = by_id[t.parent]
+        assert (t.dataset, t.dense, t.chat, t.scheduler) == (parent.dataset, parent.dense, parent.chat,
+                                                             parent.scheduler)
+        assert (t.epochs, t.batch_size, t.profile, t.stage) == (3, 3, "a100-28g", 2)
+    assert all(t.lr == 2e-5 for t in s1 + s2)
+    assert len(PAPER19_TABLE) == 19
+
+
+def test_full_grid_is_the_cartesian_product_and_contains_the_paper_runs():
+    full = get_grid("full", 1)
+    assert len(full) == 2 * 2 * 2 * 2 * 3 * 3 == len({t.config_id for t in full})
+    full_ids = {t.config_id for t in full}
+    assert {t.config_id for t in get_grid("paper19", 1)} <= full_ids
+    assert len(get_grid("full", 2)) == len(full)
+
+
+def test_unknown_grid_is_named():
+    with pytest.raises(ConfigError, match="unknown grid 'paper20'"):
+        get_grid("paper20", 1)
+
+
+@pytest.mark.parametrize("profile, gpu", [("a100-10g", 0.25), ("a100-26g", 0.75), ("a100-28g", 0.75),
+                                          ("a100-37g", 1.0)])
+def test_fractional_profiles_on_40g_cards(profile, gpu):
+    r = trial_resources(profile, "a100-40g")
+    assert r.use_gpu and r.resources_per_worker["GPU"] == gpu and r.accelerator_type == "A100"
+    assert r.cuda_memory_fraction == (gpu if gpu < 1 else None)
+    assert r.gradient_checkpointing == (profile == "a100-10g")
+
+
+def test_other_backends():
+    assert trial_resources("a100-37g", "a100-80g").resources_per_worker["GPU"] == 0.5
+    assert trial_resources("a100-26g", "whole-gpu").resources_per_worker["GPU"] == 1
+    assert trial_resources("a100-28g", "mig-80g").resources_per_worker == {"CPU": 4, "mig-3g.40gb": 1}
+    assert trial_resources("a100-10g", "mig-40g").resources_per_worker == {"CPU": 4, "mig-2g.10gb": 1}
+    cpu = trial_resources("a100-37g", "cpu")
+    assert not cpu.use_gpu and cpu.resources_per_worker == {"CPU": 1}
+
+
+def test_impossible_requests_fail_clearly():
+    with pytest.raises(ConfigError, match="break multi-worker NCCL"):
+        trial_resources("a100-10g", "a100-40g", num_workers=2)
+    assert trial_resources("a100-37g", "a100-40g", num_workers=2).total()["GPU"] == 2  # whole cards are fine
+    with pytest.raises(ConfigError, match="unknown hardware profile"):
+        trial_resources("h100-80g", "cpu")
+    with pytest.raises(ConfigError, match=r"GPU=0.25 \(cluster has 0.0\)"):
+        check_fits(trial_resources("a100-10g", "a100-40g"), {"CPU": 2}, "s1-…")
+    check_fits(trial_resources("a100-10g", "cpu"), {"CPU": 2}, "s1-…")
