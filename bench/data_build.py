@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import threading
@@ -79,7 +80,7 @@ def compare_embedding(texts: list[str], batch_size: int) -> dict:
                                                                         ray.cluster_resources().items()})
     t0 = time.perf_counter()
     ds = ray.data.from_items([{"human_text": t, "reason": ""} for t in texts])
-    n = ds.map_batches(EmbedBatch, fn_constructor_args=(None, batch_size, max(1, round(plan.embed_cpus))),
+    n = ds.map_batches(EmbedBatch, fn_constructor_args=(None, batch_size, max(1, math.ceil(plan.embed_cpus))),
                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),
                        num_cpus=plan.embed_cpus).count()
     ray_s = time.perf_counter() - t0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -232,7 +233,7 @@ def plan_actors(cfg: BuildConfig, resources: dict[str, float]) -> ActorPlan:
     t_cpus = (1.0 if model_translator and cpus >= 4 else 0.5) if uses_translator else 0.0
     left = max(1.0, cpus - 0.5 - t_cpus)
     n = cfg.embed.actors or max(1, int(left))
-    return ActorPlan(0.5, 1 if uses_translator else 0, t_cpus, 0.0, n, min(1.0, left / n), 0.0)
+    return ActorPlan(0.5, 1 if uses_translator else 0, t_cpus, 0.0, n, left / n, 0.0)
 
 
 def _versions() -> dict[str, str]:
@@ -325,7 +326,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                 cfg.translate.to_dict(), str((work / "translation_cache").resolve())),
                 batch_size=cfg.translate.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.translate_actors),
                 num_cpus=plan.translate_cpus, num_gpus=plan.translate_gpus)
-        threads = None if plan.embed_gpus else max(1, round(plan.embed_cpus))
+        threads = None if plan.embed_gpus else max(1, math.ceil(plan.embed_cpus))  # 1.5 CPUs → 2 threads
         ds = ds.map_batches(EmbedBatch, fn_constructor_args=(embed_model, cfg.embed.batch_size, threads),
                             batch_size=cfg.embed.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),

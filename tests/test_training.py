@@ -151,3 +151,12 @@ def test_gradient_checkpointing_gives_the_same_update(stage, fresh_model, corpus
         results.append([p.detach().clone() for p in model.projector.parameters()])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_steps_per_epoch_cap_keeps_every_epoch(fresh_model, corpus, tmp_path):
+    model = fresh_model()
+    cfg = TrainConfig(stage=1, epochs=3, max_steps_per_epoch=2, batch_size=4, lr=1e-3)
+    result = train(model, cfg, _dataset(model, corpus), _dataset(model, corpus, 4), tmp_path)
+    assert (result.total_steps, result.steps, result.epochs_completed) == (6, 6, 3)
+    assert [m["epoch"] for m in result.epoch_metrics] == [1, 2, 3]
+    assert all("val_loss" in m for m in result.epoch_metrics)

@@ -166,6 +166,9 @@ class TrainConfig:
     """Passes over the training set. The LR schedule spans all of them."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (smoke runs). The schedule is sized to it when set."""
+    max_steps_per_epoch: int | None = None
+    """Cap on optimizer steps per epoch: scaled-down runs keep every epoch (and ASHA's rungs) but see fewer
+    batches of each."""
     batch_size: int = 8
     """Samples per micro-batch."""
     grad_accum: int = 1
@@ -197,6 +200,8 @@ class TrainConfig:
         check_field(self.stage in (1, 2), "train.stage", f"{self.stage} is not 1 or 2")
         check_field(self.epochs >= 1, "train.epochs", "must be >= 1")
         check_field(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or None")
+        check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",
+                    "must be >= 1 or None")
         check_field(self.batch_size >= 1, "train.batch_size", "must be >= 1")
         check_field(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         check_field(0 < self.lr < 1, "train.lr", f"{self.lr} is out of range (0, 1)")

@@ -56,8 +56,10 @@ def load_datasets(model: VisionLanguageModel, data: DataSpec, seed: int = 0):
 
 def run_stage(model_cfg: VLMConfig, train_cfg: TrainConfig, data: DataSpec, out: str | Path, *,
               resume_from: str | Path | None = None, on_step: Callable[[StepLog], None] | None = None,
-              on_epoch: Callable[[dict[str, Any], Path], None] | None = None) -> tuple[TrainResult, Path]:
-    """Train one stage; returns the result and ``out/final`` (the last checkpoint's weights, no optimizer)."""
+              on_epoch: Callable[[dict[str, Any], Path], None] | None = None,
+              write_final: bool = True) -> tuple[TrainResult, Path | None]:
+    """Train one stage; returns the result and ``out/final`` (the last checkpoint's weights, no optimizer),
+    or None with ``write_final=False`` (Ray Train keeps its own reported checkpoints)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.json").write_text(json.dumps(
@@ -69,4 +71,4 @@ def run_stage(model_cfg: VLMConfig, train_cfg: TrainConfig, data: DataSpec, out:
              sum(train_set.skipped.values()) + sum(val_set.skipped.values()))
     result = train(model, train_cfg, train_set, val_set, out, resume_from=resume_from, on_step=on_step,
                    on_epoch=on_epoch)
-    return result, export_weights(result.checkpoint, out / "final")
+    return result, export_weights(result.checkpoint, out / "final") if write_final else None

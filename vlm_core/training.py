@@ -86,6 +86,8 @@ def plan_steps(n_samples: int, cfg: TrainConfig) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps)."""
     micro = math.ceil(n_samples / cfg.batch_size)
     per_epoch = math.ceil(micro / cfg.grad_accum)
+    if cfg.max_steps_per_epoch:
+        per_epoch = min(per_epoch, cfg.max_steps_per_epoch)
     total = per_epoch * cfg.epochs
     return per_epoch, min(total, cfg.max_steps) if cfg.max_steps else total
 
@@ -187,7 +189,8 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
                           "rng": _rng_state(), "step": step, "epoch": epoch, "micro_done": micro_done,
                           "total_steps": total_steps}
         return save_checkpoint(model, out_dir / "checkpoints" / name, stage=cfg.stage, step=step,
-                               epoch=epoch + micro_done / max(1, math.ceil(len(train_set) / cfg.batch_size)),
+                               epoch=epoch + micro_done / max(1, min(math.ceil(len(train_set) / cfg.batch_size),
+                                                                     steps_per_epoch * cfg.grad_accum)),
                                metrics=metrics, training_state=training_state)
 
     result = TrainResult(steps=step, epochs_completed=epoch, total_steps=total_steps)
@@ -197,6 +200,7 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
         while step < total_steps and epoch < cfg.epochs:
             order = epoch_order(len(train_set), cfg.seed, epoch)
             micro_batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            micro_batches = micro_batches[: steps_per_epoch * cfg.grad_accum]
             epoch_start, epoch_loss, epoch_tokens, seen_tokens = time.perf_counter(), 0.0, 0, 0
             while micro_done < len(micro_batches) and step < total_steps:
                 t0 = time.perf_counter()
