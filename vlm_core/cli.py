@@ -146,8 +146,13 @@ def data_build_cmd(config) -> dict:
     return manifest
 
 
-COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "assets": assets_cmd, "run": run_cmd}
-DATA_COMMANDS = {"sample-corpus": sample_corpus_cmd, "build": data_build_cmd}
+def sweep_cmd(config) -> dict:
+    """Run the ablation study on Ray Tune: stage 1, lineage, stage 2 under ASHA (see sweeps/driver.py)."""
+    from sweeps.driver import run_sweep
+
+    result = run_sweep(config)
+    print(json.dumps(result, indent=2, default=str))
+    return result
 
 
 def _build_config_cls():
@@ -156,7 +161,17 @@ def _build_config_cls():
     return BuildConfig
 
 
-CONFIG_COMMANDS = {"build": _build_config_cls}  # commands whose flags are one dataclass's fields
+def _sweep_config_cls():
+    from sweeps.driver import SweepConfig
+
+    return SweepConfig
+
+
+COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "assets": assets_cmd, "run": run_cmd,
+            "sweep": sweep_cmd}
+DATA_COMMANDS = {"sample-corpus": sample_corpus_cmd, "build": data_build_cmd}
+# Commands whose flags are one dataclass's fields (at top level), keyed by command path.
+CONFIG_COMMANDS = {"data build": _build_config_cls, "sweep": _sweep_config_cls}
 POSITIONAL = {"chat": ("question",)}
 
 
@@ -169,6 +184,22 @@ def _preset_from_argv(argv: list[str]) -> str:
     return "tiny"
 
 
+def _command_parser(path: str, fn, preset: str):
+    from jsonargparse import ArgumentParser
+
+    sub = ArgumentParser(description=fn.__doc__.split("\n")[0])
+    if path in CONFIG_COMMANDS:
+        sub.add_class_arguments(CONFIG_COMMANDS[path](), None)
+        return sub
+    positional = POSITIONAL.get(path, ())
+    sub.add_function_arguments(fn, fail_untyped=True, skip=set(positional))
+    for arg in positional:
+        sub.add_argument(arg, type=typing.get_type_hints(fn)[arg], help=f"the {arg}")
+    if "model" in fn.__annotations__:
+        sub.set_defaults(model=get_preset(preset).to_dict())
+    return sub
+
+
 def build_parser(argv: list[str]):
     from jsonargparse import ArgumentParser, set_parsing_settings
 
@@ -177,24 +208,12 @@ def build_parser(argv: list[str]):
     subs = parser.add_subcommands(dest="command")
     preset = _preset_from_argv(argv)
     for name, fn in COMMANDS.items():
-        sub = ArgumentParser(description=fn.__doc__.split("\n")[0])
-        positional = POSITIONAL.get(name, ())
-        sub.add_function_arguments(fn, fail_untyped=True, skip=set(positional))
-        for arg in positional:
-            sub.add_argument(arg, type=typing.get_type_hints(fn)[arg], help=f"the {arg}")
-        if "model" in fn.__annotations__:
-            sub.set_defaults(model=get_preset(preset).to_dict())
-        subs.add_subcommand(name, sub, help=fn.__doc__.split("\n")[0])
+        subs.add_subcommand(name, _command_parser(name, fn, preset), help=fn.__doc__.split("\n")[0])
     data = ArgumentParser(description="Data preparation")
     subs.add_subcommand("data", data, help="Data preparation")
     data_subs = data.add_subcommands(dest="data_command")
     for name, fn in DATA_COMMANDS.items():
-        sub = ArgumentParser(description=fn.__doc__.split("\n")[0])
-        if name in CONFIG_COMMANDS:  # the dataclass's fields are the flags, at top level
-            sub.add_class_arguments(CONFIG_COMMANDS[name](), None)
-        else:
-            sub.add_function_arguments(fn, fail_untyped=True)
-        data_subs.add_subcommand(name, sub, help=fn.__doc__.split("\n")[0])
+        data_subs.add_subcommand(name, _command_parser(f"data {name}", fn, preset), help=fn.__doc__.split("\n")[0])
     return parser
 
 
@@ -221,16 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(argv)
         cfg = parser.parse_args(argv)
         init = parser.instantiate(cfg)
-        command = init.command
-        if command == "data":
-            name = init.data.data_command
-            fn, kwargs = DATA_COMMANDS[name], init.data[name]
-            if name in CONFIG_COMMANDS:
-                fn(CONFIG_COMMANDS[name]()(**vars(kwargs)))
-                return 0
+        if init.command == "data":
+            path, fn, kwargs = f"data {init.data.data_command}", DATA_COMMANDS[init.data.data_command], \
+                init.data[init.data.data_command]
         else:
-            fn, kwargs = COMMANDS[command], init[command]
-        fn(**{k: v for k, v in dict(vars(kwargs)).items() if k in fn.__code__.co_varnames})
+            path, fn, kwargs = init.command, COMMANDS[init.command], init[init.command]
+        if path in CONFIG_COMMANDS:
+            fn(CONFIG_COMMANDS[path]()(**vars(kwargs)))
+        else:
+            fn(**{k: v for k, v in dict(vars(kwargs)).items() if k in fn.__code__.co_varnames})
     except user_errors() as e:
         print(f"vlm-sweep: error: {e}", file=sys.stderr)
         return 2

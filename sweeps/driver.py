@@ -1,0 +1,257 @@
+"""``vlm-sweep sweep``: the ablation study on Ray Tune, one Ray Train run per trial.
+
+Stage 1 runs the grid's projector-only trials; the lineage manifest then records, for every stage-1 config,
+its best checkpoint (by validation loss); stage 2 starts each continuation from the checkpoint of the config
+it continues, under ASHA (``time_attr="epoch"``). Results live under ``--out`` (Tune's ``storage_path``):
+``stage1/``, ``stage2/`` (Tune experiments), ``lineage.json``, ``trials.json``.
+
+    vlm-sweep sweep --data data --preset local --grid paper19 --stage all          # CPU, the local preset
+    vlm-sweep sweep --data data --preset local --grid paper19 --stage 1 --dry_run true
+    RAY_ADDRESS=auto vlm-sweep sweep --data /shared/data --preset paper --backend a100-40g --out /shared/runs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlm_core.config import ConfigError, check_field
+from vlm_core.runner import DataSpec
+
+from .matrix import TrialSpec, get_grid
+from .profiles import TrialResources, check_fits, trial_resources
+from .trial import Scale, resources_dict, run_trial, trial_configs
+
+log = logging.getLogger(__name__)
+
+METRIC, MODE = "val_loss", "min"  # the one place they are set
+DEFAULT_BACKEND = {"tiny": "cpu", "local": "cpu", "paper": "a100-40g"}
+DEFAULT_SCALE = {"tiny": Scale(max_steps_per_epoch=2, batch_size_cap=2, lr=1e-3),
+                 "local": Scale(max_steps_per_epoch=4, batch_size_cap=4, lr=1e-3),
+                 "paper": Scale()}
+
+
+@dataclass
+class AshaConfig:
+    """Early stopping of stage-2 trials."""
+
+    grace_period: int = 1
+    """Epochs every trial runs before it can be stopped."""
+    reduction_factor: int = 2
+    """Keep 1/reduction_factor of the trials at each rung."""
+    max_concurrent: int = 1
+    """Stage-2 trials in flight. The first trial to reach a rung always continues, so with few trials pruning
+    only happens when they are not all running at once."""
+
+    def __post_init__(self) -> None:
+        check_field(self.grace_period >= 1, "asha.grace_period", "must be >= 1")
+        check_field(self.reduction_factor >= 2, "asha.reduction_factor", "must be >= 2")
+
+
+@dataclass
+class SweepConfig:
+    """The sweep."""
+
+    data: str
+    """Output folder of ``vlm-sweep data build`` (one sub-folder per dataset variant)."""
+    images: str
+    """Image root the variants' paths are relative to."""
+    preset: str = "local"
+    """Model preset: ``tiny``, ``local`` (CPU, offline) or ``paper`` (TinyCLIP + Llama-3.2-1B on A100s)."""
+    grid: str = "paper19"
+    """``paper19`` (the study's 19 + 6 runs) or ``full`` (the Cartesian grid)."""
+    stage: str = "all"
+    """``1``, ``2`` or ``all``."""
+    out: str = "runs/sweep"
+    """Experiment folder (Tune's storage_path; shared storage on multi-node clusters)."""
+    backend: str | None = None
+    """How hardware profiles map to this cluster (cpu, a100-40g, a100-80g, whole-gpu, mig-40g, mig-80g);
+    default: cpu for the tiny/local presets, a100-40g for paper."""
+    limit: int | None = None
+    """Run only the first N trials of each stage (smoke runs)."""
+    paper_ids: list[int] | None = None
+    """paper19 only: run these stage-1 rows and the continuations of those among them (e.g. [3, 7])."""
+    max_concurrent: int | None = None
+    """Stage-1 trials in flight (default: as many as the cluster fits)."""
+    max_failures: int = 2
+    """Train restarts of a failed trial (from its last checkpoint)."""
+    resume: bool = False
+    """Continue an interrupted sweep: finished trials are not rerun."""
+    dry_run: bool = False
+    """Print the trials, their profiles and the Ray resources they request; run nothing."""
+    asha: AshaConfig = field(default_factory=AshaConfig)
+
+    def __post_init__(self) -> None:
+        check_field(self.stage in ("1", "2", "all"), "stage", f"{self.stage!r} is not 1, 2 or all")
+        check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
+        check_field(not self.paper_ids or self.grid == "paper19", "paper_ids", "only applies to --grid paper19")
+
+
+@dataclass
+class PlannedTrial:
+    spec: TrialSpec
+    resources: TrialResources
+
+
+def plan(cfg: SweepConfig, stage: int) -> list[PlannedTrial]:
+    backend = cfg.backend or DEFAULT_BACKEND.get(cfg.preset, "cpu")
+    trials = get_grid(cfg.grid, stage)
+    if cfg.paper_ids:
+        trials = [t for t in trials if t.paper_id in cfg.paper_ids]
+    if cfg.limit:
+        trials = trials[: cfg.limit]
+    return [PlannedTrial(t, trial_resources(t.profile, backend)) for t in trials]
+
+
+def format_plan(planned: list[PlannedTrial]) -> str:
+    lines = [f"{'trial':44} {'profile':9} {'resources per worker':32} notes"]
+    for p in planned:
+        lines.append(f"{p.spec.config_id:44} {p.spec.profile:9} {json.dumps(p.resources.resources_per_worker):32} "
+                     f"{'; '.join(p.resources.notes)}")
+    return "\n".join(lines)
+
+
+def _variant_paths(cfg: SweepConfig, dataset: str) -> dict[str, Any]:
+    vdir = Path(cfg.data) / dataset
+    train, val = vdir / "train-00000.parquet", vdir / "val-00000.parquet"
+    if not train.is_file():
+        raise ConfigError(f"data: {train} is missing; build the variant first (vlm-sweep data build --out "
+                          f"{cfg.data} with a variant named {dataset})")
+    return DataSpec(train=str(train.resolve()), images=str(Path(cfg.images).resolve()),
+                    val=str(val.resolve()) if val.is_file() else None).__dict__
+
+
+def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: str | None) -> dict[str, Any]:
+    scale = DEFAULT_SCALE.get(cfg.preset, Scale())
+    model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing)
+    return {"config_id": p.spec.config_id, "spec": p.spec.to_dict(), "resources": resources_dict(p.resources),
+            "storage_path": str(storage / "train"), "max_failures": cfg.max_failures,
+            "worker": {"model": model.to_dict(), "train": train.to_dict(),
+                       "data": _variant_paths(cfg, p.spec.dataset)}}
+
+
+def concurrent_fit(planned: list[PlannedTrial], cluster: dict[str, Any]) -> int:
+    """How many of the largest trial fit the cluster at once (at least 1)."""
+    have = {k.lower(): float(v) for k, v in cluster.items()}
+    counts = [int(have.get(k.lower(), 0.0) // v) for p in planned for k, v in p.resources.total().items() if v > 0]
+    return max(1, min(counts)) if counts else 1
+
+
+def _run_stage(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], storage: Path, scheduler=None,
+               fit_count: int = 1):
+    import ray.tune
+
+    name = f"stage{stage}"
+    # The trial function only drives its TorchTrainer, which reserves the real resources in its own placement
+    # group. The driver reserves no CPU (idle drivers holding CPUs starve their own Train workers); Ray needs
+    # a non-empty request, so it asks for one byte of memory.
+    trainable = ray.tune.with_resources(run_trial, {"CPU": 0, "memory": 1})
+    if cfg.resume and ray.tune.Tuner.can_restore(str(storage / name)):
+        log.info("resuming %s from %s", name, storage / name)
+        tuner = ray.tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
+    else:
+        max_conc = cfg.asha.max_concurrent if stage == 2 else (cfg.max_concurrent or fit_count)
+        tuner = ray.tune.Tuner(
+            trainable,
+            param_space={"trial": ray.tune.grid_search(params)},
+            tune_config=ray.tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
+                                            max_concurrent_trials=max_conc,
+                                            trial_name_creator=lambda t: t.config["trial"]["config_id"],
+                                            trial_dirname_creator=lambda t: t.config["trial"]["config_id"]),
+            run_config=ray.tune.RunConfig(name=name, storage_path=str(storage),
+                                          checkpoint_config=ray.tune.CheckpointConfig(
+                                              num_to_keep=1, checkpoint_score_attribute=METRIC,
+                                              checkpoint_score_order=MODE)))
+    return tuner.fit()
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """Plan, pre-flight and run the requested stages; returns the lineage and per-trial summaries."""
+    from vlm_core.ray_env import init_ray
+
+    stages = [1, 2] if cfg.stage == "all" else [int(cfg.stage)]
+    planned = {s: plan(cfg, s) for s in stages}
+    if cfg.dry_run:
+        for s in stages:
+            print(f"stage {s}: {len(planned[s])} trials\n{format_plan(planned[s])}\n")
+        return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned[s]] for s in stages}}
+    storage = Path(cfg.out).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    resources = init_ray()
+    for s in stages:
+        for p in planned[s]:
+            check_fits(p.resources, resources, p.spec.config_id)
+    summary: dict[str, Any] = {"stages": {}}
+    lineage_file = storage / "lineage.json"
+    lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
+    if 1 in stages:
+        grid = _run_stage(cfg, 1, [_param(cfg, p, storage, None) for p in planned[1]], storage,
+                          fit_count=concurrent_fit(planned[1], resources))
+        lineage = record_lineage(grid, lineage)
+        lineage_file.write_text(json.dumps(lineage, indent=2))
+        summary["stages"][1] = summarize(grid)
+    if 2 in stages:
+        from ray.tune.schedulers import ASHAScheduler
+
+        params = []
+        for p in planned[2]:
+            parent = lineage.get(p.spec.parent)
+            if not parent or not parent.get("checkpoint") or not Path(parent["checkpoint"]).is_dir():
+                raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, which has no "
+                                  f"finished stage-1 checkpoint in {lineage_file}; run --stage 1 (or all) first")
+            params.append(_param(cfg, p, storage, parent["checkpoint"]))
+        max_t = max(p.spec.epochs for p in planned[2])
+        asha = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
+                             reduction_factor=cfg.asha.reduction_factor)
+        grid = _run_stage(cfg, 2, params, storage, scheduler=asha)
+        summary["stages"][2] = summarize(grid, max_t)
+    (storage / "trials.json").write_text(json.dumps(summary, indent=2, default=str))
+    return {"lineage": lineage, **summary}
+
+
+def best_checkpoint(result) -> tuple[str | None, float | None]:
+    """(path, val_loss) of a trial's best reported checkpoint. Train V2 forwards each checkpoint to Tune as a
+    ``checkpoint_path`` metric and keeps only the best one (by ``val_loss``) on storage."""
+    df = result.metrics_dataframe
+    if df is None or METRIC not in df or "checkpoint_path" not in df or df[METRIC].isna().all():
+        return None, None
+    best = df.loc[df[METRIC].idxmin()]
+    path = best["checkpoint_path"]
+    return (path if isinstance(path, str) and Path(path).is_dir() else None), float(best[METRIC])
+
+
+def record_lineage(grid, lineage: dict[str, Any]) -> dict[str, Any]:
+    """config id → best stage-1 checkpoint (by validation loss) and its metrics."""
+    lineage = dict(lineage)
+    for result in grid:
+        cid = result.config["trial"]["config_id"]
+        path, loss = best_checkpoint(result)
+        entry = {"checkpoint": path, "best_val_loss": loss, "epochs": (result.metrics or {}).get("epoch"),
+                 "trial_path": result.path}
+        if result.error or path is None:
+            entry["error"] = str(result.error)[:500] if result.error else "no checkpoint reported"
+        lineage[cid] = entry
+    return lineage
+
+
+def summarize(grid, max_t: int | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        df = result.metrics_dataframe
+        epochs_run = m.get("epoch")
+        planned = m.get("epochs_planned")
+        rows.append({"config_id": result.config["trial"]["config_id"], "error": str(result.error)[:300]
+                     if result.error else None, "best_val_loss": float(df[METRIC].min()) if df is not None and
+                     METRIC in df else None, "epochs_run": epochs_run, "epochs_planned": planned,
+                     "stopped_early": bool(planned and epochs_run and epochs_run < planned and not result.error),
+                     "tokens_per_s": m.get("tokens_per_s"), "path": result.path})
+    return rows
+
+
+def default_out() -> str:
+    return os.environ.get("VLM_SWEEP_OUT", "runs/sweep")

@@ -1,0 +1,116 @@
+"""One Tune trial = one Ray Train ``TorchTrainer`` run of ``vlm_core``'s training loop (the Train V2 pattern).
+
+``run_trial`` is the Tune *function* trainable; it builds a ``TorchTrainer`` whose workers run
+``train_worker``. Workers rebuild the typed configs from the dict on their first line, resume from
+``ray.train.get_checkpoint()`` when Train restarts them after a failure, and report ``epoch``, ``train_loss``,
+``val_loss``, ``lr`` and tokens/s with a checkpoint every epoch; ``TuneReportCallback`` forwards those reports
+to Tune (so ASHA can stop the trial).
+
+    python -c "from sweeps.trial import trial_configs; help(trial_configs)"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlm_core.config import TrainConfig, VLMConfig
+from vlm_core.presets import get_preset
+
+from .matrix import TrialSpec
+from .profiles import TrialResources
+
+log = logging.getLogger(__name__)
+
+PROJECTOR_FOR_DENSE = {False: "mlp2x_gelu", True: "dense_connector"}
+FORMAT_FOR_CHAT = {False: "raw", True: "chat"}
+
+
+@dataclass
+class Scale:
+    """How much of each epoch a preset runs (the ``local`` preset shrinks the study to fit a laptop)."""
+
+    max_steps_per_epoch: int | None = None
+    """Cap on optimizer steps per epoch (None: the whole variant)."""
+    batch_size_cap: int | None = None
+    """Cap on the batch size (None: the study's)."""
+    lr: float | None = None
+    """Override of the study's 2e-5 (short local runs need a larger step to move at all)."""
+
+
+def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: str | None = None,
+                  gradient_checkpointing: bool = False) -> tuple[VLMConfig, TrainConfig]:
+    """The model and training configs of one trial of the matrix."""
+    model = get_preset(preset)
+    model.projector.name = PROJECTOR_FOR_DENSE[spec.dense]
+    model.format.mode = FORMAT_FOR_CHAT[spec.chat]
+    batch = min(spec.batch_size, scale.batch_size_cap) if scale.batch_size_cap else spec.batch_size
+    train = TrainConfig(stage=spec.stage, epochs=spec.epochs, batch_size=batch, lr=scale.lr or spec.lr,
+                        scheduler=spec.scheduler, init_checkpoint=init_checkpoint,
+                        gradient_checkpointing=gradient_checkpointing,
+                        max_steps_per_epoch=scale.max_steps_per_epoch)
+    return model, train
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train worker: rebuild the configs, resume if Train restarted us, train, report every epoch."""
+    import ray.train
+    import torch
+
+    from vlm_core.runner import DataSpec, run_stage
+
+    model_cfg = VLMConfig.from_dict(config["model"])
+    train_cfg = TrainConfig.from_dict(config["train"])
+    data = DataSpec(**config["data"])
+    epochs_planned = train_cfg.epochs
+    if config.get("cuda_memory_fraction") and torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(config["cuda_memory_fraction"])
+    workdir = Path(tempfile.mkdtemp(prefix="vlm-trial-"))
+    resume_dir = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restart after a failure: continue where the last report left off
+        resume_dir = Path(checkpoint.to_directory(str(workdir / "resume")))
+        log.info("resuming from %s", resume_dir)
+
+    def on_epoch(metrics: dict[str, Any], ckpt_dir: Path) -> None:
+        report = {**metrics, "epochs_planned": epochs_planned}
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
+
+    run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
+              write_final=False)
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: one ``TorchTrainer`` with this trial's resources and a stable run name."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    config = config["trial"]  # the grid_search entry: everything this trial needs
+    res = TrialResources(**config["resources"])
+    trial_id = ray.tune.get_context().get_trial_id()
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={**config["worker"], "cuda_memory_fraction": res.cuda_memory_fraction},
+        scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                               resources_per_worker=res.resources_per_worker,
+                                               accelerator_type=res.accelerator_type),
+        run_config=ray.train.RunConfig(
+            name=f"train-{config['config_id']}-{trial_id}",  # stable across restarts: no timestamp
+            storage_path=config["storage_path"],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                                         checkpoint_score_order="min"),
+            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"],
+                                                   controller_failure_limit=0),
+            callbacks=[TuneReportCallback()]),
+    )
+    trainer.fit()
+
+
+def resources_dict(res: TrialResources) -> dict[str, Any]:
+    return dataclasses.asdict(res)
