@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import time
@@ -185,9 +186,15 @@ def _reason_counts(path: Path) -> tuple[int, Counter]:
     table = pads.dataset(path, format="parquet").to_table(columns=["reason", "stage"])
     total = table.num_rows
     rejected = table.filter(pc.not_equal(table["reason"], ""))
-    counts = Counter(f"{s}: {r.split(':')[0]}" if ": " in r and s == "image" else f"{s}: {r}"
-                     for r, s in zip(rejected["reason"].to_pylist(), rejected["stage"].to_pylist()))
+    counts = Counter(f"{s}: {reason_group(r)}" for r, s in zip(rejected["reason"].to_pylist(),
+                                                                rejected["stage"].to_pylist()))
     return total, counts
+
+
+def reason_group(reason: str) -> str:
+    """A reason without its row-specific details (paths, positions, numbers), for counting by kind."""
+    head = re.split(r" \(|: /", reason)[0]
+    return re.sub(r"\d+(\.\d+)?", "N", head)
 
 
 def _rejected_rows(path: Path) -> list[dict]:

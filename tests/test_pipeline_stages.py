@@ -144,3 +144,13 @@ def test_actor_plan_leaves_the_read_tasks_a_cpu_share(cpus, translator):
     assert (p.translate_actors > 0) == (translator != "none")
     g = plan_actors(cfg, {"cpu": cpus, "gpu": 2})
     assert g.embed_actors == 2 and g.embed_gpus + g.translate_gpus <= 1.0
+
+
+def test_reasons_are_counted_by_kind_not_by_row():
+    from data_pipeline.build import reason_group
+
+    assert reason_group("malformed JSON (Expecting value at column 5)") == "malformed JSON"
+    assert reason_group("image not found: /data/coco/1.jpg") == reason_group("image not found: /data/coco/2.jpg")
+    assert reason_group("translation failed: coverage 0.22 < 0.50 (2/9 words found)") == \
+        "translation failed: coverage N < N"
+    assert reason_group("no <image> marker") == "no <image> marker"
