@@ -4,7 +4,7 @@ Steps: write the sample corpus (packaged assets only) → keep COCO images → s
 stage 2 (projector + LLM, started from the stage-1 projector) → answer a held-out question about an image.
 Later issues grow this into the whole study (Ray Data preparation, Tune sweeps, evaluation, report).
 
-    vlm-sweep run --preset local                # ~2 min on a 2-core CPU, no GPU, no hub access
+    vlm-sweep run --preset local                # about 70 s on a 2-core CPU, no GPU, no hub access
     vlm-sweep run --preset tiny --steps 2       # seconds
 """
 
