@@ -162,6 +162,7 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch, total_steps = plan_steps(len(train_set), cfg)
+    micro_per_epoch = min(math.ceil(len(train_set) / cfg.batch_size), steps_per_epoch * cfg.grad_accum)
     scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps, cfg.warmup_ratio)
     collate = Collator(model.tokenizer.pad_token_id)
 
@@ -189,8 +190,7 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
                           "rng": _rng_state(), "step": step, "epoch": epoch, "micro_done": micro_done,
                           "total_steps": total_steps}
         return save_checkpoint(model, out_dir / "checkpoints" / name, stage=cfg.stage, step=step,
-                               epoch=epoch + micro_done / max(1, min(math.ceil(len(train_set) / cfg.batch_size),
-                                                                     steps_per_epoch * cfg.grad_accum)),
+                               epoch=epoch + micro_done / micro_per_epoch,
                                metrics=metrics, training_state=training_state)
 
     result = TrainResult(steps=step, epochs_completed=epoch, total_steps=total_steps)
@@ -200,7 +200,7 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
         while step < total_steps and epoch < cfg.epochs:
             order = epoch_order(len(train_set), cfg.seed, epoch)
             micro_batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-            micro_batches = micro_batches[: steps_per_epoch * cfg.grad_accum]
+            micro_batches = micro_batches[:micro_per_epoch]
             epoch_start, epoch_loss, epoch_tokens, seen_tokens = time.perf_counter(), 0.0, 0, 0
             while micro_done < len(micro_batches) and step < total_steps:
                 t0 = time.perf_counter()
