@@ -3,7 +3,10 @@
 Stage 1 runs the grid's projector-only trials; the lineage manifest then records, for every stage-1 config,
 its best checkpoint (by validation loss); stage 2 starts each continuation from the checkpoint of the config
 it continues, under ASHA (``time_attr="epoch"``). Results live under ``--out`` (Tune's ``storage_path``):
-``stage1/``, ``stage2/`` (Tune experiments), ``lineage.json``, ``trials.json``.
+``stage1/``, ``stage2/`` (Tune experiments), ``lineage.json``, ``trials.json`` and the report (``report.md``,
+``trials.csv``, ``loss_curves.png``, ``by_axis.png``; see sweeps/report.py). Each trial is one W&B run
+(offline unless a key is configured; see sweeps/tracking.py). Interrupted (Ctrl-C, a lost driver)? Rerun the
+same command with ``--resume true``: finished trials are kept, unfinished ones continue.
 
     vlm-sweep sweep --data data --preset local --grid paper19 --stage all          # CPU, the local preset
     vlm-sweep sweep --data data --preset local --grid paper19 --stage 1 --dry_run true
@@ -24,14 +27,16 @@ from vlm_core.runner import DataSpec
 
 from .matrix import TrialSpec, get_grid
 from .profiles import TrialResources, check_fits, trial_resources
+from .tracking import MODES as WANDB_MODES
 from .trial import Scale, resources_dict, run_trial, trial_configs
 
 log = logging.getLogger(__name__)
 
 METRIC, MODE = "val_loss", "min"  # the one place they are set
 DEFAULT_BACKEND = {"tiny": "cpu", "local": "cpu", "paper": "a100-40g"}
-DEFAULT_SCALE = {"tiny": Scale(max_steps_per_epoch=2, batch_size_cap=2, lr=1e-3),
-                 "local": Scale(max_steps_per_epoch=4, batch_size_cap=4, lr=1e-3),
+DEFAULT_SCALE = {"tiny": Scale(max_steps_per_epoch=2, batch_size_cap=2, stage1_lr=1e-3, stage2_lr=1e-3),
+                 # the whole study in minutes on 2 CPU cores: 2 steps of batch 2 per epoch, 8 val samples
+                 "local": Scale(max_steps_per_epoch=2, batch_size_cap=2, max_val_samples=8, stage1_lr=1e-3),
                  "paper": Scale()}
 
 
@@ -83,12 +88,19 @@ class SweepConfig:
     """Continue an interrupted sweep: finished trials are not rerun."""
     dry_run: bool = False
     """Print the trials, their profiles and the Ray resources they request; run nothing."""
+    wandb: str = "auto"
+    """W&B logging: ``auto`` (online with a key, else offline), ``offline``, ``online`` or ``disabled``."""
     asha: AshaConfig = field(default_factory=AshaConfig)
 
     def __post_init__(self) -> None:
         check_field(self.stage in ("1", "2", "all"), "stage", f"{self.stage!r} is not 1, 2 or all")
         check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
         check_field(not self.paper_ids or self.grid == "paper19", "paper_ids", "only applies to --grid paper19")
+        check_field(self.wandb in WANDB_MODES, "wandb", f"{self.wandb!r} is not one of {', '.join(WANDB_MODES)}")
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep stopped before every trial of a stage finished (Ctrl-C, SIGUSR1); its state is saved."""
 
 
 @dataclass
@@ -145,7 +157,12 @@ def _run_stage(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], stora
                fit_count: int = 1):
     import ray.tune
 
+    from .tracking import wandb_callbacks
+
     name = f"stage{stage}"
+    if (storage / name).exists() and not cfg.resume:
+        raise ConfigError(f"{storage / name} already holds a stage-{stage} experiment; pass --resume true to "
+                          f"continue it (finished trials are kept), or choose another --out")
     # The trial function only drives its TorchTrainer, which reserves the real resources in its own placement
     # group. The driver reserves no CPU (idle drivers holding CPUs starve their own Train workers); Ray needs
     # a non-empty request, so it asks for one byte of memory.
@@ -163,10 +180,34 @@ def _run_stage(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], stora
                                             trial_name_creator=lambda t: t.config["trial"]["config_id"],
                                             trial_dirname_creator=lambda t: t.config["trial"]["config_id"]),
             run_config=ray.tune.RunConfig(name=name, storage_path=str(storage),
+                                          callbacks=wandb_callbacks(cfg.wandb, f"{storage.name}-stage{stage}"),
                                           checkpoint_config=ray.tune.CheckpointConfig(
                                               num_to_keep=1, checkpoint_score_attribute=METRIC,
                                               checkpoint_score_order=MODE)))
-    return tuner.fit()
+    grid = tuner.fit()
+    unfinished = unfinished_trials(grid, storage / name)
+    if unfinished:
+        raise SweepInterrupted(f"stage {stage} was interrupted with {len(unfinished)} of {len(grid)} trials "
+                               f"unfinished ({', '.join(unfinished)}; state saved in {storage / name}); rerun the "
+                               f"same command with --resume true")
+    return grid
+
+
+def unfinished_trials(grid, stage_dir: Path) -> list[str]:
+    """Config ids of trials that neither failed, nor ran all their epochs, nor were stopped by ASHA. After
+    Ctrl-C, Tune marks the trials it cut short as terminated, so the status alone cannot tell."""
+    from .scheduling import read_decisions
+
+    stopped = {d["trial"] for d in read_decisions(stage_dir / "asha_decisions.jsonl") if d["decision"] == "stop"}
+    out = []
+    for result in grid:
+        cid = result.config["trial"]["config_id"]
+        m = result.metrics or {}
+        done = m.get("epoch") is not None and m.get("epochs_planned") is not None and \
+            m["epoch"] >= m["epochs_planned"]
+        if not (result.error or done or cid in stopped):
+            out.append(cid)
+    return out
 
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
@@ -195,7 +236,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         lineage_file.write_text(json.dumps(lineage, indent=2))
         summary["stages"][1] = summarize(grid)
     if 2 in stages:
-        from ray.tune.schedulers import ASHAScheduler
+        from .scheduling import RecordingASHA
 
         params = []
         for p in planned[2]:
@@ -205,11 +246,14 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                                   f"finished stage-1 checkpoint in {lineage_file}; run --stage 1 (or all) first")
             params.append(_param(cfg, p, storage, parent["checkpoint"]))
         max_t = max(p.spec.epochs for p in planned[2])
-        asha = ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
-                             reduction_factor=cfg.asha.reduction_factor)
+        asha = RecordingASHA(str(storage / "stage2" / "asha_decisions.jsonl"), time_attr="epoch", max_t=max_t,
+                             grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
         grid = _run_stage(cfg, 2, params, storage, scheduler=asha)
         summary["stages"][2] = summarize(grid, max_t)
     (storage / "trials.json").write_text(json.dumps(summary, indent=2, default=str))
+    from .report import write_report
+
+    summary["report"] = write_report(storage)
     return {"lineage": lineage, **summary}
 
 

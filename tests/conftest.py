@@ -14,12 +14,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+import json  # noqa: E402
+import random  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from vlm_core.config import FormatConfig, LMConfig, VLMConfig  # noqa: E402
+from vlm_core.data import read_records, split_records  # noqa: E402
 from vlm_core.presets import get_preset  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -90,3 +95,36 @@ def ray_local():
     resources = init_ray(num_cpus=2, object_store_bytes=300 * 1024 * 1024)
     yield resources
     ray.shutdown()
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    table = pa.table({"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
+                      "conversations": [json.dumps(r["conversations"]) for r in rows]})
+    pq.write_table(table, path)
+
+
+def _gibberish(rows: list[dict], seed: int = 0) -> list[dict]:
+    """The same images with answers of random rare characters: a validation set no training makes easy."""
+    rng = random.Random(seed)
+    return [{**r, "conversations": [{"from": "human", "value": "<image>\nDescribe the image."},
+                                    {"from": "gpt", "value": "".join(chr(rng.randint(0x4E00, 0x9FFF))
+                                                                     for _ in range(40))}]} for r in rows]
+
+
+@pytest.fixture(scope="session")
+def variants(corpus, tmp_path_factory):
+    """Both dataset variants the study names, in `data build`'s layout (small, no Ray Data needed).
+
+    20kUmap validates on its own training rows (its loss falls as it trains); 10kRandom validates on gibberish
+    (its loss cannot fall). So when stage 2 runs 20kUmap's continuation first, ASHA must stop 10kRandom's at
+    the first rung: a deterministic pruning decision to test, made by the real scheduler on real losses."""
+    out = tmp_path_factory.mktemp("variants")
+    records = [r for r in read_records(corpus / "sharegpt4v_sample.jsonl") if r["image"].startswith("coco/")]
+    umap_rows, random_rows = records[:16], records[16:32]
+    for name, (train, val) in {"20kUmap": (umap_rows, umap_rows[:4]),
+                               "10kRandom": (split_records(random_rows, 0.25)[0], _gibberish(random_rows[:4]))
+                               }.items():
+        (out / name).mkdir()
+        _write(out / name / "train-00000.parquet", train)
+        _write(out / name / "val-00000.parquet", val)
+    return out

@@ -1,57 +1,193 @@
-"""A real (tiny) two-stage sweep through Ray Tune + Ray Train on CPU: lineage, ASHA, summaries."""
+"""A real (tiny) two-stage sweep through Ray Tune + Ray Train on CPU: lineage, ASHA stopping a trial, the
+report, wandb offline runs, the analysis notebook, refusing to overwrite, and resuming an interrupted sweep.
+
+    pytest -q tests/test_sweep.py
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pandas as pd
 import pytest
 
 from sweeps.driver import SweepConfig, run_sweep
+from sweeps.scheduling import read_decisions
+from sweeps.tracking import DENSE_PROJECT, PROJECT
 from vlm_core.config import ConfigError
-from vlm_core.data import read_records, split_records
+
+ROOT = Path(__file__).resolve().parents[1]
+S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
+S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
 
 
 @pytest.fixture(scope="module")
-def variants(corpus, tmp_path_factory):
-    """Both dataset variants the study names, written in `data build`'s layout (small, no Ray Data needed)."""
-    out = tmp_path_factory.mktemp("variants")
-    records = [r for r in read_records(corpus / "sharegpt4v_sample.jsonl") if r["image"].startswith("coco/")]
-    for name, rows in (("20kUmap", records[:16]), ("10kRandom", records[16:32])):
-        train, val = split_records(rows, 0.25)
-        (out / name).mkdir()
-        for split, part in (("train", train), ("val", val)):
-            table = pa.table({"id": [r["id"] for r in part], "image": [r["image"] for r in part],
-                              "conversations": [json.dumps(r["conversations"]) for r in part]})
-            pq.write_table(table, out / name / f"{split}-00000.parquet")
-    return out
+def sweep(ray_local, variants, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "tiny-study"
+    cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all",
+                      paper_ids=[3, 9], out=str(out), wandb="offline")
+    return cfg, run_sweep(cfg), out
 
 
 def test_stage2_without_stage1_is_a_clear_error(ray_local, variants, corpus, tmp_path):
     cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="2", paper_ids=[3],
-                      out=str(tmp_path))
-    with pytest.raises(ConfigError, match="continues s1-20kUmap-nodense-raw-linear-e6-b12, which has no finished"):
+                      out=str(tmp_path), wandb="disabled")
+    with pytest.raises(ConfigError, match=f"continues {S1_UMAP}, which has no finished"):
         run_sweep(cfg)
 
 
-def test_two_stage_sweep_with_lineage_and_asha(ray_local, variants, corpus, tmp_path):
-    cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all",
-                      paper_ids=[3, 9], out=str(tmp_path / "sweep"))
-    result = run_sweep(cfg)
+def test_two_stage_sweep_with_lineage(sweep):
+    _, result, out = sweep
     lineage = result["lineage"]
-    assert set(lineage) == {"s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"}
+    assert set(lineage) == {S1_UMAP, S1_RANDOM}
     for entry in lineage.values():
-        assert entry["checkpoint"] and (tmp_path / "sweep").as_posix() in entry["checkpoint"]
+        assert entry["checkpoint"] and out.as_posix() in entry["checkpoint"] and Path(entry["checkpoint"]).is_dir()
         assert entry["best_val_loss"] > 0
     s1, s2 = result["stages"][1], result["stages"][2]
     assert all(r["error"] is None and r["epochs_run"] == 6 for r in s1)
     assert len(s2) == 2 and all(r["error"] is None for r in s2)
     # every stage-2 trial started from its parent's stage-1 checkpoint, recorded in its config
     for r in s2:
-        params = json.loads((tmp_path / "sweep" / "stage2" / r["config_id"] / "params.json").read_text())
+        params = json.loads((out / "stage2" / r["config_id"] / "params.json").read_text())
         parent = params["trial"]["spec"]["parent"]
         assert params["trial"]["worker"]["train"]["init_checkpoint"] == lineage[parent]["checkpoint"]
-    # ASHA with one trial at a time and reduction factor 2: the second trial is stopped at a rung unless better
-    assert sum(r["stopped_early"] for r in s2) + sum(r["epochs_run"] == 3 for r in s2) == 2
-    assert (tmp_path / "sweep" / "trials.json").is_file() and (tmp_path / "sweep" / "lineage.json").is_file()
+
+
+def test_asha_stops_the_continuation_that_cannot_improve(sweep):
+    _, result, out = sweep
+    decisions = read_decisions(out / "stage2" / "asha_decisions.jsonl")
+    first = [d for d in decisions if d["rung"] == 1]
+    assert [(d["trial"], d["decision"]) for d in first] == [(S2_UMAP, "continue"), (S2_RANDOM, "stop")]
+    assert first[1]["val_loss"] > first[0]["val_loss"] == first[1]["rung_before"][S2_UMAP]
+    s2 = {r["config_id"]: r for r in result["stages"][2]}
+    assert s2[S2_RANDOM]["epochs_run"] == 1 and s2[S2_RANDOM]["stopped_early"]
+    assert s2[S2_UMAP]["epochs_run"] == 3 and not s2[S2_UMAP]["stopped_early"]
+    assert result["report"]["stopped_by_asha"] == [S2_RANDOM]
+
+
+def test_report_table_csv_and_plots(sweep):
+    _, _, out = sweep
+    table = pd.read_csv(out / "trials.csv")
+    assert sorted(table["config_id"]) == sorted([S1_UMAP, S1_RANDOM, S2_UMAP, S2_RANDOM])
+    assert (table["status"] == "TERMINATED").all() and table["best_val_loss"].gt(0).all()
+    row = table.set_index("config_id").loc[S2_RANDOM]
+    assert bool(row["stopped_by_asha"]) and row["asha_rung"] == 1 and row["epochs_run"] == 1
+    assert table["wall_s"].gt(0).all() and table["tokens_per_s"].gt(0).all()
+    md = (out / "report.md").read_text()
+    for needle in (S1_UMAP, S2_RANDOM, "## Best val loss by ablation axis", "## ASHA (stage 2)",
+                   "| s2-10kRandom-nodense-raw-linear-e3-b3 | 1 |", "![loss_curves](loss_curves.png)"):
+        assert needle in md
+    for png in ("loss_curves.png", "by_axis.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000
+
+
+def test_report_command_rewrites_it_without_ray(sweep, tmp_path):
+    _, _, out = sweep
+    (out / "report.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "vlm_core.cli", "report", str(out)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["trials"] == 4 and (out / "report.md").is_file()
+    proc = subprocess.run([sys.executable, "-m", "vlm_core.cli", "report", str(tmp_path)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "holds no stage1/ or stage2/" in proc.stderr
+
+
+def test_one_offline_wandb_run_per_trial_in_the_study_project(sweep):
+    _, _, out = sweep
+    for stage, cid in ((1, S1_UMAP), (1, S1_RANDOM), (2, S2_UMAP), (2, S2_RANDOM)):
+        runs = list((out / f"stage{stage}" / cid / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 1, (cid, runs)
+        blob = runs[0].read_bytes()
+        assert PROJECT.encode() in blob and DENSE_PROJECT.encode() not in blob  # paper runs 3 and 9: no dense
+        assert f"tiny-study-stage{stage}".encode() in blob  # the group: sweep and stage
+
+
+def test_rerunning_into_a_finished_experiment_needs_resume(sweep):
+    cfg, _, _ = sweep
+    with pytest.raises(ConfigError, match="already holds a stage-1 experiment; pass --resume true"):
+        run_sweep(cfg)
+
+
+def test_analysis_notebook_runs_on_the_sweep(sweep, tmp_path):
+    import nbclient
+    import nbformat
+
+    _, _, out = sweep
+    nb = nbformat.read(ROOT / "notebooks" / "analyze_sweep.ipynb", as_version=4)
+    os.environ["VLM_SWEEP_EXPERIMENT"] = str(out)
+    try:
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        del os.environ["VLM_SWEEP_EXPERIMENT"]
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "4 trials agree with trials.csv" in text
+    assert f"stopped by ASHA: {{'{S2_RANDOM}': 1}}" in text
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 2
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    f = trial_dir / "result.json"
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
+
+
+def _wait_for_free_cpus(timeout: float = 120.0) -> None:
+    import ray
+
+    deadline = time.time() + timeout
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.time() < deadline, f"CPUs still held: {ray.available_resources()}"
+        time.sleep(1)
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_local, variants, corpus, tmp_path):
+    import ray
+
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "vlm_core.cli", "sweep", "--data", str(variants), "--images",
+           str(corpus / "images"), "--preset", "tiny", "--stage", "1", "--paper_ids", "[3, 9]",
+           "--max_concurrent", "1", "--wandb", "disabled", "--out", str(out)]
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    log_file = (tmp_path / "sweep.log").open("w")  # a file, not a pipe: Tune's tables would fill a pipe and block
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
+    first, second = out / "stage1" / S1_UMAP, out / "stage1" / S1_RANDOM
+    deadline = time.time() + 400
+    # Interrupt once trial 2 (which starts after trial 1 ends: one at a time) has written a checkpoint. Train
+    # writes checkpoints straight to storage; Tune's result.json there is only synced now and then.
+    while time.time() < deadline and proc.poll() is None:
+        if list((out / "train").glob(f"train-{S1_RANDOM}-*/checkpoint_*")):
+            break
+        time.sleep(0.2)
+    time.sleep(2)  # let the report that came with the checkpoint reach Tune
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
+    proc.wait(timeout=300)
+    log_file.close()
+    log = (tmp_path / "sweep.log").read_text()
+    assert proc.returncode == 2 and "rerun the same command with --resume true" in log, log[-3000:]
+    assert S1_RANDOM in log.split("interrupted with")[-1]  # the message names the unfinished trial
+    _wait_for_free_cpus()  # the interrupted trial's Train workers were released, not leaked
+    done_before = _results(first)
+    assert [r["epoch"] for r in done_before] == [1, 2, 3, 4, 5, 6]
+
+    resumed = subprocess.run(cmd + ["--resume", "true"], env=env, capture_output=True, text=True, timeout=500)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _results(first) == done_before  # the finished trial was not rerun
+    rows = _results(second)
+    epochs = [r["epoch"] for r in rows]
+    assert epochs[-1] == 6 and all(b > a for a, b in zip(epochs, epochs[1:]))
+    # after the restore the trial continued from its checkpoint (Train V2 restores a run by its stable name):
+    # the first result since the restore is past epoch 1
+    restarts = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1]
+    assert rows[restarts[-1]]["epoch"] >= 2, epochs
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert set(lineage) == {S1_UMAP, S1_RANDOM} and all(Path(e["checkpoint"]).is_dir() for e in lineage.values())

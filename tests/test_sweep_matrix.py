@@ -69,3 +69,43 @@ def test_impossible_requests_fail_clearly():
     with pytest.raises(ConfigError, match=r"GPU=0.25 \(cluster has 0.0\)"):
         check_fits(trial_resources("a100-10g", "a100-40g"), {"CPU": 2}, "s1-…")
     check_fits(trial_resources("a100-10g", "cpu"), {"CPU": 2}, "s1-…")
+
+
+def test_asha_rungs_follow_grace_and_reduction():
+    from sweeps.scheduling import rung_milestones
+
+    assert rung_milestones(1, 2, 3) == [1, 2]
+    assert rung_milestones(1, 3, 9) == [1, 3]
+    assert rung_milestones(2, 2, 9) == [2, 4, 8]
+    assert rung_milestones(3, 2, 3) == []  # nothing to prune when the grace period is the whole run
+
+
+def test_wandb_project_per_trial_and_mode(monkeypatch, tmp_path):
+    from sweeps.driver import SweepConfig
+    from sweeps.tracking import DENSE_PROJECT, PROJECT, project_for, resolve_mode, wandb_callbacks
+
+    s1 = get_grid("paper19", 1)
+    assert {project_for(t.to_dict()) for t in s1 if t.dense} == {DENSE_PROJECT}
+    assert {project_for(t.to_dict()) for t in s1 if not t.dense} == {PROJECT}
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert resolve_mode("auto") == "offline"  # never requires an account
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online" and resolve_mode("offline") == "offline"
+    assert wandb_callbacks("disabled", "g") == []
+    with pytest.raises(ConfigError, match="wandb: 'maybe' is not one of auto, offline, online, disabled"):
+        SweepConfig(data="d", images="i", wandb="maybe")
+
+
+def test_local_scale_raises_only_the_projector_lr():
+    from sweeps.driver import DEFAULT_SCALE
+    from sweeps.trial import trial_configs
+
+    s1, s2 = get_grid("paper19", 1)[0], get_grid("paper19", 2)[0]
+    _, t1 = trial_configs(s1, "local", DEFAULT_SCALE["local"])
+    _, t2 = trial_configs(s2, "local", DEFAULT_SCALE["local"], init_checkpoint="ckpt")
+    assert t1.lr == 1e-3 and t2.lr == 2e-5 == s2.lr  # the pretrained LLM keeps the study's rate
+    assert t2.init_checkpoint == "ckpt" and t1.max_val_samples == t2.max_val_samples == 8
+    _, p2 = trial_configs(s2, "paper", DEFAULT_SCALE["paper"])
+    assert p2.lr == 2e-5 and p2.batch_size == 3 and p2.max_steps_per_epoch is None

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from vlm_core.config import TrainConfig
+from vlm_core.config import ConfigError, TrainConfig
 from vlm_core.data import Collator, ConversationDataset, read_records
 from vlm_core.model import VisionLanguageModel
 from vlm_core.schedules import build_scheduler
@@ -160,3 +160,15 @@ def test_steps_per_epoch_cap_keeps_every_epoch(fresh_model, corpus, tmp_path):
     assert (result.total_steps, result.steps, result.epochs_completed) == (6, 6, 3)
     assert [m["epoch"] for m in result.epoch_metrics] == [1, 2, 3]
     assert all("val_loss" in m for m in result.epoch_metrics)
+
+
+def test_val_cap_scores_exactly_the_first_samples(fresh_model, corpus):
+    from vlm_core.training import evaluate_loss
+
+    model = fresh_model()
+    full, first3 = _dataset(model, corpus, n=6), _dataset(model, corpus, n=3)
+    capped = evaluate_loss(model, full, 2, TrainConfig(max_val_samples=3))
+    assert capped == pytest.approx(evaluate_loss(model, first3, 2))
+    assert capped != pytest.approx(evaluate_loss(model, full, 2))
+    with pytest.raises(ConfigError, match="train.max_val_samples"):
+        TrainConfig(max_val_samples=0)

@@ -7,6 +7,9 @@
     vlm-sweep data sample-corpus --out corpus
     vlm-sweep data build --source corpus/sharegpt4v_sample.jsonl --images corpus/images --out data
     vlm-sweep assets                             # convert the packaged SmolLM2 once (cached)
+    vlm-sweep sweep --data data --images corpus/images --preset local --grid paper19 --stage all
+    vlm-sweep report runs/sweep
+    vlm-sweep eval CHECKPOINT --questions corpus/eval_easyvqa.jsonl --images corpus/images
 
 ``--preset`` picks a named ``VLMConfig`` (tiny, local, paper); any ``--model.*`` flag overrides one field of it,
 e.g. ``--preset local --model.projector.name dense_connector --model.format.mode raw``.
@@ -155,6 +158,30 @@ def sweep_cmd(config) -> dict:
     return result
 
 
+def eval_cmd(checkpoint: str, questions: str, images: str, val: str | None = None,
+             max_questions: int | None = None, max_val_samples: int | None = None,
+             controls: list[str] | None = None, batch_size: int = 16, out: str | None = None) -> dict:
+    """Evaluate a checkpoint: held-out loss / perplexity and answer accuracy, with and without the image."""
+    from .evaluation import EvalConfig, evaluate_checkpoint
+
+    cfg = EvalConfig(questions=questions, images=images, val=val, max_questions=max_questions,
+                     max_val_samples=max_val_samples, batch_size=batch_size,
+                     **({"controls": controls} if controls is not None else {}))
+    result = evaluate_checkpoint(checkpoint, cfg, out)
+    print(json.dumps({k: v for k, v in result.items() if k != "answers"} | {
+        "accuracy": result["answers"]["accuracy"], "by_type": result["answers"]["by_type"]}, indent=2))
+    return result
+
+
+def report_cmd(experiment: str) -> dict:
+    """Write report.md, trials.csv and loss / by-axis plots for a sweep's experiment folder (its --out)."""
+    from sweeps.report import write_report
+
+    result = write_report(experiment)
+    print(json.dumps(result, indent=2))
+    return result
+
+
 def _build_config_cls():
     from data_pipeline.config import BuildConfig
 
@@ -168,11 +195,11 @@ def _sweep_config_cls():
 
 
 COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "assets": assets_cmd, "run": run_cmd,
-            "sweep": sweep_cmd}
+            "sweep": sweep_cmd, "report": report_cmd, "eval": eval_cmd}
 DATA_COMMANDS = {"sample-corpus": sample_corpus_cmd, "build": data_build_cmd}
 # Commands whose flags are one dataclass's fields (at top level), keyed by command path.
 CONFIG_COMMANDS = {"data build": _build_config_cls, "sweep": _sweep_config_cls}
-POSITIONAL = {"chat": ("question",)}
+POSITIONAL = {"chat": ("question",), "report": ("experiment",), "eval": ("checkpoint",)}
 
 
 def _preset_from_argv(argv: list[str]) -> str:
@@ -221,6 +248,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Errors whose message already says what is wrong and how to fix it: printed without a traceback."""
     from data_pipeline.records import SourceError
     from data_pipeline.sampling import SamplingError
+    from sweeps.driver import SweepInterrupted
 
     from .assets import AssetError
     from .checkpoint import CheckpointError
@@ -230,7 +258,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .vision import ModelSourceError
 
     return (ConfigError, ModelSourceError, CheckpointError, FormatError, AssetError, FileNotFoundError, SourceError,
-            SamplingError, RayUnreachable)
+            SamplingError, RayUnreachable, SweepInterrupted)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -193,11 +193,15 @@ class TrainConfig:
     """Stage 2: the stage-1 checkpoint whose projector starts this run."""
     val_every_epoch: bool = True
     """Compute validation loss after every epoch."""
+    max_val_samples: int | None = None
+    """Validate on the first N validation samples only (None: all of them; small runs cap it)."""
     checkpoint_every_steps: int | None = None
     """Also checkpoint every N optimizer steps (resumable mid-epoch)."""
 
     def __post_init__(self) -> None:
         check_field(self.stage in (1, 2), "train.stage", f"{self.stage} is not 1 or 2")
+        check_field(self.max_val_samples is None or self.max_val_samples >= 1, "train.max_val_samples",
+                    f"{self.max_val_samples} must be >= 1 (or unset for all)")
         check_field(self.epochs >= 1, "train.epochs", "must be >= 1")
         check_field(self.max_steps is None or self.max_steps >= 1, "train.max_steps", "must be >= 1 or None")
         check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "train.max_steps_per_epoch",

@@ -36,7 +36,10 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
                                      f"(`ray start --head` / `ray up cluster.yaml`) or unset RAY_ADDRESS "
                                      f"to run on a local Ray") from e
         else:
-            ray.init(num_cpus=num_cpus, object_store_memory=object_store_bytes, include_dashboard=True,
+            # address="local": always a new cluster. Without it ray.init() joins whatever `ray start` left in
+            # /tmp/ray/ray_current_cluster, even a dead one, and then refuses num_cpus.
+            ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_bytes,
+                     include_dashboard=True,
                      dashboard_host="127.0.0.1", resources=resources, log_to_driver=True,
                      logging_level=logging.WARNING)
         ctx = ray.data.DataContext.get_current()

@@ -108,16 +108,17 @@ def _forward(model, batch):
 
 @torch.no_grad()
 def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: TrainConfig | None = None) -> float:
-    """Token-weighted mean loss over ``dataset``."""
-    if len(dataset) == 0:
+    """Token-weighted mean loss over ``dataset`` (its first ``cfg.max_val_samples`` samples when set)."""
+    n = len(dataset) if cfg is None or cfg.max_val_samples is None else min(len(dataset), cfg.max_val_samples)
+    if n == 0:
         return float("nan")
     device = model.device
     was_training = model.training
     model.eval()
     collate = Collator(model.tokenizer.pad_token_id)
     total, tokens = 0.0, 0
-    for start in range(0, len(dataset), batch_size):
-        batch = _to(collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]), device)
+    for start in range(0, n, batch_size):
+        batch = _to(collate([dataset[i] for i in range(start, min(start + batch_size, n))]), device)
         with _autocast(cfg or TrainConfig(), device):
             out = _forward(model, batch)
         total += out.loss_sum.item()

@@ -1,0 +1,227 @@
+"""``vlm-sweep report EXPERIMENT_DIR``: what a finished (or running) sweep found, as Markdown, CSV and PNG.
+
+Reads the Tune experiments under ``EXPERIMENT_DIR`` (``stage1/``, ``stage2/``) with
+``ray.tune.ExperimentAnalysis`` — no running cluster needed — plus ``lineage.json`` and stage 2's
+``asha_decisions.jsonl``, and writes next to them:
+
+- ``report.md``: every trial (config axes, best val loss and its epoch, epochs run, stopped by ASHA and at which
+  rung, wall time, tokens/s, error), the best trial per stage, best val loss by each ablation axis, ASHA's
+  decisions per rung, the stage-1 checkpoint each continuation started from;
+- ``trials.csv``: the same table, one row per trial;
+- ``loss_curves.png`` (val and train loss per epoch, per trial and stage) and ``by_axis.png`` (best val loss by
+  dataset / dense connector / chat template / warmup schedule / epochs / batch size).
+
+    vlm-sweep report runs/sweep
+    python -m sweeps.report runs/sweep
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vlm_core.config import ConfigError
+
+from .scheduling import read_decisions
+
+METRIC = "val_loss"
+AXES = ("dataset", "dense", "chat", "scheduler", "epochs", "batch_size")
+STAGES = (1, 2)
+TABLE_COLUMNS = ["stage", "paper_id", "config_id", "dataset", "dense", "chat", "scheduler", "epochs", "batch_size",
+                 "profile", "status", "best_val_loss", "best_epoch", "final_train_loss", "epochs_run",
+                 "stopped_by_asha", "asha_rung", "wall_s", "tokens_per_s", "parent", "error"]
+
+
+def stage_dirs(experiment: str | Path) -> dict[int, Path]:
+    root = Path(experiment)
+    found = {s: root / f"stage{s}" for s in STAGES if (root / f"stage{s}").is_dir()}
+    if not found:
+        raise ConfigError(f"report: {root} holds no stage1/ or stage2/ Tune experiment; pass the --out folder of "
+                          f"`vlm-sweep sweep`")
+    return found
+
+
+def load_stage(stage_dir: Path):
+    """The stage's ``ExperimentAnalysis`` (trials, their configs, statuses and per-epoch results)."""
+    from ray.tune import ExperimentAnalysis
+
+    return ExperimentAnalysis(str(Path(stage_dir).resolve()))  # Ray wants an absolute path or a URI
+
+
+def trial_table(experiment: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(one row per trial, config id → its per-epoch results), over every stage found."""
+    rows, curves = [], {}
+    for stage, sdir in stage_dirs(experiment).items():
+        analysis = load_stage(sdir)
+        decisions = {d["trial"]: d for d in read_decisions(sdir / "asha_decisions.jsonl") if d["decision"] == "stop"}
+        dfs = analysis.trial_dataframes
+        for trial in analysis.trials:
+            conf = trial.config["trial"]
+            spec, cid = conf["spec"], conf["config_id"]
+            df = dfs.get(trial.trial_id)
+            df = df if df is not None and not df.empty and "epoch" in df else pd.DataFrame(columns=["epoch"])
+            curves[cid] = df
+            has_val = METRIC in df and df[METRIC].notna().any()
+            best = df.loc[df[METRIC].idxmin()] if has_val else None
+            last = df.iloc[-1] if len(df) else None
+            epochs_run = int(last["epoch"]) if last is not None else 0
+            stop = decisions.get(cid)
+            rows.append({
+                "stage": stage, "paper_id": spec.get("paper_id"), "config_id": cid,
+                **{a: spec[a] for a in AXES}, "profile": spec["profile"], "status": trial.status,
+                "best_val_loss": float(best[METRIC]) if best is not None else math.nan,
+                "best_epoch": int(best["epoch"]) if best is not None else None,
+                "final_train_loss": float(last["train_loss"]) if last is not None and "train_loss" in df else math.nan,
+                "epochs_run": epochs_run, "stopped_by_asha": stop is not None,
+                "asha_rung": stop["rung"] if stop else None,
+                "wall_s": float(last["time_total_s"]) if last is not None and "time_total_s" in df else math.nan,
+                "tokens_per_s": float(df["tokens_per_s"].mean()) if "tokens_per_s" in df and len(df) else math.nan,
+                "parent": spec.get("parent"), "error": _error_text(trial)})
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for col in ("paper_id", "best_epoch", "asha_rung"):
+        table[col] = table[col].astype("Int64")  # integers with gaps, not floats
+    return table.sort_values(["stage", "paper_id", "config_id"], na_position="last").reset_index(drop=True), curves
+
+
+def _error_text(trial) -> str | None:
+    if trial.status != "ERROR":
+        return None
+    err = getattr(trial, "error_file", None) or ""
+    path = Path(trial.path) / "error.txt"
+    text = path.read_text() if path.is_file() else str(err)
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "error (no message)"
+
+
+def by_axis(table: pd.DataFrame) -> pd.DataFrame:
+    """Best val loss by each ablation axis value, per stage: trials, mean, min."""
+    parts = []
+    for axis in AXES:
+        g = table.dropna(subset=["best_val_loss"]).groupby(["stage", axis])["best_val_loss"]
+        agg = g.agg(trials="count", mean="mean", best="min").reset_index().rename(columns={axis: "value"})
+        agg.insert(1, "axis", axis)
+        agg["value"] = agg["value"].astype(str)
+        parts.append(agg)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def plot_loss_curves(table: pd.DataFrame, curves: dict[str, pd.DataFrame], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    stages = sorted(table["stage"].unique())
+    fig, axes = plt.subplots(1, len(stages), figsize=(7 * len(stages), 5), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for _, row in table[table["stage"] == stage].iterrows():
+            df = curves.get(row["config_id"])
+            if df is None or df.empty or METRIC not in df:
+                continue
+            (line,) = ax.plot(df["epoch"], df[METRIC], marker="o", lw=1.2, label=row["config_id"])
+            if "train_loss" in df:
+                ax.plot(df["epoch"], df["train_loss"], ls="--", lw=0.8, color=line.get_color())
+            if row["stopped_by_asha"]:
+                ax.plot(df["epoch"].iloc[-1], df[METRIC].iloc[-1], marker="x", ms=12, color="black")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=f"stage {stage}: val loss (solid), train loss (dashed); x = stopped by ASHA",
+               xlabel="epoch", ylabel="loss")
+        ax.legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    path = out / "loss_curves.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_by_axis(table: pd.DataFrame, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    done = table.dropna(subset=["best_val_loss"])
+    for ax, axis in zip(axes.flat, AXES):
+        values = [str(v) for v in sorted(done[axis].unique())]  # numeric axes in numeric order
+        for offset, (stage, marker) in zip((-0.12, 0.12), ((1, "o"), (2, "s"))):
+            part = done[done["stage"] == stage]
+            for i, v in enumerate(values):
+                ys = part[part[axis].astype(str) == v]["best_val_loss"]
+                if len(ys):
+                    ax.scatter([i + offset] * len(ys), ys, marker=marker, alpha=0.6,
+                               color=f"C{stage - 1}", label=f"stage {stage}" if i == 0 else None)
+                    ax.hlines(ys.mean(), i + offset - 0.1, i + offset + 0.1, color="black")
+        ax.set_xticks(range(len(values)), values)
+        ax.set(title=axis, ylabel="best val loss")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("best val loss by ablation axis (points: trials, bars: mean)")
+    fig.tight_layout()
+    path = out / "by_axis.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _md(df: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
+    return head + "\n".join("| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False))
+
+
+def write_report(experiment: str | Path) -> dict[str, Any]:
+    """Write report.md, trials.csv, loss_curves.png and by_axis.png into ``experiment``; return a summary."""
+    root = Path(experiment)
+    table, curves = trial_table(root)
+    table.to_csv(root / "trials.csv", index=False)
+    axis_table = by_axis(table)
+    figures = [plot_loss_curves(table, curves, root), plot_by_axis(table, root)]
+    lineage = json.loads((root / "lineage.json").read_text()) if (root / "lineage.json").is_file() else {}
+    lines = [f"# Sweep report: `{root.resolve()}`", ""]
+    for stage in sorted(table["stage"].unique()):
+        part = table[table["stage"] == stage]
+        counts = part["status"].value_counts().to_dict()
+        lines += [f"## Stage {stage}: {len(part)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())})", ""]
+        done = part.dropna(subset=["best_val_loss"])
+        if len(done):
+            b = done.loc[done["best_val_loss"].idxmin()]
+            lines += [f"Best: `{b['config_id']}` — val loss {b['best_val_loss']:.4f} at epoch {b['best_epoch']}.", ""]
+        optional = ["parent", "error", "asha_rung"] + (["stopped_by_asha"] if stage == 1 else [])
+        shown = part.drop(columns=["stage"] + [c for c in optional if part[c].isna().all() or c == "stopped_by_asha"])
+        lines += [_md(shown), ""]
+    if len(axis_table):
+        lines += ["## Best val loss by ablation axis", "", _md(axis_table), ""]
+    sdirs = stage_dirs(root)
+    if 2 in sdirs:
+        decisions = read_decisions(sdirs[2] / "asha_decisions.jsonl")
+        lines += ["## ASHA (stage 2)", ""]
+        if decisions:
+            lines += ["Each row is one rung decision, in the order ASHA made it; `rung_before` is what the rung "
+                      "held when it decided.", "",
+                      _md(pd.DataFrame([{**d, "rung_before": json.dumps(d["rung_before"])} for d in decisions])), ""]
+        else:
+            lines += ["No trial reached a rung below its last epoch (nothing to decide).", ""]
+        starts = table[table["stage"] == 2][["config_id", "parent"]].copy()
+        starts["start_checkpoint"] = [lineage.get(p, {}).get("checkpoint") for p in starts["parent"]]
+        starts["parent_val_loss"] = [lineage.get(p, {}).get("best_val_loss") for p in starts["parent"]]
+        lines += ["## Stage-2 lineage", "", _md(starts), ""]
+    lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
+    (root / "report.md").write_text("\n".join(lines))
+    return {"report": str(root / "report.md"), "csv": str(root / "trials.csv"),
+            "figures": [str(f) for f in figures], "trials": int(len(table)),
+            "stopped_by_asha": table.loc[table["stopped_by_asha"], "config_id"].tolist(),
+            "errors": table.loc[table["status"] == "ERROR", "config_id"].tolist()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(write_report(sys.argv[1] if len(sys.argv) > 1 else "runs/sweep"), indent=2))

@@ -1,0 +1,75 @@
+"""Weights & Biases for sweeps: one run per trial, logged from Tune by Ray's ``WandbLoggerCallback``.
+
+Projects follow the study: ``multimodal-llama``, and ``multimodal-llama-dense-connector`` for dense-connector
+runs; runs are grouped per sweep and stage (``<experiment>-stage1``). The mode is ``offline`` unless the user
+has a W&B key (``WANDB_API_KEY`` or ``wandb login``), in which case ``auto`` goes online; ``disabled`` turns
+it off. Offline runs land in each trial's folder (``<out>/stage1/<trial>/wandb/offline-run-*``); upload them
+later with ``wandb sync``.
+
+    vlm-sweep sweep ... --wandb offline          # default without a key
+    wandb sync runs/sweep/stage1/*/wandb/offline-run-*
+"""
+
+from __future__ import annotations
+
+import netrc
+import os
+from typing import Any
+
+from ray.air.integrations.wandb import WandbLoggerCallback
+
+PROJECT = "multimodal-llama"
+DENSE_PROJECT = "multimodal-llama-dense-connector"
+MODES = ("auto", "offline", "online", "disabled")
+
+
+def project_for(spec: dict[str, Any]) -> str:
+    """The study's W&B project of one trial spec (a ``TrialSpec.to_dict()``)."""
+    return DENSE_PROJECT if spec.get("dense") else PROJECT
+
+
+def has_wandb_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto`` → ``online`` with a key, else ``offline``; an explicit ``WANDB_MODE`` wins over ``auto``."""
+    if mode != "auto":
+        return mode
+    return os.environ.get("WANDB_MODE") or ("online" if has_wandb_key() else "offline")
+
+
+class StudyWandbCallback(WandbLoggerCallback):
+    """``WandbLoggerCallback`` that picks the study's project per trial and logs the trial's spec as config."""
+
+    def __init__(self, group: str, mode: str, upload_timeout: int = 120) -> None:
+        super().__init__(project=PROJECT, group=group, mode=mode, job_type="train", upload_timeout=upload_timeout)
+
+    def setup(self, *args, **kwargs) -> None:
+        if self.kwargs.get("mode") != "online":  # Ray checks for a key unless WANDB_MODE is set in the env
+            self.api_key_file = None
+            return
+        super().setup(*args, **kwargs)
+
+    def log_trial_start(self, trial) -> None:
+        self.project = project_for(trial.config.get("trial", {}).get("spec", {}))
+        super().log_trial_start(trial)
+
+
+    def on_experiment_end(self, trials, **info) -> None:
+        # Trials cut short by Ctrl-C never get log_trial_end: without an END their logging actors never finish
+        # and Ray waits the whole upload timeout. End their runs so the interrupted sweep exits promptly.
+        for trial in list(self._trial_queues):
+            self._signal_logging_actor_stop(trial)
+        super().on_experiment_end(trials, **info)
+
+
+def wandb_callbacks(mode: str, group: str) -> list[Any]:
+    """The Tune callbacks for ``mode`` (none when disabled)."""
+    resolved = resolve_mode(mode)
+    return [] if resolved == "disabled" else [StudyWandbCallback(group=group, mode=resolved)]
