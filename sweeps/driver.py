@@ -15,6 +15,7 @@ same command with ``--resume true``: finished trials are kept, unfinished ones c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -80,6 +81,8 @@ class SweepConfig:
     """Run only the first N trials of each stage (smoke runs)."""
     paper_ids: list[int] | None = None
     """paper19 only: run these stage-1 rows and the continuations of those among them (e.g. [3, 7])."""
+    max_steps_per_epoch: int | None = None
+    """Override the preset's optimizer steps per epoch (tiny: 2, local: 2, paper: the whole variant)."""
     max_concurrent: int | None = None
     """Stage-1 trials in flight (default: as many as the cluster fits)."""
     max_failures: int = 2
@@ -95,6 +98,8 @@ class SweepConfig:
     def __post_init__(self) -> None:
         check_field(self.stage in ("1", "2", "all"), "stage", f"{self.stage!r} is not 1, 2 or all")
         check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
+        check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
+                    "must be >= 1")
         check_field(not self.paper_ids or self.grid == "paper19", "paper_ids", "only applies to --grid paper19")
         check_field(self.wandb in WANDB_MODES, "wandb", f"{self.wandb!r} is not one of {', '.join(WANDB_MODES)}")
 
@@ -133,12 +138,23 @@ def _variant_paths(cfg: SweepConfig, dataset: str) -> dict[str, Any]:
     if not train.is_file():
         raise ConfigError(f"data: {train} is missing; build the variant first (vlm-sweep data build --out "
                           f"{cfg.data} with a variant named {dataset})")
+    has_val = val.is_file() and _parquet_rows(val) > 0
+    if val.is_file() and not has_val:
+        log.warning("%s is empty; each trial holds out 10%% of %s (by id hash) for validation instead", val, train)
     return DataSpec(train=str(train.resolve()), images=str(Path(cfg.images).resolve()),
-                    val=str(val.resolve()) if val.is_file() else None).__dict__
+                    val=str(val.resolve()) if has_val else None).__dict__
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: str | None) -> dict[str, Any]:
     scale = DEFAULT_SCALE.get(cfg.preset, Scale())
+    if cfg.max_steps_per_epoch:
+        scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
     model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing)
     return {"config_id": p.spec.config_id, "spec": p.spec.to_dict(), "resources": resources_dict(p.resources),
             "storage_path": str(storage / "train"), "max_failures": cfg.max_failures,
@@ -258,14 +274,19 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
 
 def best_checkpoint(result) -> tuple[str | None, float | None]:
-    """(path, val_loss) of a trial's best reported checkpoint. Train V2 forwards each checkpoint to Tune as a
-    ``checkpoint_path`` metric and keeps only the best one (by ``val_loss``) on storage."""
+    """(path, val_loss) of a trial's best checkpoint still on storage. Train V2 forwards each checkpoint to Tune
+    as a ``checkpoint_path`` metric and keeps only the best (by ``val_loss``); after a restore it may keep an
+    earlier checkpoint of equal score instead of the newer one, so only reported paths that exist count."""
     df = result.metrics_dataframe
-    if df is None or METRIC not in df or "checkpoint_path" not in df or df[METRIC].isna().all():
+    if df is None or "checkpoint_path" not in df:
         return None, None
-    best = df.loc[df[METRIC].idxmin()]
-    path = best["checkpoint_path"]
-    return (path if isinstance(path, str) and Path(path).is_dir() else None), float(best[METRIC])
+    kept = df[[isinstance(p, str) and Path(p).is_dir() for p in df["checkpoint_path"]]]
+    if kept.empty:
+        return None, None
+    if METRIC not in kept or kept[METRIC].isna().all():  # no validation data: the last epoch's checkpoint
+        return kept.iloc[-1]["checkpoint_path"], None
+    best = kept.loc[kept[METRIC].idxmin()]
+    return best["checkpoint_path"], float(best[METRIC])
 
 
 def record_lineage(grid, lineage: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +310,9 @@ def summarize(grid, max_t: int | None = None) -> list[dict[str, Any]]:
         df = result.metrics_dataframe
         epochs_run = m.get("epoch")
         planned = m.get("epochs_planned")
-        rows.append({"config_id": result.config["trial"]["config_id"], "error": str(result.error)[:300]
+        ckpt, _ = best_checkpoint(result)
+        rows.append({"config_id": result.config["trial"]["config_id"], "best_checkpoint": ckpt,
+                     "error": str(result.error)[:300]
                      if result.error else None, "best_val_loss": float(df[METRIC].min()) if df is not None and
                      METRIC in df else None, "epochs_run": epochs_run, "epochs_planned": planned,
                      "stopped_early": bool(planned and epochs_run and epochs_run < planned and not result.error),

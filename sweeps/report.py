@@ -225,3 +225,76 @@ def write_report(experiment: str | Path) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(write_report(sys.argv[1] if len(sys.argv) > 1 else "runs/sweep"), indent=2))
+
+
+def _relative_figure(path: Path, root: Path) -> str:
+    return path.resolve().relative_to(root.resolve()).as_posix()
+
+
+def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str | Path, evals: list[dict[str, Any]],
+                       wall_s: float | None = None) -> dict[str, Any]:
+    """``vlm-sweep run``'s report: data summary, the sweep's report, evaluation with text-only controls, samples,
+    the best config and how to chat with it. Written to ``out/report.md``; returns a summary."""
+    root, sweep_dir = Path(out), Path(sweep_dir)
+    sweep = write_report(sweep_dir)
+    table = pd.read_csv(sweep_dir / "trials.csv")
+    lines = ["# vlm-sweep run: the study on the embedded default", ""]
+    if wall_s is not None:
+        lines += [f"Wall time of the invocation that wrote this report: {wall_s:.0f} s.", ""]
+    counts = manifest.get("counts", {})
+    lines += ["## Data", "", "| variant | train | val |", "|---|---|---|"]
+    lines += [f"| {k} | {v['train']} | {v['val']} |" for k, v in manifest.get("variants", {}).items()]
+    lines += ["", f"Read {counts.get('read')} records, rejected {counts.get('rejected_total')} "
+              f"({json.dumps(manifest.get('rejected_by_reason', {}))}; each with its line and reason in "
+              f"`data/rejected.jsonl`); {manifest.get('clusters', {}).get('k')} clusters in the UMAP space.", ""]
+    if (root / "data" / "umap.png").is_file():
+        lines += ["![umap](data/umap.png)", ""]
+    lines += ["## Sweep", "", "Full tables, ASHA decisions and lineage: [sweep/report.md](sweep/report.md).", ""]
+    for stage in sorted(table["stage"].unique()):
+        part = table[table["stage"] == stage][["config_id", "status", "best_val_loss", "epochs_run",
+                                                "stopped_by_asha", "asha_rung", "wall_s"]]
+        lines += [f"### Stage {stage}", "", _md(part.sort_values("best_val_loss")), ""]
+    lines += [f"![{Path(f).stem}]({_relative_figure(Path(f), root)})" for f in sweep["figures"]] + [""]
+    best = None
+    if evals:
+        rows = []
+        for e in evals:
+            cid = e.get("config_id") or e["checkpoint"]
+            acc, held = e["answers"]["accuracy"], e.get("heldout", {})
+            rows.append({"config_id": cid, "val_loss": held.get("image", {}).get("loss", math.nan),
+                         "perplexity": held.get("image", {}).get("perplexity", math.nan),
+                         "val_loss_zeros": held.get("zeros", {}).get("loss", math.nan),
+                         "acc_image": acc["image"], "acc_zeros": acc.get("zeros", math.nan),
+                         "acc_shuffled": acc.get("shuffled", math.nan), "questions": e["answers"]["n"],
+                         "checkpoint": e["checkpoint"]})
+        ev = pd.DataFrame(rows).sort_values("val_loss")
+        lines += ["## Evaluation (stage-2 checkpoints)", "",
+                  "Held-out loss on the variant's val split; exact-match accuracy on held-out easy-vqa questions "
+                  "with the question's image, with the image features zeroed, and with another question's image. "
+                  "The gap between `acc_image` and the controls is what the image contributes.", "",
+                  _md(ev.drop(columns=["checkpoint"])), ""]
+        b = ev.iloc[0]
+        e = next(x for x in evals if x["checkpoint"] == b["checkpoint"])
+        sample = e["answers"]["samples"][0] if e["answers"]["samples"] else {}
+        best = {"config_id": b["config_id"], "val_loss": float(b["val_loss"]), "checkpoint": b["checkpoint"],
+                "accuracy": e["answers"]["accuracy"], "by_type": e["answers"]["by_type"],
+                "sample_image": str(Path(e["questions"]).parent / "images" / sample.get("image", "")),
+                "sample_question": sample.get("question", "")}
+        lines += [f"## Best config: `{b['config_id']}`", "",
+                  f"Val loss {b['val_loss']:.4f}; accuracy with the image {b['acc_image']:.3f}, zeroed "
+                  f"{b['acc_zeros']:.3f}, another image {b['acc_shuffled']:.3f}; by question type: "
+                  f"`{json.dumps(e['answers']['by_type'])}`.", "", "Sample generations:", "",
+                  "| image | question | expected | with image | zeroed image | another image |",
+                  "|---|---|---|---|---|---|"]
+        for s in e["answers"]["samples"]:
+            img = Path(e["questions"]).parent / "images" / s["image"]
+            rel = _relative_figure(img, root) if img.resolve().is_relative_to(root.resolve()) else img
+            lines.append(f"| ![]({rel}) | {s['question']} | {s['expected']} | {s.get('answer_image', '')} | "
+                         f"{s.get('answer_zeros', '')} | {s.get('answer_shuffled', '')} |")
+        lines += ["", "Chat with it:", "", "```bash",
+                  f"vlm-sweep chat --checkpoint {b['checkpoint']} --image {best['sample_image']} "
+                  f"\"{best['sample_question']}\"", "```", ""]
+    (root / "report.md").write_text("\n".join(lines))
+    return {"report": str(root / "report.md"), "sweep_report": sweep["report"], "trials": sweep["trials"],
+            "stopped_by_asha": sweep["stopped_by_asha"], "errors": sweep["errors"], "best": best,
+            "wall_s": wall_s}

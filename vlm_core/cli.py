@@ -120,20 +120,27 @@ def sample_corpus_cmd(out: str = "corpus", n_train_images: int = 600, n_eval_que
     return counts
 
 
-def run_cmd(preset: str = "local", out: str = "runs/main", steps: int = 8, batch_size: int = 4,
-            n_train_images: int = 200) -> dict:
-    """The main job on the embedded default: sample corpus → stage 1 → stage 2 → a chat answer.
+def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19", paper_ids: list[int] | None = None,
+            n_train_images: int = 600, random_size: int = 300, umap_size: int = 400, eval_questions: int = 64,
+            wandb: str = "auto") -> dict:
+    """The whole study on the embedded default: corpus → data build → stage-1 and stage-2 sweeps → eval → report.
 
     Args:
         preset: Named model config: tiny, local, paper.
-        out: Output folder.
-        steps: Optimizer steps per stage.
-        batch_size: Samples per step.
+        out: Output folder (rerun with the same one to reuse finished steps and trials).
+        grid: paper19 (the study's 19 + 6 runs) or full.
+        paper_ids: Run only these paper19 rows and their continuations (smoke runs).
         n_train_images: Size of the sample corpus (easy-vqa images).
+        random_size: Rows of the 10kRandom variant.
+        umap_size: Rows of the 20kUmap variant.
+        eval_questions: Held-out easy-vqa questions per stage-2 checkpoint.
+        wandb: auto (online with a key, else offline), offline, online, disabled.
     """
-    from .main_job import run_main_job
+    from .main_job import StudyConfig, run_main_job
 
-    return run_main_job(preset=preset, out=out, steps=steps, batch_size=batch_size, n_train_images=n_train_images)
+    return run_main_job(StudyConfig(preset=preset, out=out, grid=grid, paper_ids=paper_ids,
+                                    n_train_images=n_train_images, random_size=random_size, umap_size=umap_size,
+                                    eval_questions=eval_questions, wandb=wandb))
 
 
 def data_build_cmd(config) -> dict:

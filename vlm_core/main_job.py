@@ -1,11 +1,19 @@
-"""The main job on the embedded default (for now: both stages for a few steps, then a chat answer).
+"""``vlm-sweep run``: the whole study on the embedded default, on packaged assets only (no GPU, no hub).
 
-Steps: write the sample corpus (packaged assets only) → keep COCO images → stage 1 (projector only) →
-stage 2 (projector + LLM, started from the stage-1 projector) → answer a held-out question about an image.
-Later issues grow this into the whole study (Ray Data preparation, Tune sweeps, evaluation, report).
+Steps, each reused when its output already exists (rerun the same command to continue; it says what it reuses):
 
-    vlm-sweep run --preset local                # about 70 s on a 2-core CPU, no GPU, no hub access
-    vlm-sweep run --preset tiny --steps 2       # seconds
+1. corpus: the sample corpus (easy-vqa + scikit-image / scikit-learn photos) → ``OUT/corpus``;
+2. data: ``data build`` on Ray Data — validate, keep COCO images, embed (MiniLM), UMAP, cluster, sample both
+   variants (``10kRandom``, ``20kUmap``) → ``OUT/data``;
+3. sweep: the study's 19 stage-1 configs, lineage, the 6 stage-2 continuations under ASHA, on Ray Tune + Train
+   → ``OUT/sweep`` (finished trials are kept on a rerun: ``--resume``);
+4. eval: every stage-2 trial's best checkpoint — held-out loss / perplexity and easy-vqa answer accuracy, with
+   the image and under the text-only controls → ``OUT/eval/<trial>.json``;
+5. report: ``OUT/report.md`` (+ PNGs): data summary, both stages, loss curves, ASHA, evaluation with controls,
+   sample generations, the best config and how to chat with it.
+
+    vlm-sweep run --preset local                               # the README's first command
+    vlm-sweep run --preset tiny --n_train_images 60 --paper_ids '[3, 9]' --out runs/smoke   # a minute or two
 """
 
 from __future__ import annotations
@@ -13,68 +21,122 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
-
-from .config import TrainConfig
-from .presets import get_preset
-from .runner import DataSpec, run_stage
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def _coco_only(src: Path, dst: Path, prefix: str = "coco/") -> int:
-    kept = 0
-    with src.open() as fin, dst.open("w") as fout:
-        for line in fin:
-            if json.loads(line)["image"].startswith(prefix):
-                fout.write(line)
-                kept += 1
-    return kept
+@dataclass
+class StudyConfig:
+    """What ``vlm-sweep run`` runs."""
+
+    preset: str = "local"
+    out: str = "runs/main"
+    grid: str = "paper19"
+    paper_ids: list[int] | None = None
+    n_train_images: int = 600
+    random_size: int = 300
+    umap_size: int = 400
+    eval_questions: int = 64
+    wandb: str = "auto"
 
 
-def run_main_job(preset: str = "local", out: str | Path = "runs/main", steps: int = 8, batch_size: int = 4,
-                 n_train_images: int = 200) -> dict:
-    from data_pipeline.sample_corpus import EVAL_FILE, TRAIN_FILE, write_sample_corpus
+def _say(msg: str) -> None:
+    print(f"[vlm-sweep run] {msg}", flush=True)
 
-    out = Path(out)
-    t0 = time.perf_counter()
+
+def prepare_corpus(cfg: StudyConfig, out: Path) -> Path:
+    from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
+
     corpus = out / "corpus"
-    if not (corpus / TRAIN_FILE).is_file():
-        write_sample_corpus(corpus, n_train_images=n_train_images)
+    if (corpus / TRAIN_FILE).is_file():
+        _say(f"corpus: reusing {corpus}")
     else:
-        log.info("reusing the sample corpus in %s", corpus)
-    train_file = out / "train_coco.jsonl"
-    kept = _coco_only(corpus / TRAIN_FILE, train_file)
-    data = DataSpec(train=str(train_file), images=str(corpus / "images"), val_fraction=0.1)
-    model_cfg = get_preset(preset)
+        _say(f"corpus: writing the sample corpus ({cfg.n_train_images} training images) to {corpus}")
+        write_sample_corpus(corpus, n_train_images=cfg.n_train_images)
+    return corpus
 
-    log.info("stage 1: projector only, %d steps", steps)
-    s1 = TrainConfig(stage=1, max_steps=steps, batch_size=batch_size, lr=1e-3, warmup_ratio=0.1)
-    r1, final1 = run_stage(model_cfg, s1, data, out / "stage1")
-    log.info("stage 2: projector + LLM from %s, %d steps", final1, steps)
-    s2 = TrainConfig(stage=2, max_steps=steps, batch_size=batch_size, lr=2e-5, warmup_ratio=0.1,
-                     init_checkpoint=str(final1))
-    r2, final2 = run_stage(model_cfg, s2, data, out / "stage2")
 
-    from PIL import Image
+def prepare_data(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
+    from data_pipeline.build import build
+    from data_pipeline.config import BuildConfig, VariantSpec
+    from data_pipeline.sample_corpus import TRAIN_FILE
 
-    from .checkpoint import load_vlm
-    from .inference import answer
+    data = out / "data"
+    variants = [VariantSpec("10kRandom", "random", cfg.random_size), VariantSpec("20kUmap", "umap", cfg.umap_size)]
+    manifest = data / "manifest.json"
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        built = {k: v.get("train", 0) + v.get("val", 0) for k, v in m.get("variants", {}).items()}
+        if built == {v.name: v.size for v in variants} and all(
+                (data / v.name / "train-00000.parquet").is_file() for v in variants):
+            _say(f"data: reusing {data} ({', '.join(f'{k} {n} rows' for k, n in built.items())})")
+            return m
+    _say(f"data: building {', '.join(v.name for v in variants)} with Ray Data into {data}")
+    return build(BuildConfig(source=str(corpus / TRAIN_FILE), images=str(corpus / "images"), out=str(data),
+                             variants=variants))
 
-    sample = json.loads((corpus / EVAL_FILE).read_text().splitlines()[0])
-    question = sample["conversations"][0]["value"].replace("<image>", "").strip()
-    model = load_vlm(final2)
-    with Image.open(corpus / "images" / sample["image"]) as img:
-        reply = answer(model, [img.convert("RGB")], [question], max_new_tokens=16)[0]
-    summary = {
-        "preset": preset, "coco_records": kept, "stage1": {"checkpoint": str(final1), **r1.epoch_metrics[-1]},
-        "stage2": {"checkpoint": str(final2), **r2.epoch_metrics[-1]},
-        "chat": {"image": str(corpus / "images" / sample["image"]), "question": question, "answer": reply,
-                 "expected": sample["answer"]},
-        "wall_seconds": round(time.perf_counter() - t0, 1),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary, indent=2))
-    print(f"\nchat with it: vlm-sweep chat --checkpoint {final2} --image {summary['chat']['image']} "
-          f"\"{question}\"")
+
+def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
+    from sweeps.driver import SweepConfig, run_sweep
+
+    sweep_dir = out / "sweep"
+    resume = (sweep_dir / "stage1").exists()
+    _say(f"sweep: {'resuming' if resume else 'starting'} {cfg.grid} (stage 1, then stage 2 under ASHA) in "
+         f"{sweep_dir}{' — finished trials are kept' if resume else ''}")
+    return run_sweep(SweepConfig(data=str(out / "data"), images=str(corpus / "images"), preset=cfg.preset,
+                                 grid=cfg.grid, paper_ids=cfg.paper_ids, stage="all", out=str(sweep_dir),
+                                 resume=resume, wandb=cfg.wandb))
+
+
+def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict[str, Any]]) -> list[dict]:
+    from data_pipeline.sample_corpus import EVAL_FILE
+
+    from .evaluation import EvalConfig, evaluate_checkpoint
+
+    results = []
+    for row in stage2:
+        ckpt = row.get("best_checkpoint")
+        if not ckpt:
+            _say(f"eval: {row['config_id']} has no checkpoint ({row.get('error')}); skipped")
+            continue
+        target = out / "eval" / f"{row['config_id']}.json"
+        if target.is_file() and json.loads(target.read_text()).get("checkpoint") == ckpt:
+            _say(f"eval: reusing {target}")
+            results.append(json.loads(target.read_text()))
+            continue
+        dataset = row["config_id"].split("-")[1]
+        _say(f"eval: {row['config_id']} ({cfg.eval_questions} questions × image / zeros / shuffled)")
+        ecfg = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
+                          val=str(out / "data" / dataset / "val-00000.parquet"), max_questions=cfg.eval_questions)
+        result = {"config_id": row["config_id"], **evaluate_checkpoint(ckpt, ecfg)}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(result, indent=2))
+        results.append(result)
+    return results
+
+
+def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
+    from sweeps.report import write_study_report
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    corpus = prepare_corpus(cfg, out)
+    manifest = prepare_data(cfg, corpus, out)
+    sweep = run_sweep_stages(cfg, corpus, out)
+    evals = evaluate_stage2(cfg, corpus, out, sweep["stages"][2])
+    summary = write_study_report(out, manifest, out / "sweep", evals, wall_s=time.perf_counter() - t0)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    best = summary["best"]
+    _say(f"done in {summary['wall_s']:.0f} s. Report: {summary['report']}")
+    if best:
+        acc = best["accuracy"]
+        _say(f"best config: {best['config_id']} — val loss {best['val_loss']:.4f}; answer accuracy with the image "
+             f"{acc['image']:.3f}, zeroed image {acc.get('zeros', float('nan')):.3f}, another image "
+             f"{acc.get('shuffled', float('nan')):.3f}")
+        _say(f"chat with it: vlm-sweep chat --checkpoint {best['checkpoint']} --image "
+             f"{best['sample_image']} \"{best['sample_question']}\"")
     return summary

@@ -1,0 +1,72 @@
+"""``vlm-sweep run`` end to end at a reduced size: corpus → data build → both sweep stages → eval → report, then
+a rerun that reuses every finished step, then a chat with the best checkpoint.
+
+    pytest -q tests/test_main_job.py
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ARGS = ["--preset", "tiny", "--n_train_images", "60", "--random_size", "30", "--umap_size", "40",
+        "--paper_ids", "[3, 9]", "--eval_questions", "8", "--wandb", "offline"]
+
+
+def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vlm_core.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=900)
+
+
+def _result_lines(out: Path) -> dict[str, int]:
+    return {p.parent.name: len(p.read_text().splitlines()) for p in out.glob("sweep/stage*/*/result.json")}
+
+
+def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, as a user gets
+    out = tmp_path / "main"
+    first = _cli("run", *ARGS, "--out", str(out), env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for step in ("corpus: writing", "data: building", "sweep: starting", "eval: s2-", "Report:", "best config:",
+                 "chat with it: vlm-sweep chat --checkpoint"):
+        assert step in first.stdout, step
+
+    # every artefact exists and is well formed
+    manifest = json.loads((out / "data" / "manifest.json").read_text())
+    assert {k: v["train"] + v["val"] for k, v in manifest["variants"].items()} == {"10kRandom": 30, "20kUmap": 40}
+    trials = (out / "sweep" / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 4  # header + 2 stage-1 + 2 stage-2 trials
+    evals = sorted((out / "eval").glob("*.json"))
+    assert [p.stem for p in evals] == ["s2-10kRandom-nodense-raw-linear-e3-b3", "s2-20kUmap-nodense-raw-linear-e3-b3"]
+    for p in evals:
+        e = json.loads(p.read_text())
+        assert e["answers"]["n"] == 8 and all(0 <= a <= 1 for a in e["answers"]["accuracy"].values())
+        for cond in ("image", "zeros", "shuffled"):
+            h = e["heldout"][cond]
+            assert 0 < h["loss"] < 20 and math.isclose(h["perplexity"], math.exp(h["loss"]), rel_tol=1e-9)
+    report = (out / "report.md").read_text()
+    for section in ("## Data", "![umap](data/umap.png)", "### Stage 1", "### Stage 2", "## Evaluation",
+                    "acc_zeros", "## Best config", "Sample generations", "vlm-sweep chat --checkpoint"):
+        assert section in report, section
+    for fig in ("data/umap.png", "sweep/loss_curves.png", "sweep/by_axis.png"):
+        assert (out / fig).stat().st_size > 5_000, fig
+    summary = json.loads((out / "summary.json").read_text())
+    best = summary["best"]
+    assert best["config_id"] in {p.stem for p in evals} and Path(best["checkpoint"]).is_dir()
+
+    # the rerun reuses corpus, data, finished trials and evaluations instead of redoing them
+    before = _result_lines(out)
+    second = _cli("run", *ARGS, "--out", str(out), env=env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    for step in ("corpus: reusing", "data: reusing", "finished trials are kept", "eval: reusing"):
+        assert step in second.stdout, step
+    assert "eval: s2-" not in second.stdout.replace("eval: reusing", "")
+    assert _result_lines(out) == before  # no trial ran again
+
+    chat = _cli("chat", "--checkpoint", best["checkpoint"], "--image", best["sample_image"], "--max_new_tokens",
+                "3", best["sample_question"], env=env)
+    assert chat.returncode == 0, chat.stderr[-3000:]
