@@ -231,12 +231,12 @@ def _relative_figure(path: Path, root: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
-def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str | Path, evals: list[dict[str, Any]],
-                       wall_s: float | None = None) -> dict[str, Any]:
-    """``vlm-sweep run``'s report: data summary, the sweep's report, evaluation with text-only controls, samples,
-    the best config and how to chat with it. Written to ``out/report.md``; returns a summary."""
+def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str | Path, sweep: dict[str, Any],
+                       evals: list[dict[str, Any]], wall_s: float | None = None) -> dict[str, Any]:
+    """``vlm-sweep run``'s report: data summary, the sweep's report (``sweep``: what ``write_report`` returned
+    when the sweep ended), evaluation with text-only controls, samples, the best config and how to chat with it.
+    Written to ``out/report.md``; returns a summary."""
     root, sweep_dir = Path(out), Path(sweep_dir)
-    sweep = write_report(sweep_dir)
     table = pd.read_csv(sweep_dir / "trials.csv")
     lines = ["# vlm-sweep run: the study on the embedded default", ""]
     if wall_s is not None:

@@ -128,7 +128,8 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     manifest = prepare_data(cfg, corpus, out)
     sweep = run_sweep_stages(cfg, corpus, out)
     evals = evaluate_stage2(cfg, corpus, out, sweep["stages"][2])
-    summary = write_study_report(out, manifest, out / "sweep", evals, wall_s=time.perf_counter() - t0)
+    summary = write_study_report(out, manifest, out / "sweep", sweep["report"], evals,
+                                 wall_s=time.perf_counter() - t0)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     best = summary["best"]
     _say(f"done in {summary['wall_s']:.0f} s. Report: {summary['report']}")
