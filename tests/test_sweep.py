@@ -71,6 +71,24 @@ def test_asha_stops_the_continuation_that_cannot_improve(sweep):
     assert result["report"]["stopped_by_asha"] == [S2_RANDOM]
 
 
+def test_stopped_and_finished_trials_give_their_cpus_back(sweep):
+    """ASHA kills a stopped trial's Train controller; Train's PlacementGroupCleaner must then free its CPUs. It
+    finds the cluster through the State API address every worker of our local cluster is given (ray_env)."""
+    import ray
+    from ray.dashboard.utils import get_address_for_submission_client
+
+    @ray.remote(num_cpus=0)
+    def api_server_seen_by_a_worker() -> str:
+        return get_address_for_submission_client(None)
+
+    assert ray.get(api_server_seen_by_a_worker.remote()) == f"http://{ray._private.worker.get_dashboard_url()}"
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(1)
+    leaked = {pg: t["bundles"] for pg, t in ray.util.placement_group_table().items() if t["state"] == "CREATED"}
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"], leaked
+
+
 def test_report_table_csv_and_plots(sweep):
     _, _, out = sweep
     table = pd.read_csv(out / "trials.csv")

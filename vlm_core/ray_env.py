@@ -3,6 +3,13 @@
 The local cluster keeps the dashboard on (Train's cleanup of stopped trials needs the State API) but binds it
 to loopback, turns usage stats off and caps the object store so a laptop keeps its memory.
 
+Every process of a local cluster is told where its own State API is (``RAY_API_SERVER_ADDRESS``). Without
+that, Train V2's ``PlacementGroupCleaner`` (which frees a trial's CPUs/GPUs when ASHA or Ctrl-C kills its
+controller) looks the cluster up in ``/tmp/ray/ray_current_cluster``; after any earlier ``ray start`` that file
+names a dead cluster, the cleaner's thread dies on "Timed out while waiting for GCS", the stopped trial's
+placement group is never removed, and the next trials time out waiting for workers (measured: 3 of 6 stage-2
+trials failed that way in ``vlm-sweep run --preset local``).
+
     python -c "from vlm_core.ray_env import init_ray; print(init_ray().get('num_cpus'))"
 """
 
@@ -10,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -17,6 +25,15 @@ log = logging.getLogger(__name__)
 
 class RayUnreachable(ConnectionError):
     """``RAY_ADDRESS`` names a cluster that does not answer."""
+
+
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
@@ -38,10 +55,19 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
         else:
             # address="local": always a new cluster. Without it ray.init() joins whatever `ray start` left in
             # /tmp/ray/ray_current_cluster, even a dead one, and then refuses num_cpus.
-            ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_bytes,
-                     include_dashboard=True,
-                     dashboard_host="127.0.0.1", resources=resources, log_to_driver=True,
-                     logging_level=logging.WARNING)
+            port = _free_port()
+            previous = os.environ.get(API_SERVER_ENV)
+            # the raylet copies this environment at start and hands it to every worker it spawns
+            os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+            try:
+                ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_bytes,
+                         include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                         resources=resources, log_to_driver=True, logging_level=logging.WARNING)
+            finally:  # not inherited by this process's own subprocesses (another cluster's CLI, tests)
+                if previous is None:
+                    os.environ.pop(API_SERVER_ENV, None)
+                else:
+                    os.environ[API_SERVER_ENV] = previous
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # reproducible outputs (UMAP transform is order-sensitive)
         ctx.enable_progress_bars = True
