@@ -29,15 +29,20 @@ from vlm_core.runner import DataSpec
 from .matrix import TrialSpec, get_grid
 from .profiles import TrialResources, check_fits, trial_resources
 from .tracking import MODES as WANDB_MODES
-from .trial import Scale, resources_dict, run_trial, trial_configs
+from .trial import Scale, remove_workdirs, resources_dict, run_trial, trial_configs
 
 log = logging.getLogger(__name__)
 
 METRIC, MODE = "val_loss", "min"  # the one place they are set
-DEFAULT_BACKEND = {"tiny": "cpu", "local": "cpu", "paper": "a100-40g"}
+DEFAULT_BACKEND = {"tiny": "cpu", "local": "cpu", "local-long": "cpu", "paper": "a100-40g"}
 DEFAULT_SCALE = {"tiny": Scale(max_steps_per_epoch=2, batch_size_cap=2, stage1_lr=1e-3, stage2_lr=1e-3),
-                 # the whole study in minutes on 2 CPU cores: 2 steps of batch 2 per epoch, 8 val samples
-                 "local": Scale(max_steps_per_epoch=2, batch_size_cap=2, max_val_samples=8, stage1_lr=1e-3),
+                 # the whole study within `vlm-sweep run`'s 20 minutes on 2 CPU cores: every epoch is one step of
+                 # batch 2 and 4 val samples, stage 1 runs a third of its epochs (the machinery, not the study's
+                 # conclusions: ~25 s of each trial is Ray Train / Tune starting its actors)
+                 "local": Scale(max_steps_per_epoch=1, batch_size_cap=2, max_val_samples=4, stage1_lr=1e-3,
+                                stage1_epoch_divisor=3),
+                 # one lineage trained longer (36 min measured); see README for what it does and does not show
+                 "local-long": Scale(max_steps_per_epoch=24, batch_size_cap=8, max_val_samples=16, stage1_lr=1e-3),
                  "paper": Scale()}
 
 
@@ -82,7 +87,8 @@ class SweepConfig:
     paper_ids: list[int] | None = None
     """paper19 only: run these stage-1 rows and the continuations of those among them (e.g. [3, 7])."""
     max_steps_per_epoch: int | None = None
-    """Override the preset's optimizer steps per epoch (tiny: 2, local: 2, paper: the whole variant)."""
+    """Override the preset's optimizer steps per epoch (tiny: 2, local: 1, local-long: 24, paper: the whole
+    variant)."""
     max_concurrent: int | None = None
     """Stage-1 trials in flight (default: as many as the cluster fits)."""
     max_failures: int = 2
@@ -162,6 +168,29 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
                        "data": _variant_paths(cfg, p.spec.dataset)}}
 
 
+def spread_cpus(planned: list[PlannedTrial], node_cpus: float, concurrent: int) -> list[PlannedTrial]:
+    """``cpu`` backend: trials that run ``concurrent`` at a time share a node's CPUs instead of taking one each.
+
+    Ray sets a worker's torch threads from its CPU request, so a trial running alone on a 2-core machine with
+    ``{"CPU": 1}`` leaves a core idle (stage 2 runs one at a time; local-long's stage 1 has one trial). One
+    worker per trial only; other backends are left as planned."""
+    share = max(1, int(node_cpus // max(concurrent, 1)))
+    out = []
+    for p in planned:
+        r = p.resources
+        if not r.use_gpu and r.num_workers == 1 and set(r.resources_per_worker) == {"CPU"} and share > 1:
+            r = dataclasses.replace(r, resources_per_worker={"CPU": share},
+                                    notes=[*r.notes, f"{share} CPUs ({concurrent} trial(s) at a time)"])
+        out.append(PlannedTrial(p.spec, r))
+    return out
+
+
+def _largest_node_cpus() -> float:
+    import ray
+
+    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+
+
 def concurrent_fit(planned: list[PlannedTrial], cluster: dict[str, Any]) -> int:
     """How many of the largest trial fit the cluster at once (at least 1)."""
     have = {k.lower(): float(v) for k, v in cluster.items()}
@@ -201,6 +230,9 @@ def _run_stage(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], stora
                                               num_to_keep=1, checkpoint_score_attribute=METRIC,
                                               checkpoint_score_order=MODE)))
     grid = tuner.fit()
+    left = remove_workdirs([r.metrics["trial_id"] for r in grid if r.metrics and r.metrics.get("trial_id")])
+    if left:
+        log.info("removed %d scratch folders of stopped trials", left)
     unfinished = unfinished_trials(grid, storage / name)
     if unfinished:
         raise SweepInterrupted(f"stage {stage} was interrupted with {len(unfinished)} of {len(grid)} trials "
@@ -246,8 +278,10 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     lineage_file = storage / "lineage.json"
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
     if 1 in stages:
-        grid = _run_stage(cfg, 1, [_param(cfg, p, storage, None) for p in planned[1]], storage,
-                          fit_count=concurrent_fit(planned[1], resources))
+        fit = concurrent_fit(planned[1], resources)
+        running = min(cfg.max_concurrent or fit, len(planned[1]))
+        grid = _run_stage(cfg, 1, [_param(cfg, p, storage, None) for p in spread_cpus(planned[1],
+                          _largest_node_cpus(), running)], storage, fit_count=fit)
         lineage = record_lineage(grid, lineage)
         lineage_file.write_text(json.dumps(lineage, indent=2))
         summary["stages"][1] = summarize(grid)
@@ -255,7 +289,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         from .scheduling import RecordingASHA
 
         params = []
-        for p in planned[2]:
+        for p in spread_cpus(planned[2], _largest_node_cpus(), cfg.asha.max_concurrent):
             parent = lineage.get(p.spec.parent)
             if not parent or not parent.get("checkpoint") or not Path(parent["checkpoint"]).is_dir():
                 raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, which has no "

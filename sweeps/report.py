@@ -255,6 +255,12 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
                                                 "stopped_by_asha", "asha_rung", "wall_s"]]
         lines += [f"### Stage {stage}", "", _md(part.sort_values("best_val_loss")), ""]
     lines += [f"![{Path(f).stem}]({_relative_figure(Path(f), root)})" for f in sweep["figures"]] + [""]
+    decisions = read_decisions(sweep_dir / "stage2" / "asha_decisions.jsonl")
+    if decisions:
+        lines += ["### ASHA decisions (stage 2)", "", "| trial | rung (epoch) | val loss | decision |",
+                  "|---|---|---|---|"]
+        lines += [f"| {d['trial']} | {d['rung']} | {d['val_loss']:.4f} | {d['decision']} |" for d in decisions]
+        lines += [""]
     best = None
     if evals:
         rows = []
@@ -264,14 +270,20 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
             rows.append({"config_id": cid, "val_loss": held.get("image", {}).get("loss", math.nan),
                          "perplexity": held.get("image", {}).get("perplexity", math.nan),
                          "val_loss_zeros": held.get("zeros", {}).get("loss", math.nan),
+                         "val_loss_shuffled": held.get("shuffled", {}).get("loss", math.nan),
                          "acc_image": acc["image"], "acc_zeros": acc.get("zeros", math.nan),
                          "acc_shuffled": acc.get("shuffled", math.nan), "questions": e["answers"]["n"],
                          "checkpoint": e["checkpoint"]})
-        ev = pd.DataFrame(rows).sort_values("val_loss")
+        ev = pd.DataFrame(rows)
+        ev["gain_vs_shuffled"] = ev["acc_image"] - ev["acc_shuffled"]
+        # the question set is shared by every trial (the val splits are not): rank on it, then on the image's gain
+        ev = ev.sort_values(["acc_image", "gain_vs_shuffled", "val_loss"], ascending=[False, False, True])
         lines += ["## Evaluation (stage-2 checkpoints)", "",
-                  "Held-out loss on the variant's val split; exact-match accuracy on held-out easy-vqa questions "
-                  "with the question's image, with the image features zeroed, and with another question's image. "
-                  "The gap between `acc_image` and the controls is what the image contributes.", "",
+                  "Held-out loss on the variant's val split (compare within a dataset); exact-match accuracy on the "
+                  "same held-out easy-vqa questions for every trial (equal shares of yes/no, colour and shape "
+                  "questions) with the question's image, with the image features zeroed, and with another "
+                  "question's image. The gap between `acc_image` and the controls is what the image contributes; "
+                  "the best config is the one with the highest `acc_image` (then the largest gain).", "",
                   _md(ev.drop(columns=["checkpoint"])), ""]
         b = ev.iloc[0]
         e = next(x for x in evals if x["checkpoint"] == b["checkpoint"])
@@ -282,8 +294,13 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
                 "sample_question": sample.get("question", "")}
         lines += [f"## Best config: `{b['config_id']}`", "",
                   f"Val loss {b['val_loss']:.4f}; accuracy with the image {b['acc_image']:.3f}, zeroed "
-                  f"{b['acc_zeros']:.3f}, another image {b['acc_shuffled']:.3f}; by question type: "
-                  f"`{json.dumps(e['answers']['by_type'])}`.", "", "Sample generations:", "",
+                  f"{b['acc_zeros']:.3f}, another image {b['acc_shuffled']:.3f} ({int(b['questions'])} questions).",
+                  "", "| question type | questions | " + " | ".join(f"acc_{c}" for c in e["answers"]["by_type"]) + " |",
+                  "|---|---|" + "---|" * len(e["answers"]["by_type"])]
+        by_type = e["answers"]["by_type"]
+        for t, n in e["answers"]["type_counts"].items():
+            lines.append(f"| {t} | {n} | " + " | ".join(f"{by_type[c][t]:.3f}" for c in by_type) + " |")
+        lines += ["", "Sample generations:", "",
                   "| image | question | expected | with image | zeroed image | another image |",
                   "|---|---|---|---|---|---|"]
         for s in e["answers"]["samples"]:

@@ -16,7 +16,7 @@ import netrc
 import os
 from typing import Any
 
-from ray.air.integrations.wandb import WandbLoggerCallback
+from ray.air.integrations.wandb import WandbLoggerCallback, _clean_log, _QueueItem
 
 PROJECT = "multimodal-llama"
 DENSE_PROJECT = "multimodal-llama-dense-connector"
@@ -60,6 +60,15 @@ class StudyWandbCallback(WandbLoggerCallback):
         self.project = project_for(trial.config.get("trial", {}).get("spec", {}))
         super().log_trial_start(trial)
 
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        # Ray's version blocks Tune's event loop on a round trip to the trial's queue actor for every result; on a
+        # busy 2-core machine that took up to 2.8 s per result (py-spy: ~all of process_trial_result, 121 s over
+        # the local study). Actor calls from one caller run in order, so sending without waiting keeps the order.
+        if trial not in self._trial_logging_actors:
+            self.log_trial_start(trial)
+        item = (_QueueItem.RESULT, _clean_log(result, video_kwargs=self.video_kwargs, image_kwargs=self.image_kwargs))
+        self._trial_queues[trial].actor.put_nowait.remote(item)
 
     def on_experiment_end(self, trials, **info) -> None:
         # Trials cut short by Ctrl-C never get log_trial_end: without an END their logging actors never finish

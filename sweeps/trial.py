@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,10 @@ class Scale:
     (measured: val loss 1.76 → 3.56); only the random tiny LLM takes a large step."""
     max_val_samples: int | None = None
     """Validate on the first N samples of the variant's val split (None: all)."""
+    stage1_epoch_divisor: int = 1
+    """Stage-1 trials run ``epochs // divisor`` epochs (at least 1): the ``local`` preset's 3 turns the study's
+    3 / 6 / 9 into 1 / 2 / 3, keeping their order and the schedules' shapes. Stage 2 keeps its epochs (ASHA's
+    rungs)."""
 
 
 def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: str | None = None,
@@ -55,7 +60,8 @@ def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: s
     model.format.mode = FORMAT_FOR_CHAT[spec.chat]
     batch = min(spec.batch_size, scale.batch_size_cap) if scale.batch_size_cap else spec.batch_size
     lr = (scale.stage1_lr if spec.stage == 1 else scale.stage2_lr) or spec.lr
-    train = TrainConfig(stage=spec.stage, epochs=spec.epochs, batch_size=batch, lr=lr,
+    epochs = max(1, spec.epochs // scale.stage1_epoch_divisor) if spec.stage == 1 else spec.epochs
+    train = TrainConfig(stage=spec.stage, epochs=epochs, batch_size=batch, lr=lr,
                         scheduler=spec.scheduler, init_checkpoint=init_checkpoint,
                         gradient_checkpointing=gradient_checkpointing,
                         max_steps_per_epoch=scale.max_steps_per_epoch, max_val_samples=scale.max_val_samples)
@@ -75,7 +81,7 @@ def train_worker(config: dict[str, Any]) -> None:
     epochs_planned = train_cfg.epochs
     if config.get("cuda_memory_fraction") and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(config["cuda_memory_fraction"])
-    workdir = Path(tempfile.mkdtemp(prefix="vlm-trial-"))
+    workdir = Path(tempfile.mkdtemp(prefix=config.get("workdir_prefix", "vlm-trial-")))
     resume_dir = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure: continue where the last report left off
@@ -86,8 +92,27 @@ def train_worker(config: dict[str, Any]) -> None:
         report = {**metrics, "epochs_planned": epochs_planned}
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
 
-    run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
-              write_final=False)
+    try:
+        run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
+                  write_final=False)
+    finally:  # every reported checkpoint is already in the run's storage; a stage-2 workdir holds GBs
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def workdir_prefix(trial_id: str) -> str:
+    """A trial's scratch folders in the worker's temp dir; the driver removes those of stopped trials (ASHA kills
+    their workers before the worker's own cleanup runs)."""
+    return f"vlm-trial-{trial_id}-"
+
+
+def remove_workdirs(trial_ids: list[str]) -> int:
+    """Remove this node's scratch folders of the given trials; returns how many were left behind."""
+    n = 0
+    for tid in trial_ids:
+        for d in Path(tempfile.gettempdir()).glob(f"{workdir_prefix(tid)}*"):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -102,7 +127,8 @@ def run_trial(config: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={**config["worker"], "cuda_memory_fraction": res.cuda_memory_fraction},
+        train_loop_config={**config["worker"], "cuda_memory_fraction": res.cuda_memory_fraction,
+                           "workdir_prefix": workdir_prefix(trial_id)},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=res.resources_per_worker,
                                                accelerator_type=res.accelerator_type),

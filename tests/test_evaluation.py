@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vlm_core.config import ConfigError
-from vlm_core.evaluation import CONTROLS, EvalConfig, evaluate, normalise, question_type
+from vlm_core.evaluation import CONTROLS, EvalConfig, balanced_subset, evaluate, normalise, question_type
 
 
 @pytest.mark.parametrize("raw,expected", [("Yes.", "yes"), ("  the Circle!\nmore text", "circle"),
@@ -23,6 +23,13 @@ def test_answers_are_normalised_before_exact_match(raw, expected):
 
 def test_question_types_follow_the_expected_answer():
     assert [question_type(a) for a in ("yes", "No", "teal", "circle")] == ["yes/no", "yes/no", "color", "shape"]
+
+
+def test_a_limited_question_set_takes_the_types_in_turn():
+    rows = [{"id": str(i), "answer": a} for i, a in enumerate(["yes", "no", "yes", "red", "circle", "no", "teal"])]
+    picked = balanced_subset(rows, 5)
+    assert [r["id"] for r in picked] == ["3", "4", "0", "6", "1"]  # color, shape, yes/no, color, yes/no
+    assert balanced_subset(rows, None) == rows and balanced_subset(rows, 99) == rows
 
 
 def test_controls_remove_or_swap_the_image():
@@ -44,6 +51,12 @@ def test_evaluate_reports_every_condition(tiny_model, corpus):
     assert answers["n"] == 12 and set(answers["accuracy"]) == {"image", "zeros", "shuffled"}
     assert all(0.0 <= a <= 1.0 for a in answers["accuracy"].values())
     assert sum(answers["type_counts"].values()) == 12
+    available = {}
+    for line in (corpus / "eval_easyvqa.jsonl").read_text().splitlines():
+        t = question_type(json.loads(line)["answer"])
+        available[t] = available.get(t, 0) + 1
+    counts = answers["type_counts"]  # balanced: a type short of its share gives the rest to the others
+    assert all(counts[a] <= counts[b] + 1 or counts[b] == available[b] for a in counts for b in counts)
     assert len(answers["samples"]) == 3 and {"image", "question", "expected", "answer_image",
                                              "answer_zeros"} <= set(answers["samples"][0])
     held = result["heldout"]

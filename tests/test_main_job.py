@@ -1,5 +1,5 @@
 """``vlm-sweep run`` end to end at a reduced size: corpus → data build → both sweep stages → eval → report, then
-a rerun that reuses every finished step, then a chat with the best checkpoint.
+a rerun that reuses every finished step, then ``vlm-sweep eval`` and a chat with the best checkpoint.
 
     pytest -q tests/test_main_job.py
 """
@@ -49,8 +49,10 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
             h = e["heldout"][cond]
             assert 0 < h["loss"] < 20 and math.isclose(h["perplexity"], math.exp(h["loss"]), rel_tol=1e-9)
     report = (out / "report.md").read_text()
-    for section in ("## Data", "![umap](data/umap.png)", "### Stage 1", "### Stage 2", "## Evaluation",
-                    "acc_zeros", "## Best config", "Sample generations", "vlm-sweep chat --checkpoint"):
+    for section in ("## Data", "![umap](data/umap.png)", "### Stage 1", "### Stage 2", "### ASHA decisions",
+                    "## Evaluation",
+                    "acc_zeros", "## Best config", "| question type |", "Sample generations",
+                    "vlm-sweep chat --checkpoint"):
         assert section in report, section
     for fig in ("data/umap.png", "sweep/loss_curves.png", "sweep/by_axis.png"):
         assert (out / fig).stat().st_size > 5_000, fig
@@ -70,3 +72,10 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
     chat = _cli("chat", "--checkpoint", best["checkpoint"], "--image", best["sample_image"], "--max_new_tokens",
                 "3", best["sample_question"], env=env)
     assert chat.returncode == 0, chat.stderr[-3000:]
+
+    ev = _cli("eval", best["checkpoint"], "--data", str(out / "corpus"), "--max_questions", "3", "--out",
+              str(tmp_path / "eval.json"), env=env)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    written = json.loads((tmp_path / "eval.json").read_text())
+    assert written["answers"]["n"] == 3 and set(written["answers"]["type_counts"]) == {"color", "shape", "yes/no"}
+    assert "heldout" not in written  # no --val: loss is skipped, not computed on the questions

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +33,10 @@ def sweep(ray_local, variants, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "tiny-study"
     cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all",
                       paper_ids=[3, 9], out=str(out), wandb="offline")
-    return cfg, run_sweep(cfg), out
+    before = set(Path(tempfile.gettempdir()).glob("vlm-trial-*"))
+    result = run_sweep(cfg)
+    assert set(Path(tempfile.gettempdir()).glob("vlm-trial-*")) == before  # trial workdirs removed (GBs each)
+    return cfg, result, out
 
 
 def test_stage2_without_stage1_is_a_clear_error(ray_local, variants, corpus, tmp_path):

@@ -106,6 +106,22 @@ def test_local_scale_raises_only_the_projector_lr():
     _, t1 = trial_configs(s1, "local", DEFAULT_SCALE["local"])
     _, t2 = trial_configs(s2, "local", DEFAULT_SCALE["local"], init_checkpoint="ckpt")
     assert t1.lr == 1e-3 and t2.lr == 2e-5 == s2.lr  # the pretrained LLM keeps the study's rate
-    assert t2.init_checkpoint == "ckpt" and t1.max_val_samples == t2.max_val_samples == 8
+    assert t2.init_checkpoint == "ckpt" and t1.max_val_samples == t2.max_val_samples == 4
+    assert t1.max_steps_per_epoch == t2.max_steps_per_epoch == 1 and t1.batch_size == 1 and t2.batch_size == 2
+    assert (s1.epochs, t1.epochs, s2.epochs, t2.epochs) == (3, 1, 3, 3)  # stage 1 runs a third; stage 2 all
+    _, long1 = trial_configs(s1, "local-long", DEFAULT_SCALE["local-long"])
+    assert long1.max_steps_per_epoch == 24 and long1.batch_size == 1 and long1.lr == 1e-3  # cap 8 never raises
     _, p2 = trial_configs(s2, "paper", DEFAULT_SCALE["paper"])
     assert p2.lr == 2e-5 and p2.batch_size == 3 and p2.max_steps_per_epoch is None
+
+
+def test_trials_running_alone_on_cpus_get_the_node_s_cores():
+    from sweeps.driver import SweepConfig, plan, spread_cpus
+
+    planned = plan(SweepConfig(data="d", images="i", preset="local", stage="2"), 2)
+    alone = spread_cpus(planned, node_cpus=2, concurrent=1)
+    assert {p.resources.resources_per_worker["CPU"] for p in alone} == {2}  # torch gets both threads
+    assert {p.resources.resources_per_worker["CPU"] for p in spread_cpus(planned, 2, 2)} == {1}
+    assert [p.spec for p in alone] == [p.spec for p in planned]
+    gpu = plan(SweepConfig(data="d", images="i", preset="paper", stage="2"), 2)
+    assert [p.resources for p in spread_cpus(gpu, 16, 1)] == [p.resources for p in gpu]  # GPU requests untouched

@@ -121,19 +121,20 @@ def sample_corpus_cmd(out: str = "corpus", n_train_images: int = 600, n_eval_que
 
 
 def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19", paper_ids: list[int] | None = None,
-            n_train_images: int = 600, random_size: int = 300, umap_size: int = 400, eval_questions: int = 64,
+            n_train_images: int = 600, random_size: int = 300, umap_size: int = 400, eval_questions: int | None = None,
             wandb: str = "auto") -> dict:
     """The whole study on the embedded default: corpus → data build → stage-1 and stage-2 sweeps → eval → report.
 
     Args:
-        preset: Named model config: tiny, local, paper.
+        preset: tiny (smoke runs), local (the whole grid, ~20 min on 2 cores), local-long (one lineage, trained
+            longer: 36 min), paper (GPUs).
         out: Output folder (rerun with the same one to reuse finished steps and trials).
         grid: paper19 (the study's 19 + 6 runs) or full.
-        paper_ids: Run only these paper19 rows and their continuations (smoke runs).
+        paper_ids: Run only these paper19 rows and their continuations (default: all; local-long: [7]).
         n_train_images: Size of the sample corpus (easy-vqa images).
         random_size: Rows of the 10kRandom variant.
         umap_size: Rows of the 20kUmap variant.
-        eval_questions: Held-out easy-vqa questions per stage-2 checkpoint.
+        eval_questions: Held-out easy-vqa questions per stage-2 checkpoint (default 36; local-long 96).
         wandb: auto (online with a key, else offline), offline, online, disabled.
     """
     from .main_job import StudyConfig, run_main_job
@@ -165,12 +166,34 @@ def sweep_cmd(config) -> dict:
     return result
 
 
-def eval_cmd(checkpoint: str, questions: str, images: str, val: str | None = None,
-             max_questions: int | None = None, max_val_samples: int | None = None,
+def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = None, images: str | None = None,
+             val: str | None = None, max_questions: int | None = None, max_val_samples: int | None = None,
              controls: list[str] | None = None, batch_size: int = 16, out: str | None = None) -> dict:
-    """Evaluate a checkpoint: held-out loss / perplexity and answer accuracy, with and without the image."""
+    """Evaluate a checkpoint: held-out loss / perplexity and answer accuracy, with and without the image.
+
+    Args:
+        checkpoint: A checkpoint folder (stage 2: projector + LLM; stage 1: projector on the preset's LLM).
+        data: A sample-corpus folder (``vlm-sweep data sample-corpus --out``, or ``OUT/corpus`` of ``vlm-sweep
+            run``): sets ``questions`` to its eval_easyvqa.jsonl and ``images`` to its images/.
+        questions: JSONL of held-out questions with their answers.
+        images: Image root the questions' and ``val``'s image paths are relative to.
+        val: Held-out conversations (JSONL / parquet) for loss and perplexity, e.g. a variant's val split.
+        max_questions: Evaluate N questions, taking yes/no, colour and shape questions in turn.
+        max_val_samples: Score the first N held-out conversations only.
+        controls: Text-only controls (zeros, shuffled).
+        batch_size: Questions per generation batch.
+        out: Also write the result as JSON here.
+    """
+    from data_pipeline.sample_corpus import EVAL_FILE
+
+    from .config import ConfigError
     from .evaluation import EvalConfig, evaluate_checkpoint
 
+    if data is not None:
+        questions = questions or str(Path(data) / EVAL_FILE)
+        images = images or str(Path(data) / "images")
+    if questions is None or images is None:
+        raise ConfigError("eval: pass --data CORPUS_FOLDER, or both --questions FILE and --images FOLDER")
     cfg = EvalConfig(questions=questions, images=images, val=val, max_questions=max_questions,
                      max_val_samples=max_val_samples, batch_size=batch_size,
                      **({"controls": controls} if controls is not None else {}))

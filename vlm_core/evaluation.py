@@ -49,14 +49,14 @@ class EvalConfig:
     val: str | None = None
     """Held-out conversations (JSONL / parquet) for loss and perplexity; unset: skip them."""
     max_questions: int | None = None
-    """Evaluate the first N questions only."""
+    """Evaluate N questions only, balanced over the question types (see ``balanced_subset``)."""
     max_val_samples: int | None = None
     """Score the first N held-out conversations only."""
     controls: list[str] = field(default_factory=lambda: ["zeros", "shuffled"])
     """Text-only controls to compare with (see CONTROLS)."""
     batch_size: int = 16
-    max_new_tokens: int = 8
-    """Answers are one word; a few tokens suffice."""
+    max_new_tokens: int = 6
+    """Answers are one word; a few tokens suffice (a rambling answer is wrong whatever its tail)."""
     num_samples: int = 6
     """Sample generations to keep (with their image paths) for the report."""
 
@@ -76,6 +76,25 @@ def normalise(text: str) -> str:
 def question_type(answer: str) -> str:
     a = normalise(answer)
     return "yes/no" if a in ("yes", "no") else "color" if a in COLORS else "shape"
+
+
+def balanced_subset(records: list[dict], n: int | None) -> list[dict]:
+    """The first ``n`` questions taking each type in turn (yes/no, color, shape), in file order.
+
+    easy-vqa's test split is 3/4 yes/no questions, where a text-only model already scores ~50%; equal shares make
+    the colour and shape questions, which need the image, count as much. Deterministic; ``n=None``: all."""
+    if n is None or n >= len(records):
+        return list(records)
+    by_type: dict[str, list[dict]] = {}
+    for r in records:
+        by_type.setdefault(question_type(r["answer"]), []).append(r)
+    queues = [list(v) for _, v in sorted(by_type.items())]
+    chosen: list[dict] = []
+    while len(chosen) < n:
+        for q in queues:
+            if q and len(chosen) < n:
+                chosen.append(q.pop(0))
+    return chosen
 
 
 def _question_text(record: dict) -> str:
@@ -159,7 +178,7 @@ def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
     from .data import read_records
 
     root = Path(cfg.images)
-    questions = read_records(cfg.questions)[: cfg.max_questions]
+    questions = balanced_subset(read_records(cfg.questions), cfg.max_questions)
     result: dict[str, Any] = {"questions": cfg.questions, "answers": answer_accuracy(model, questions, root, cfg)}
     if cfg.val:
         result["heldout"] = heldout_loss(model, read_records(cfg.val)[: cfg.max_val_samples], root, cfg)

@@ -13,19 +13,33 @@ Steps, each reused when its output already exists (rerun the same command to con
    sample generations, the best config and how to chat with it.
 
     vlm-sweep run --preset local                               # the README's first command
+    vlm-sweep run --preset local-long --out runs/long          # one lineage, trained longer (36 min)
     vlm-sweep run --preset tiny --n_train_images 60 --paper_ids '[3, 9]' --out runs/smoke   # a minute or two
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+# What a preset changes in the study besides the sweep's Scale (sweeps.driver.DEFAULT_SCALE): local-long trains
+# one lineage (paper row 7: s1-20kUmap-nodense-chat-cosine-e9-b8 → its stage-2 continuation) for 24 steps of
+# batch 8 per epoch instead of the whole grid for one step of batch 2.
+# Evaluation sizes: 36 questions (12 per type) and 8 held-out conversations keep `local` within its 20 minutes
+# (generation is ~75% of an evaluation); local-long evaluates one checkpoint, on more questions.
+STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "local-long": {"paper_ids": [7], "eval_questions": 96, "eval_val_samples": 16},
+}
+EVAL_DEFAULTS = {"eval_questions": 36, "eval_val_samples": 8}
 
 
 @dataclass
@@ -36,10 +50,15 @@ class StudyConfig:
     out: str = "runs/main"
     grid: str = "paper19"
     paper_ids: list[int] | None = None
+    """paper19 rows to run (default: all; ``local-long``: [7])."""
     n_train_images: int = 600
     random_size: int = 300
     umap_size: int = 400
-    eval_questions: int = 64
+    eval_questions: int | None = None
+    """Held-out easy-vqa questions per stage-2 checkpoint, equal shares of yes/no, colour, shape (default: 36;
+    local-long: 96)."""
+    eval_val_samples: int | None = None
+    """Held-out conversations scored for loss / perplexity per checkpoint (default: 8; local-long: 16)."""
     wandb: str = "auto"
 
 
@@ -100,7 +119,9 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
     for row in stage2:
         ckpt = row.get("best_checkpoint")
         if not ckpt:
-            _say(f"eval: {row['config_id']} has no checkpoint ({row.get('error')}); skipped")
+            reason = re.sub(r"\x1b\[[0-9;]*m", "", str(row.get("error") or "no checkpoint")).splitlines()[0][:200]
+            _say(f"eval: {row['config_id']} has no checkpoint (the trial failed: {reason}; see the sweep report); "
+                 f"skipped")
             continue
         target = out / "eval" / f"{row['config_id']}.json"
         if target.is_file() and json.loads(target.read_text()).get("checkpoint") == ckpt:
@@ -110,7 +131,8 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
         dataset = row["config_id"].split("-")[1]
         _say(f"eval: {row['config_id']} ({cfg.eval_questions} questions × image / zeros / shuffled)")
         ecfg = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
-                          val=str(out / "data" / dataset / "val-00000.parquet"), max_questions=cfg.eval_questions)
+                          val=str(out / "data" / dataset / "val-00000.parquet"), max_questions=cfg.eval_questions,
+                          max_val_samples=cfg.eval_val_samples)
         result = {"config_id": row["config_id"], **evaluate_checkpoint(ckpt, ecfg)}
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(result, indent=2))
@@ -121,6 +143,10 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
 def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     from sweeps.report import write_study_report
 
+    defaults = {**EVAL_DEFAULTS, "paper_ids": None, **STUDY_DEFAULTS.get(cfg.preset, {})}
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
+    if cfg.paper_ids is not None:
+        _say(f"preset {cfg.preset}: paper19 rows {cfg.paper_ids} only")
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

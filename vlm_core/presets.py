@@ -4,6 +4,8 @@
   unit tests and smoke runs, seconds per step on a CPU.
 * ``local`` — random-init CLIP (112 px, 49 patches, 8 layers, the TinyCLIP token count) + the real packaged
   SmolLM2-135M-Instruct: the study scaled down to run on a laptop CPU with no hub access.
+* ``local-long`` — the ``local`` models; the sweep runs 24 steps of batch 8 per epoch instead of 1 of batch 2, and
+  ``vlm-sweep run`` one lineage instead of the whole grid (36 min here; see README for what it shows).
 * ``paper`` — TinyCLIP-ViT-40M-32 + Llama-3.2-1B-Instruct (hub ids or local folders), as in the study.
 
     python -c "from vlm_core.presets import get_preset; print(get_preset('local').to_json())"
@@ -36,6 +38,9 @@ _PRESETS: dict[str, VLMConfig] = {
         lm=LMConfig(source=LLAMA32_1B),
         format=FormatConfig(mode="chat", max_length=512)),
 }
+
+
+_PRESETS["local-long"] = copy.deepcopy(_PRESETS["local"])  # same models; the sweep's Scale differs
 
 
 def available_presets() -> list[str]:

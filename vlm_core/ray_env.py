@@ -55,6 +55,10 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
         else:
             # address="local": always a new cluster. Without it ray.init() joins whatever `ray start` left in
             # /tmp/ray/ray_current_cluster, even a dead one, and then refuses num_cpus.
+            # one machine: no spot preemption to watch for, no Prometheus to export Train metrics to; each would
+            # cost every trial another actor / exporter on a laptop's few cores
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+            os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
             port = _free_port()
             previous = os.environ.get(API_SERVER_ENV)
             # the raylet copies this environment at start and hands it to every worker it spawns
