@@ -60,7 +60,6 @@ class StudyWandbCallback(WandbLoggerCallback):
         self.project = project_for(trial.config.get("trial", {}).get("spec", {}))
         super().log_trial_start(trial)
 
-
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         # Ray's version blocks Tune's event loop on a round trip to the trial's queue actor for every result; on a
         # busy 2-core machine that took up to 2.8 s per result (py-spy: ~all of process_trial_result, 121 s over

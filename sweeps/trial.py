@@ -106,7 +106,8 @@ def workdir_prefix(trial_id: str) -> str:
 
 
 def remove_workdirs(trial_ids: list[str]) -> int:
-    """Remove this node's scratch folders of the given trials; returns how many were left behind."""
+    """Remove this node's scratch folders of the given trials (those the workers could not remove themselves);
+    returns how many there were."""
     n = 0
     for tid in trial_ids:
         for d in Path(tempfile.gettempdir()).glob(f"{workdir_prefix(tid)}*"):

@@ -124,9 +124,10 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
                  f"skipped")
             continue
         target = out / "eval" / f"{row['config_id']}.json"
-        if target.is_file() and json.loads(target.read_text()).get("checkpoint") == ckpt:
+        previous = json.loads(target.read_text()) if target.is_file() else {}
+        if previous.get("checkpoint") == ckpt:
             _say(f"eval: reusing {target}")
-            results.append(json.loads(target.read_text()))
+            results.append(previous)
             continue
         dataset = row["config_id"].split("-")[1]
         _say(f"eval: {row['config_id']} ({cfg.eval_questions} questions × image / zeros / shuffled)")
