@@ -4,7 +4,8 @@
   ``coco/train2017/`` and some under ``sam/`` so that the COCO filter has work to do; the ``<image>`` marker
   is put before or after the first question, as in ShareGPT4V;
 * real photos from scikit-image and scikit-learn with captions written here (``coco/train2017/``);
-* a held-out evaluation file from easy-vqa's *test* split (one question per record, ``coco/val2017/``).
+* a held-out evaluation file from easy-vqa's *test* split: one question per record, equal shares of yes/no,
+  colour and shape questions (``coco/val2017/``).
 
 Output::
 
@@ -75,7 +76,26 @@ def _first_turn(question: str, rng: random.Random) -> str:
     return f"{IMAGE_MARKER}\n{question}" if rng.random() < 0.7 else f"{question}\n{IMAGE_MARKER}"
 
 
-def write_sample_corpus(out: str | Path, n_train_images: int = 600, n_eval_questions: int = 200,
+def eval_questions(qa: dict[int, list[tuple[str, str]]], n: int, rng: random.Random) -> list[tuple[int, str, str]]:
+    """``n`` held-out (image id, question, answer), equal shares of yes/no, colour and shape questions.
+
+    easy-vqa's test split is 3/4 yes/no, where a text-only model already scores about half; colour and shape
+    questions are what need the image, so the file holds as many of them as of yes/no (remainder: yes/no)."""
+    from vlm_core.evaluation import question_type
+
+    by_type: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+    for image_id in sorted(qa):
+        for q, a in qa[image_id]:
+            by_type[question_type(a)].append((image_id, q, a))
+    types = sorted(by_type, key=lambda t: t != "yes/no")  # yes/no first: it takes the remainder
+    chosen = []
+    for k, t in enumerate(types):
+        share = n // len(types) + (n % len(types) if k == 0 else 0)
+        chosen += rng.sample(by_type[t], min(share, len(by_type[t])))
+    return sorted(chosen)
+
+
+def write_sample_corpus(out: str | Path, n_train_images: int = 600, n_eval_questions: int = 300,
                         non_coco_fraction: float = 0.1, turns_per_image: int = 3, seed: int = 0) -> dict:
     """Write the corpus; returns counts. Deterministic for a given ``seed``."""
     out = Path(out)
@@ -131,9 +151,8 @@ def write_sample_corpus(out: str | Path, n_train_images: int = 600, n_eval_quest
         n_photos += 1
 
     qa_test, paths_test = easy_vqa_by_image("test")
-    flat = [(image_id, q, a) for image_id in sorted(qa_test) for q, a in qa_test[image_id]]
     eval_rows = []
-    for image_id, q, a in sorted(rng.sample(flat, min(n_eval_questions, len(flat)))):
+    for image_id, q, a in eval_questions(qa_test, n_eval_questions, rng):
         rel = f"coco/val2017/{image_id:012d}.jpg"
         if not (images / rel).exists():
             with Image.open(paths_test[image_id]) as img:

@@ -157,7 +157,11 @@ def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: str | None) -> dict[str, Any]:
+def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: str | None,
+           data: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One trial's Tune parameters; ``data`` caches each dataset's ``_variant_paths`` (read once per sweep)."""
+    if p.spec.dataset not in data:
+        data[p.spec.dataset] = _variant_paths(cfg, p.spec.dataset)
     scale = DEFAULT_SCALE.get(cfg.preset, Scale())
     if cfg.max_steps_per_epoch:
         scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
@@ -165,7 +169,7 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
     return {"config_id": p.spec.config_id, "spec": p.spec.to_dict(), "resources": resources_dict(p.resources),
             "storage_path": str(storage / "train"), "max_failures": cfg.max_failures,
             "worker": {"model": model.to_dict(), "train": train.to_dict(),
-                       "data": _variant_paths(cfg, p.spec.dataset)}}
+                       "data": data[p.spec.dataset]}}
 
 
 def spread_cpus(planned: list[PlannedTrial], node_cpus: float, concurrent: int) -> list[PlannedTrial]:
@@ -275,16 +279,17 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         for p in planned[s]:
             check_fits(p.resources, resources, p.spec.config_id)
     summary: dict[str, Any] = {"stages": {}}
+    data: dict[str, dict[str, Any]] = {}
     lineage_file = storage / "lineage.json"
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
     if 1 in stages:
         fit = concurrent_fit(planned[1], resources)
         running = min(cfg.max_concurrent or fit, len(planned[1]))
-        grid = _run_stage(cfg, 1, [_param(cfg, p, storage, None) for p in spread_cpus(planned[1],
+        grid = _run_stage(cfg, 1, [_param(cfg, p, storage, None, data) for p in spread_cpus(planned[1],
                           _largest_node_cpus(), running)], storage, fit_count=fit)
-        lineage = record_lineage(grid, lineage)
-        lineage_file.write_text(json.dumps(lineage, indent=2))
         summary["stages"][1] = summarize(grid)
+        lineage = record_lineage(summary["stages"][1], lineage)
+        lineage_file.write_text(json.dumps(lineage, indent=2))
     if 2 in stages:
         from .scheduling import RecordingASHA
 
@@ -294,12 +299,12 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             if not parent or not parent.get("checkpoint") or not Path(parent["checkpoint"]).is_dir():
                 raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, which has no "
                                   f"finished stage-1 checkpoint in {lineage_file}; run --stage 1 (or all) first")
-            params.append(_param(cfg, p, storage, parent["checkpoint"]))
+            params.append(_param(cfg, p, storage, parent["checkpoint"], data))
         max_t = max(p.spec.epochs for p in planned[2])
         asha = RecordingASHA(str(storage / "stage2" / "asha_decisions.jsonl"), time_attr="epoch", max_t=max_t,
                              grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
         grid = _run_stage(cfg, 2, params, storage, scheduler=asha)
-        summary["stages"][2] = summarize(grid, max_t)
+        summary["stages"][2] = summarize(grid)
     (storage / "trials.json").write_text(json.dumps(summary, indent=2, default=str))
     from .report import write_report
 
@@ -323,32 +328,34 @@ def best_checkpoint(result) -> tuple[str | None, float | None]:
     return best["checkpoint_path"], float(best[METRIC])
 
 
-def record_lineage(grid, lineage: dict[str, Any]) -> dict[str, Any]:
-    """config id → best stage-1 checkpoint (by validation loss) and its metrics."""
+def record_lineage(rows: list[dict[str, Any]], lineage: dict[str, Any]) -> dict[str, Any]:
+    """config id → best stage-1 checkpoint (by validation loss) and its metrics, from ``summarize``'s rows."""
     lineage = dict(lineage)
-    for result in grid:
-        cid = result.config["trial"]["config_id"]
-        path, loss = best_checkpoint(result)
-        entry = {"checkpoint": path, "best_val_loss": loss, "epochs": (result.metrics or {}).get("epoch"),
-                 "trial_path": result.path}
-        if result.error or path is None:
-            entry["error"] = str(result.error)[:500] if result.error else "no checkpoint reported"
-        lineage[cid] = entry
+    for row in rows:
+        entry = {"checkpoint": row["best_checkpoint"], "best_val_loss": row["best_checkpoint_val_loss"],
+                 "epochs": row["epochs_run"], "trial_path": row["path"]}
+        if row["error"] or row["best_checkpoint"] is None:
+            entry["error"] = row["error"] or "no checkpoint reported"
+        lineage[row["config_id"]] = entry
     return lineage
 
 
-def summarize(grid, max_t: int | None = None) -> list[dict[str, Any]]:
+def summarize(grid) -> list[dict[str, Any]]:
+    """One row per trial: its best checkpoint still on storage, losses, epochs, status. The lineage (stage 1)
+    and the evaluation (stage 2) both read these rows."""
     rows = []
     for result in grid:
         m = result.metrics or {}
         df = result.metrics_dataframe
         epochs_run = m.get("epoch")
         planned = m.get("epochs_planned")
-        ckpt, _ = best_checkpoint(result)
-        rows.append({"config_id": result.config["trial"]["config_id"], "best_checkpoint": ckpt,
-                     "error": str(result.error)[:300]
-                     if result.error else None, "best_val_loss": float(df[METRIC].min()) if df is not None and
-                     METRIC in df else None, "epochs_run": epochs_run, "epochs_planned": planned,
+        ckpt, ckpt_loss = best_checkpoint(result)
+        trial = result.config["trial"]
+        rows.append({"config_id": trial["config_id"], "dataset": trial["spec"]["dataset"],
+                     "best_checkpoint": ckpt, "best_checkpoint_val_loss": ckpt_loss,
+                     "error": str(result.error)[:500] if result.error else None,
+                     "best_val_loss": float(df[METRIC].min()) if df is not None and METRIC in df else None,
+                     "epochs_run": epochs_run, "epochs_planned": planned,
                      "stopped_early": bool(planned and epochs_run and epochs_run < planned and not result.error),
                      "tokens_per_s": m.get("tokens_per_s"), "path": result.path})
     return rows

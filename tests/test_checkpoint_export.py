@@ -61,6 +61,50 @@ def test_corrupt_checkpoint_is_detected(tiny_cfg, tmp_path):
         load_vlm(tmp_path)
 
 
+def test_a_checkpoint_cannot_opt_itself_into_remote_code(tiny_cfg, tmp_path, caplog):
+    import json
+
+    from vlm_core.checkpoint import load_vlm_config
+
+    path = save_checkpoint(VisionLanguageModel.build(tiny_cfg), tmp_path / "ckpt", stage=1, step=1, epoch=1)
+    cfg_file = path / "vlm_config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["lm"]["trust_remote_code"] = True  # e.g. a checkpoint downloaded from someone else
+    cfg_file.write_text(json.dumps(cfg))
+    assert load_vlm_config(path).lm.trust_remote_code is False
+    assert "trust_remote_code" in caplog.text
+    assert load_vlm_config(path, trust_remote_code=True).lm.trust_remote_code is True  # the caller opts in
+
+
+def test_training_state_refuses_pickled_code(tiny_cfg, tmp_path, monkeypatch):
+    """training_state.pt is the one torch.save'd file; loading it never unpickles objects, even when the hash
+    in checkpoint.json was forged to match."""
+    import hashlib
+    import json
+    import pickle
+
+    from vlm_core.checkpoint import load_training_state
+
+    path = save_checkpoint(VisionLanguageModel.build(tiny_cfg), tmp_path / "ckpt", stage=1, step=1, epoch=1,
+                           training_state={"step": 1})
+    state = path / "training_state.pt"
+    monkeypatch.setenv("PYTEST_TMP_PWNED", str(tmp_path / "pwned"))
+    torch.save({"step": 1, "payload": Exploit()}, state)
+    meta = json.loads((path / "checkpoint.json").read_text())
+    meta["training_state_sha256"] = hashlib.sha256(state.read_bytes()).hexdigest()
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(pickle.UnpicklingError):
+        load_training_state(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+class Exploit:
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {os.environ.get('PYTEST_TMP_PWNED', '/nonexistent/pwned')}",)
+
+
 def test_final_weights_share_files_and_drop_training_state(tiny_cfg, tmp_path):
     model = VisionLanguageModel.build(tiny_cfg)
     src = save_checkpoint(model, tmp_path / "ckpt", stage=2, step=1, epoch=1, training_state={"step": 1})

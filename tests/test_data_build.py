@@ -100,6 +100,19 @@ def test_same_seed_in_a_fresh_folder_gives_identical_parquet(built, source, corp
             assert a.equals(b), (v.name, split)
 
 
+def test_local_ray_dashboard_serves_on_loopback_only(ray_local):
+    """The dashboard (the HTTP API that accepts job submissions and shows logs) of a local cluster listens on
+    127.0.0.1 only. Ray itself maps a loopback ``_node_ip_address`` to the node's address for GCS and raylet."""
+    import psutil
+    import ray
+
+    url = ray.worker.get_dashboard_url()
+    assert url.startswith("127.0.0.1:")
+    port = int(url.rsplit(":", 1)[1])
+    listening = {c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.laddr.port == port}
+    assert listening == {"127.0.0.1"}
+
+
 def test_variant_larger_than_the_data_fails_clearly(ray_local, source, corpus, tmp_path):
     cfg = _cfg(source, corpus, tmp_path)
     cfg.variants = [VariantSpec("huge", "random", 10_000)]

@@ -73,9 +73,10 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
                 "3", best["sample_question"], env=env)
     assert chat.returncode == 0, chat.stderr[-3000:]
 
-    ev = _cli("eval", best["checkpoint"], "--data", str(out / "corpus"), "--max_questions", "3", "--out",
-              str(tmp_path / "eval.json"), env=env)
+    ev = _cli("eval", best["checkpoint"], "--data", str(out / "corpus"), "--max_questions", "3", "--controls",
+              "shuffled", "--out", str(tmp_path / "eval.json"), env=env)
     assert ev.returncode == 0, ev.stderr[-3000:]
     written = json.loads((tmp_path / "eval.json").read_text())
     assert written["answers"]["n"] == 3 and set(written["answers"]["type_counts"]) == {"color", "shape", "yes/no"}
     assert "heldout" not in written  # no --val: loss is skipped, not computed on the questions
+    assert set(written["answers"]["accuracy"]) == {"image", "shuffled"}  # --controls shuffled: that control only

@@ -75,3 +75,30 @@ def test_plain_projectors_use_the_main_layer_without_cls(tower, name, in_mult):
     proj = build_projector(ProjectorConfig(name=name), _geom(tower), 32)
     torch.testing.assert_close(proj.select(hs), hs[-2][:, 1:])
     assert proj.in_dim == in_mult * tower.embed_dim and proj(proj.select(hs)).shape == (1, tower.num_patches, 32)
+
+
+@pytest.mark.parametrize("name", ["mlp2x_gelu", "dense_sti"])
+def test_standardized_features_are_centred_and_scaled_per_token_and_channel(tower, name):
+    proj = build_projector(ProjectorConfig(name=name, feature_norm="standardize"), _geom(tower), 32)
+    torch.manual_seed(0)
+    feats = proj.select(tower(torch.randn(6, 3, 32, 32)))
+    norm = proj.feature_norm
+    assert not norm.fitted and torch.equal(norm(feats), feats)  # identity until fitted
+    norm.fit(feats)
+    z = norm(feats)
+    assert norm.fitted and int(norm.fitted_on) == 6
+    torch.testing.assert_close(z.mean(0), torch.zeros_like(z[0]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones_like(z[0]), atol=1e-4, rtol=0)
+    # the statistics are buffers (saved with the weights), never trained
+    state = proj.state_dict()
+    assert {"feature_norm.mean", "feature_norm.std", "feature_norm.fitted_on"} <= set(state)
+    assert not any("feature_norm" in n for n, _ in proj.named_parameters())
+    fresh = build_projector(ProjectorConfig(name=name, feature_norm="standardize"), _geom(tower), 32)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(feats), proj(feats))
+
+
+def test_unknown_feature_norm_is_named(tower):
+    with pytest.raises(ConfigError, match="projector.feature_norm"):
+        ProjectorConfig(feature_norm="whiten")
+    assert "feature_norm" not in "".join(build_projector(ProjectorConfig(), _geom(tower), 32).state_dict())

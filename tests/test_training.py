@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -172,3 +173,27 @@ def test_val_cap_scores_exactly_the_first_samples(fresh_model, corpus):
     assert capped != pytest.approx(evaluate_loss(model, full, 2))
     with pytest.raises(ConfigError, match="train.max_val_samples"):
         TrainConfig(max_val_samples=0)
+
+
+def test_feature_statistics_are_measured_in_stage1_and_inherited_by_stage2(tiny_cfg, corpus, tmp_path):
+    from vlm_core.checkpoint import load_vlm
+
+    cfg = copy.deepcopy(tiny_cfg)  # the fixture is shared by the session
+    cfg.projector.feature_norm = "standardize"
+    model = VisionLanguageModel.build(cfg)
+    ds = _dataset(model, corpus)
+    s1 = train(model, TrainConfig(stage=1, epochs=1, batch_size=4, lr=1e-3), ds, None, tmp_path / "s1")
+    norm = model.projector.feature_norm
+    assert int(norm.fitted_on) == len({ex.image for ex in ds.examples})  # every distinct training image
+    assert norm.std.min() > 0 and not torch.equal(norm.mean, torch.zeros_like(norm.mean))
+    mean1 = norm.mean.clone()
+
+    loaded = load_vlm(s1.checkpoint)  # inference sees the statistics the projector was trained with
+    torch.testing.assert_close(loaded.projector.feature_norm.mean, mean1)
+
+    model2 = VisionLanguageModel.build(cfg)
+    other = _dataset(model2, corpus, 8)  # stage 2 on other data keeps stage 1's statistics
+    train(model2, TrainConfig(stage=2, epochs=1, batch_size=4, lr=1e-5, init_checkpoint=str(s1.checkpoint)),
+          other, None, tmp_path / "s2")
+    torch.testing.assert_close(model2.projector.feature_norm.mean, mean1)
+    assert int(model2.projector.feature_norm.fitted_on) == int(norm.fitted_on)

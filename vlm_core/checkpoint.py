@@ -114,9 +114,14 @@ def read_meta(path: str | Path, verify: bool = True) -> dict[str, Any]:
     return meta
 
 
-def load_vlm_config(path: str | Path) -> VLMConfig:
+def load_vlm_config(path: str | Path, trust_remote_code: bool = False) -> VLMConfig:
+    """The checkpoint's model config. A checkpoint cannot opt itself into running hub code: its own
+    ``lm.trust_remote_code`` is ignored (with a warning) unless the caller passes ``trust_remote_code=True``."""
     path = Path(path)
     cfg = VLMConfig.from_dict(json.loads((path / VLM_CONFIG).read_text()))
+    if cfg.lm.trust_remote_code and not trust_remote_code:
+        log.warning("%s asks for lm.trust_remote_code; ignored (pass trust_remote_code=True to allow it)", path)
+    cfg.lm.trust_remote_code = trust_remote_code
     if (path / LM_DIR / "config.json").is_file():
         cfg.lm.source = str((path / LM_DIR).resolve())  # stage 2: the fine-tuned LLM travels with it
         cfg.lm.tokenizer = None  # ... and so does its tokenizer
@@ -131,12 +136,12 @@ def load_projector(model, path: str | Path) -> None:
                               f"(missing {missing}, unexpected {unexpected})")
 
 
-def load_vlm(path: str | Path, verify: bool = True):
+def load_vlm(path: str | Path, verify: bool = True, trust_remote_code: bool = False):
     """Rebuild a trained model from a checkpoint folder (safetensors + JSON only)."""
     from .model import VisionLanguageModel
 
     read_meta(path, verify=verify)
-    model = VisionLanguageModel.build(load_vlm_config(path))
+    model = VisionLanguageModel.build(load_vlm_config(path, trust_remote_code))
     load_projector(model, path)
     return model
 

@@ -103,14 +103,14 @@ def assets_cmd() -> None:
     print(json.dumps({"smollm2": str(smollm2_folder()), "minilm": str(minilm_path())}, indent=2))
 
 
-def sample_corpus_cmd(out: str = "corpus", n_train_images: int = 600, n_eval_questions: int = 200,
+def sample_corpus_cmd(out: str = "corpus", n_train_images: int = 600, n_eval_questions: int = 300,
                       seed: int = 0) -> dict:
     """Write the embedded default ShareGPT4V-format corpus from packaged assets.
 
     Args:
         out: Destination folder.
         n_train_images: easy-vqa training images (each a multi-turn conversation).
-        n_eval_questions: Held-out easy-vqa test questions.
+        n_eval_questions: Held-out easy-vqa test questions (equal shares of yes/no, colour, shape).
         seed: Sampling seed.
     """
     from data_pipeline.sample_corpus import write_sample_corpus
@@ -168,7 +168,7 @@ def sweep_cmd(config) -> dict:
 
 def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = None, images: str | None = None,
              val: str | None = None, max_questions: int | None = None, max_val_samples: int | None = None,
-             controls: list[str] | None = None, batch_size: int = 16, out: str | None = None) -> dict:
+             controls: str | None = None, batch_size: int = 16, out: str | None = None) -> dict:
     """Evaluate a checkpoint: held-out loss / perplexity and answer accuracy, with and without the image.
 
     Args:
@@ -180,7 +180,7 @@ def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = N
         val: Held-out conversations (JSONL / parquet) for loss and perplexity, e.g. a variant's val split.
         max_questions: Evaluate N questions, taking yes/no, colour and shape questions in turn.
         max_val_samples: Score the first N held-out conversations only.
-        controls: Text-only controls (zeros, shuffled).
+        controls: Text-only controls, comma-separated: ``zeros``, ``shuffled`` (default: both).
         batch_size: Questions per generation batch.
         out: Also write the result as JSON here.
     """
@@ -196,7 +196,8 @@ def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = N
         raise ConfigError("eval: pass --data CORPUS_FOLDER, or both --questions FILE and --images FOLDER")
     cfg = EvalConfig(questions=questions, images=images, val=val, max_questions=max_questions,
                      max_val_samples=max_val_samples, batch_size=batch_size,
-                     **({"controls": controls} if controls is not None else {}))
+                     **({"controls": [c.strip() for c in controls.split(",") if c.strip()]}
+                        if controls is not None else {}))
     result = evaluate_checkpoint(checkpoint, cfg, out)
     print(json.dumps({k: v for k, v in result.items() if k != "answers"} | {
         "accuracy": result["answers"]["accuracy"], "by_type": result["answers"]["by_type"]}, indent=2))

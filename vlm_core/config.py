@@ -76,8 +76,14 @@ class ProjectorConfig:
     """Dense connector (STI): token pooling stride applied to the extra layers."""
     init_seed: int = 0
     """Seed of the projector's initialisation, so every trial of a config starts from the same weights."""
+    feature_norm: str = "none"
+    """``none`` (LLaVA: raw encoder features) or ``standardize`` (per token and channel, with statistics measured on
+    training images before stage 1 and saved with the projector; the offline presets use it: their random-init
+    encoder's features differ little between images)."""
 
     def __post_init__(self) -> None:
+        check_field(self.feature_norm in ("none", "standardize"), "projector.feature_norm",
+                    "choose none or standardize")
         check_field(self.dense_groups >= 1, "projector.dense_groups", "must be >= 1")
         check_field(self.sti_pool_stride >= 1, "projector.sti_pool_stride", "must be >= 1")
 

@@ -27,6 +27,9 @@ def to_llava(model):
     name = model.cfg.projector.name
     if name not in EXPORTABLE:
         raise ConfigError(f"projector.name: {name!r} has no LLaVA equivalent; export supports {sorted(EXPORTABLE)}")
+    if model.cfg.projector.feature_norm != "none":
+        raise ConfigError(f"projector.feature_norm: {model.cfg.projector.feature_norm!r} (per-token statistics) has "
+                          f"no LLaVA equivalent; export supports feature_norm 'none'")
     text_config = model.lm.config
     config = LlavaConfig(
         vision_config=model.vision.model.config.to_dict(), text_config=text_config.to_dict(),

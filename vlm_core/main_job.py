@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # Evaluation sizes: 36 questions (12 per type) and 8 held-out conversations keep `local` within its 20 minutes
 # (generation is ~75% of an evaluation); local-long evaluates one checkpoint, on more questions.
 STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "local-long": {"paper_ids": [7], "eval_questions": 96, "eval_val_samples": 16},
+    "local-long": {"paper_ids": [7], "eval_questions": 150, "eval_val_samples": 16},
 }
 EVAL_DEFAULTS = {"eval_questions": 36, "eval_val_samples": 8}
 
@@ -56,7 +56,7 @@ class StudyConfig:
     umap_size: int = 400
     eval_questions: int | None = None
     """Held-out easy-vqa questions per stage-2 checkpoint, equal shares of yes/no, colour, shape (default: 36;
-    local-long: 96)."""
+    local-long: 150)."""
     eval_val_samples: int | None = None
     """Held-out conversations scored for loss / perplexity per checkpoint (default: 8; local-long: 16)."""
     wandb: str = "auto"
@@ -129,10 +129,9 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
             _say(f"eval: reusing {target}")
             results.append(previous)
             continue
-        dataset = row["config_id"].split("-")[1]
         _say(f"eval: {row['config_id']} ({cfg.eval_questions} questions × image / zeros / shuffled)")
         ecfg = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
-                          val=str(out / "data" / dataset / "val-00000.parquet"), max_questions=cfg.eval_questions,
+                          val=str(out / "data" / row["dataset"] / "val-00000.parquet"), max_questions=cfg.eval_questions,
                           max_val_samples=cfg.eval_val_samples)
         result = {"config_id": row["config_id"], **evaluate_checkpoint(ckpt, ecfg)}
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,9 @@
 * ``tiny``  — random-init CLIP (64 px, 4 layers) + random 2-layer Llama with the real SmolLM2 tokenizer:
   unit tests and smoke runs, seconds per step on a CPU.
 * ``local`` — random-init CLIP (112 px, 49 patches, 8 layers, the TinyCLIP token count) + the real packaged
-  SmolLM2-135M-Instruct: the study scaled down to run on a laptop CPU with no hub access.
+  SmolLM2-135M-Instruct: the study scaled down to run on a laptop CPU with no hub access. Its projector
+  standardises the encoder's features (``feature_norm="standardize"``): a random-init encoder's features differ
+  too little between images for a projector to learn from them in a few hundred steps otherwise.
 * ``local-long`` — the ``local`` models; the sweep runs 24 steps of batch 8 per epoch instead of 1 of batch 2, and
   ``vlm-sweep run`` one lineage instead of the whole grid (36 min here; see README for what it shows).
 * ``paper`` — TinyCLIP-ViT-40M-32 + Llama-3.2-1B-Instruct (hub ids or local folders), as in the study.
@@ -29,7 +31,7 @@ _PRESETS: dict[str, VLMConfig] = {
     "local": VLMConfig(
         vision=VisionConfig(source="tiny", image_size=112, patch_size=16, hidden_size=128, num_layers=8,
                             num_heads=4),
-        projector=ProjectorConfig(name="mlp2x_gelu"),
+        projector=ProjectorConfig(name="mlp2x_gelu", feature_norm="standardize"),
         lm=LMConfig(source="smollm2"),
         format=FormatConfig(mode="chat", max_length=384)),
     "paper": VLMConfig(

@@ -4,7 +4,8 @@ Each projector has two halves:
 
 * ``select(hidden_states)``: parameter-free, turns the encoder's hidden states into the projector input
   ``[B, T, in_dim]`` (this is what a feature cache stores: exactly what the projector needs);
-* ``forward(features)``: the trainable part, ``[B, T, in_dim] -> [B, T, llm_dim]``.
+* ``forward(features)``: the trainable part, ``[B, T, in_dim] -> [B, T, llm_dim]``: the feature norm
+  (``projector.feature_norm``; ``none`` or ``standardize``), then the subclass's ``project``.
 
 Registered names: ``linear``, ``mlp2x_gelu`` (LLaVA-1.5), and the dense connector of arXiv 2405.13800 in
 its three variants: ``dense_connector`` (DCI: channel concat of the main layer with the means of G contiguous
@@ -82,6 +83,65 @@ class Projector(nn.Module):
     def select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.main_feature(hidden_states)
 
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.project(self.feature_norm(features))
+
+
+class NoFeatureNorm(nn.Module):
+    """``none``: the encoder's features as they are (LLaVA)."""
+
+    fitted = True
+
+    def __init__(self, num_tokens: int, dim: int):
+        super().__init__()
+
+    def fit(self, features: torch.Tensor) -> None:
+        pass
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+class FeatureStandardizer(nn.Module):
+    """``standardize``: ``(x - mean) / std`` per token position and channel, with mean and std measured once on
+    training images before stage 1 (``fit``) and then frozen. They are buffers: they travel with the projector's
+    weights into stage 2, resumption and inference.
+
+    Why: a random-init encoder (the offline presets; no package ships CLIP weights) gives features that differ
+    little between images — most of each token is the same for every image (background, position). Centring and
+    scaling each (token, channel) puts what differs between images on the scale the projector starts from."""
+
+    def __init__(self, num_tokens: int, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_tokens, dim))
+        self.register_buffer("std", torch.ones(num_tokens, dim))
+        self.register_buffer("fitted_on", torch.zeros((), dtype=torch.long))  # images the statistics came from
+
+    @property
+    def fitted(self) -> bool:
+        return int(self.fitted_on) > 0
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> None:
+        """``features``: ``[N, T, D]`` from N training images (N >= 2)."""
+        if features.shape[0] < 2 or tuple(features.shape[1:]) != tuple(self.mean.shape):
+            raise ValueError(f"feature_norm.fit needs [N >= 2, {tuple(self.mean.shape)}] features, got "
+                             f"{tuple(features.shape)}")
+        f = features.float()
+        self.mean.copy_(f.mean(0))
+        # a (token, channel) that never changes carries nothing; keep it centred, not blown up
+        self.std.copy_(f.std(0).clamp_min(1e-3 * float(f.std(0).mean().clamp_min(1e-12))))
+        self.fitted_on.fill_(features.shape[0])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean.to(features.dtype)) / self.std.to(features.dtype)
+
+
+FEATURE_NORMS: dict[str, Callable[[int, int], nn.Module]] = {"none": NoFeatureNorm, "standardize": FeatureStandardizer}
+
 
 def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     """LLaVA-1.5's projector: Linear → GELU → Linear."""
@@ -106,9 +166,14 @@ def available_projectors() -> list[str]:
 def build_projector(cfg: ProjectorConfig, geom: EncoderGeometry, llm_dim: int) -> Projector:
     if cfg.name not in _REGISTRY:
         raise ConfigError(f"projector.name: unknown projector {cfg.name!r}; choose one of {available_projectors()}")
+    if cfg.feature_norm not in FEATURE_NORMS:
+        raise ConfigError(f"projector.feature_norm: unknown {cfg.feature_norm!r}; choose one of "
+                          f"{sorted(FEATURE_NORMS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        return _REGISTRY[cfg.name](geom, llm_dim, cfg)
+        projector = _REGISTRY[cfg.name](geom, llm_dim, cfg)
+    projector.feature_norm = FEATURE_NORMS[cfg.feature_norm](projector.num_tokens, projector.in_dim)
+    return projector
 
 
 @register("linear")
@@ -118,7 +183,7 @@ class LinearProjector(Projector):
         self.in_dim, self.num_tokens = geom.embed_dim, geom.num_tokens
         self.proj = nn.Linear(self.in_dim, llm_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)
 
 
@@ -129,7 +194,7 @@ class MLPProjector(Projector):
         self.in_dim, self.num_tokens = geom.embed_dim, geom.num_tokens
         self.proj = mlp2x_gelu(self.in_dim, llm_dim)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor) -> torch.Tensor:
         return self.proj(features)
 
 

@@ -141,6 +141,30 @@ def _prune_checkpoints(newest: Path) -> None:
     shutil.rmtree(root / "latest", ignore_errors=True)
 
 
+def fit_feature_norm(model, train_set: ConversationDataset, max_images: int = 128, batch_size: int = 32) -> int:
+    """Measure the projector's feature statistics (``projector.feature_norm: standardize``) on the first
+    ``max_images`` distinct training images, once: a no-op when they are already set (stage 2 inherits stage 1's,
+    a resumed run its checkpoint's) or the projector uses none. Returns how many images were used."""
+    norm = model.projector.feature_norm
+    if norm.fitted:
+        return 0
+    first: dict[str, int] = {}
+    for i, ex in enumerate(train_set.examples):
+        first.setdefault(ex.image, i)
+        if len(first) >= max_images:
+            break
+    idx = list(first.values())
+    if len(idx) < 2:
+        raise ValueError(f"projector.feature_norm=standardize needs at least 2 training images, got {len(idx)}")
+    feats = []
+    for k in range(0, len(idx), batch_size):
+        pixels = torch.stack([train_set[i]["pixel_values"] for i in idx[k:k + batch_size]]).to(model.device)
+        feats.append(model.image_features(pixels).cpu())
+    norm.fit(torch.cat(feats))
+    log.info("projector.feature_norm: statistics measured on %d training images", len(idx))
+    return len(idx)
+
+
 def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: ConversationDataset | None,
           out_dir: str | Path, *, resume_from: str | Path | None = None,
           on_step: Callable[[StepLog], None] | None = None,
@@ -159,6 +183,9 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
         read_meta(cfg.init_checkpoint)
         load_projector(model, cfg.init_checkpoint)
         log.info("stage 2 starts from the projector of %s", cfg.init_checkpoint)
+
+    if resume_from is None:
+        fit_feature_norm(model, train_set)
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
