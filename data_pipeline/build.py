@@ -206,6 +206,27 @@ def _rejected_rows(path: Path) -> list[dict]:
     return d.to_table(columns=cols, filter=pc.field("reason") != "").to_pylist()
 
 
+def _duplicate_rows(dataset) -> list[dict]:
+    """Rows (otherwise kept) whose id an earlier line already has: stage ``dedupe``, reason naming that line."""
+    import pyarrow.compute as pc
+
+    kept = dataset.to_table(columns=["id", "line"], filter=pc.field("reason") == "")
+    first: dict[str, int] = {}
+    dups = []
+    for rid, line in sorted(zip(kept["id"].to_pylist(), kept["line"].to_pylist()), key=lambda t: t[1]):
+        if rid in first:
+            dups.append((rid, line))
+        else:
+            first[rid] = line
+    if not dups:
+        return []
+    rows = dataset.to_table(columns=["line", "id", "image", "conversations"],
+                            filter=pc.field("line").isin([line for _, line in dups])).to_pylist()
+    for r in rows:
+        r.update(stage="dedupe", reason=f"duplicate id {r['id']!r} (first seen at line {first[r['id']]})")
+    return sorted(rows, key=lambda r: r["line"])
+
+
 def _fit_sample_ids(ids: list[str], n: int, seed: int) -> set[str]:
     """A deterministic, order-independent sample: the ``n`` ids with the smallest seeded hash."""
     if len(ids) <= n:
@@ -347,12 +368,14 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     # ---- C: fit UMAP + clusters on a bounded sample
     t0 = time.perf_counter()
     emb_ds = pads.dataset(embedded, format="parquet")
-    ok_filter = pc.field("reason") == ""
+    duplicates = _duplicate_rows(emb_ds)  # later copies of an id: quarantined, the first copy is kept
+    if duplicates:
+        reasons.update(f"dedupe: {reason_group(d['reason'])}" for d in duplicates)
+        log.warning("%d rows repeat an id already seen (e.g. %s at line %s); quarantined as 'dedupe'",
+                    len(duplicates), duplicates[0]["id"], duplicates[0]["line"])
+    dup_lines = [d["line"] for d in duplicates]
+    ok_filter = (pc.field("reason") == "") & ~pc.field("line").isin(dup_lines)
     ids = emb_ds.to_table(columns=["id"], filter=ok_filter)["id"].to_pylist()
-    if len(set(ids)) != len(ids):
-        dup = [i for i, c in Counter(ids).items() if c > 1]
-        log.warning("%d duplicate ids among kept rows (e.g. %s); sampling treats them as distinct rows",
-                    len(dup), dup[:3])
     fit_ids = _fit_sample_ids(ids, cfg.umap.fit_sample, cfg.seed)
     fit_table = emb_ds.to_table(columns=["id", "embedding"], filter=ok_filter & pc.field("id").isin(list(fit_ids)))
     fit_table = fit_table.sort_by("id")  # the fit must not depend on how the rows were laid out in files
@@ -365,12 +388,13 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     # ---- D: assign every row, sample, write
     t0 = time.perf_counter()
     assigned = (ray.data.read_parquet(str(embedded.resolve()), num_cpus=0.5)
-                .select_columns(["id", "embedding", "reason"])
+                .select_columns(["id", "line", "embedding", "reason"])
                 .filter(expr=col("reason") == "", num_cpus=0.5)
                 .map_batches(AssignBatch, fn_constructor_args=([space_ref],), batch_size=cfg.umap.transform_batch,
                              compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)  # one: order-stable
-                .select_columns(["id", "cluster"])
+                .select_columns(["id", "line", "cluster"])
                 .to_pandas())
+    assigned = assigned[~assigned["line"].isin(dup_lines)]
     timings["assign_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     all_ids, all_clusters = assigned["id"].tolist(), assigned["cluster"].astype(int).tolist()
@@ -400,7 +424,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     timings["sample_write_s"] = time.perf_counter() - t0
 
     # ---- rejected rows, artifacts, plot, manifest
-    rejected = _rejected_rows(rows_dir)
+    rejected = _rejected_rows(rows_dir) + duplicates
     rejected.sort(key=lambda r: (r["line"], r["stage"]))
     with (out / ".rejected.jsonl.tmp").open("w", encoding="utf-8") as f:
         for r in rejected:
@@ -428,7 +452,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         "source": {"path": str(source.resolve()), "sha256": src_hash, "format": "json" if jsonl != source else "jsonl",
                    "read_errors": source_errors},
         "counts": {"read": n_read, **{f"rejected_{st}": by_stage.get(st, 0)
-                                      for st in ("validate", "filter", "image", "translate")},
+                                      for st in ("validate", "filter", "image", "translate", "dedupe")},
                    "rejected_total": sum(reasons.values()), "embedded": len(all_ids)},
         "rejected_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "variants": variants_info,

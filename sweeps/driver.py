@@ -19,11 +19,14 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm_core.checkpoint import CheckpointError, read_meta
 from vlm_core.config import ConfigError, check_field
+from vlm_core.outputs import GiB, atomic_write_text, check_output_dir
 from vlm_core.runner import DataSpec
 
 from .matrix import TrialSpec, get_grid
@@ -99,10 +102,20 @@ class SweepConfig:
     """Print the trials, their profiles and the Ray resources they request; run nothing."""
     wandb: str = "auto"
     """W&B logging: ``auto`` (online with a key, else offline), ``offline``, ``online`` or ``disabled``."""
+    min_free_gb: float = 10.0
+    """Refuse to start unless ``out`` and the temp folder (trials' scratch) have this much free space (a stage-2
+    checkpoint of ``local`` is ~1.6 GB with its optimizer state; ``paper`` needs far more)."""
     asha: AshaConfig = field(default_factory=AshaConfig)
 
     def __post_init__(self) -> None:
+        from vlm_core.presets import available_presets
+
+        check_field(self.preset in available_presets(), "preset",
+                    f"unknown preset {self.preset!r}; choose one of {available_presets()}")
         check_field(self.stage in ("1", "2", "all"), "stage", f"{self.stage!r} is not 1, 2 or all")
+        check_field(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check_field(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent", "must be >= 1")
+        check_field(self.min_free_gb >= 0, "min_free_gb", "must be >= 0")
         check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
         check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
                     "must be >= 1")
@@ -273,7 +286,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             print(f"stage {s}: {len(planned[s])} trials\n{format_plan(planned[s])}\n")
         return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned[s]] for s in stages}}
     storage = Path(cfg.out).resolve()
-    storage.mkdir(parents=True, exist_ok=True)
+    need = int(cfg.min_free_gb * GiB)
+    check_output_dir(storage, need, "sweep --out")
+    check_output_dir(tempfile.gettempdir(), need, "trial scratch folder (TMPDIR)")
     resources = init_ray()
     for s in stages:
         for p in planned[s]:
@@ -289,7 +304,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                           _largest_node_cpus(), running)], storage, fit_count=fit)
         summary["stages"][1] = summarize(grid)
         lineage = record_lineage(summary["stages"][1], lineage)
-        lineage_file.write_text(json.dumps(lineage, indent=2))
+        atomic_write_text(lineage_file, json.dumps(lineage, indent=2))
     if 2 in stages:
         from .scheduling import RecordingASHA
 
@@ -299,13 +314,18 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             if not parent or not parent.get("checkpoint") or not Path(parent["checkpoint"]).is_dir():
                 raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, which has no "
                                   f"finished stage-1 checkpoint in {lineage_file}; run --stage 1 (or all) first")
+            try:  # before any trial starts: a corrupt parent would fail every retry of its continuations
+                read_meta(parent["checkpoint"])
+            except CheckpointError as e:
+                raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, whose stage-1 "
+                                  f"checkpoint is unusable ({e}); run stage 1 again (a new --out, or --stage all)") from e
             params.append(_param(cfg, p, storage, parent["checkpoint"], data))
         max_t = max(p.spec.epochs for p in planned[2])
         asha = RecordingASHA(str(storage / "stage2" / "asha_decisions.jsonl"), time_attr="epoch", max_t=max_t,
                              grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
         grid = _run_stage(cfg, 2, params, storage, scheduler=asha)
         summary["stages"][2] = summarize(grid)
-    (storage / "trials.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(storage / "trials.json", json.dumps(summary, indent=2, default=str))
     from .report import write_report
 
     summary["report"] = write_report(storage)

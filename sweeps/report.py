@@ -26,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from vlm_core.config import ConfigError
+from vlm_core.outputs import atomic_write_text
 
 from .scheduling import read_decisions
 
@@ -216,7 +217,7 @@ def write_report(experiment: str | Path) -> dict[str, Any]:
         starts["parent_val_loss"] = [lineage.get(p, {}).get("best_val_loss") for p in starts["parent"]]
         lines += ["## Stage-2 lineage", "", _md(starts), ""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
-    (root / "report.md").write_text("\n".join(lines))
+    atomic_write_text(root / "report.md", "\n".join(lines))
     return {"report": str(root / "report.md"), "csv": str(root / "trials.csv"),
             "figures": [str(f) for f in figures], "trials": int(len(table)),
             "stopped_by_asha": table.loc[table["stopped_by_asha"], "config_id"].tolist(),
@@ -311,7 +312,7 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
         lines += ["", "Chat with it:", "", "```bash",
                   f"vlm-sweep chat --checkpoint {b['checkpoint']} --image {best['sample_image']} "
                   f"\"{best['sample_question']}\"", "```", ""]
-    (root / "report.md").write_text("\n".join(lines))
+    atomic_write_text(root / "report.md", "\n".join(lines))
     return {"report": str(root / "report.md"), "sweep_report": sweep["report"], "trials": sweep["trials"],
             "stopped_by_asha": sweep["stopped_by_asha"], "errors": sweep["errors"], "best": best,
             "wall_s": wall_s}

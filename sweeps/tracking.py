@@ -16,7 +16,9 @@ import netrc
 import os
 from typing import Any
 
+import ray
 from ray.air.integrations.wandb import WandbLoggerCallback, _clean_log, _QueueItem
+from ray.air.util.node import _force_on_current_node  # what Ray's own callback pins its actors with
 
 PROJECT = "multimodal-llama"
 DENSE_PROJECT = "multimodal-llama-dense-connector"
@@ -55,6 +57,17 @@ class StudyWandbCallback(WandbLoggerCallback):
             self.api_key_file = None
             return
         super().setup(*args, **kwargs)
+
+    def _start_logging_actor(self, trial, exclude_results, **wandb_init_kwargs) -> None:
+        # Ray's version hands WANDB_API_KEY to the logging actor in its runtime_env, which Ray's runtime-env agent
+        # writes in plain text to /tmp/ray/session_*/logs/runtime_env_agent.log (and the dashboard shows). The
+        # actor runs on this node, whose workers already see the key: from this process's environment (a local
+        # cluster's workers inherit it; a `ray job submit --runtime-env` key reaches every actor of the job) or
+        # from ~/.netrc (`wandb login`). So build the actor class without it.
+        if not self._remote_logger_class:
+            self._remote_logger_class = ray.remote(num_cpus=0, **_force_on_current_node(), max_restarts=-1,
+                                                   max_task_retries=-1)(self._logger_actor_cls)
+        super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 
     def log_trial_start(self, trial) -> None:
         self.project = project_for(trial.config.get("trial", {}).get("spec", {}))

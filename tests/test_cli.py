@@ -59,3 +59,24 @@ def test_data_build_help_lists_the_typed_options():
     for flag in ("--source", "--variants", "--translate.name", "--embed.batch_size", "--umap.n_components",
                  "--cluster.method", "--check_images"):
         assert flag in r.stdout
+
+
+def test_unreadable_training_data_is_named_without_a_traceback(tmp_path, corpus):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1, "image": "a.jpg", "conversations": []}\n{"id": 2, "image": \n')
+    r = vlm_sweep("train", "--preset", "tiny", "--data.train", str(bad), "--data.images", str(corpus / "images"),
+                  "--out", str(tmp_path / "t"))
+    assert r.returncode == 2 and "bad.jsonl:2: not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--preset", "tiny", "--out", "{blocker}/out"], "cannot write to"),
+    (["sweep", "--preset", "tiny", "--data", "{tmp}/d", "--images", "{tmp}/i", "--out", "{tmp}/s",
+      "--min_free_gb", "1000000"], "GiB free"),
+])
+def test_unwritable_or_full_output_fails_before_any_work(tmp_path, args, message):
+    blocker = tmp_path / "a-file"  # a folder cannot be made inside a file (root ignores permission bits)
+    blocker.write_text("x")
+    r = vlm_sweep(*[a.format(blocker=blocker, tmp=tmp_path) for a in args])
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())  # nothing started

@@ -28,11 +28,15 @@ def test_untrainable_and_malformed_records_are_counted_not_silently_dropped(tiny
     no_marker = {"id": "nomark", "image": good["image"], "conversations": [
         {"from": "human", "value": "hi"}, {"from": "gpt", "value": "ok"}]}
     missing = {"id": "noconv", "image": good["image"]}
-    ds = ConversationDataset([good, too_long, no_marker, missing], tiny_model.formatter,
+    no_image = {"id": "noimage", "conversations": good["conversations"]}
+    not_a_record = ["a", "list"]
+    ds = ConversationDataset([good, too_long, no_marker, missing, no_image, not_a_record], tiny_model.formatter,
                              tiny_model.vision.preprocess, corpus / "images")
-    assert len(ds) == 1 and sum(ds.skipped.values()) == 3
+    assert len(ds) == 1 and sum(ds.skipped.values()) == 5
     assert any("no trainable" in k for k in ds.skipped) and any("exactly one" in k for k in ds.skipped)
+    assert ds.skipped["missing conversations"] == 1 and ds.skipped["missing image"] == 1
     assert "skipping record long" in caplog.text and "skipping record noconv" in caplog.text
+    assert "skipping record noimage" in caplog.text and "not an object" in caplog.text
 
 
 def test_split_is_stable_per_record_id():
@@ -49,3 +53,27 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
     f.write_text(json.dumps({"id": 1}) + "\n{not json\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: not valid JSON"):
         read_records(f)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("cut.json", b'[{"id": 1, "image": "a.jpg", "conversations": []}, {"id": 2, "ima', r"cut\.json:1: not valid JSON"),
+    ("latin1.jsonl", b'{"id": 1}\n{"id": "caf\xe9"}\n', r"latin1\.jsonl:2: not UTF-8"),
+    ("scalars.jsonl", b'{"id": 1}\n42\n', r"scalars\.jsonl: record 2 .* is a int"),
+    ("dict.json", b'{"id": 1}', r"dict\.json: expected a JSON list"),
+    ("broken.parquet", b"PAR1 not really", r"broken\.parquet: not a readable Parquet file"),
+    ("absent.jsonl", None, r"absent\.jsonl: no such file"),
+])
+def test_unreadable_data_files_are_named_with_the_fix(tmp_path, name, content, message):
+    from vlm_core.data import DataError
+
+    f = tmp_path / name
+    if content is not None:
+        f.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        read_records(f)
+
+
+def test_a_byte_order_mark_is_not_a_bad_line(tmp_path):
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes("\ufeff".encode() + b'{"id": 1}\n{"id": 2}\n')
+    assert [r["id"] for r in read_records(f)] == [1, 2]

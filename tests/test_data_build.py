@@ -23,7 +23,8 @@ def source(corpus, tmp_path_factory):
            json.dumps({"id": "nomarker", "image": "coco/train2017/1.jpg",
                        "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}),
            json.dumps({"image": "coco/train2017/1.jpg", "conversations": []})]
-    src.write_text("\n".join(lines[:5] + bad + lines[5:]) + "\n")
+    duplicate = lines[1]  # the same record again (same id), as when two shards of a download overlap
+    src.write_text("\n".join(lines[:5] + bad + lines[5:] + [duplicate]) + "\n")
     return src
 
 
@@ -52,6 +53,9 @@ def test_build_writes_variants_manifest_rejections_and_plot(built, source):
     assert "malformed JSON" in by_line[6]["reason"] and by_line[7]["reason"] == "no <image> marker"
     assert by_line[7]["id"] == "nomarker" and "id" in by_line[8]["reason"]
     assert all(r["image"].startswith("sam/") for r in rejected if r["stage"] == "filter")
+    dup_id = json.loads(source.read_text().splitlines()[1])["id"]
+    assert counts["rejected_dedupe"] == 1 and by_line[n_lines]["stage"] == "dedupe"
+    assert by_line[n_lines]["reason"] == f"duplicate id {dup_id!r} (first seen at line 2)"
     for v in VARIANTS:
         train = pq.read_table(out / v.name / "train-00000.parquet")
         val = pq.read_table(out / v.name / "val-00000.parquet")

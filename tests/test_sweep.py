@@ -26,6 +26,7 @@ from vlm_core.config import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
 S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
+SECRET = "vlm-sweep-test-key-0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +35,29 @@ def sweep(ray_local, variants, corpus, tmp_path_factory):
     cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all",
                       paper_ids=[3, 9], out=str(out), wandb="offline")
     before = set(Path(tempfile.gettempdir()).glob("vlm-trial-*"))
-    result = run_sweep(cfg)
+    previous = os.environ.get("WANDB_API_KEY")
+    os.environ["WANDB_API_KEY"] = SECRET  # a user's key in the environment must never land in a file
+    try:
+        result = run_sweep(cfg)
+    finally:
+        if previous is None:
+            os.environ.pop("WANDB_API_KEY", None)
+        else:
+            os.environ["WANDB_API_KEY"] = previous
     assert set(Path(tempfile.gettempdir()).glob("vlm-trial-*")) == before  # trial workdirs removed (GBs each)
     return cfg, result, out
+
+
+def test_the_wandb_key_is_written_nowhere(sweep):
+    """Not in the sweep's folder (params, results, lineage, report, W&B runs) nor in Ray's session logs (Ray's own
+    W&B callback passes the key in the logging actor's runtime_env, which Ray logs in plain text)."""
+    import ray
+
+    _, _, out = sweep
+    session_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    files = [p for root in (out, session_logs) for p in root.rglob("*") if p.is_file()]
+    assert any(p.name.startswith("runtime_env_agent") for p in files)  # the log that used to hold it is read
+    assert [str(p) for p in files if SECRET.encode() in p.read_bytes()] == []
 
 
 def test_stage2_without_stage1_is_a_clear_error(ray_local, variants, corpus, tmp_path):
@@ -44,6 +65,21 @@ def test_stage2_without_stage1_is_a_clear_error(ray_local, variants, corpus, tmp
                       out=str(tmp_path), wandb="disabled")
     with pytest.raises(ConfigError, match=f"continues {S1_UMAP}, which has no finished"):
         run_sweep(cfg)
+
+
+def test_stage2_refuses_a_corrupt_stage1_checkpoint_before_any_trial(ray_local, variants, corpus, tmp_path, tiny_cfg):
+    from vlm_core.checkpoint import save_checkpoint
+    from vlm_core.model import VisionLanguageModel
+
+    ckpt = save_checkpoint(VisionLanguageModel.build(tiny_cfg), tmp_path / "s1ckpt", stage=1, step=1, epoch=1)
+    weights = ckpt / "projector.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # e.g. a bad copy off a preemptible node
+    (tmp_path / "lineage.json").write_text(json.dumps({S1_UMAP: {"checkpoint": str(ckpt)}}))
+    cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="2", paper_ids=[3],
+                      out=str(tmp_path), wandb="disabled")
+    with pytest.raises(ConfigError, match=f"continues {S1_UMAP}, whose stage-1 checkpoint is unusable.*sha256"):
+        run_sweep(cfg)
+    assert not (tmp_path / "stage2").exists()
 
 
 def test_two_stage_sweep_with_lineage(sweep):

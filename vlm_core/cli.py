@@ -17,6 +17,7 @@ e.g. ``--preset local --model.projector.name dense_connector --model.format.mode
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -285,11 +286,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .conversation import FormatError
+    from .data import DataError
+    from .outputs import OutputError
     from .ray_env import RayUnreachable
+    from .training import NonFiniteLoss
     from .vision import ModelSourceError
 
     return (ConfigError, ModelSourceError, CheckpointError, FormatError, AssetError, FileNotFoundError, SourceError,
-            SamplingError, RayUnreachable, SweepInterrupted)
+            SamplingError, RayUnreachable, SweepInterrupted, DataError, OutputError, NonFiniteLoss)
+
+
+# OS errors that are the machine's state, not a bug: said in one line with the path, without a traceback
+OS_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.ENOSPC: "no space left",
+             errno.EROFS: "read-only file system", errno.EDQUOT: "disk quota exceeded"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
             fn(**{k: v for k, v in dict(vars(kwargs)).items() if k in fn.__code__.co_varnames})
     except user_errors() as e:
         print(f"vlm-sweep: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in OS_ERRNOS:
+            raise
+        print(f"vlm-sweep: error: {e.filename or ''}: {OS_ERRNOS[e.errno]} ({e.strerror}); free space, fix the "
+              f"permissions or choose another output folder", file=sys.stderr)
         return 2
     return 0
 

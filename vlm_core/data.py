@@ -25,29 +25,62 @@ from .conversation import IGNORE_INDEX, ConversationFormatter, Encoded, FormatEr
 log = logging.getLogger(__name__)
 
 
+class DataError(ValueError):
+    """A training-time data file cannot be read; the message names the file (and line) and the fix."""
+
+
 def read_records(path: str | Path) -> list[dict]:
-    """Read ShareGPT4V records from ``.json`` (a list), ``.jsonl`` or ``.parquet``."""
+    """Read ShareGPT4V records from ``.json`` (a list), ``.jsonl`` or ``.parquet``.
+
+    A file that is not valid JSON / UTF-8, or does not hold records, raises ``DataError`` naming the file and the
+    line; ``data build`` is the tolerant path (it quarantines bad rows into rejected.jsonl instead)."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; pass a .jsonl / .json / .parquet file of records")
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise DataError(f"{path}: not a readable Parquet file ({e}); rebuild it with `vlm-sweep data build`") from e
         for r in rows:  # flat Parquet columns keep conversations as JSON text
             if isinstance(r.get("conversations"), str):
                 r["conversations"] = json.loads(r["conversations"])
         return rows
     if path.suffix == ".jsonl":
         out = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8 or "
+                                    f"remove that line") from e
                 if line.strip():
                     try:
                         out.append(json.loads(line))
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from e
-        return out
-    with path.open(encoding="utf-8") as f:
-        return json.load(f)
+                        raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from e
+        return _records(out, path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 (byte {e.start}); re-encode the file as UTF-8") from e
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}; truncated?); fix the file, or convert it to "
+                        f".jsonl so that one bad record does not spoil the rest") from e
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return _records(data, path)
+
+
+def _records(rows: list, path: Path) -> list[dict]:
+    bad = [i for i, r in enumerate(rows, 1) if not isinstance(r, dict)]
+    if bad:
+        raise DataError(f"{path}: record {bad[0]} (of {len(bad)} such) is a {type(rows[bad[0] - 1]).__name__}, not "
+                        f"an object with id / image / conversations")
+    return rows
 
 
 @dataclass
@@ -69,11 +102,16 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.skipped: Counter[str] = Counter()
         encode = formatter.encode_prompt if for_generation else formatter.encode
         for i, rec in enumerate(records):
-            rid = str(rec.get("id", i))
+            rid = str(rec.get("id", i)) if isinstance(rec, dict) else str(i)
             try:
+                if not isinstance(rec, dict):
+                    raise FormatError(f"not an object with id / image / conversations ({type(rec).__name__})")
+                missing = [k for k in ("image", "conversations") if not rec.get(k)]
+                if missing:
+                    raise FormatError(f"missing {' and '.join(missing)}")
                 enc = encode(rec["conversations"])
-            except (FormatError, KeyError) as e:
-                reason = type(e).__name__ if isinstance(e, KeyError) else str(e).split(";")[0]
+            except FormatError as e:
+                reason = str(e).split(";")[0]
                 self.skipped[reason] += 1
                 log.warning("skipping record %s: %s", rid, e)
                 continue

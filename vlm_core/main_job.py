@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .outputs import GiB, atomic_write_text, check_output_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +62,8 @@ class StudyConfig:
     eval_val_samples: int | None = None
     """Held-out conversations scored for loss / perplexity per checkpoint (default: 8; local-long: 16)."""
     wandb: str = "auto"
+    min_free_gb: float = 10.0
+    """Refuse to start unless ``out`` and the temp folder have this much free space (GiB)."""
 
 
 def _say(msg: str) -> None:
@@ -107,7 +111,7 @@ def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any
          f"{sweep_dir}{' — finished trials are kept' if resume else ''}")
     return run_sweep(SweepConfig(data=str(out / "data"), images=str(corpus / "images"), preset=cfg.preset,
                                  grid=cfg.grid, paper_ids=cfg.paper_ids, stage="all", out=str(sweep_dir),
-                                 resume=resume, wandb=cfg.wandb))
+                                 resume=resume, wandb=cfg.wandb, min_free_gb=cfg.min_free_gb))
 
 
 def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict[str, Any]]) -> list[dict]:
@@ -135,7 +139,7 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
                           max_val_samples=cfg.eval_val_samples)
         result = {"config_id": row["config_id"], **evaluate_checkpoint(ckpt, ecfg)}
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(result, indent=2))
+        atomic_write_text(target, json.dumps(result, indent=2))
         results.append(result)
     return results
 
@@ -148,7 +152,7 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     if cfg.paper_ids is not None:
         _say(f"preset {cfg.preset}: paper19 rows {cfg.paper_ids} only")
     out = Path(cfg.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out, int(cfg.min_free_gb * GiB), "run --out")  # before the hour of work, not after
     t0 = time.perf_counter()
     corpus = prepare_corpus(cfg, out)
     manifest = prepare_data(cfg, corpus, out)
@@ -156,7 +160,7 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     evals = evaluate_stage2(cfg, corpus, out, sweep["stages"][2])
     summary = write_study_report(out, manifest, out / "sweep", sweep["report"], evals,
                                  wall_s=time.perf_counter() - t0)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     best = summary["best"]
     _say(f"done in {summary['wall_s']:.0f} s. Report: {summary['report']}")
     if best:
