@@ -102,9 +102,9 @@ class SweepConfig:
     """Print the trials, their profiles and the Ray resources they request; run nothing."""
     wandb: str = "auto"
     """W&B logging: ``auto`` (online with a key, else offline), ``offline``, ``online`` or ``disabled``."""
-    min_free_gb: float = 10.0
-    """Refuse to start unless ``out`` and the temp folder (trials' scratch) have this much free space (a stage-2
-    checkpoint of ``local`` is ~1.6 GB with its optimizer state; ``paper`` needs far more)."""
+    min_free_gb: float | None = None
+    """Refuse to start unless ``out`` and the temp folder (trials' scratch) have this much free space (GiB;
+    default per preset, ``MIN_FREE_GB``: a stage-2 checkpoint of ``local`` is ~1.6 GB with its optimizer state)."""
     asha: AshaConfig = field(default_factory=AshaConfig)
 
     def __post_init__(self) -> None:
@@ -115,7 +115,7 @@ class SweepConfig:
         check_field(self.stage in ("1", "2", "all"), "stage", f"{self.stage!r} is not 1, 2 or all")
         check_field(self.max_failures >= 0, "max_failures", "must be >= 0")
         check_field(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent", "must be >= 1")
-        check_field(self.min_free_gb >= 0, "min_free_gb", "must be >= 0")
+        check_field(self.min_free_gb is None or self.min_free_gb >= 0, "min_free_gb", "must be >= 0")
         check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
         check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
                     "must be >= 1")
@@ -149,6 +149,15 @@ def format_plan(planned: list[PlannedTrial]) -> str:
         lines.append(f"{p.spec.config_id:44} {p.spec.profile:9} {json.dumps(p.resources.resources_per_worker):32} "
                      f"{'; '.join(p.resources.notes)}")
     return "\n".join(lines)
+
+
+# Free space a whole study of each preset needs (GiB): `local` left 9.3 GB of checkpoints and results (six stage-2
+# trials of 1.6 GB each); paper's stage-2 checkpoints hold a 1B model with its optimizer state.
+MIN_FREE_GB = {"tiny": 1.0, "local": 12.0, "local-long": 6.0, "paper": 100.0}
+
+
+def min_free_gb(preset: str, override: float | None = None) -> float:
+    return override if override is not None else MIN_FREE_GB.get(preset, 10.0)
 
 
 def _variant_paths(cfg: SweepConfig, dataset: str) -> dict[str, Any]:
@@ -286,7 +295,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             print(f"stage {s}: {len(planned[s])} trials\n{format_plan(planned[s])}\n")
         return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned[s]] for s in stages}}
     storage = Path(cfg.out).resolve()
-    need = int(cfg.min_free_gb * GiB)
+    need = int(min_free_gb(cfg.preset, cfg.min_free_gb) * GiB)
     check_output_dir(storage, need, "sweep --out")
     check_output_dir(tempfile.gettempdir(), need, "trial scratch folder (TMPDIR)")
     resources = init_ray()

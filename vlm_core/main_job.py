@@ -62,8 +62,9 @@ class StudyConfig:
     eval_val_samples: int | None = None
     """Held-out conversations scored for loss / perplexity per checkpoint (default: 8; local-long: 16)."""
     wandb: str = "auto"
-    min_free_gb: float = 10.0
-    """Refuse to start unless ``out`` and the temp folder have this much free space (GiB)."""
+    min_free_gb: float | None = None
+    """Refuse to start unless ``out`` and the temp folder have this much free space (GiB; default per preset:
+    sweeps.driver.MIN_FREE_GB)."""
 
 
 def _say(msg: str) -> None:
@@ -152,7 +153,9 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     if cfg.paper_ids is not None:
         _say(f"preset {cfg.preset}: paper19 rows {cfg.paper_ids} only")
     out = Path(cfg.out).resolve()
-    check_output_dir(out, int(cfg.min_free_gb * GiB), "run --out")  # before the hour of work, not after
+    from sweeps.driver import min_free_gb
+
+    check_output_dir(out, int(min_free_gb(cfg.preset, cfg.min_free_gb) * GiB), "run --out")  # before, not after
     t0 = time.perf_counter()
     corpus = prepare_corpus(cfg, out)
     manifest = prepare_data(cfg, corpus, out)
