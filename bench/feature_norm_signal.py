@@ -3,7 +3,8 @@
 
 Trains the projector with the real training loop (frozen SmolLM2-135M, cosine schedule) and, every ``--every``
 steps, scores held-out easy-vqa colour and shape answers: the loss of the right answer given its own image vs
-given another question's image (each batch's images rotated). A gap > 0 means the image helps; it is a
+given another question's image (the evaluation's ``heldout_loss`` and its
+``shuffled`` control). A gap > 0 means the image helps; it is a
 continuous, low-noise view of what answer accuracy shows only after much longer training.
 
     vlm-sweep data sample-corpus --out runs/corpus    # or use OUT/corpus and OUT/data of `vlm-sweep run`
@@ -21,24 +22,16 @@ from pathlib import Path
 import torch
 
 
-def heldout_nll(model, ds, types: list[str], shift: int, batch_size: int = 16) -> dict[str, float]:
-    """Mean answer-token loss per question type; ``shift`` rotates the images within each batch."""
-    from vlm_core.data import Collator
+def heldout_by_type(model, records: list[dict], types: list[str], image_root: Path) -> dict[str, tuple[float, float]]:
+    """Question type → (answer loss with the own image, with another question's image): the evaluation's own
+    ``heldout_loss`` and its ``shuffled`` control, on each type's questions."""
+    from vlm_core.evaluation import EvalConfig, heldout_loss
 
-    collate = Collator(model.tokenizer.pad_token_id)
-    model.eval()
+    cfg = EvalConfig(questions="", images=str(image_root), controls=["shuffled"])
     out = {}
-    with torch.no_grad():
-        for t in sorted(set(types)):
-            idx = [i for i, x in enumerate(types) if x == t]
-            total = n = 0.0
-            for k in range(0, len(idx), batch_size):
-                b = collate([ds[i] for i in idx[k:k + batch_size]])
-                pixels = b["pixel_values"].roll(shift, 0) if shift else b["pixel_values"]
-                r = model(b["input_ids"], b["attention_mask"], labels=b["labels"], pixel_values=pixels)
-                total += float(r.loss_sum)
-                n += r.num_tokens
-            out[t] = total / n
+    for t in sorted(set(types)):
+        r = heldout_loss(model, [x for x, tt in zip(records, types) if tt == t], image_root, cfg)
+        out[t] = (r["image"]["loss"], r["shuffled"]["loss"])
     model.train()
     return out
 
@@ -55,13 +48,13 @@ def run_arm(feature_norm: str, args, train_records, eval_records, types) -> list
     model = VisionLanguageModel.build(cfg)
     images = Path(args.corpus) / "images"
     train_set = ConversationDataset(train_records, model.formatter, model.vision.preprocess, images)
-    eval_set = ConversationDataset(eval_records, model.formatter, model.vision.preprocess, images)
     rows = []
 
     def score(step: int) -> None:
-        own, other = heldout_nll(model, eval_set, types, 0), heldout_nll(model, eval_set, types, 1)
-        row = {"feature_norm": feature_norm, "step": step, **{f"{t}_own": own[t] for t in own},
-               **{f"{t}_other": other[t] for t in other}, **{f"{t}_gap": other[t] - own[t] for t in own}}
+        losses = heldout_by_type(model, eval_records, types, images)
+        row = {"feature_norm": feature_norm, "step": step, **{f"{t}_own": own for t, (own, _) in losses.items()},
+               **{f"{t}_other": other for t, (_, other) in losses.items()},
+               **{f"{t}_gap": other - own for t, (own, other) in losses.items()}}
         rows.append(row)
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
 

@@ -156,8 +156,12 @@ def format_plan(planned: list[PlannedTrial]) -> str:
 MIN_FREE_GB = {"tiny": 1.0, "local": 12.0, "local-long": 6.0, "paper": 100.0}
 
 
-def min_free_gb(preset: str, override: float | None = None) -> float:
-    return override if override is not None else MIN_FREE_GB.get(preset, 10.0)
+def check_space(out: Path, preset: str, override: float | None, what: str) -> None:
+    """``out`` and the temp folder (the trials' scratch) are writable and hold the preset's ``MIN_FREE_GB``
+    (or ``override``) free: checked before Ray starts, not after hours of work."""
+    need = int((override if override is not None else MIN_FREE_GB.get(preset, 10.0)) * GiB)
+    check_output_dir(out, need, what)
+    check_output_dir(tempfile.gettempdir(), need, "trial scratch folder (TMPDIR)")
 
 
 def _variant_paths(cfg: SweepConfig, dataset: str) -> dict[str, Any]:
@@ -295,9 +299,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             print(f"stage {s}: {len(planned[s])} trials\n{format_plan(planned[s])}\n")
         return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned[s]] for s in stages}}
     storage = Path(cfg.out).resolve()
-    need = int(min_free_gb(cfg.preset, cfg.min_free_gb) * GiB)
-    check_output_dir(storage, need, "sweep --out")
-    check_output_dir(tempfile.gettempdir(), need, "trial scratch folder (TMPDIR)")
+    check_space(storage, cfg.preset, cfg.min_free_gb, "sweep --out")
     resources = init_ray()
     for s in stages:
         for p in planned[s]:

@@ -194,6 +194,8 @@ def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, out: str | Path
     model = load_vlm(checkpoint)
     result = {"checkpoint": str(checkpoint), **evaluate(model, cfg)}
     if out:
+        from .outputs import atomic_write_text
+
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
+        atomic_write_text(out, json.dumps(result, indent=2))
     return result

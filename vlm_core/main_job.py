@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .outputs import GiB, atomic_write_text, check_output_dir
+from .outputs import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +153,9 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     if cfg.paper_ids is not None:
         _say(f"preset {cfg.preset}: paper19 rows {cfg.paper_ids} only")
     out = Path(cfg.out).resolve()
-    from sweeps.driver import min_free_gb
+    from sweeps.driver import check_space
 
-    check_output_dir(out, int(min_free_gb(cfg.preset, cfg.min_free_gb) * GiB), "run --out")  # before, not after
+    check_space(out, cfg.preset, cfg.min_free_gb, "run --out")
     t0 = time.perf_counter()
     corpus = prepare_corpus(cfg, out)
     manifest = prepare_data(cfg, corpus, out)
