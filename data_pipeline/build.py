@@ -76,19 +76,9 @@ class FilterBatch:
         self.prefix, self.check, self.root = prefix, check_images, Path(image_root)
 
     def _image_problem(self, rel: str) -> str | None:
-        from PIL import Image
+        from vlm_core.images import image_problem
 
-        path = self.root / rel
-        if not path.is_file():
-            return f"image not found: {path}"
-        if path.stat().st_size == 0:
-            return f"image is empty (0 bytes): {path}"
-        try:
-            with Image.open(path) as img:
-                img.verify()
-        except Exception as e:  # noqa: BLE001 - any decoder failure is a reason, not a crash
-            return f"image cannot be decoded ({type(e).__name__}): {path}"
-        return None
+        return image_problem(self.root / rel)  # decoded in full, as training will: truncated files fail here
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         reasons, stages = list(batch["reason"]), list(batch["stage"])
@@ -281,7 +271,11 @@ def _write_parquet_atomic(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
+    try:
+        pq.write_table(table, tmp)
+    except BaseException:  # disk full, killed writer: the previous file (if any) stays, no half file is left
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 

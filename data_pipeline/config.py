@@ -100,8 +100,10 @@ class BuildConfig:
     """Datasets to sample."""
     image_prefix: str = "coco/"
     """Keep records whose image path starts with this (the COCO filter); empty keeps all."""
-    check_images: bool = False
-    """Also open every kept image and drop (with a reason) the missing or undecodable ones."""
+    check_images: bool = True
+    """Decode every kept image as training will (``vlm_core.images.open_rgb``) and quarantine, with a reason, the
+    missing, empty, truncated, undecodable and oversized ones (``false`` skips the decode: faster on a trusted
+    folder, but a bad image then stops training by name)."""
     translate: TranslatorConfig = field(default_factory=TranslatorConfig)
     """English → Indonesian translation (``none`` keeps English)."""
     embed: EmbedConfig = field(default_factory=EmbedConfig)

@@ -26,12 +26,14 @@ from typing import Any
 
 from vlm_core.checkpoint import CheckpointError, read_meta
 from vlm_core.config import ConfigError, check_field
+from vlm_core.faults import from_env as faults_from_env
 from vlm_core.outputs import GiB, atomic_write_text, check_output_dir
 from vlm_core.runner import DataSpec
 
 from .matrix import TrialSpec, get_grid
 from .profiles import TrialResources, check_fits, trial_resources
 from .tracking import MODES as WANDB_MODES
+from .statuses import STATUS_NON_FINITE
 from .trial import Scale, remove_workdirs, resources_dict, run_trial, trial_configs
 
 log = logging.getLogger(__name__)
@@ -192,10 +194,12 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
     if cfg.max_steps_per_epoch:
         scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
     model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing)
+    worker = {"model": model.to_dict(), "train": train.to_dict(), "data": data[p.spec.dataset]}
+    faults = faults_from_env()  # tests only (vlm_core.faults); absent from a normal trial's config
+    if faults:
+        worker["faults"] = faults
     return {"config_id": p.spec.config_id, "spec": p.spec.to_dict(), "resources": resources_dict(p.resources),
-            "storage_path": str(storage / "train"), "max_failures": cfg.max_failures,
-            "worker": {"model": model.to_dict(), "train": train.to_dict(),
-                       "data": data[p.spec.dataset]}}
+            "storage_path": str(storage / "train"), "max_failures": cfg.max_failures, "worker": worker}
 
 
 def spread_cpus(planned: list[PlannedTrial], node_cpus: float, concurrent: int) -> list[PlannedTrial]:
@@ -272,8 +276,9 @@ def _run_stage(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], stora
 
 
 def unfinished_trials(grid, stage_dir: Path) -> list[str]:
-    """Config ids of trials that neither failed, nor ran all their epochs, nor were stopped by ASHA. After
-    Ctrl-C, Tune marks the trials it cut short as terminated, so the status alone cannot tell."""
+    """Config ids of trials that neither failed, nor ran all their epochs, nor stopped on a non-finite loss, nor
+    were stopped by ASHA. After Ctrl-C, Tune marks the trials it cut short as terminated, so the status alone
+    cannot tell."""
     from .scheduling import read_decisions
 
     stopped = {d["trial"] for d in read_decisions(stage_dir / "asha_decisions.jsonl") if d["decision"] == "stop"}
@@ -283,7 +288,7 @@ def unfinished_trials(grid, stage_dir: Path) -> list[str]:
         m = result.metrics or {}
         done = m.get("epoch") is not None and m.get("epochs_planned") is not None and \
             m["epoch"] >= m["epochs_planned"]
-        if not (result.error or done or cid in stopped):
+        if not (result.error or done or m.get("status") == STATUS_NON_FINITE or cid in stopped):
             out.append(cid)
     return out
 
@@ -367,6 +372,8 @@ def record_lineage(rows: list[dict[str, Any]], lineage: dict[str, Any]) -> dict[
                  "epochs": row["epochs_run"], "trial_path": row["path"]}
         if row["error"] or row["best_checkpoint"] is None:
             entry["error"] = row["error"] or "no checkpoint reported"
+        if row.get("status") == STATUS_NON_FINITE:
+            entry["status"] = STATUS_NON_FINITE  # its best checkpoint (if any) predates the divergence
         lineage[row["config_id"]] = entry
     return lineage
 
@@ -382,12 +389,17 @@ def summarize(grid) -> list[dict[str, Any]]:
         planned = m.get("epochs_planned")
         ckpt, ckpt_loss = best_checkpoint(result)
         trial = result.config["trial"]
-        rows.append({"config_id": trial["config_id"], "dataset": trial["spec"]["dataset"],
+        non_finite = m.get("status") == STATUS_NON_FINITE
+        losses = df[METRIC][df[METRIC] < float("inf")] if df is not None and METRIC in df else None
+        stopped = bool(planned and epochs_run is not None and epochs_run < planned and not result.error)
+        status = ("error" if result.error else STATUS_NON_FINITE if non_finite else "stopped_early" if stopped
+                  else "finished")
+        rows.append({"config_id": trial["config_id"], "dataset": trial["spec"]["dataset"], "status": status,
                      "best_checkpoint": ckpt, "best_checkpoint_val_loss": ckpt_loss,
-                     "error": str(result.error)[:500] if result.error else None,
-                     "best_val_loss": float(df[METRIC].min()) if df is not None and METRIC in df else None,
+                     "error": str(result.error)[:500] if result.error else m.get("message") if non_finite else None,
+                     "best_val_loss": float(losses.min()) if losses is not None and len(losses) else None,
                      "epochs_run": epochs_run, "epochs_planned": planned,
-                     "stopped_early": bool(planned and epochs_run and epochs_run < planned and not result.error),
+                     "stopped_early": stopped and not non_finite,
                      "tokens_per_s": m.get("tokens_per_s"), "path": result.path})
     return rows
 

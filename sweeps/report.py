@@ -29,6 +29,7 @@ from vlm_core.config import ConfigError
 from vlm_core.outputs import atomic_write_text
 
 from .scheduling import read_decisions
+from .statuses import STATUS_NON_FINITE
 
 METRIC = "val_loss"
 AXES = ("dataset", "dense", "chat", "scheduler", "epochs", "batch_size")
@@ -67,14 +68,17 @@ def trial_table(experiment: str | Path) -> tuple[pd.DataFrame, dict[str, pd.Data
             df = dfs.get(trial.trial_id)
             df = df if df is not None and not df.empty and "epoch" in df else pd.DataFrame(columns=["epoch"])
             curves[cid] = df
-            has_val = METRIC in df and df[METRIC].notna().any()
-            best = df.loc[df[METRIC].idxmin()] if has_val else None
+            finite = df[METRIC].replace([math.inf, -math.inf], math.nan) if METRIC in df else None
+            has_val = finite is not None and finite.notna().any()
+            best = df.loc[finite.idxmin()] if has_val else None
             last = df.iloc[-1] if len(df) else None
+            non_finite = last is not None and last.get("status") == STATUS_NON_FINITE
             epochs_run = int(last["epoch"]) if last is not None else 0
             stop = decisions.get(cid)
             rows.append({
                 "stage": stage, "paper_id": spec.get("paper_id"), "config_id": cid,
-                **{a: spec[a] for a in AXES}, "profile": spec["profile"], "status": trial.status,
+                **{a: spec[a] for a in AXES}, "profile": spec["profile"],
+                "status": STATUS_NON_FINITE.upper() if non_finite else trial.status,
                 "best_val_loss": float(best[METRIC]) if best is not None else math.nan,
                 "best_epoch": int(best["epoch"]) if best is not None else None,
                 "final_train_loss": float(last["train_loss"]) if last is not None and "train_loss" in df else math.nan,
@@ -82,7 +86,7 @@ def trial_table(experiment: str | Path) -> tuple[pd.DataFrame, dict[str, pd.Data
                 "asha_rung": stop["rung"] if stop else None,
                 "wall_s": float(last["time_total_s"]) if last is not None and "time_total_s" in df else math.nan,
                 "tokens_per_s": float(df["tokens_per_s"].mean()) if "tokens_per_s" in df and len(df) else math.nan,
-                "parent": spec.get("parent"), "error": _error_text(trial)})
+                "parent": spec.get("parent"), "error": last["message"] if non_finite else _error_text(trial)})
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for col in ("paper_id", "best_epoch", "asha_rung"):
         table[col] = table[col].astype("Int64")  # integers with gaps, not floats

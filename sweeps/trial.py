@@ -19,15 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlm_core.checkpoint import newest_usable
 from vlm_core.config import TrainConfig, VLMConfig
+from vlm_core.faults import from_config
 from vlm_core.presets import get_preset
+from vlm_core.training import NonFiniteLoss
 
 from .matrix import TrialSpec
 from .profiles import TrialResources
+from .statuses import STATUS_NON_FINITE, STATUS_RUNNING
 
 log = logging.getLogger(__name__)
 
 PROJECTOR_FOR_DENSE = {False: "mlp2x_gelu", True: "dense_connector"}
+
 FORMAT_FOR_CHAT = {False: "raw", True: "chat"}
 
 
@@ -88,13 +93,25 @@ def train_worker(config: dict[str, Any]) -> None:
         resume_dir = Path(checkpoint.to_directory(str(workdir / "resume")))
         log.info("resuming from %s", resume_dir)
 
+    if resume_dir is not None and newest_usable([resume_dir]) is None:
+        # e.g. a bad copy off a lost node: a retry from it would fail the same way (the warning names it)
+        log.warning("the checkpoint to resume from is unusable; this trial starts over")
+        resume_dir = None
+
     def on_epoch(metrics: dict[str, Any], ckpt_dir: Path) -> None:
-        report = {**metrics, "epochs_planned": epochs_planned}
+        report = {**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
 
+    faults = from_config(config.get("faults"), config.get("run_name", ""))
     try:
         run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
-                  write_final=False)
+                  write_final=False, faults=faults)
+    except NonFiniteLoss as e:
+        # A clear end, not a crash: Train would retry a crash from the last checkpoint and diverge the same way.
+        # val_loss inf ranks the trial last for ASHA and for the best-checkpoint choice.
+        log.error("trial stopped: %s", e)
+        ray.train.report({"epoch": e.epoch, "step": e.step, "val_loss": float("inf"), "train_loss": float("nan"),
+                          "epochs_planned": epochs_planned, "status": STATUS_NON_FINITE, "message": str(e)})
     finally:  # every reported checkpoint is already in the run's storage; a stage-2 workdir holds GBs
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -129,7 +146,7 @@ def run_trial(config: dict[str, Any]) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={**config["worker"], "cuda_memory_fraction": res.cuda_memory_fraction,
-                           "workdir_prefix": workdir_prefix(trial_id)},
+                           "workdir_prefix": workdir_prefix(trial_id), "run_name": config["config_id"]},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=res.resources_per_worker,
                                                accelerator_type=res.accelerator_type),

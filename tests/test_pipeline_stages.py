@@ -90,7 +90,8 @@ def test_filter_marks_non_coco_missing_empty_and_corrupt_images(tmp_path):
     batch = {"image": images, "reason": [""] * 5, "stage": [""] * 5}
     out = FilterBatch("coco/", True, str(tmp_path))(batch)
     assert out["reason"][0] == "" and "not under 'coco/'" in out["reason"][1]
-    assert "not found" in out["reason"][2] and "0 bytes" in out["reason"][3] and "decoded" in out["reason"][4]
+    assert "not found" in out["reason"][2] and "0 bytes" in out["reason"][3]
+    assert "not a readable image" in out["reason"][4]
     assert out["stage"] == ["", "filter", "image", "image", "image"]
     assert FilterBatch("coco/", False, str(tmp_path))(batch)["reason"][2] == ""  # no check: path only
 

@@ -114,6 +114,38 @@ def read_meta(path: str | Path, verify: bool = True) -> dict[str, Any]:
     return meta
 
 
+def newest_usable(candidates) -> Path | None:
+    """The newest (by recorded step) of the ``candidates`` folders whose files match their recorded hashes; each
+    corrupt, half-written or foreign one is skipped with a warning naming it. None when none is usable."""
+    dated = []
+    for c in map(Path, candidates):
+        try:
+            dated.append((int(json.loads((c / CHECKPOINT_META).read_text())["step"]), str(c)))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("skipping checkpoint %s: no readable %s (%s)", c, CHECKPOINT_META, e)
+    for _, c in sorted(dated, reverse=True):
+        try:
+            read_meta(c)
+            return Path(c)
+        except CheckpointError as e:
+            log.warning("skipping checkpoint %s", e)
+    return None
+
+
+def resume_point(path: str | Path) -> Path:
+    """What ``train --resume PATH`` continues from: PATH itself when it is a checkpoint, else the newest usable
+    checkpoint under ``PATH`` or ``PATH/checkpoints`` (a run folder), skipping corrupt ones."""
+    path = Path(path)
+    if (path / CHECKPOINT_META).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    found = newest_usable(p for p in sorted(root.glob("*")) if p.is_dir() and not p.name.startswith("."))
+    if found is None:
+        raise CheckpointError(f"{path}: no usable checkpoint to resume from (none, or all corrupt: see the "
+                              f"warnings above); start the run again without --resume")
+    return found
+
+
 def load_vlm_config(path: str | Path, trust_remote_code: bool = False) -> VLMConfig:
     """The checkpoint's model config. A checkpoint cannot opt itself into running hub code: its own
     ``lm.trust_remote_code`` is ignored (with a warning) unless the caller passes ``trust_remote_code=True``."""

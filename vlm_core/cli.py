@@ -50,12 +50,14 @@ def train_cmd(model: VLMConfig, data: DataSpec, train: TrainConfig = TrainConfig
         data: Training data.
         train: The training run.
         out: Run folder (checkpoints, metrics.jsonl, run_config.json, final/).
-        resume: A checkpoint folder of this run to continue from.
+        resume: A checkpoint of this run to continue from, or the run folder (its newest usable checkpoint;
+            corrupt ones are skipped with a warning).
         preset: Named model config: tiny, local, paper.
     """
+    from .checkpoint import resume_point
     from .runner import run_stage
 
-    result, final = run_stage(model, train, data, out, resume_from=resume)
+    result, final = run_stage(model, train, data, out, resume_from=resume_point(resume) if resume else None)
     print(json.dumps({"final_checkpoint": str(final), "steps": result.steps,
                       "metrics": result.epoch_metrics[-1] if result.epoch_metrics else {}}, indent=2))
     return str(final)
@@ -70,14 +72,13 @@ def chat_cmd(question: str, checkpoint: str, image: str, max_new_tokens: int = 6
         image: Path of the image.
         max_new_tokens: Generation budget.
     """
-    from PIL import Image
-
     from .checkpoint import load_vlm
+    from .images import open_rgb
     from .inference import answer
 
+    picture = open_rgb(image)  # before loading the model: a bad image fails in a second, by name
     model = load_vlm(checkpoint)
-    with Image.open(image) as img:
-        reply = answer(model, [img.convert("RGB")], [question], max_new_tokens=max_new_tokens)[0]
+    reply = answer(model, [picture], [question], max_new_tokens=max_new_tokens)[0]
     print(reply)
     return reply
 

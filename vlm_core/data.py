@@ -128,12 +128,20 @@ class ConversationDataset(torch.utils.data.Dataset):
         return p if p.is_absolute() or self.image_root is None else self.image_root / p
 
     def load_image(self, image: str) -> Image.Image:
-        with Image.open(self.image_path(image)) as img:
-            return img.convert("RGB")
+        """RGB, first frame, upright (``vlm_core.images.open_rgb``); ``ImageError`` names the file and the fix."""
+        from .images import open_rgb
+
+        return open_rgb(self.image_path(image))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        from .images import ImageError
+
         ex = self.examples[i]
-        pixel_values = self.preprocess([self.load_image(ex.image)])[0]
+        try:
+            image = self.load_image(ex.image)
+        except ImageError as e:
+            raise DataError(f"record {ex.id}: {e}") from e
+        pixel_values = self.preprocess([image])[0]
         return {"id": ex.id, "input_ids": ex.encoded.input_ids, "labels": ex.encoded.labels,
                 "pixel_values": pixel_values}
 

@@ -112,15 +112,11 @@ def _features(model, images: list, batch_size: int) -> torch.Tensor:
 @torch.no_grad()
 def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfig) -> dict[str, Any]:
     """Greedy answers under every condition; accuracy overall and per question type."""
-    from PIL import Image
-
+    from .images import open_rgb
     from .inference import build_prompt_batch
 
     model.eval()
-    images = []
-    for r in records:
-        with Image.open(image_root / r["image"]) as img:
-            images.append(img.convert("RGB"))
+    images = [open_rgb(image_root / r["image"]) for r in records]
     feats = _features(model, images, cfg.batch_size)
     questions = [_question_text(r) for r in records]
     conditions = {"image": lambda f: f, **{c: CONTROLS[c] for c in cfg.controls}}

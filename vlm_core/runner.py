@@ -20,6 +20,7 @@ import torch
 from .checkpoint import export_weights
 from .config import TrainConfig, VLMConfig
 from .data import ConversationDataset, read_records, split_records
+from .faults import Faults
 from .model import VisionLanguageModel
 from .training import StepLog, TrainResult, train
 
@@ -57,7 +58,7 @@ def load_datasets(model: VisionLanguageModel, data: DataSpec, seed: int = 0):
 def run_stage(model_cfg: VLMConfig, train_cfg: TrainConfig, data: DataSpec, out: str | Path, *,
               resume_from: str | Path | None = None, on_step: Callable[[StepLog], None] | None = None,
               on_epoch: Callable[[dict[str, Any], Path], None] | None = None,
-              write_final: bool = True) -> tuple[TrainResult, Path | None]:
+              write_final: bool = True, faults: Faults | None = None) -> tuple[TrainResult, Path | None]:
     """Train one stage; returns the result and ``out/final`` (the last checkpoint's weights, no optimizer),
     or None with ``write_final=False`` (Ray Train keeps its own reported checkpoints)."""
     out = Path(out)
@@ -70,5 +71,5 @@ def run_stage(model_cfg: VLMConfig, train_cfg: TrainConfig, data: DataSpec, out:
     log.info("data: %d train / %d val samples (%d skipped)", len(train_set), len(val_set),
              sum(train_set.skipped.values()) + sum(val_set.skipped.values()))
     result = train(model, train_cfg, train_set, val_set, out, resume_from=resume_from, on_step=on_step,
-                   on_epoch=on_epoch)
+                   on_epoch=on_epoch, faults=faults)
     return result, export_weights(result.checkpoint, out / "final") if write_final else None

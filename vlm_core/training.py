@@ -32,6 +32,7 @@ from .checkpoint import load_lm_weights, load_projector, load_training_state, re
 from .config import TrainConfig
 from .conversation import IGNORE_INDEX
 from .data import Collator, ConversationDataset
+from .faults import Faults
 from .schedules import build_scheduler
 from .stages import freeze_for_stage
 
@@ -40,6 +41,10 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(FloatingPointError):
     """The loss became NaN/inf; training stops instead of continuing on garbage."""
+
+    def __init__(self, message: str, step: int = 0, epoch: float = 0.0):
+        super().__init__(message)
+        self.step, self.epoch = step, epoch
 
 
 @dataclass
@@ -168,8 +173,9 @@ def fit_feature_norm(model, train_set: ConversationDataset, max_images: int = 12
 def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: ConversationDataset | None,
           out_dir: str | Path, *, resume_from: str | Path | None = None,
           on_step: Callable[[StepLog], None] | None = None,
-          on_epoch: Callable[[dict[str, Any], Path], None] | None = None) -> TrainResult:
-    """Train ``model`` for one stage. Checkpoints go to ``out_dir/checkpoints/``; step logs to ``metrics.jsonl``."""
+          on_epoch: Callable[[dict[str, Any], Path], None] | None = None, faults: Faults | None = None) -> TrainResult:
+    """Train ``model`` for one stage. Checkpoints go to ``out_dir/checkpoints/``; step logs to ``metrics.jsonl``.
+    ``faults`` (tests only, ``vlm_core.faults``) kills the process or poisons the loss at a given step."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = model.device
@@ -239,9 +245,12 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
                 for batch in batches:
                     with _autocast(cfg, device):
                         out = _forward(model, batch)
+                    if faults is not None and faults.poison_loss(step):
+                        out.loss_sum = out.loss_sum * float("nan")
                     if not torch.isfinite(out.loss_sum):
                         raise NonFiniteLoss(f"non-finite loss at step {step} (epoch {epoch}); lower train.lr or "
-                                            f"check the data of samples {batch['ids']}")
+                                            f"check the data of samples {batch['ids']}", step,
+                                            epoch + micro_done / len(micro_batches))
                     (out.loss_sum / max(window_tokens, 1)).backward()
                     step_loss += out.loss_sum.item()
                     step_seen += int(out.attention_mask.sum())
@@ -263,6 +272,8 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
                     checkpoint("latest", {"step": step})
                 if on_step:
                     on_step(rec)
+                if faults is not None:
+                    faults.after_step(step)
             epoch_done = micro_done >= len(micro_batches)
             metrics = {"epoch": epoch + 1 if epoch_done else epoch + micro_done / len(micro_batches),
                        "step": step, "train_loss": epoch_loss / max(epoch_tokens, 1),

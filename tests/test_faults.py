@@ -1,0 +1,147 @@
+"""Faults injected on purpose: an interrupted write, a corrupt newest checkpoint, a Train worker killed
+mid-epoch, a loss that turns NaN inside a sweep. What must survive is asserted, not printed.
+
+    pytest -q tests/test_faults.py
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from vlm_core.checkpoint import CheckpointError, newest_usable, read_meta, resume_point, save_checkpoint
+from vlm_core.config import TrainConfig
+from vlm_core.model import VisionLanguageModel
+from vlm_core.runner import DataSpec, run_stage
+
+S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypatch):
+    import vlm_core.checkpoint as ckpt_mod
+
+    model = VisionLanguageModel.build(tiny_cfg)
+    path = save_checkpoint(model, tmp_path / "latest", stage=1, step=4, epoch=1, training_state={"step": 4})
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    real_save = ckpt_mod.torch.save
+
+    def save_half_then_fail(obj, f, *a, **k):  # the weights are written, then the disk fills up
+        real_save(obj, f, *a, **k)
+        Path(f).write_bytes(Path(f).read_bytes()[:10])
+        _disk_full()
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(model, path, stage=1, step=8, epoch=2, training_state={"step": 8})
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before  # readers still see step 4, whole
+    assert read_meta(path)["step"] == 4
+    assert [p.name for p in tmp_path.iterdir()] == ["latest"]  # no half-written folder left beside it
+
+
+def test_an_interrupted_parquet_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_pipeline.build import _write_parquet_atomic
+
+    target = tmp_path / "train-00000.parquet"
+    _write_parquet_atomic(pa.table({"id": ["a", "b"]}), target)
+
+    def write_half_then_fail(table, where, *a, **k):
+        Path(where).write_bytes(b"PAR1 half a file")
+        _disk_full()
+
+    monkeypatch.setattr(pq, "write_table", write_half_then_fail)
+    with pytest.raises(OSError):
+        _write_parquet_atomic(pa.table({"id": ["c"]}), target)
+    monkeypatch.undo()
+    assert pq.read_table(target).column("id").to_pylist() == ["a", "b"]
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_resume_skips_a_corrupt_newest_checkpoint_with_a_message(tiny_cfg, tmp_path, caplog):
+    model = VisionLanguageModel.build(tiny_cfg)
+    root = tmp_path / "run" / "checkpoints"
+    older = save_checkpoint(model, root / "epoch-001", stage=1, step=4, epoch=1, training_state={"step": 4})
+    newest = save_checkpoint(model, root / "epoch-002", stage=1, step=8, epoch=2, training_state={"step": 8})
+    weights = newest / "projector.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # a bad copy off a lost node
+    (root / "latest").mkdir()  # a folder a killed writer never finished: no checkpoint.json
+    assert resume_point(tmp_path / "run") == older
+    assert f"skipping checkpoint {newest}" in caplog.text and "sha256" in caplog.text
+    assert "latest" in caplog.text
+    assert resume_point(newest) == newest  # named explicitly: used as given (and refused when loaded)
+    (older / "projector.safetensors").write_bytes(b"")
+    assert newest_usable([older, newest]) is None
+    with pytest.raises(CheckpointError, match="no usable checkpoint to resume from"):
+        resume_point(tmp_path / "run")
+
+
+def _data(variants, corpus) -> DataSpec:
+    return DataSpec(train=str(variants / "20kUmap" / "train-00000.parquet"), images=str(corpus / "images"),
+                    val=str(variants / "20kUmap" / "val-00000.parquet"))
+
+
+def test_a_killed_train_worker_restarts_from_its_checkpoint_and_the_lr_continues(ray_local, tiny_cfg, variants,
+                                                                                   corpus, tmp_path):
+    """A worker dies (``os._exit``) mid-epoch 2; Ray Train restarts it from the epoch-1 checkpoint and the run ends
+    with the same optimizer steps, the same LR at every epoch and the same losses as a run never interrupted."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from sweeps.trial import train_worker
+
+    train = TrainConfig(stage=1, epochs=3, batch_size=4, lr=1e-3, scheduler="cosine", warmup_ratio=0.25)
+    data = _data(variants, corpus)
+    reference, _ = run_stage(tiny_cfg, train, data, tmp_path / "reference", write_final=False)
+    assert reference.total_steps == 12  # 16 samples / batch 4 = 4 steps an epoch; the kill comes at step 6
+    marker = tmp_path / "killed"
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"model": tiny_cfg.to_dict(), "train": train.to_dict(), "data": data.__dict__,
+                           "run_name": "killed", "faults": {"kill_at_step": 6, "once_marker": str(marker)}},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name="killed", storage_path=str(tmp_path / "storage"),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
+                                       failure_config=ray.train.FailureConfig(max_failures=1)))
+    result = trainer.fit()
+    assert marker.is_file()  # the worker was killed once ...
+    reported = sorted((m for _, m in result.best_checkpoints), key=lambda m: m["step"])
+    assert [m["step"] for m in reported] == [4, 8, 12]  # ... and the run still made exactly 12 optimizer steps
+    for got, want in zip(reported, reference.epoch_metrics):
+        assert got["epoch"] == want["epoch"] and got["lr"] == pytest.approx(want["lr"], rel=1e-9)  # no jump back
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+
+
+def test_a_diverging_trial_stops_with_a_clear_status_and_the_sweep_finishes(ray_local, variants, corpus, tmp_path,
+                                                                             monkeypatch):
+    from sweeps.driver import SweepConfig, run_sweep
+
+    monkeypatch.setenv("VLM_SWEEP_FAULTS", json.dumps({"nan_loss_at_step": 3, "only": S1_UMAP}))
+    out = tmp_path / "nan"
+    cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="1",
+                      paper_ids=[3, 9], out=str(out), wandb="disabled", max_concurrent=1)
+    result = run_sweep(cfg)  # no SweepInterrupted: a stopped trial is a finished one
+    rows = {r["config_id"]: r for r in result["stages"][1]}
+    bad, good = rows[S1_UMAP], rows[S1_RANDOM]
+    assert bad["status"] == "non_finite_loss" and "non-finite loss at step 3" in bad["error"]
+    assert bad["epochs_run"] < 2 and math.isfinite(bad["best_val_loss"])  # epoch 1's loss, not the inf
+    assert bad["best_checkpoint"] and Path(bad["best_checkpoint"]).is_dir()  # epoch 1's checkpoint is kept
+    assert good["status"] == "finished" and good["epochs_run"] == 6 and good["error"] is None
+    assert result["lineage"][S1_UMAP]["status"] == "non_finite_loss"
+    # Tune did not retry it (Train retries crashes; this is not one): one trial run, its last result says why
+    params = json.loads((out / "stage1" / S1_UMAP / "params.json").read_text())
+    assert params["trial"]["worker"]["faults"]["nan_loss_at_step"] == 3
+    last = [json.loads(line) for line in (out / "stage1" / S1_UMAP / "result.json").read_text().splitlines()][-1]
+    assert last["status"] == "non_finite_loss" and last["val_loss"] == math.inf
+    report = (out / "report.md").read_text()
+    assert "NON_FINITE_LOSS" in report and "non-finite loss at step 3" in report
