@@ -31,7 +31,8 @@ def load_embedder(model: str | None, device: str | None = None):
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return SentenceTransformer(resolve_model(model), device=device)
+    # weights only from safetensors (the packaged all-MiniLM-L6-v2 has them), never a pickle
+    return SentenceTransformer(resolve_model(model), device=device, model_kwargs={"use_safetensors": True})
 
 
 class EmbedBatch:

@@ -399,7 +399,10 @@ class Seq2SeqTranslator:
                    f":max_new_tokens={cfg.max_new_tokens}")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=False)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(cfg.model, trust_remote_code=False).to(self.device)
+        from vlm_core.vision import from_pretrained_safetensors
+
+        self.model = from_pretrained_safetensors(AutoModelForSeq2SeqLM, cfg.model, "translate.model",
+                                                 trust_remote_code=False).to(self.device)
         self.model.eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

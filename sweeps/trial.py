@@ -12,6 +12,8 @@ to Tune (so ASHA can stop the trial).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlm_core.checkpoint import newest_usable
+from vlm_core.checkpoint import newest_usable, read_meta
 from vlm_core.config import TrainConfig, VLMConfig
 from vlm_core.faults import from_config
 from vlm_core.presets import get_preset
@@ -98,14 +100,23 @@ def train_worker(config: dict[str, Any]) -> None:
         log.warning("the checkpoint to resume from is unusable; this trial starts over")
         resume_dir = None
 
+    reported = []
+
     def on_epoch(metrics: dict[str, Any], ckpt_dir: Path) -> None:
         report = {**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
+        reported.append(metrics)
 
     faults = from_config(config.get("faults"), config.get("run_name", ""))
     try:
         run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
                   write_final=False, faults=faults)
+        if not reported and resume_dir is not None:
+            # restored from the last checkpoint of a run that had already finished (its driver died before Tune
+            # recorded the end): nothing left to train, so say its final result again for this trial
+            metrics = read_meta(resume_dir, verify=False)["metrics"]
+            ray.train.report({**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING},
+                             checkpoint=ray.train.Checkpoint.from_directory(str(resume_dir)))
     except NonFiniteLoss as e:
         # A clear end, not a crash: Train would retry a crash from the last checkpoint and diverge the same way.
         # val_loss inf ranks the trial last for ASHA and for the best-checkpoint choice.
@@ -133,6 +144,12 @@ def remove_workdirs(trial_ids: list[str]) -> int:
     return n
 
 
+def train_run_name(config_id: str, worker: dict[str, Any]) -> str:
+    """The Train run of a config: its id and a hash of everything its workers get (another config, another run)."""
+    digest = hashlib.sha256(json.dumps(worker, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"train-{config_id}-{digest}"
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """Tune function trainable: one ``TorchTrainer`` with this trial's resources and a stable run name."""
     import ray.train
@@ -151,7 +168,9 @@ def run_trial(config: dict[str, Any]) -> None:
                                                resources_per_worker=res.resources_per_worker,
                                                accelerator_type=res.accelerator_type),
         run_config=ray.train.RunConfig(
-            name=f"train-{config['config_id']}-{trial_id}",  # stable across restarts: no timestamp
+            # Stable across restarts of the driver, even when Tune re-creates the trial under a new id (a driver
+            # killed before its experiment state was saved): a rerun of the same config finds its checkpoints
+            name=train_run_name(config["config_id"], config["worker"]),
             storage_path=config["storage_path"],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
                                                          checkpoint_score_order="min"),

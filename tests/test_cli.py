@@ -80,3 +80,61 @@ def test_unwritable_or_full_output_fails_before_any_work(tmp_path, args, message
     r = vlm_sweep(*[a.format(blocker=blocker, tmp=tmp_path) for a in args])
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())  # nothing started
+
+
+SWEEP_ARGS = ["--data", "d", "--images", "i"]
+TRAIN_ARGS = ["--data.train", "x", "--data.images", "y"]
+
+
+@pytest.mark.parametrize("command, rest, text, message", [
+    (["sweep"], SWEEP_ARGS, "max_failures: -1\n", "max_failures: must be >= 0"),
+    (["sweep"], SWEEP_ARGS, "max_failure: 1\n", "'max_failure'"),
+    (["sweep"], SWEEP_ARGS, "preset: nope\n", "unknown preset 'nope'"),
+    (["sweep"], SWEEP_ARGS, "grid: paper20\n", "paper20"),
+    (["train"], TRAIN_ARGS, "train:\n  lr: 5\n", "train.lr: 5.0 is out of range"),
+    (["train"], TRAIN_ARGS, "train:\n  bogus: 1\n", "'train.bogus'"),
+    (["data", "build"], ["--source", "s", "--images", "i", "--out", "o"], "umap: {n_components: 0}\n", "umap"),
+])
+def test_a_config_file_with_an_unknown_key_or_a_bad_value_is_named(tmp_path, command, rest, text, message):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(text)
+    r = vlm_sweep(*command, "--config", str(cfg), *rest)
+    assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_a_config_file_sets_options_and_later_flags_override_it(tmp_path):
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text("preset: tiny\npaper_ids: [3, 9]\ndry_run: true\nstage: '1'\n")
+    r = vlm_sweep("sweep", "--config", str(cfg), "--data", "d", "--images", "i", "--paper_ids", "[3]")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stage 1: 1 trials" in r.stdout and "s1-20kUmap-nodense-raw-linear-e6-b12" in r.stdout
+
+
+def test_an_unreachable_ray_address_is_named_in_seconds(tmp_path):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "VLM_SWEEP_LOG": "WARNING"}
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "vlm_core.cli", "sweep", "--data", "d", "--images", "i", "--preset",
+                        "tiny", "--paper_ids", "[3]", "--out", str(tmp_path / "s")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"RAY_ADDRESS='127.0.0.1:{port}' does not answer" in r.stderr and "unset RAY_ADDRESS" in r.stderr
+    assert time.monotonic() - t0 < 60  # ray.init alone retries for minutes
+
+
+def test_a_model_path_that_does_not_exist_is_named(tmp_path, corpus):
+    missing = tmp_path / "no" / "such" / "model"
+    for flag in ("--model.lm.source", "--model.vision.source"):
+        r = vlm_sweep("train", "--preset", "tiny", flag, str(missing), "--data.train",
+                      str(corpus / "sharegpt4v_sample.jsonl"), "--data.images", str(corpus / "images"),
+                      "--out", str(tmp_path / "t"))
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert str(missing) in r.stderr and "save_pretrained" in r.stderr
+    r = vlm_sweep("chat", "--checkpoint", str(missing), "--image", str(next(p for p in (corpus / "images").rglob("*") if p.is_file())),
+                  "What is it?")
+    assert r.returncode == 2 and f"{missing}: not a checkpoint" in r.stderr

@@ -121,3 +121,21 @@ def test_batched_generation_equals_one_by_one(tiny_model):
     # the text API decodes the same tokens
     assert answer(model, images[:1], questions[:1], max_new_tokens=4, min_new_tokens=4) == [
         model.tokenizer.decode(batched[0], skip_special_tokens=True).strip()]
+
+
+def test_pickled_weights_are_refused_with_the_fix(tmp_path):
+    """Only safetensors are loaded: a folder holding just a pytorch_model.bin (a pickle) is named, not loaded."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from vlm_core.config import VisionConfig
+    from vlm_core.vision import ModelSourceError, build_vision_tower
+
+    model = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, image_size=32, patch_size=16))
+    model.save_pretrained(tmp_path / "safe")
+    (tmp_path / "pickled").mkdir()  # as older transformers wrote them (this one writes safetensors only)
+    model.config.save_pretrained(tmp_path / "pickled")
+    torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    assert build_vision_tower(VisionConfig(source=str(tmp_path / "safe"))).num_layers == 2
+    with pytest.raises(ModelSourceError, match="no safetensors weights.*safe_serialization=True"):
+        build_vision_tower(VisionConfig(source=str(tmp_path / "pickled")))

@@ -245,9 +245,12 @@ def _preset_from_argv(argv: list[str]) -> str:
 
 
 def _command_parser(path: str, fn, preset: str):
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ActionConfigFile, ArgumentParser
 
     sub = ArgumentParser(description=fn.__doc__.split("\n")[0])
+    sub.add_argument("--config", action=ActionConfigFile,
+                     help="A YAML / JSON file of this command's options (flags after it override it); unknown "
+                          "keys and bad values are named")
     if path in CONFIG_COMMANDS:
         sub.add_class_arguments(CONFIG_COMMANDS[path](), None)
         return sub
@@ -314,10 +317,11 @@ def main(argv: list[str] | None = None) -> int:
                 init.data[init.data.data_command]
         else:
             path, fn, kwargs = init.command, COMMANDS[init.command], init[init.command]
+        kwargs = {k: v for k, v in dict(vars(kwargs)).items() if k != "config"}  # --config: already merged
         if path in CONFIG_COMMANDS:
-            fn(CONFIG_COMMANDS[path]()(**vars(kwargs)))
+            fn(CONFIG_COMMANDS[path]()(**kwargs))
         else:
-            fn(**{k: v for k, v in dict(vars(kwargs)).items() if k in fn.__code__.co_varnames})
+            fn(**{k: v for k, v in kwargs.items() if k in fn.__code__.co_varnames})
     except user_errors() as e:
         print(f"vlm-sweep: error: {e}", file=sys.stderr)
         return 2

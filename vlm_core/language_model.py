@@ -100,9 +100,11 @@ def build_language_model(cfg: LMConfig, dtype: torch.dtype = torch.float32):
     else:
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            _source_folder(cfg), dtype=dtype, attn_implementation=cfg.attn_implementation,
-            trust_remote_code=cfg.trust_remote_code)
+        from .vision import from_pretrained_safetensors
+
+        model = from_pretrained_safetensors(AutoModelForCausalLM, _source_folder(cfg), "lm.source", dtype=dtype,
+                                            attn_implementation=cfg.attn_implementation,
+                                            trust_remote_code=cfg.trust_remote_code)
     emb = model.get_input_embeddings()
     if len(tokenizer) > emb.num_embeddings:
         old = emb.num_embeddings

@@ -39,6 +39,20 @@ def check_model_source(source: str, what: str, marker: tuple[str, ...] = ("confi
             f"a hub id (on a machine with hub access), or 'tiny'.")
 
 
+def from_pretrained_safetensors(cls, source: str, what: str, **kwargs):
+    """``cls.from_pretrained(source, use_safetensors=True)``: weights come only from safetensors files, never from a
+    pickle (a ``pytorch_model.bin`` can run code when loaded). A model without them is named with the fix."""
+    try:
+        return cls.from_pretrained(source, use_safetensors=True, **kwargs)
+    except OSError as e:
+        if "safetensors" not in str(e):
+            raise
+        raise ModelSourceError(
+            f"{what} {source!r} has no safetensors weights; vlm-sweep does not load pickled weights "
+            f"(pytorch_model.bin). Convert it once, on a machine you trust: "
+            f"{cls.__name__}.from_pretrained(path).save_pretrained(path, safe_serialization=True)") from e
+
+
 class VisionTower(nn.Module):
     """A frozen ``CLIPVisionModel`` returning all hidden states."""
 
@@ -126,7 +140,7 @@ def build_vision_tower(cfg: VisionConfig) -> VisionTower:
         from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
         check_model_source(cfg.source, "vision.source")
-        model = CLIPVisionModel.from_pretrained(cfg.source)
+        model = from_pretrained_safetensors(CLIPVisionModel, cfg.source, "vision.source")
         try:
             processor = CLIPImageProcessorPil.from_pretrained(cfg.source)
         except OSError:
