@@ -79,13 +79,27 @@ def head_node():
 def test_tiny_sweep_submitted_as_a_ray_job(head_node, variants, corpus, tmp_path):
     address, env = head_node
     out = tmp_path / "job-sweep"
+    job_id = f"vlm-sweep-test-{os.getpid()}"
+    # --no-wait, then poll: following the logs holds a websocket that the dashboard drops now and then under load
+    # (close code 1006), which would fail the test, not the job
     submit = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT), "--",
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--submission-id", job_id, "--no-wait",
+         "--working-dir", str(ROOT), "--",
          "python", "-m", "vlm_core.cli", "sweep", "--data", str(variants), "--images", str(corpus / "images"),
          "--preset", "tiny", "--stage", "1", "--limit", "1", "--wandb", "offline", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=500)
+        env=env, capture_output=True, text=True, timeout=120)
     log = submit.stdout + submit.stderr
-    assert submit.returncode == 0 and "succeeded" in log, log[-4000:]
+    assert submit.returncode == 0, log[-4000:]
+    deadline, status = time.time() + 500, ""
+    while time.time() < deadline:
+        status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", address, job_id], env=env,
+                                capture_output=True, text=True).stdout.lower()
+        if any(s in status for s in ("succeeded", "failed", "stopped")):
+            break
+        time.sleep(3)
+    logs = subprocess.run([str(BIN / "ray"), "job", "logs", "--address", address, job_id], env=env,
+                          capture_output=True, text=True).stdout
+    assert f"job '{job_id}' succeeded" in status, status[-1000:] + logs[-4000:]
     lineage = json.loads((out / "lineage.json").read_text())
     assert list(lineage) == ["s1-20kUmap-nodense-raw-linear-e3-b1"] and Path(lineage[
         "s1-20kUmap-nodense-raw-linear-e3-b1"]["checkpoint"]).is_dir()
