@@ -107,6 +107,10 @@ class SweepConfig:
     min_free_gb: float | None = None
     """Refuse to start unless ``out`` and the temp folder (trials' scratch) have this much free space (GiB;
     default per preset, ``MIN_FREE_GB``: a stage-2 checkpoint of ``local`` is ~1.6 GB with its optimizer state)."""
+    feature_cache: bool = True
+    """Encode every image once per (dataset, encoder, layer selection) on Ray Data before the trials, next to the
+    dataset (``<data>/<variant>/features/<key>/``, else under ``out``), and have trials read those features instead
+    of running the frozen encoder; ``false`` encodes on the fly in every trial."""
     asha: AshaConfig = field(default_factory=AshaConfig)
 
     def __post_init__(self) -> None:
@@ -185,8 +189,32 @@ def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+def _feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path) -> dict[tuple[str, str], str]:
+    """One feature cache per (dataset, projector selection) the trials need, built on Ray Data or reused."""
+    import pyarrow.parquet as pq
+
+    from data_pipeline.features import build_feature_cache
+
+    caches: dict[tuple[str, str], str] = {}
+    for p in trials:
+        model, _ = trial_configs(p.spec, cfg.preset, Scale())
+        k = (p.spec.dataset, model.projector.name)
+        if k in caches:
+            continue
+        paths = _variant_paths(cfg, p.spec.dataset)
+        images = [img for f in (paths["train"], paths["val"]) if f
+                  for img in pq.read_table(f, columns=["image"]).column("image").to_pylist()]
+        root = Path(cfg.data) / p.spec.dataset / "features"
+        try:
+            root.mkdir(exist_ok=True)
+        except OSError:  # a read-only dataset folder: keep the cache with the experiment
+            root = storage / "features" / p.spec.dataset
+        caches[k] = str(build_feature_cache(model, images, paths["images"], root))
+    return caches
+
+
 def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: str | None,
-           data: dict[str, dict[str, Any]]) -> dict[str, Any]:
+           data: dict[str, dict[str, Any]], caches: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
     """One trial's Tune parameters; ``data`` caches each dataset's ``_variant_paths`` (read once per sweep)."""
     if p.spec.dataset not in data:
         data[p.spec.dataset] = _variant_paths(cfg, p.spec.dataset)
@@ -194,7 +222,8 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
     if cfg.max_steps_per_epoch:
         scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
     model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing)
-    worker = {"model": model.to_dict(), "train": train.to_dict(), "data": data[p.spec.dataset]}
+    features = (caches or {}).get((p.spec.dataset, model.projector.name))
+    worker = {"model": model.to_dict(), "train": train.to_dict(), "data": {**data[p.spec.dataset], "features": features}}
     faults = faults_from_env()  # tests only (vlm_core.faults); absent from a normal trial's config
     if faults:
         worker["faults"] = faults
@@ -311,12 +340,13 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             check_fits(p.resources, resources, p.spec.config_id)
     summary: dict[str, Any] = {"stages": {}}
     data: dict[str, dict[str, Any]] = {}
+    caches = _feature_caches(cfg, [p for s in stages for p in planned[s]], storage) if cfg.feature_cache else {}
     lineage_file = storage / "lineage.json"
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
     if 1 in stages:
         fit = concurrent_fit(planned[1], resources)
         running = min(cfg.max_concurrent or fit, len(planned[1]))
-        grid = _run_stage(cfg, 1, [_param(cfg, p, storage, None, data) for p in spread_cpus(planned[1],
+        grid = _run_stage(cfg, 1, [_param(cfg, p, storage, None, data, caches) for p in spread_cpus(planned[1],
                           _largest_node_cpus(), running)], storage, fit_count=fit)
         summary["stages"][1] = summarize(grid)
         lineage = record_lineage(summary["stages"][1], lineage)
@@ -335,7 +365,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             except CheckpointError as e:
                 raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, whose stage-1 "
                                   f"checkpoint is unusable ({e}); run stage 1 again (a new --out, or --stage all)") from e
-            params.append(_param(cfg, p, storage, parent["checkpoint"], data))
+            params.append(_param(cfg, p, storage, parent["checkpoint"], data, caches))
         max_t = max(p.spec.epochs for p in planned[2])
         asha = RecordingASHA(str(storage / "stage2" / "asha_decisions.jsonl"), time_attr="epoch", max_t=max_t,
                              grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
@@ -400,7 +430,8 @@ def summarize(grid) -> list[dict[str, Any]]:
                      "best_val_loss": float(losses.min()) if losses is not None and len(losses) else None,
                      "epochs_run": epochs_run, "epochs_planned": planned,
                      "stopped_early": stopped and not non_finite,
-                     "tokens_per_s": m.get("tokens_per_s"), "path": result.path})
+                     "tokens_per_s": m.get("tokens_per_s"), "samples_per_s": m.get("samples_per_s"),
+                     "path": result.path})
     return rows
 
 

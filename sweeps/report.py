@@ -36,7 +36,8 @@ AXES = ("dataset", "dense", "chat", "scheduler", "epochs", "batch_size")
 STAGES = (1, 2)
 TABLE_COLUMNS = ["stage", "paper_id", "config_id", "dataset", "dense", "chat", "scheduler", "epochs", "batch_size",
                  "profile", "status", "best_val_loss", "best_epoch", "final_train_loss", "epochs_run",
-                 "stopped_by_asha", "asha_rung", "wall_s", "tokens_per_s", "parent", "error"]
+                 "stopped_by_asha", "asha_rung", "wall_s", "tokens_per_s", "samples_per_s", "pad_fraction",
+                 "parent", "error"]
 
 
 def stage_dirs(experiment: str | Path) -> dict[int, Path]:
@@ -85,7 +86,8 @@ def trial_table(experiment: str | Path) -> tuple[pd.DataFrame, dict[str, pd.Data
                 "epochs_run": epochs_run, "stopped_by_asha": stop is not None,
                 "asha_rung": stop["rung"] if stop else None,
                 "wall_s": float(last["time_total_s"]) if last is not None and "time_total_s" in df else math.nan,
-                "tokens_per_s": float(df["tokens_per_s"].mean()) if "tokens_per_s" in df and len(df) else math.nan,
+                **{k: float(df[k].mean()) if k in df and len(df) else math.nan
+                   for k in ("tokens_per_s", "samples_per_s", "pad_fraction")},
                 "parent": spec.get("parent"), "error": last["message"] if non_finite else _error_text(trial)})
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     for col in ("paper_id", "best_epoch", "asha_rung"):

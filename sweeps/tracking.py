@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import netrc
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -87,7 +89,14 @@ class StudyWandbCallback(WandbLoggerCallback):
         # and Ray waits the whole upload timeout. End their runs so the interrupted sweep exits promptly.
         for trial in list(self._trial_queues):
             self._signal_logging_actor_stop(trial)
-        super().on_experiment_end(trials, **info)
+        super().on_experiment_end(trials, **info)  # waits for every run's wandb.finish
+        # Runs are written in the driver's staging folder, which Tune syncs to the trial's storage folder when the
+        # trial ends: a run that finishes after that sync (a trial stopped by ASHA as the stage ends) would stay
+        # truncated there. Copy the finished runs once more.
+        for trial in trials:
+            src, dst = Path(trial.local_path) / "wandb", Path(trial.path) / "wandb"
+            if src.is_dir() and "://" not in str(trial.path) and src.resolve() != dst.resolve():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
 
 
 def wandb_callbacks(mode: str, group: str) -> list[Any]:

@@ -83,7 +83,7 @@ def test_stage2_refuses_a_corrupt_stage1_checkpoint_before_any_trial(ray_local, 
 
 
 def test_two_stage_sweep_with_lineage(sweep):
-    _, result, out = sweep
+    cfg, result, out = sweep
     lineage = result["lineage"]
     assert set(lineage) == {S1_UMAP, S1_RANDOM}
     for entry in lineage.values():
@@ -97,6 +97,9 @@ def test_two_stage_sweep_with_lineage(sweep):
         params = json.loads((out / "stage2" / r["config_id"] / "params.json").read_text())
         parent = params["trial"]["spec"]["parent"]
         assert params["trial"]["worker"]["train"]["init_checkpoint"] == lineage[parent]["checkpoint"]
+        # the feature cache is on by default: built next to the dataset, read by every trial of that dataset
+        features = Path(params["trial"]["worker"]["data"]["features"])
+        assert features.parent == Path(cfg.data) / r["dataset"] / "features" and (features / "features.arrow").is_file()
 
 
 def test_asha_stops_the_continuation_that_cannot_improve(sweep):

@@ -197,3 +197,22 @@ def test_feature_statistics_are_measured_in_stage1_and_inherited_by_stage2(tiny_
           other, None, tmp_path / "s2")
     torch.testing.assert_close(model2.projector.feature_norm.mean, mean1)
     assert int(model2.projector.feature_norm.fitted_on) == int(norm.fitted_on)
+
+
+def test_length_grouping_cuts_padding_and_keeps_every_sample():
+    import random
+
+    from vlm_core.training import epoch_batches
+
+    rng = random.Random(0)
+    lengths = [rng.randint(20, 500) for _ in range(1000)]
+
+    def padded(batches):  # tokens a batch costs when padded to its own longest sample
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    plain, grouped = epoch_batches(lengths, 8, 0, 0), epoch_batches(lengths, 8, 0, 0, group_by_length=True)
+    assert sorted(i for b in grouped for i in b) == list(range(1000)) and len(grouped) == len(plain) == 125
+    assert padded(grouped) < 0.65 * padded(plain)  # most of the padding is gone (the data: sum(lengths))
+    assert padded(grouped) < 1.1 * sum(lengths)
+    assert max(lengths[i] for i in grouped[0]) == max(lengths)  # the longest batch first: OOM shows at once
+    assert grouped == epoch_batches(lengths, 8, 0, 0, True) != epoch_batches(lengths, 8, 0, 1, True)

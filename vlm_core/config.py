@@ -203,6 +203,11 @@ class TrainConfig:
     """Validate on the first N validation samples only (None: all of them; small runs cap it)."""
     checkpoint_every_steps: int | None = None
     """Also checkpoint every N optimizer steps (resumable mid-epoch)."""
+    group_by_length: bool = False
+    """Batch samples of similar length together (LLaVA's ``group_by_modality_length``, transformers'
+    ``LengthGroupedSampler``): each epoch's shuffled order is cut into mega-batches of 50 batches, each sorted by
+    length; the batch holding the longest sample goes first (out-of-memory shows at once), the rest in a seeded
+    shuffle. Less padding, the same samples per epoch. Batches are always padded to their own longest sample."""
 
     def __post_init__(self) -> None:
         check_field(self.stage in (1, 2), "train.stage", f"{self.stage} is not 1 or 2")

@@ -95,8 +95,9 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: Iterable[dict], formatter: ConversationFormatter,
                  preprocess: Callable[[list[Image.Image]], torch.Tensor], image_root: str | Path | None = None,
-                 for_generation: bool = False):
+                 for_generation: bool = False, features=None):
         self.formatter, self.preprocess = formatter, preprocess
+        self.features = features  # a vlm_core.feature_cache.FeatureCache: items carry image_features, not pixels
         self.image_root = Path(image_root) if image_root else None
         self.examples: list[Example] = []
         self.skipped: Counter[str] = Counter()
@@ -137,6 +138,9 @@ class ConversationDataset(torch.utils.data.Dataset):
         from .images import ImageError
 
         ex = self.examples[i]
+        if self.features is not None:
+            return {"id": ex.id, "input_ids": ex.encoded.input_ids, "labels": ex.encoded.labels,
+                    "image_features": self.features.get(ex.image)}
         try:
             image = self.load_image(ex.image)
         except ImageError as e:
@@ -169,8 +173,9 @@ class Collator:
             mask.append(self._pad([1] * len(b["input_ids"]), 0, n))
         out = {"ids": [b["id"] for b in batch], "input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
                "attention_mask": torch.tensor(mask)}
-        if "pixel_values" in batch[0]:
-            out["pixel_values"] = torch.stack([b["pixel_values"] for b in batch])
+        for key in ("pixel_values", "image_features"):
+            if key in batch[0]:
+                out[key] = torch.stack([b[key] for b in batch])
         return out
 
 

@@ -39,6 +39,9 @@ class DataSpec:
     """Separate validation records; when unset, ``val_fraction`` of ``train`` is held out by id hash."""
     val_fraction: float = 0.1
     """Held-out fraction when ``val`` is unset."""
+    features: str | None = None
+    """A feature cache folder (``vlm_core.feature_cache``) holding the frozen encoder's output for these images:
+    read instead of running the encoder. Refused unless its key matches the model and its images are unchanged."""
 
 
 def pick_device() -> torch.device:
@@ -51,7 +54,18 @@ def load_datasets(model: VisionLanguageModel, data: DataSpec, seed: int = 0):
         train_records, val_records = records, read_records(data.val)
     else:
         train_records, val_records = split_records(records, data.val_fraction, seed)
-    make = lambda recs: ConversationDataset(recs, model.formatter, model.vision.preprocess, data.images)  # noqa: E731
+    features = None
+    if data.features:
+        from .feature_cache import FeatureCache, model_cache_key
+
+        features = FeatureCache.open(data.features, model_cache_key(model))
+        n = features.verify([r["image"] for r in train_records + val_records if isinstance(r, dict) and
+                             isinstance(r.get("image"), str)], data.images)
+        log.info("features: %d images read from the cache %s (the encoder does not run)", n, data.features)
+
+    def make(recs):
+        return ConversationDataset(recs, model.formatter, model.vision.preprocess, data.images, features=features)
+
     return make(train_records), make(val_records)
 
 

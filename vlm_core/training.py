@@ -87,6 +87,28 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=g).tolist()
 
 
+MEGABATCH = 50
+"""``group_by_length``: batches per length-sorted mega-batch (transformers' LengthGroupedSampler uses 50)."""
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
+                  group_by_length: bool = False) -> list[list[int]]:
+    """The micro-batches of an epoch (sample indices): a pure function of its arguments, so a resumed run sees the
+    same batches. Grouped by length on request (``TrainConfig.group_by_length``)."""
+    order = epoch_order(len(lengths), seed, epoch)
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    mega = batch_size * MEGABATCH
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
+    rest = [b for k, b in enumerate(batches) if k != longest]
+    perm = torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch + 1)).tolist()
+    return [batches[longest]] + [rest[k] for k in perm]
+
+
 def plan_steps(n_samples: int, cfg: TrainConfig) -> tuple[int, int]:
     """(optimizer steps per epoch, total optimizer steps)."""
     micro = math.ceil(n_samples / cfg.batch_size)
@@ -163,7 +185,11 @@ def fit_feature_norm(model, train_set: ConversationDataset, max_images: int = 12
         raise ValueError(f"projector.feature_norm=standardize needs at least 2 training images, got {len(idx)}")
     feats = []
     for k in range(0, len(idx), batch_size):
-        pixels = torch.stack([train_set[i]["pixel_values"] for i in idx[k:k + batch_size]]).to(model.device)
+        items = [train_set[i] for i in idx[k:k + batch_size]]
+        if "image_features" in items[0]:  # read from the feature cache
+            feats.append(torch.stack([it["image_features"] for it in items]).float())
+            continue
+        pixels = torch.stack([it["pixel_values"] for it in items]).to(model.device)
         feats.append(model.image_features(pixels).cpu())
     norm.fit(torch.cat(feats))
     log.info("projector.feature_norm: statistics measured on %d training images", len(idx))
@@ -199,6 +225,7 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
     micro_per_epoch = min(math.ceil(len(train_set) / cfg.batch_size), steps_per_epoch * cfg.grad_accum)
     scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps, cfg.warmup_ratio)
     collate = Collator(model.tokenizer.pad_token_id)
+    lengths = [len(ex.encoded.input_ids) for ex in train_set.examples]
 
     step, epoch, micro_done = 0, 0, 0  # micro_done: micro-batches of `epoch` already consumed
     if resume_from is not None:
@@ -232,10 +259,10 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
     model.train()
     try:
         while step < total_steps and epoch < cfg.epochs:
-            order = epoch_order(len(train_set), cfg.seed, epoch)
-            micro_batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+            micro_batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
             micro_batches = micro_batches[:micro_per_epoch]
             epoch_start, epoch_loss, epoch_tokens, seen_tokens = time.perf_counter(), 0.0, 0, 0
+            seen_samples, padded_tokens = 0, 0
             while micro_done < len(micro_batches) and step < total_steps:
                 t0 = time.perf_counter()
                 group = micro_batches[micro_done:micro_done + cfg.grad_accum]
@@ -254,6 +281,7 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
                     (out.loss_sum / max(window_tokens, 1)).backward()
                     step_loss += out.loss_sum.item()
                     step_seen += int(out.attention_mask.sum())
+                    padded_tokens += out.attention_mask.numel()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
@@ -264,6 +292,7 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
                 epoch_loss += step_loss
                 epoch_tokens += window_tokens
                 seen_tokens += step_seen
+                seen_samples += sum(len(idx) for idx in group)
                 rec = StepLog(step, epoch, step_loss / max(window_tokens, 1), lr, float(grad_norm), step_seen,
                               time.perf_counter() - t0)
                 metrics_log.write(json.dumps(asdict(rec)) + "\n")
@@ -278,7 +307,9 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
             metrics = {"epoch": epoch + 1 if epoch_done else epoch + micro_done / len(micro_batches),
                        "step": step, "train_loss": epoch_loss / max(epoch_tokens, 1),
                        "lr": scheduler.get_last_lr()[0],
-                       "tokens_per_s": seen_tokens / max(time.perf_counter() - epoch_start, 1e-9)}
+                       "tokens_per_s": seen_tokens / max(time.perf_counter() - epoch_start, 1e-9),
+                       "samples_per_s": seen_samples / max(time.perf_counter() - epoch_start, 1e-9),
+                       "pad_fraction": 1 - seen_tokens / max(padded_tokens, 1)}
             if val_set is not None and cfg.val_every_epoch:
                 metrics["val_loss"] = evaluate_loss(model, val_set, cfg.batch_size, cfg)
             if epoch_done:

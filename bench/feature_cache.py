@@ -1,0 +1,89 @@
+"""A trial's wall time with the frozen-encoder feature cache vs encoding on the fly: the same config, data and
+steps, run one after the other in this process (``run_stage``, what a Train worker runs), for two encoders:
+
+* ``local``: the ``local`` preset as the sweep runs it (112 px random CLIP, 8 layers + SmolLM2-135M);
+* ``tinyclip-shape``: the same with a random encoder of TinyCLIP-ViT-40M-32's shape (224 px, patch 32, 12 layers,
+  width 512), the production encoder's cost without its weights (none ship offline).
+
+The cache is built once on Ray Data first (its time is printed too: the study's 25 trials share 4 caches).
+
+    python bench/feature_cache.py --steps 8 --batch_size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def encoders() -> dict:
+    from vlm_core.presets import get_preset
+
+    local = get_preset("local")
+    shaped = get_preset("local")
+    shaped.vision.image_size, shaped.vision.patch_size = 224, 32
+    shaped.vision.hidden_size, shaped.vision.num_layers, shaped.vision.num_heads = 512, 12, 8
+    return {"local": local, "tinyclip-shape": shaped}
+
+
+def measure(name, cfg, steps: int, batch_size: int, corpus: Path, work: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    from data_pipeline.features import build_feature_cache
+    from vlm_core.config import TrainConfig
+    from vlm_core.runner import DataSpec, run_stage
+
+    records = work / "records.parquet"
+    images = pq.read_table(records, columns=["image"]).column("image").to_pylist()
+    t0 = time.perf_counter()
+    cache = build_feature_cache(cfg, images, corpus / "images", work / f"features-{name}")
+    build_s = time.perf_counter() - t0
+    train = TrainConfig(stage=1, epochs=1, batch_size=batch_size, lr=1e-3, max_steps_per_epoch=steps,
+                        max_val_samples=2 * batch_size)
+    walls = {}
+    for mode, features in (("on the fly", None), ("feature cache", str(cache))):
+        data = DataSpec(train=str(records), images=str(corpus / "images"), features=features)
+        t0 = time.perf_counter()
+        result, _ = run_stage(cfg, train, data, work / f"run-{name}-{mode.replace(' ', '-')}", write_final=False)
+        walls[mode] = time.perf_counter() - t0
+        assert result.steps == steps
+    return {"encoder": name, "steps": steps, "batch_size": batch_size, "cache_build_s": round(build_s, 1),
+            "images": len(set(images)), **{f"{k}_s": round(v, 1) for k, v in walls.items()},
+            "ratio": round(walls["on the fly"] / walls["feature cache"], 2)}
+
+
+def main() -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch_size", type=int, default=4)
+    args, _ = ap.parse_known_args()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
+    from vlm_core.data import read_records
+    from vlm_core.ray_env import init_ray
+
+    init_ray()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus, work = Path(tmp) / "corpus", Path(tmp)
+        write_sample_corpus(corpus, n_train_images=120, n_eval_questions=1)
+        recs = [r for r in read_records(corpus / TRAIN_FILE) if r["image"].startswith("coco/")]
+        pq.write_table(pa.table({"id": [r["id"] for r in recs], "image": [r["image"] for r in recs],
+                                 "conversations": [json.dumps(r["conversations"]) for r in recs]}),
+                       work / "records.parquet")
+        for name, cfg in encoders().items():
+            rows.append(measure(name, cfg, args.steps, args.batch_size, corpus, work))
+    for r in rows:
+        print(f"{r['encoder']:15} {r['steps']} steps of batch {r['batch_size']}: on the fly {r['on the fly_s']} s, "
+              f"feature cache {r['feature cache_s']} s → {r['ratio']}× (cache of {r['images']} images built once "
+              f"in {r['cache_build_s']} s)")
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(main()))

@@ -1,0 +1,102 @@
+"""Build a frozen-encoder feature cache (``vlm_core.feature_cache``) on Ray Data: images are decoded and encoded by
+actors (one per GPU, or half the CPUs), the driver streams their fp16 features into one Arrow file, written
+atomically. Reused when its key and every image's size / mtime still match; rebuilt (and said so) otherwise.
+
+    python -c "from data_pipeline.features import build_feature_cache; help(build_feature_cache)"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from vlm_core.config import VLMConfig
+from vlm_core.feature_cache import (FEATURES_FILE, META_FILE, FeatureCache, FeatureCacheError, FeatureEncoder,
+                                    image_stat)
+
+log = logging.getLogger(__name__)
+
+BATCH = 32
+
+
+class EncodeImages:
+    """Ray Data actor: image paths → their projector inputs as fp16 bytes (plus the size / mtime encoded)."""
+
+    def __init__(self, model: dict[str, Any], image_root: str):
+        import torch
+
+        self.encoder = FeatureEncoder(VLMConfig.from_dict(model))
+        self.encoder.to("cuda" if torch.cuda.is_available() else "cpu")
+        self.root = Path(image_root)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        from vlm_core.images import open_rgb
+
+        paths = [str(p) for p in batch["image"]]
+        files = [Path(p) if Path(p).is_absolute() else self.root / p for p in paths]
+        stats = [image_stat(f) for f in files]  # before reading: a file changed meanwhile shows as stale
+        feats = self.encoder.encode([open_rgb(f) for f in files]).half().numpy()
+        return {"image": paths, "size": np.array([s[0] for s in stats], dtype=np.int64),
+                "mtime_ns": np.array([s[1] for s in stats], dtype=np.int64),
+                "features": [f.tobytes() for f in feats]}
+
+
+def _actor_plan() -> dict[str, Any]:
+    import ray
+
+    res = ray.cluster_resources()
+    if res.get("GPU", 0) >= 1:
+        return {"num_gpus": 1, "concurrency": int(res["GPU"])}
+    return {"num_cpus": 1, "concurrency": max(1, int(res.get("CPU", 1)) // 2)}
+
+
+def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | Path, root: str | Path) -> Path:
+    """The cache folder ``root/<key>`` holding features of every image in ``images`` for ``model``'s encoder and
+    selection; built on Ray Data (Ray must be initialised) unless a matching, fresh one is already there."""
+    import pyarrow as pa
+    import ray.data
+
+    from vlm_core.checkpoint import atomic_dir
+
+    encoder = FeatureEncoder(model)
+    inputs, key = encoder.inputs(), encoder.key()
+    target = Path(root) / key
+    unique = sorted(dict.fromkeys(images))
+    if target.exists():
+        try:
+            FeatureCache.open(target, key).verify(unique, image_root)
+            log.info("feature cache: reusing %s (%d images)", target, len(unique))
+            return target
+        except FeatureCacheError as e:
+            log.warning("feature cache: rebuilding: %s", e)
+    t0 = time.perf_counter()
+    shape = list(encoder.encode([_probe_image(image_root, unique[0])]).shape[1:])
+    del encoder
+    ds = ray.data.from_items([{"image": p} for p in unique]).map_batches(
+        EncodeImages, fn_constructor_args=(model.to_dict(), str(image_root)), batch_size=BATCH, **_actor_plan())
+    schema = pa.schema([("image", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+                        ("features", pa.binary(2 * shape[0] * shape[1]))])
+    n = 0
+    with atomic_dir(target) as tmp:
+        with pa.OSFile(str(tmp / FEATURES_FILE), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+                writer.write_table(batch.select(schema.names).cast(schema))
+                n += batch.num_rows
+        if n != len(unique):
+            raise FeatureCacheError(f"{target}: encoded {n} of {len(unique)} images; nothing was kept")
+        (tmp / META_FILE).write_text(json.dumps({"key": key, "inputs": inputs, "shape": shape, "dtype": "float16",
+                                                 "images": n}, indent=2, sort_keys=True, default=str))
+    log.info("feature cache: %d images encoded into %s in %.1f s (%s fp16 each)", n, target,
+             time.perf_counter() - t0, "×".join(map(str, shape)))
+    return target
+
+
+def _probe_image(image_root: str | Path, image: str):
+    from vlm_core.images import open_rgb
+
+    return open_rgb(Path(image) if Path(image).is_absolute() else Path(image_root) / image)

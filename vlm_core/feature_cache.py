@@ -1,0 +1,182 @@
+"""The frozen encoder's features, computed once and read by every trial instead of running CLIP again.
+
+What is stored is exactly the projector's input, ``projector.select`` of the encoder's hidden states (the main
+layer; for a dense connector also its group means / picked layers), in fp16, one row per image: not every layer.
+A cache folder ``<root>/<key>/`` holds ``features.arrow`` (Arrow IPC, memory-mapped when read: image path, its
+size and mtime when encoded, the features) and ``cache.json`` (the key, what it hashes, the feature shape).
+
+The key is a sha256 of everything that decides the features: the vision config (for a local encoder folder also
+its files' names, sizes and mtimes), the layer selection and the image processor's settings. A cache whose key
+differs from the model's, or whose images changed or are missing, raises ``FeatureCacheError``: never used
+silently. ``data_pipeline.features.build_feature_cache`` builds it on Ray Data; the sweep does so before its
+trials (``--feature_cache false`` encodes on the fly instead).
+
+    python -c "from vlm_core.feature_cache import FeatureEncoder; from vlm_core.presets import get_preset; \
+print(FeatureEncoder(get_preset('tiny')).key())"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+from .config import VisionConfig, VLMConfig
+from .data import DataError
+
+log = logging.getLogger(__name__)
+
+FEATURES_FILE = "features.arrow"
+META_FILE = "cache.json"
+FORMAT_VERSION = 1
+LLM_WIDTH_FOR_SELECTION = 8
+"""``select`` has no parameters and ignores the LLM's width: the encoder side is built with a token one."""
+
+
+class FeatureCacheError(DataError):
+    """A feature cache that does not match the model or its images; the message names it and the fix."""
+
+
+def encoder_fingerprint(cfg: VisionConfig) -> dict[str, Any]:
+    """What identifies the encoder's weights beyond its config: a local folder's files (name, size, mtime)."""
+    if cfg.source == "tiny":
+        return {"tiny": True}  # a seeded random init, fully described by the config
+    folder = Path(cfg.source).expanduser()
+    if folder.is_dir():
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json"))
+        return {"files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+    return {"hub_id": cfg.source}  # resolved by transformers' cache; pin a revision by downloading to a folder
+
+
+def selection_spec(projector) -> dict[str, Any]:
+    """What ``projector.select`` computes, as data (two projectors with equal specs share a cache)."""
+    spec: dict[str, Any] = {"select": f"{type(projector).select.__module__}.{type(projector).select.__qualname__}",
+                            "geometry": dataclasses.asdict(projector.geom)}
+    for attr in ("groups", "layers", "side"):
+        if hasattr(projector, attr):
+            spec[attr] = getattr(projector, attr)
+    if "Token" in type(projector).__name__:
+        spec["sti_pool_stride"] = projector.cfg.sti_pool_stride
+    return spec
+
+
+def key_inputs(vision_cfg: VisionConfig, vision, projector) -> dict[str, Any]:
+    processor = {k: v for k, v in vision.image_processor.to_dict().items() if not k.startswith("_")}
+    return {"format_version": FORMAT_VERSION, "vision": dataclasses.asdict(vision_cfg), "weights":
+            encoder_fingerprint(vision_cfg), "selection": selection_spec(projector), "processor": processor}
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def model_cache_key(model) -> str:
+    """The key a built ``VisionLanguageModel`` needs its cache to have."""
+    return cache_key(key_inputs(model.cfg.vision, model.vision, model.projector))
+
+
+class FeatureEncoder:
+    """The frozen encoder plus the projector's parameter-free selection, without the LLM."""
+
+    def __init__(self, cfg: VLMConfig):
+        from .projectors import EncoderGeometry, build_projector
+        from .vision import build_vision_tower
+
+        self.cfg = cfg
+        self.vision = build_vision_tower(cfg.vision)
+        geom = EncoderGeometry(self.vision.embed_dim, self.vision.num_layers, self.vision.num_patches,
+                               cfg.vision.feature_layer, cfg.vision.drop_cls)
+        self.projector = build_projector(cfg.projector, geom, LLM_WIDTH_FOR_SELECTION)
+
+    def inputs(self) -> dict[str, Any]:
+        return key_inputs(self.cfg.vision, self.vision, self.projector)
+
+    def key(self) -> str:
+        return cache_key(self.inputs())
+
+    def to(self, device) -> "FeatureEncoder":
+        self.vision.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, images) -> torch.Tensor:
+        """PIL images → ``[B, T, D]`` projector inputs (float32)."""
+        device = next(self.vision.parameters()).device
+        return self.projector.select(self.vision(self.vision.preprocess(images).to(device))).float().cpu()
+
+
+def image_stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+@dataclass
+class FeatureCache:
+    """A built cache, memory-mapped; ``get(image)`` returns that image's ``[T, D]`` features (fp16)."""
+
+    folder: Path
+    meta: dict[str, Any]
+    table: Any
+    index: dict[str, int]
+
+    @classmethod
+    def open(cls, folder: str | Path, expected_key: str | None = None) -> "FeatureCache":
+        import pyarrow as pa
+
+        folder = Path(folder)
+        meta_file = folder / META_FILE
+        if not meta_file.is_file() or not (folder / FEATURES_FILE).is_file():
+            raise FeatureCacheError(f"{folder}: not a feature cache (no {META_FILE} / {FEATURES_FILE}); rebuild it "
+                                    f"(the sweep does so itself) or run with --feature_cache false")
+        meta = json.loads(meta_file.read_text())
+        if expected_key is not None and meta.get("key") != expected_key:
+            raise FeatureCacheError(
+                f"{folder}: built for another encoder, layer selection or preprocessing (its key {meta.get('key')}, "
+                f"this model needs {expected_key}); rebuild it (the sweep does so itself) or run with "
+                f"--feature_cache false")
+        table = pa.ipc.open_file(pa.memory_map(str(folder / FEATURES_FILE))).read_all()
+        index = {img: i for i, img in enumerate(table.column("image").to_pylist())}
+        return cls(folder, meta, table, index)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.meta["shape"])
+
+    def verify(self, images: Iterable[str], image_root: str | Path | None) -> int:
+        """Every image is in the cache and unchanged since it was encoded (size and mtime); returns how many were
+        checked. Raises ``FeatureCacheError`` naming the first missing / changed image and how many there are."""
+        root = Path(image_root) if image_root else None
+        sizes, mtimes = self.table.column("size").to_pylist(), self.table.column("mtime_ns").to_pylist()
+        missing, changed, n = [], [], 0
+        for image in dict.fromkeys(images):
+            n += 1
+            i = self.index.get(image)
+            if i is None:
+                missing.append(image)
+                continue
+            path = Path(image) if root is None or Path(image).is_absolute() else root / image
+            try:
+                if image_stat(path) != (sizes[i], mtimes[i]):
+                    changed.append(image)
+            except OSError:
+                changed.append(image)
+        if missing or changed:
+            what = (f"{len(missing)} images are not in it (first: {missing[0]})" if missing else
+                    f"{len(changed)} images changed since they were encoded (first: {changed[0]})")
+            raise FeatureCacheError(f"{self.folder}: stale feature cache: {what}; rebuild it (the sweep does so "
+                                    f"itself) or run with --feature_cache false")
+        return n
+
+    def get(self, image: str) -> torch.Tensor:
+        i = self.index.get(image)
+        if i is None:
+            raise FeatureCacheError(f"{self.folder}: no features for image {image}; rebuild the cache")
+        buf = self.table.column("features")[i].as_buffer()
+        return torch.from_numpy(np.frombuffer(buf, dtype=np.float16).reshape(self.shape).copy())
