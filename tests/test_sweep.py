@@ -139,8 +139,10 @@ def test_report_table_csv_and_plots(sweep):
     assert (table["status"] == "TERMINATED").all() and table["best_val_loss"].gt(0).all()
     row = table.set_index("config_id").loc[S2_RANDOM]
     assert bool(row["stopped_by_asha"]) and row["asha_rung"] == 1 and row["epochs_run"] == 1
-    assert table["wall_s"].gt(0).all() and table["tokens_per_s"].gt(0).all()
+    assert table["wall_s"].gt(0).all() and table["tokens_per_s"].gt(0).all() and table["samples_per_s"].gt(0).all()
+    assert table["pad_fraction"].between(0, 1).all()
     md = (out / "report.md").read_text()
+    assert "samples_per_s" in md and "pad_fraction" in md
     for needle in (S1_UMAP, S2_RANDOM, "## Best val loss by ablation axis", "## ASHA (stage 2)",
                    "| s2-10kRandom-nodense-raw-linear-e3-b3 | 1 |", "![loss_curves](loss_curves.png)"):
         assert needle in md
