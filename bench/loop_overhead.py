@@ -3,7 +3,8 @@ of our loop (collation, token-normalised loss, the NaN check, schedule, step log
 
 Both run stage 2 of the ``local`` preset (projector + SmolLM2-135M) on image features from a feature cache (so
 neither runs the encoder), batch 4, the same batches in the same order; steps are timed after one warm-up step,
-and the two loops alternate in ``--rounds`` rounds (this machine's timings drift; alternating cancels it).
+and the two loops alternate in ``--rounds`` rounds, each going first in every other round (this
+machine's timings drift; alternating cancels it).
 
     python bench/loop_overhead.py --steps 6 --rounds 2
 """
@@ -54,11 +55,13 @@ def main() -> dict:
         collate = Collator(model.tokenizer.pad_token_id)
         batches = [collate([ds[i] for i in b]) for b in epoch_batches(
             [len(e.encoded.input_ids) for e in ds.examples], args.batch_size, tcfg.seed, 0)[:n]]
-        for r in range(args.rounds):
+        def run_ours(r):
             out = Path(tmp) / f"ours-{r}"
             train(model, tcfg, ds, None, out)
             logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
-            ours += [x["seconds"] for x in logs]
+            ours.extend(x["seconds"] for x in logs)
+
+        def run_plain():
             freeze_for_stage(model, 2)
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-5)
@@ -72,6 +75,14 @@ def main() -> dict:
                 opt.zero_grad(set_to_none=True)
                 if k:
                     plain.append(time.perf_counter() - t0)
+
+        for r in range(args.rounds):  # alternate which loop goes first: drift and warm caches favour neither
+            if r % 2 == 0:
+                run_ours(r)
+                run_plain()
+            else:
+                run_plain()
+                run_ours(r)
     r = {"steps_each": len(ours), "ours_median_s": round(statistics.median(ours), 3),
          "plain_median_s": round(statistics.median(plain), 3)}
     r["ratio"] = round(r["ours_median_s"] / r["plain_median_s"], 3)

@@ -41,6 +41,7 @@ def main() -> None:
         "trial_overhead": run("trial_overhead.py", "--preset", "tiny"),
         "embedding": run("data_build.py", "--rows", "2000" if q else "5000", "--compare_rows",
                          "500" if q else "2000", "--out", "/tmp/bench-data-run-all"),
+        "gpu_plan": run("gpu_plan.py", "--tokens", "400", "--mfu", "0.35"),
     }
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
@@ -69,6 +70,11 @@ def main() -> None:
           f"{500 if q else 2000}`)\n\n{e['rows']} human turns: Ray Data {e['ray_data_s']} s "
           f"({e['embed_actors']} actors × {e['embed_cpus_per_actor']} CPUs) vs plain `SentenceTransformer.encode` "
           f"{e['plain_encode_s']} s ({e['plain_threads']} threads): **{e['ray_over_plain_time']}×** the time")
+    print("\n### GPU plan (`python bench/gpu_plan.py --tokens 400 --mfu 0.35`)\n\n| run | profile | GFLOP / token | "
+          "encoder share of the step | step (s) | memory (GB) |\n|---|---|---|---|---|---|")
+    for r in res["gpu_plan"]:
+        print(f"| {r['run']} | {r['profile']} | {r['gflop_per_token']} | {100 * r['encoder_share']:.2f}% | "
+              f"~{r['step_s']} | ~{r['memory_gb']} |")
 
 
 if __name__ == "__main__":
