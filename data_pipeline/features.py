@@ -75,7 +75,7 @@ def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | P
         except FeatureCacheError as e:
             log.warning("feature cache: rebuilding: %s", e)
     t0 = time.perf_counter()
-    shape = list(encoder.encode([_probe_image(image_root, unique[0])]).shape[1:])
+    shape = [encoder.projector.num_tokens, encoder.projector.in_dim]  # what select() returns per image
     del encoder
     ds = ray.data.from_items([{"image": p} for p in unique]).map_batches(
         EncodeImages, fn_constructor_args=(model.to_dict(), str(image_root)), batch_size=BATCH, **_actor_plan())
@@ -94,9 +94,3 @@ def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | P
     log.info("feature cache: %d images encoded into %s in %.1f s (%s fp16 each)", n, target,
              time.perf_counter() - t0, "×".join(map(str, shape)))
     return target
-
-
-def _probe_image(image_root: str | Path, image: str):
-    from vlm_core.images import open_rgb
-
-    return open_rgb(Path(image) if Path(image).is_absolute() else Path(image_root) / image)

@@ -34,7 +34,6 @@ from .statuses import STATUS_NON_FINITE, STATUS_RUNNING
 log = logging.getLogger(__name__)
 
 PROJECTOR_FOR_DENSE = {False: "mlp2x_gelu", True: "dense_connector"}
-
 FORMAT_FOR_CHAT = {False: "raw", True: "chat"}
 
 
