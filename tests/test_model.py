@@ -128,7 +128,8 @@ def test_pickled_weights_are_refused_with_the_fix(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from vlm_core.config import VisionConfig
-    from vlm_core.vision import ModelSourceError, build_vision_tower
+    from vlm_core.hub import ModelSourceError
+    from vlm_core.vision import build_vision_tower
 
     model = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                              num_attention_heads=2, image_size=32, patch_size=16))
@@ -137,5 +138,5 @@ def test_pickled_weights_are_refused_with_the_fix(tmp_path):
     model.config.save_pretrained(tmp_path / "pickled")
     torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
     assert build_vision_tower(VisionConfig(source=str(tmp_path / "safe"))).num_layers == 2
-    with pytest.raises(ModelSourceError, match="no safetensors weights.*safe_serialization=True"):
+    with pytest.raises(ModelSourceError, match=r"has only pytorch_model\.bin, no safetensors weights.*vlm-sweep assets convert "):
         build_vision_tower(VisionConfig(source=str(tmp_path / "pickled")))

@@ -156,7 +156,8 @@ def load_vlm_config(path: str | Path, trust_remote_code: bool = False) -> VLMCon
     cfg.lm.trust_remote_code = trust_remote_code
     if (path / LM_DIR / "config.json").is_file():
         cfg.lm.source = str((path / LM_DIR).resolve())  # stage 2: the fine-tuned LLM travels with it
-        cfg.lm.tokenizer = None  # ... and so does its tokenizer
+        cfg.lm.tokenizer = cfg.lm.tokenizer_revision = None  # ... and so does its tokenizer
+        cfg.lm.revision = None  # a local folder: no hub revision applies
     return cfg
 
 

@@ -36,6 +36,9 @@ class VisionConfig:
 
     source: str = "tiny"
     """``tiny`` (random-init CLIP of the sizes below), a hub id, or a local folder with CLIP weights."""
+    revision: str | None = None
+    """Hub commit (or branch / tag) of ``source``, passed to every ``from_pretrained`` (weights, config, image
+    processor); ignored for a local folder. The ``paper`` preset pins a commit that holds safetensors."""
     feature_layer: int = -2
     """Index into ``hidden_states`` of the main feature (LLaVA: -2, the penultimate layer)."""
     drop_cls: bool = True
@@ -95,8 +98,13 @@ class LMConfig:
     source: str = "tiny"
     """``tiny`` (random Llama with the real SmolLM2 tokenizer), ``smollm2`` (packaged SmolLM2-135M-Instruct,
     converted once and cached), a hub id (e.g. ``alpindale/Llama-3.2-1B-Instruct``) or a local folder."""
+    revision: str | None = None
+    """Hub commit (or branch / tag) of ``source``, passed to every ``from_pretrained`` (weights, config,
+    tokenizer); ignored for a local folder. The ``paper`` preset pins a commit that holds safetensors."""
     tokenizer: str | None = None
     """Tokenizer folder / hub id when it differs from ``source`` (``tiny`` defaults to SmolLM2's)."""
+    tokenizer_revision: str | None = None
+    """Hub commit of ``tokenizer`` (when it is a hub id)."""
     hidden_size: int = 64
     """``tiny`` only: width."""
     num_layers: int = 2

@@ -86,13 +86,12 @@ class FeatureEncoder:
     """The frozen encoder plus the projector's parameter-free selection, without the LLM."""
 
     def __init__(self, cfg: VLMConfig):
-        from .projectors import EncoderGeometry, build_projector
-        from .vision import build_vision_tower
+        from .projectors import build_projector
+        from .vision import build_vision_tower, encoder_geometry
 
         self.cfg = cfg
         self.vision = build_vision_tower(cfg.vision)
-        geom = EncoderGeometry(self.vision.embed_dim, self.vision.num_layers, self.vision.num_patches,
-                               cfg.vision.feature_layer, cfg.vision.drop_cls)
+        geom = encoder_geometry(cfg.vision, self.vision.model.config)
         self.projector = build_projector(cfg.projector, geom, LLM_WIDTH_FOR_SELECTION)
 
     def inputs(self) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .assets import smollm2_folder
 from .config import LMConfig
-from .vision import check_model_source
+from .hub import check_model_source, load_files, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,19 @@ def _source_folder(cfg: LMConfig) -> str:
     return cfg.source
 
 
+def _source_revision(cfg: LMConfig) -> str | None:
+    return None if cfg.source in ("tiny", "smollm2") else cfg.revision
+
+
 def load_tokenizer(cfg: LMConfig):
     from transformers import AutoTokenizer
 
-    source = cfg.tokenizer or _source_folder(cfg)
     if cfg.tokenizer:
-        check_model_source(cfg.tokenizer, "lm.tokenizer", ("tokenizer_config.json", "tokenizer.json"))
-    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        source, revision, what = cfg.tokenizer, cfg.tokenizer_revision, "lm.tokenizer"
+    else:
+        source, revision, what = _source_folder(cfg), _source_revision(cfg), "lm.source"
+    tok = load_files(AutoTokenizer, source, revision, what, marker=("tokenizer_config.json", "tokenizer.json"),
+                     trust_remote_code=cfg.trust_remote_code)
     for cand in PAD_CANDIDATES:
         if cand in tok.get_vocab():
             tok.pad_token = cand
@@ -100,11 +106,9 @@ def build_language_model(cfg: LMConfig, dtype: torch.dtype = torch.float32):
     else:
         from transformers import AutoModelForCausalLM
 
-        from .vision import from_pretrained_safetensors
-
-        model = from_pretrained_safetensors(AutoModelForCausalLM, _source_folder(cfg), "lm.source", dtype=dtype,
-                                            attn_implementation=cfg.attn_implementation,
-                                            trust_remote_code=cfg.trust_remote_code)
+        model = load_weights(AutoModelForCausalLM, _source_folder(cfg), _source_revision(cfg), "lm.source",
+                             dtype=dtype, attn_implementation=cfg.attn_implementation,
+                             trust_remote_code=cfg.trust_remote_code)
     emb = model.get_input_embeddings()
     if len(tokenizer) > emb.num_embeddings:
         old = emb.num_embeddings

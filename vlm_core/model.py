@@ -21,8 +21,8 @@ from torch import nn
 from .config import VLMConfig
 from .conversation import IGNORE_INDEX, ConversationFormatter
 from .language_model import ImageToken, build_language_model
-from .projectors import EncoderGeometry, Projector, build_projector
-from .vision import VisionTower, build_vision_tower
+from .projectors import Projector, build_projector
+from .vision import VisionTower, build_vision_tower, encoder_geometry
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ class VisionLanguageModel(nn.Module):
         """Narrated construction: encoder → LM → projector built from their declared widths."""
         vision = build_vision_tower(cfg.vision)
         lm, tokenizer, image_token = build_language_model(cfg.lm, dtype=dtype)
-        geom = EncoderGeometry(vision.embed_dim, vision.num_layers, vision.num_patches,
-                               cfg.vision.feature_layer, cfg.vision.drop_cls)
+        geom = encoder_geometry(cfg.vision, vision.model.config)
         projector = build_projector(cfg.projector, geom, lm.config.hidden_size)
         log.info("built VLM: vision %s (%d layers, %d patches, dim %d) → %s (%d → %d, %d tokens) → LM %s",
                  cfg.vision.source, vision.num_layers, vision.num_patches, vision.embed_dim, cfg.projector.name,

@@ -18,9 +18,7 @@ from __future__ import annotations
 import copy
 
 from .config import ConfigError, FormatConfig, LMConfig, ProjectorConfig, VisionConfig, VLMConfig
-
-TINYCLIP = "wkcn/TinyCLIP-ViT-40M-32-Text-19M-LAION400M"
-LLAMA32_1B = "alpindale/Llama-3.2-1B-Instruct"
+from .hub import LLAMA32_1B, PINNED_REVISIONS, TINYCLIP
 
 _PRESETS: dict[str, VLMConfig] = {
     "tiny": VLMConfig(
@@ -35,9 +33,9 @@ _PRESETS: dict[str, VLMConfig] = {
         lm=LMConfig(source="smollm2"),
         format=FormatConfig(mode="chat", max_length=384)),
     "paper": VLMConfig(
-        vision=VisionConfig(source=TINYCLIP),
+        vision=VisionConfig(source=TINYCLIP, revision=PINNED_REVISIONS[TINYCLIP]),
         projector=ProjectorConfig(name="mlp2x_gelu"),
-        lm=LMConfig(source=LLAMA32_1B),
+        lm=LMConfig(source=LLAMA32_1B, revision=PINNED_REVISIONS[LLAMA32_1B]),
         format=FormatConfig(mode="chat", max_length=512)),
 }
 

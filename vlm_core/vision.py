@@ -11,46 +11,19 @@ print(build_vision_tower(VisionConfig()).num_patches)"
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 import torch
 from PIL import Image
 from torch import nn
 
 from .config import VisionConfig
+from .hub import load_files, load_weights
+from .projectors import EncoderGeometry
 
 log = logging.getLogger(__name__)
 
 # CLIP's normalisation constants (OpenAI), used by the tiny random-init encoder's processor.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-class ModelSourceError(FileNotFoundError):
-    """A model path or hub id cannot be resolved offline; the message names it and the fix."""
-
-
-def check_model_source(source: str, what: str, marker: tuple[str, ...] = ("config.json",)) -> None:
-    """Fail early, by name, on a local path that does not hold a model (hub ids are left to transformers)."""
-    looks_local = source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
-    if looks_local and not any((Path(source).expanduser() / m).is_file() for m in marker):
-        raise ModelSourceError(
-            f"{what} {source!r}: no {' or '.join(marker)} there. Pass a folder written by save_pretrained, "
-            f"a hub id (on a machine with hub access), or 'tiny'.")
-
-
-def from_pretrained_safetensors(cls, source: str, what: str, **kwargs):
-    """``cls.from_pretrained(source, use_safetensors=True)``: weights come only from safetensors files, never from a
-    pickle (a ``pytorch_model.bin`` can run code when loaded). A model without them is named with the fix."""
-    try:
-        return cls.from_pretrained(source, use_safetensors=True, **kwargs)
-    except OSError as e:
-        if "safetensors" not in str(e):
-            raise
-        raise ModelSourceError(
-            f"{what} {source!r} has no safetensors weights; vlm-sweep does not load pickled weights "
-            f"(pytorch_model.bin). Convert it once, on a machine you trust: "
-            f"{cls.__name__}.from_pretrained(path).save_pretrained(path, safe_serialization=True)") from e
 
 
 class VisionTower(nn.Module):
@@ -112,16 +85,38 @@ def expand_to_square(img: Image.Image, fill: tuple[int, ...]) -> Image.Image:
     return out
 
 
-def _tiny_clip(cfg: VisionConfig):
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+def _tiny_config(cfg: VisionConfig):
+    from transformers import CLIPVisionConfig
 
-    config = CLIPVisionConfig(
+    return CLIPVisionConfig(
         hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size, num_hidden_layers=cfg.num_layers,
         num_attention_heads=cfg.num_heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
         projection_dim=cfg.hidden_size)
+
+
+def _tiny_clip(cfg: VisionConfig):
+    from transformers import CLIPVisionModel
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        return CLIPVisionModel(config)
+        return CLIPVisionModel(_tiny_config(cfg))
+
+
+def encoder_config(cfg: VisionConfig):
+    """The encoder's ``CLIPVisionConfig`` without its weights (a hub ``CLIPModel`` config gives its vision part)."""
+    if cfg.source == "tiny":
+        return _tiny_config(cfg)
+    from transformers import CLIPVisionConfig
+
+    return load_files(CLIPVisionConfig, cfg.source, cfg.revision, "vision.source")
+
+
+def encoder_geometry(cfg: VisionConfig, config=None) -> EncoderGeometry:
+    """What the projector is built from: width, depth and patch count of the encoder (``config``: its
+    ``CLIPVisionConfig``, read from ``cfg`` when not given) and the configured main layer."""
+    c = config if config is not None else encoder_config(cfg)
+    return EncoderGeometry(c.hidden_size, c.num_hidden_layers, (c.image_size // c.patch_size) ** 2,
+                           cfg.feature_layer, cfg.drop_cls)
 
 
 def _image_processor(size: int, mean=CLIP_MEAN, std=CLIP_STD):
@@ -139,10 +134,9 @@ def build_vision_tower(cfg: VisionConfig) -> VisionTower:
     else:
         from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
-        check_model_source(cfg.source, "vision.source")
-        model = from_pretrained_safetensors(CLIPVisionModel, cfg.source, "vision.source")
+        model = load_weights(CLIPVisionModel, cfg.source, cfg.revision, "vision.source")
         try:
-            processor = CLIPImageProcessorPil.from_pretrained(cfg.source)
+            processor = load_files(CLIPImageProcessorPil, cfg.source, cfg.revision, "vision.source")
         except OSError:
             log.warning("no preprocessor_config.json in %s; using CLIP defaults", cfg.source)
             processor = _image_processor(model.config.image_size)

@@ -1,0 +1,161 @@
+"""Where a model comes from: a hub id at a pinned revision, a local folder, or an assets folder holding both.
+
+Every ``from_pretrained`` of the project (weights, config, tokenizer, image processor; vision encoder, LLM,
+embedder, translator) goes through :func:`resolve`, so a pinned ``revision`` reaches all of them, and through
+:func:`load_weights` for weights, which are read from safetensors only (a ``pytorch_model.bin`` is a pickle that
+can run code when loaded; ``vlm-sweep assets convert`` turns a pickle-only folder into a safetensors one).
+
+An *assets folder* (``vlm-sweep assets download --preset paper --to DIR``) holds every hub model a preset uses,
+fetched once at its pinned revision, as ``DIR/<owner>--<name>/<revision>/``. Point a run at it with
+``--assets DIR`` (sweep, run, data build) or ``VLM_SWEEP_ASSETS=DIR``: a hub id whose pinned copy is there loads
+from it, so a cluster's trial workers never each download the models from the hub.
+
+    python -c "from vlm_core.hub import resolve; print(resolve('wkcn/TinyCLIP-ViT-40M-32-Text-19M-LAION400M', \
+'main', 'vision.source'))"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ASSETS_ENV = "VLM_SWEEP_ASSETS"
+"""Environment variable naming an assets folder (the ``--assets`` option sets it for the process)."""
+ASSETS_MANIFEST = "assets.json"
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "tf_model.h5")
+
+# The hub repositories the presets and the documented translator use, each pinned to a commit that holds
+# safetensors weights. (Commit ids: see the comment on each line; ``vlm-sweep assets download`` fetches these.)
+TINYCLIP = "wkcn/TinyCLIP-ViT-40M-32-Text-19M-LAION400M"
+LLAMA32_1B = "alpindale/Llama-3.2-1B-Instruct"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+OPUS_MT_EN_ID = "Helsinki-NLP/opus-mt-en-id"
+PINNED_REVISIONS: dict[str, str] = {
+    # 95ec819 "Adding `safetensors` variant of this model (#2)", the head of main: model.safetensors (337 MB).
+    # Before it (688ce44 "model ckpt", b85bc5a, f221fb4) the repo held pytorch_model.bin only.
+    TINYCLIP: "95ec8197b3f2fe7f747865c61ca556cf0768b2f7",
+    # f92201d "Upload folder using huggingface_hub": model.safetensors (2.47 GB), config, tokenizer, template.
+    LLAMA32_1B: "f92201d8185818a9d079b3b52efdab4b68bdd17f",
+    # ce0dbbf "Delete onnx/model.onnx", on main after #53 added model.safetensors (90.9 MB).
+    MINILM: "ce0dbbfefc15629ec53a6bf960220076679cef83",
+    # main holds only pytorch_model.bin + tf_model.h5; the conversion bot's open PR #2 (head 916d091 when
+    # checked, 2026-12) adds model.safetensors (291 MB). Pinned by its ref: no full commit id was at hand offline.
+    OPUS_MT_EN_ID: "refs/pr/2",
+}
+"""hub id → the commit the presets and the documented translator command pin."""
+
+
+class ModelSourceError(FileNotFoundError):
+    """A model path or hub id cannot be resolved; the message names it and the fix."""
+
+
+def is_local(source: str) -> bool:
+    """A path (``./x``, ``/x``, ``~/x`` or anything that exists) rather than a hub id."""
+    return source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
+
+
+def check_model_source(source: str, what: str, marker: tuple[str, ...] = ("config.json",)) -> None:
+    """Fail early, by name, on a local path that does not hold a model (hub ids are left to :func:`resolve`)."""
+    if is_local(source) and not any((Path(source).expanduser() / m).is_file() for m in marker):
+        raise ModelSourceError(
+            f"{what} {source!r}: no {' or '.join(marker)} there. Pass a folder written by save_pretrained (or by "
+            f"`vlm-sweep assets download` / `assets convert`), a hub id (on a machine with hub access), or 'tiny'.")
+
+
+def assets_dir(explicit: str | None = None) -> Path | None:
+    """The assets folder in force: ``explicit``, else ``$VLM_SWEEP_ASSETS``, else none."""
+    value = explicit or os.environ.get(ASSETS_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def asset_folder(root: str | Path, repo_id: str, revision: str | None) -> Path:
+    """Where ``repo_id`` at ``revision`` lives inside an assets folder."""
+    return Path(root) / repo_id.replace("/", "--") / (revision or "main").replace("/", "--")
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What to pass to ``from_pretrained``: a folder or hub id, plus ``revision`` for a hub id."""
+
+    path: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    hub_id: str | None = None
+    revision: str | None = None
+
+
+def resolve(source: str, revision: str | None, what: str, assets: str | None = None,
+            marker: tuple[str, ...] = ("config.json",)) -> Resolved:
+    """``source`` (hub id or folder) at ``revision`` → where to load it from.
+
+    A local folder is used as it is (``revision`` does not apply to it). A hub id loads from the assets folder
+    when it holds that revision, else from the hub (or transformers' cache) at ``revision``; an unpinned hub id
+    is allowed but logged, since ``main`` can change under a running study."""
+    if is_local(source):
+        check_model_source(source, what, marker)
+        return Resolved(str(Path(source).expanduser()))
+    if not HUB_ID.match(source):
+        raise ModelSourceError(f"{what} {source!r} is neither a local folder nor a hub id (owner/name)")
+    root = assets_dir(assets)
+    if root is not None:
+        local = asset_folder(root, source, revision)
+        if local.is_dir():
+            return Resolved(str(local), hub_id=source, revision=revision)
+        log.warning("%s: %s@%s is not in the assets folder %s; loading it from the hub", what, source,
+                    revision or "main", root)
+    if revision is None:
+        log.warning("%s: hub id %s has no pinned revision; set %s.revision to a commit id so that every trial "
+                    "loads the same files", what, source, what.rsplit(".", 1)[0])
+    return Resolved(source, {"revision": revision} if revision else {}, hub_id=source, revision=revision)
+
+
+def localize(source: str, revision: str | None, assets: str | None) -> str:
+    """``source`` itself, or the assets folder's copy of it at ``revision`` when there is one (the sweep rewrites
+    trial configs with this, so a trial names the exact folder it loaded)."""
+    if assets is None or is_local(source) or not HUB_ID.match(source):
+        return source
+    local = asset_folder(assets, source, revision)
+    return str(local) if local.is_dir() else source
+
+
+def pickled_only(folder: str | Path) -> list[str]:
+    """The pickled weight files of a folder that has no safetensors (empty when it has them, or none at all)."""
+    folder = Path(folder)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name in PICKLED_WEIGHTS or re.match(
+        r"pytorch_model-\d+-of-\d+\.bin$", p.name))
+
+
+def convert_hint(source: str) -> str:
+    return (f"vlm-sweep does not load pickled weights (pytorch_model.bin can run code when loaded). Convert the "
+            f"folder once: `vlm-sweep assets convert {source} {source.rstrip('/')}-safetensors` (reads the pickle "
+            f"with weights_only=True), or pin a revision that has safetensors")
+
+
+def load_weights(cls, source: str, revision: str | None, what: str, assets: str | None = None, **kwargs):
+    """``cls.from_pretrained`` of ``source`` at ``revision``, weights from safetensors only."""
+    r = resolve(source, revision, what, assets)
+    if pickled_only(r.path):
+        raise ModelSourceError(f"{what} {source!r} has only {', '.join(pickled_only(r.path))}, no safetensors "
+                               f"weights. {convert_hint(r.path)}")
+    try:
+        return cls.from_pretrained(r.path, use_safetensors=True, **r.kwargs, **kwargs)
+    except OSError as e:
+        if "safetensors" not in str(e):
+            raise
+        raise ModelSourceError(f"{what} {source!r}@{revision or 'main'} has no safetensors weights. "
+                               f"{convert_hint(r.path)}") from e
+
+
+def load_files(cls, source: str, revision: str | None, what: str, assets: str | None = None,
+               marker: tuple[str, ...] = ("config.json",), **kwargs):
+    """``cls.from_pretrained`` for what is not weights (tokenizer, image processor, config) at ``revision``."""
+    r = resolve(source, revision, what, assets, marker)
+    return cls.from_pretrained(r.path, **r.kwargs, **kwargs)
