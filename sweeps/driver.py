@@ -111,10 +111,20 @@ class SweepConfig:
     """Encode every image once per (dataset, encoder, layer selection) on Ray Data before the trials, next to the
     dataset (``<data>/<variant>/features/<key>/``, else under ``out``), and have trials read those features instead
     of running the frozen encoder; ``false`` encodes on the fly in every trial."""
+    assets: str | None = None
+    """An assets folder (``vlm-sweep assets download --preset paper --to DIR``, on shared storage): hub models it
+    holds at their pinned revision load from it, so trial workers never download them (default:
+    ``$VLM_SWEEP_ASSETS``)."""
     asha: AshaConfig = field(default_factory=AshaConfig)
 
     def __post_init__(self) -> None:
+        from vlm_core.hub import ASSETS_ENV
         from vlm_core.presets import available_presets
+
+        self.assets = self.assets or os.environ.get(ASSETS_ENV) or None
+        check_field(self.assets is None or Path(self.assets).is_dir(), "assets",
+                    f"{self.assets} is not a folder; create it with `vlm-sweep assets download --preset "
+                    f"{self.preset} --to {self.assets}`")
 
         check_field(self.preset in available_presets(), "preset",
                     f"unknown preset {self.preset!r}; choose one of {available_presets()}")
@@ -197,7 +207,7 @@ def _feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path)
 
     caches: dict[tuple[str, str], str] = {}
     for p in trials:
-        model, _ = trial_configs(p.spec, cfg.preset, Scale())
+        model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets)
         k = (p.spec.dataset, model.projector.name)
         if k in caches:
             continue
@@ -221,7 +231,8 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
     scale = DEFAULT_SCALE.get(cfg.preset, Scale())
     if cfg.max_steps_per_epoch:
         scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
-    model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing)
+    model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing,
+                                 cfg.assets)
     features = (caches or {}).get((p.spec.dataset, model.projector.name))
     worker = {"model": model.to_dict(), "train": train.to_dict(), "data": {**data[p.spec.dataset], "features": features}}
     faults = faults_from_env()  # tests only (vlm_core.faults); absent from a normal trial's config
@@ -229,6 +240,33 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
         worker["faults"] = faults
     return {"config_id": p.spec.config_id, "spec": p.spec.to_dict(), "resources": resources_dict(p.resources),
             "storage_path": str(storage / "train"), "max_failures": cfg.max_failures, "worker": worker}
+
+
+def measure_lengths(cfg: SweepConfig, trials: list[PlannedTrial]) -> list[dict[str, Any]]:
+    """Every variant's token-length distribution under each distinct formatter its trials build (tokenizer,
+    chat / raw, image tokens, ``max_length``): one row per (dataset, formatter), naming its trials."""
+    from vlm_core.data import read_records
+    from vlm_core.lengths import formatter_for, formatter_key, measure
+
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in trials:
+        model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets)
+        g = groups.setdefault((p.spec.dataset, formatter_key(model)), {"model": model, "trials": []})
+        g["trials"].append(p.spec.config_id)
+    formatters: dict[str, Any] = {}
+    records: dict[str, list[dict]] = {}
+    rows = []
+    for (dataset, key), g in groups.items():
+        if dataset not in records:
+            paths = _variant_paths(cfg, dataset)
+            records[dataset] = [r for f in (paths["train"], paths["val"]) if f for r in read_records(f)]
+        if key not in formatters:
+            formatters[key] = formatter_for(g["model"])
+        fmt = formatters[key]
+        stats = measure(records[dataset], fmt)
+        rows.append({"dataset": dataset, "format": f"{fmt.cfg.mode}, {fmt.num_image_tokens} image tokens",
+                     "trials": g["trials"], **dataclasses.asdict(stats)})
+    return rows
 
 
 def spread_cpus(planned: list[PlannedTrial], node_cpus: float, concurrent: int) -> list[PlannedTrial]:
@@ -328,19 +366,42 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
     stages = [1, 2] if cfg.stage == "all" else [int(cfg.stage)]
     planned = {s: plan(cfg, s) for s in stages}
+    every = [p for s in stages for p in planned[s]]
     if cfg.dry_run:
+        from vlm_core.lengths import markdown_table
+
         for s in stages:
             print(f"stage {s}: {len(planned[s])} trials\n{format_plan(planned[s])}\n")
-        return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned[s]] for s in stages}}
+        try:
+            lengths = measure_lengths(cfg, every)
+            print(f"token lengths (LLM tokens per sample, before any training):\n{markdown_table(lengths)}\n")
+        except (ConfigError, OSError) as e:  # no data yet, or a tokenizer this machine cannot load
+            lengths = None
+            print(f"token lengths: not measured ({e})\n")
+        return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned[s]] for s in stages},
+                "token_lengths": lengths}
     storage = Path(cfg.out).resolve()
     check_space(storage, cfg.preset, cfg.min_free_gb, "sweep --out")
+    from vlm_core.lengths import markdown_table
+
+    from .report import LENGTHS_FILE
+
+    lengths = measure_lengths(cfg, every)
+    storage.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(storage / LENGTHS_FILE, json.dumps({"rows": lengths}, indent=2))
+    log.info("token lengths before the trials (see %s):\n%s", storage / LENGTHS_FILE, markdown_table(lengths))
+    for row in lengths:
+        if row["over"]:
+            log.warning("%s (%s): %d of %d samples are longer than format.max_length=%d: %d cut to whole turns, "
+                        "%d dropped", row["dataset"], row["format"], row["over"], row["rows"], row["max_length"],
+                        row["cut"], row["dropped"])
     resources = init_ray()
     for s in stages:
         for p in planned[s]:
             check_fits(p.resources, resources, p.spec.config_id)
     summary: dict[str, Any] = {"stages": {}}
     data: dict[str, dict[str, Any]] = {}
-    caches = _feature_caches(cfg, [p for s in stages for p in planned[s]], storage) if cfg.feature_cache else {}
+    caches = _feature_caches(cfg, every, storage) if cfg.feature_cache else {}
     lineage_file = storage / "lineage.json"
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
     if 1 in stages:

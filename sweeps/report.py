@@ -186,6 +186,24 @@ def _md(df: pd.DataFrame) -> str:
     return head + "\n".join("| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False))
 
 
+LENGTHS_FILE = "token_lengths.json"
+"""Written by the sweep before its trials start (``sweeps.driver.measure_lengths``)."""
+
+
+def token_length_section(experiment: Path, level: str) -> list[str]:
+    """Each variant's token lengths under each trial's formatter, and what ``format.max_length`` did to them."""
+    path = experiment / LENGTHS_FILE
+    if not path.is_file():
+        return []
+    from vlm_core.lengths import markdown_table
+
+    rows = json.loads(path.read_text())["rows"]
+    return [f"{level} Token lengths (measured before the trials)", "",
+            "LLM tokens per sample (text + image tokens) under each trial's formatter. A sample longer than "
+            "`max_length` loses whole turns from its end (`cut`); one whose first answer does not fit is `dropped`; "
+            "no answer is trained without its end of turn.", "", markdown_table(rows), ""]
+
+
 def write_report(experiment: str | Path) -> dict[str, Any]:
     """Write report.md, trials.csv, loss_curves.png and by_axis.png into ``experiment``; return a summary."""
     root = Path(experiment)
@@ -195,6 +213,7 @@ def write_report(experiment: str | Path) -> dict[str, Any]:
     figures = [plot_loss_curves(table, curves, root), plot_by_axis(table, root)]
     lineage = json.loads((root / "lineage.json").read_text()) if (root / "lineage.json").is_file() else {}
     lines = [f"# Sweep report: `{root.resolve()}`", ""]
+    lines += token_length_section(root, "##")
     for stage in sorted(table["stage"].unique()):
         part = table[table["stage"] == stage]
         counts = part["status"].value_counts().to_dict()
@@ -257,6 +276,7 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
     if (root / "data" / "umap.png").is_file():
         lines += ["![umap](data/umap.png)", ""]
     lines += ["## Sweep", "", "Full tables, ASHA decisions and lineage: [sweep/report.md](sweep/report.md).", ""]
+    lines += token_length_section(sweep_dir, "###")
     for stage in sorted(table["stage"].unique()):
         part = table[table["stage"] == stage][["config_id", "status", "best_val_loss", "epochs_run",
                                                 "stopped_by_asha", "asha_rung", "wall_s"]]

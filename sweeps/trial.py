@@ -59,9 +59,14 @@ class Scale:
 
 
 def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: str | None = None,
-                  gradient_checkpointing: bool = False) -> tuple[VLMConfig, TrainConfig]:
-    """The model and training configs of one trial of the matrix."""
+                  gradient_checkpointing: bool = False, assets: str | None = None) -> tuple[VLMConfig, TrainConfig]:
+    """The model and training configs of one trial of the matrix. With ``assets`` (an assets folder), hub models
+    the folder holds at their pinned revision are loaded from it (the config names the folder)."""
+    from vlm_core.hub import localize
+
     model = get_preset(preset)
+    for part in (model.vision, model.lm):
+        part.source = localize(part.source, part.revision, assets)
     model.projector.name = PROJECTOR_FOR_DENSE[spec.dense]
     model.format.mode = FORMAT_FOR_CHAT[spec.chat]
     batch = min(spec.batch_size, scale.batch_size_cap) if scale.batch_size_cap else spec.batch_size

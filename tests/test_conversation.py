@@ -120,22 +120,36 @@ def test_generation_prompt_ends_with_assistant_header(llama_style_cfg):
     assert fmt.tokenizer.decode(enc.input_ids).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
 
 
-def test_truncation_keeps_image_and_reports_untrainable(tiny_cfg):
-    long_answer = " ".join(["word"] * 400)
-    conv = [{"from": "human", "value": "<image>\nTell me a story."}, {"from": "gpt", "value": long_answer}]
-    fmt = formatter_for(tiny_cfg, "chat", max_length=64, num_image_tokens=16)
+def test_too_long_samples_lose_whole_turns_never_part_of_an_answer(tiny_cfg, llama_style_cfg):
+    from vlm_core.conversation import TOO_LONG
+
+    fmt = formatter_for(llama_style_cfg, "chat", max_length=96, num_image_tokens=16)
+    eot = fmt.tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    conv = list(MULTI_TURN) + [{"from": "human", "value": "Tell me more."},
+                               {"from": "gpt", "value": " ".join(["word"] * 80)}]
+    full = fmt.encode_full(conv)
+    assert fmt.length_of(full) > 96 and len(full.answer_ends) == 3
     enc = fmt.encode(conv)
-    assert enc.truncated and len(enc.input_ids) - 1 + 16 == 64
-    assert enc.input_ids[enc.image_index] == fmt.image_token.id
-    assert any(lab != IGNORE_INDEX for lab in enc.labels)
-    # a prompt so long that the answer is cut off entirely is reported, not trained on silently
+    # the third answer does not fit: it goes whole, and the sample ends with the second answer's end of turn
+    assert enc.truncated and enc.turns_dropped == 1 and enc.answer_ends == full.answer_ends[:2]
+    assert fmt.length_of(enc) <= 96 and enc.input_ids[-1] == eot and enc.labels[-1] == eot
+    assert trained_text(fmt, enc) == ["It is blue.<|eot_id|>", "A triangle.<|eot_id|>"]
+    assert enc.input_ids == full.input_ids[:len(enc.input_ids)]
+    # a sample whose first answer does not fit is skipped and counted, not trained without its end of turn
+    long_answer = [{"from": "human", "value": "<image>\nTell me a story."},
+                   {"from": "gpt", "value": " ".join(["word"] * 400)}]
+    with pytest.raises(SampleSkipped, match=TOO_LONG + "; its first answer ends at token"):
+        formatter_for(tiny_cfg, "chat", max_length=64, num_image_tokens=16).encode(long_answer)
     long_prompt = [{"from": "human", "value": "<image>\n" + " ".join(["why"] * 200)}, {"from": "gpt", "value": "ok"}]
-    with pytest.raises(SampleSkipped, match="no trainable"):
-        fmt.encode(long_prompt)
+    with pytest.raises(SampleSkipped, match=TOO_LONG):
+        formatter_for(tiny_cfg, "chat", max_length=64, num_image_tokens=16).encode(long_prompt)
     # an image that would be cut is refused
     late_image = [{"from": "human", "value": " ".join(["why"] * 60) + "\n<image>"}, {"from": "gpt", "value": "ok"}]
-    with pytest.raises(SampleSkipped, match="image"):
-        fmt.encode(late_image)
+    with pytest.raises(SampleSkipped, match="image starts at token"):
+        formatter_for(tiny_cfg, "chat", max_length=64, num_image_tokens=16).encode(late_image)
+    # a sample that fits is untouched
+    short = fmt.encode(MULTI_TURN)
+    assert not short.truncated and short.input_ids == fmt.encode_full(MULTI_TURN).input_ids
 
 
 @pytest.mark.parametrize("conv, match", [

@@ -21,6 +21,20 @@ def test_batches_pad_to_their_longest_sample_not_max_length(tiny_model, corpus):
     assert batch["pixel_values"].shape == (6, 3, 64, 64)
 
 
+def test_samples_cut_to_whole_turns_are_counted(tiny_model, corpus, caplog):
+    good = read_records(corpus / "sharegpt4v_sample.jsonl")[0]
+    turns = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A shape."}]
+    for _ in range(60):
+        turns += [{"from": "human", "value": "And then?"}, {"from": "gpt", "value": "More of the same shape."}]
+    long = {"id": "long", "image": good["image"], "conversations": turns}
+    ds = ConversationDataset([good, long], tiny_model.formatter, tiny_model.vision.preprocess, corpus / "images")
+    assert len(ds) == 2 and not ds.skipped
+    enc = ds.examples[1].encoded
+    assert ds.cut["samples"] == 1 and ds.cut["turns"] == enc.turns_dropped > 0
+    assert tiny_model.formatter.length_of(enc) <= tiny_model.cfg.format.max_length
+    assert "1 of 2 samples are longer than format.max_length=256 and were cut to whole turns" in caplog.text
+
+
 def test_untrainable_and_malformed_records_are_counted_not_silently_dropped(tiny_model, corpus, caplog):
     good = read_records(corpus / "sharegpt4v_sample.jsonl")[0]
     too_long = {"id": "long", "image": good["image"], "conversations": [
@@ -33,7 +47,7 @@ def test_untrainable_and_malformed_records_are_counted_not_silently_dropped(tiny
     ds = ConversationDataset([good, too_long, no_marker, missing, no_image, not_a_record], tiny_model.formatter,
                              tiny_model.vision.preprocess, corpus / "images")
     assert len(ds) == 1 and sum(ds.skipped.values()) == 5
-    assert any("no trainable" in k for k in ds.skipped) and any("exactly one" in k for k in ds.skipped)
+    assert ds.skipped["longer than format.max_length"] == 1 and any("exactly one" in k for k in ds.skipped)
     assert ds.skipped["missing conversations"] == 1 and ds.skipped["missing image"] == 1
     assert "skipping record long" in caplog.text and "skipping record noconv" in caplog.text
     assert "skipping record noimage" in caplog.text and "not an object" in caplog.text

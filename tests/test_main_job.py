@@ -49,7 +49,8 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
             h = e["heldout"][cond]
             assert 0 < h["loss"] < 20 and math.isclose(h["perplexity"], math.exp(h["loss"]), rel_tol=1e-9)
     report = (out / "report.md").read_text()
-    for section in ("## Data", "![umap](data/umap.png)", "### Stage 1", "### Stage 2", "### ASHA decisions",
+    for section in ("## Data", "![umap](data/umap.png)", "### Token lengths (measured before the trials)",
+                    "### Stage 1", "### Stage 2", "### ASHA decisions",
                     "## Evaluation",
                     "acc_zeros", "## Best config", "| question type |", "Sample generations",
                     "vlm-sweep chat --checkpoint"):

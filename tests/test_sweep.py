@@ -143,6 +143,10 @@ def test_report_table_csv_and_plots(sweep):
     assert table["pad_fraction"].between(0, 1).all()
     md = (out / "report.md").read_text()
     assert "samples_per_s" in md and "pad_fraction" in md
+    lengths = json.loads((out / "token_lengths.json").read_text())["rows"]  # measured before the trials
+    assert sorted(r["dataset"] for r in lengths) == ["10kRandom", "20kUmap"]
+    assert all(r["format"] == "raw, 16 image tokens" and 0 < r["p50"] <= r["max"] for r in lengths)
+    assert "## Token lengths (measured before the trials)" in md and "| 20kUmap | raw, 16 image tokens |" in md
     for needle in (S1_UMAP, S2_RANDOM, "## Best val loss by ablation axis", "## ASHA (stage 2)",
                    "| s2-10kRandom-nodense-raw-linear-e3-b3 | 1 |", "![loss_curves](loss_curves.png)"):
         assert needle in md

@@ -12,6 +12,13 @@ the full text; labels are the token ids inside those spans (assistant content + 
 ``-100`` everywhere else. The ``<image>`` marker becomes exactly one image-token id; the model later
 expands it into the projector's tokens, so length budgets count those tokens too.
 
+Too long for ``format.max_length``? Whole turns go, never part of one: the sample ends after the last assistant
+turn that fits with its end-of-turn token (``Encoded.turns_dropped`` counts the answers cut off), and a sample
+whose *first* answer does not fit is skipped (``SampleSkipped``, counted by the dataset under "longer than
+format.max_length"). A cut answer would still train but without its end-of-turn label, teaching the model that
+long captions never end (ShareGPT4V's captions are single-turn: a cut caption is a caption with no stop).
+``length_of`` gives a sample's full length, for the length report before a sweep (``vlm_core.lengths``).
+
     python -m vlm_core.conversation    # prints a rendered sample with its trained tokens marked
 """
 
@@ -42,7 +49,18 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     image_index: int
-    truncated: bool = False
+    turns_dropped: int = 0
+    """Assistant turns cut off because the sample was longer than ``format.max_length`` (whole turns only)."""
+    answer_ends: tuple[int, ...] = ()
+    """Token index just past each assistant turn (its end-of-turn token included)."""
+
+    @property
+    def truncated(self) -> bool:
+        return self.turns_dropped > 0
+
+
+TOO_LONG = "longer than format.max_length"
+"""The skip reason of a sample whose first answer does not fit (a fixed prefix, so they are counted together)."""
 
 
 def normalize_messages(conversation: list[dict]) -> list[dict]:
@@ -173,7 +191,11 @@ class ConversationFormatter:
         return ids, starts, image_index
 
     def encode(self, conversation: list[dict]) -> Encoded:
-        """For training: the whole conversation, labels on assistant tokens only."""
+        """For training: the whole conversation, labels on assistant tokens only, cut to whole turns."""
+        return self.fit(self.encode_full(conversation))
+
+    def encode_full(self, conversation: list[dict]) -> Encoded:
+        """``encode`` without the length budget (what the length report measures)."""
         messages = self._messages(conversation)
         if messages[-1]["role"] != "assistant":
             raise FormatError("a training conversation must end with a gpt turn")
@@ -186,7 +208,12 @@ class ConversationFormatter:
             inside = k >= 0 and pos < rendered.spans[k][1]
             labels.append(tid if inside else IGNORE_INDEX)
         labels[image_index] = IGNORE_INDEX
-        return self._truncate(Encoded(ids, labels, image_index))
+        ends = tuple(bisect.bisect_left(starts, end) for _, end in rendered.spans)
+        return Encoded(ids, labels, image_index, answer_ends=ends)
+
+    def length_of(self, enc: Encoded) -> int:
+        """Tokens the LLM sees for ``enc``: its text tokens plus the projector's image tokens."""
+        return len(enc.input_ids) - 1 + self.num_image_tokens
 
     def encode_prompt(self, conversation: list[dict]) -> Encoded:
         """For generation: every turn up to the last human one, plus the assistant header."""
@@ -200,18 +227,25 @@ class ConversationFormatter:
                               f"more than format.max_length={self.cfg.max_length}")
         return Encoded(ids, [IGNORE_INDEX] * len(ids), image_index)
 
-    def _truncate(self, enc: Encoded) -> Encoded:
+    def fit(self, enc: Encoded) -> Encoded:
+        """``enc`` within ``format.max_length``: whole turns cut off, or ``SampleSkipped`` (see the module doc)."""
         budget = self.cfg.max_length - (self.num_image_tokens - 1)  # text tokens that fit
         if len(enc.input_ids) > budget:
             if enc.image_index >= budget:
-                raise SampleSkipped(f"the image starts at token {enc.image_index}, beyond format.max_length="
-                                    f"{self.cfg.max_length} with {self.num_image_tokens} image tokens")
-            enc = Encoded(enc.input_ids[:budget], enc.labels[:budget], enc.image_index, truncated=True)
+                raise SampleSkipped(f"{TOO_LONG}; the image starts at token {enc.image_index}, beyond "
+                                    f"format.max_length={self.cfg.max_length} with {self.num_image_tokens} image "
+                                    f"tokens")
+            fits = [end for end in enc.answer_ends if end <= budget]
+            if not fits:
+                raise SampleSkipped(f"{TOO_LONG}; its first answer ends at token "
+                                    f"{enc.answer_ends[0] - 1 + self.num_image_tokens} of format.max_length="
+                                    f"{self.cfg.max_length} (a cut answer would train without its end of turn)")
+            cut = fits[-1]
+            enc = Encoded(enc.input_ids[:cut], enc.labels[:cut], enc.image_index,
+                          turns_dropped=len(enc.answer_ends) - len(fits), answer_ends=tuple(fits))
         if all(label == IGNORE_INDEX for label in enc.labels):
-            raise SampleSkipped("no trainable (assistant) token left after truncation "
-                                f"to format.max_length={self.cfg.max_length}")
+            raise SampleSkipped("no trainable (assistant) token in the sample")
         return enc
-
 
 if __name__ == "__main__":
     from .config import LMConfig

@@ -101,6 +101,7 @@ class ConversationDataset(torch.utils.data.Dataset):
         self.image_root = Path(image_root) if image_root else None
         self.examples: list[Example] = []
         self.skipped: Counter[str] = Counter()
+        self.cut: Counter[str] = Counter()  # samples kept with trailing turns cut off: {"samples", "turns"}
         encode = formatter.encode_prompt if for_generation else formatter.encode
         for i, rec in enumerate(records):
             rid = str(rec.get("id", i)) if isinstance(rec, dict) else str(i)
@@ -117,9 +118,15 @@ class ConversationDataset(torch.utils.data.Dataset):
                 log.warning("skipping record %s: %s", rid, e)
                 continue
             self.examples.append(Example(rid, rec["image"], enc))
+            if enc.turns_dropped:
+                self.cut.update(samples=1, turns=enc.turns_dropped)
         if self.skipped:
             log.warning("skipped %d of %d records: %s", sum(self.skipped.values()),
                         len(self.examples) + sum(self.skipped.values()), dict(self.skipped))
+        if self.cut:
+            log.warning("%d of %d samples are longer than format.max_length=%d and were cut to whole turns (%d "
+                        "answers cut off)", self.cut["samples"], len(self.examples), formatter.cfg.max_length,
+                        self.cut["turns"])
 
     def __len__(self) -> int:
         return len(self.examples)

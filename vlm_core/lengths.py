@@ -1,0 +1,147 @@
+"""Token lengths of a dataset under a trial's formatter, measured before anything trains.
+
+For every record: its full length in LLM tokens (text tokens + the projector's image tokens) under the exact
+``ConversationFormatter`` a trial builds (tokenizer, chat or raw template, image tokens), and what
+``format.max_length`` does to it: kept whole, cut to whole turns (``turns_dropped``), or dropped (its first
+answer does not fit). The sweep prints this table in ``--dry_run``, writes it to ``token_lengths.json`` and
+shows it in its report and the study report, so no sample is cut silently.
+
+    python -m vlm_core.lengths --preset paper-shaped --records fixture/sharegpt4v_instruct_gpt4-vision_cap100k.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+from .config import VLMConfig
+from .conversation import TOO_LONG, ConversationFormatter, FormatError
+
+
+@dataclass
+class LengthStats:
+    """The length distribution of one dataset under one formatter."""
+
+    rows: int
+    """Records measured (formattable ones; ``unformattable`` counts the rest)."""
+    max_length: int
+    p50: int
+    p95: int
+    p99: int
+    max: int
+    mean: float
+    over: int
+    """Samples longer than ``max_length``."""
+    over_share: float
+    cut: int
+    """Of those, kept with trailing whole turns cut off."""
+    turns_dropped: int
+    """Answers cut off in those samples."""
+    dropped: int
+    """Of those, dropped: the first answer (or the image) does not fit."""
+    unformattable: int = 0
+    """Records the formatter refuses for another reason (no marker, bad turns): counted by the dataset too."""
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    """Nearest-rank percentile (a value that occurs in the data)."""
+    if not sorted_values:
+        return 0
+    k = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[k - 1]
+
+
+def measure(records: Iterable[dict], formatter: ConversationFormatter) -> LengthStats:
+    lengths, over, cut, turns, dropped, bad = [], 0, 0, 0, 0, 0
+    for rec in records:
+        conv = rec.get("conversations") if isinstance(rec, dict) else None
+        if isinstance(conv, str):
+            conv = json.loads(conv)
+        try:
+            full = formatter.encode_full(conv)
+        except FormatError:
+            bad += 1
+            continue
+        n = formatter.length_of(full)
+        lengths.append(n)
+        if n <= formatter.cfg.max_length:
+            continue
+        over += 1
+        try:
+            enc = formatter.fit(full)
+        except FormatError as e:
+            if str(e).startswith(TOO_LONG):
+                dropped += 1
+            continue
+        cut += 1
+        turns += enc.turns_dropped
+    lengths.sort()
+    return LengthStats(rows=len(lengths), max_length=formatter.cfg.max_length, p50=percentile(lengths, 50),
+                       p95=percentile(lengths, 95), p99=percentile(lengths, 99), max=lengths[-1] if lengths else 0,
+                       mean=round(sum(lengths) / max(len(lengths), 1), 1), over=over,
+                       over_share=round(over / max(len(lengths), 1), 4), cut=cut, turns_dropped=turns,
+                       dropped=dropped, unformattable=bad)
+
+
+def image_token_count(cfg: VLMConfig) -> int:
+    """The projector's image tokens for ``cfg``, from the encoder's config alone (no weights loaded)."""
+    from .projectors import build_projector
+    from .vision import encoder_geometry
+
+    return build_projector(cfg.projector, encoder_geometry(cfg.vision), 8).num_tokens
+
+
+def formatter_for(cfg: VLMConfig) -> ConversationFormatter:
+    """The formatter a trial of ``cfg`` builds, with the tokenizer only (no LLM weights)."""
+    from .language_model import load_tokenizer, resolve_image_token
+
+    tokenizer = load_tokenizer(cfg.lm)
+    image_token, _ = resolve_image_token(tokenizer, cfg.lm.image_token)
+    return ConversationFormatter(tokenizer, image_token, cfg.format, image_token_count(cfg))
+
+
+def formatter_key(cfg: VLMConfig) -> str:
+    """Trials whose formatters would give equal lengths share this key (so each is measured once)."""
+    lm = {k: getattr(cfg.lm, k) for k in ("source", "revision", "tokenizer", "tokenizer_revision", "image_token")}
+    return json.dumps({"lm": lm, "format": asdict(cfg.format), "image_tokens": image_token_count(cfg),
+                       "vision": cfg.vision.source}, sort_keys=True)
+
+
+COLUMNS = ("p50", "p95", "p99", "max", "max_length", "over_share", "cut", "dropped")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows of ``{"dataset", "format", **LengthStats}`` as a Markdown table."""
+    head = "| dataset | format | rows | p50 | p95 | p99 | max | max_length | over | cut to whole turns | dropped |"
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['format']} | {r['rows']} | {r['p50']} | {r['p95']} | {r['p99']} | "
+                     f"{r['max']} | {r['max_length']} | {r['over']} ({100 * r['over_share']:.1f} %) | "
+                     f"{r['cut']} ({r['turns_dropped']} answers) | {r['dropped']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .data import read_records
+    from .presets import get_preset
+
+    p = argparse.ArgumentParser(description="Token-length distribution of records under a preset's formatter.")
+    p.add_argument("--preset", default="local")
+    p.add_argument("--records", required=True, help=".json / .jsonl / .parquet records")
+    p.add_argument("--mode", default=None, choices=["chat", "raw"])
+    p.add_argument("--max_length", type=int, default=None)
+    args = p.parse_args(argv)
+    cfg = get_preset(args.preset)
+    if args.mode:
+        cfg.format.mode = args.mode
+    if args.max_length:
+        cfg.format.max_length = args.max_length
+    stats = measure(read_records(args.records), formatter_for(cfg))
+    print(json.dumps(asdict(stats), indent=2))
+
+
+if __name__ == "__main__":
+    main()
