@@ -1,4 +1,4 @@
-"""Connect to Ray: the cluster named by ``RAY_ADDRESS``, else a local one bound to 127.0.0.1.
+r"""Connect to Ray: the cluster named by ``RAY_ADDRESS``, else a local one bound to 127.0.0.1.
 
 The local cluster keeps the dashboard on (Train's cleanup of stopped trials needs the State API) but binds it
 to loopback, turns usage stats off and caps the object store so a laptop keeps its memory.
@@ -10,7 +10,16 @@ names a dead cluster, the cleaner's thread dies on "Timed out while waiting for 
 placement group is never removed, and the next trials time out waiting for workers (measured: 3 of 6 stage-2
 trials failed that way in ``vlm-sweep run --preset local``).
 
+Token authentication (Ray 2.60): only the local cluster is started with ``RAY_AUTH_MODE=disabled`` (unless the
+caller chose a mode); without it a local ``ray.init()`` turns token auth on and writes ``~/.ray/auth_token``. A
+cluster named by ``RAY_ADDRESS`` is joined with the caller's auth environment untouched: a client sends its token
+only with ``RAY_AUTH_MODE=token`` (Ray never turns it on for an explicit address), and reads the token from
+``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``. Jobs that
+``ray job submit`` starts on a token-auth cluster inherit both from the head, so ``vlm-sweep`` there just works.
+
     python -c "from vlm_core.ray_env import init_ray; print(init_ray().get('num_cpus'))"
+    RAY_ADDRESS=HEAD:6379 RAY_AUTH_MODE=token RAY_AUTH_TOKEN=... \
+        python -c "from vlm_core.ray_env import init_ray; print(init_ray())"
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ class RayUnreachable(ConnectionError):
 
 
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"  # "token" | "disabled"; read by Ray's C++ config (ray._raylet.get_authentication_mode)
 
 
 def _free_port() -> int:
@@ -51,23 +61,37 @@ def probe_address(address: str, timeout_s: float = 5.0) -> None:
                              f"to run on a local Ray") from e
 
 
+def _join_failure(address: str, error: BaseException) -> str:
+    """One line: why joining the cluster at ``address`` (whose port answered) failed, and the fix."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if os.environ.get(AUTH_MODE_ENV, "").lower() != "token":
+        return (f"RAY_ADDRESS={address!r} answers but could not be joined ({reason}); if the cluster uses token "
+                f"authentication, export {AUTH_MODE_ENV}=token and its token (RAY_AUTH_TOKEN=..., or the file "
+                f"~/.ray/auth_token; `ray get-auth-token` on the head prints it), else check the cluster "
+                f"(`ray status` on the head) or unset RAY_ADDRESS to run on a local Ray")
+    return (f"RAY_ADDRESS={address!r} answers but could not be joined with {AUTH_MODE_ENV}=token ({reason}); check "
+            f"that RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH names or ~/.ray/auth_token holds the cluster's token "
+            f"(`ray get-auth-token` on the head prints it) and that the cluster is up (`ray status` on the head)")
+
+
 def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
              resources: dict[str, float] | None = None) -> dict[str, Any]:
     """Initialise Ray once per process; returns the cluster's total resources."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = os.environ.get("RAY_ADDRESS")
+    if not address:
+        # only for the local cluster we start ourselves (set before Ray reads its config); a cluster named by
+        # RAY_ADDRESS keeps whatever auth the caller's environment gives it
+        os.environ.setdefault(AUTH_MODE_ENV, "disabled")
     import ray
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
         if address:
             probe_address(address)
             try:
                 ray.init(address=address, log_to_driver=True)
-            except (ConnectionError, RuntimeError, TimeoutError) as e:
-                raise RayUnreachable(f"RAY_ADDRESS={address!r} does not answer ({e}); start the cluster "
-                                     f"(`ray start --head` / `ray up cluster.yaml`) or unset RAY_ADDRESS "
-                                     f"to run on a local Ray") from e
+            except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.AuthenticationError) as e:
+                raise RayUnreachable(_join_failure(address, e)) from e
         else:
             # address="local": always a new cluster. Without it ray.init() joins whatever `ray start` left in
             # /tmp/ray/ray_current_cluster, even a dead one, and then refuses num_cpus.
