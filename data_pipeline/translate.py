@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from vlm_core.config import ConfigError, check_field, from_dict
+from vlm_core.hub import load_files, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,12 @@ class TranslatorConfig:
     """Registered translator: ``none`` (keep English), ``dictionary`` (offline FreeDict word-by-word) or
     ``seq2seq`` (MarianMT / NLLB model)."""
     model: str | None = None
-    """``seq2seq`` only: hub id or local folder, e.g. ``Helsinki-NLP/opus-mt-en-id`` or an NLLB checkpoint."""
+    """``seq2seq`` only: hub id or local folder, e.g. ``Helsinki-NLP/opus-mt-en-id`` or an NLLB checkpoint. Its
+    weights must be safetensors (``vlm-sweep assets convert SRC DST`` converts a pickle-only folder)."""
+    revision: str | None = None
+    """``seq2seq`` only: hub commit (or branch / tag) of ``model``, passed to the tokenizer's and the weights'
+    ``from_pretrained``; ignored for a local folder. A hub id loads from ``$VLM_SWEEP_ASSETS`` when that assets
+    folder holds this revision."""
     src_lang: str | None = None
     """``seq2seq`` only: source language code for tokenizers that need one (NLLB: ``eng_Latn``); None for
     Marian."""
@@ -78,7 +84,7 @@ class TranslatorConfig:
                f"{self.name!r} is not one of {', '.join(available_translators())}")
         check_field(self.name != "seq2seq" or bool(self.model), "translate.model",
                "seq2seq needs a hub id or local folder, e.g. Helsinki-NLP/opus-mt-en-id")
-        for name in ("model", "src_lang", "tgt_lang"):
+        for name in ("model", "revision", "src_lang", "tgt_lang"):
             value = getattr(self, name)
             check_field(value is None or (isinstance(value, str) and value.strip() == value and bool(value)),
                    f"translate.{name}", "must be None or a non-empty string without surrounding spaces")
@@ -395,14 +401,14 @@ class Seq2SeqTranslator:
 
         assert cfg.model is not None  # checked by TranslatorConfig
         self.cfg = cfg
-        self.id = (f"seq2seq/{_ALGORITHM_VERSION}:{cfg.model}:{cfg.src_lang or ''}>{cfg.tgt_lang or ''}"
-                   f":max_new_tokens={cfg.max_new_tokens}")
+        self.id = (f"seq2seq/{_ALGORITHM_VERSION}:{cfg.model}@{cfg.revision or ''}"
+                   f":{cfg.src_lang or ''}>{cfg.tgt_lang or ''}:max_new_tokens={cfg.max_new_tokens}")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=False)
-        from vlm_core.vision import from_pretrained_safetensors
-
-        self.model = from_pretrained_safetensors(AutoModelForSeq2SeqLM, cfg.model, "translate.model",
-                                                 trust_remote_code=False).to(self.device)
+        # weights first: a pickle-only folder is refused (naming `vlm-sweep assets convert`) before anything else
+        self.model = load_weights(AutoModelForSeq2SeqLM, cfg.model, cfg.revision, "translate.model",
+                                  trust_remote_code=False).to(self.device)
+        self.tokenizer = load_files(AutoTokenizer, cfg.model, cfg.revision, "translate.model",
+                                    trust_remote_code=False)
         self.model.eval()
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

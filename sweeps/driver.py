@@ -382,6 +382,10 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                 "token_lengths": lengths}
     storage = Path(cfg.out).resolve()
     check_space(storage, cfg.preset, cfg.min_free_gb, "sweep --out")
+    resources = init_ray()
+    for s in stages:
+        for p in planned[s]:
+            check_fits(p.resources, resources, p.spec.config_id)
     from vlm_core.lengths import markdown_table
 
     from .report import LENGTHS_FILE
@@ -395,10 +399,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             log.warning("%s (%s): %d of %d samples are longer than format.max_length=%d: %d cut to whole turns, "
                         "%d dropped", row["dataset"], row["format"], row["over"], row["rows"], row["max_length"],
                         row["cut"], row["dropped"])
-    resources = init_ray()
-    for s in stages:
-        for p in planned[s]:
-            check_fits(p.resources, resources, p.spec.config_id)
     summary: dict[str, Any] = {"stages": {}}
     data: dict[str, dict[str, Any]] = {}
     caches = _feature_caches(cfg, every, storage) if cfg.feature_cache else {}

@@ -1,6 +1,11 @@
-"""The real packaged assets load offline: SmolLM2-135M-Instruct (from GGUF) and all-MiniLM-L6-v2."""
+"""The real packaged assets load offline: SmolLM2-135M-Instruct (from GGUF) and all-MiniLM-L6-v2.
+
+    HF_HUB_OFFLINE=1 python -m pytest -q tests/test_assets.py
+"""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -23,6 +28,13 @@ def test_smollm2_converts_once_and_answers_offline():
                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, inputs["input_ids"].shape[1]:])
+
+
+def test_assets_prepare_command_prints_the_packaged_assets(capsys):
+    from vlm_core.cli import main
+
+    assert main(["assets", "prepare"]) == 0  # formerly plain `vlm-sweep assets`
+    assert json.loads(capsys.readouterr().out) == {"smollm2": str(smollm2_folder()), "minilm": str(minilm_path())}
 
 
 def test_local_preset_builds_a_vlm_on_real_smollm2():

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -117,6 +119,7 @@ def test_registry_lists_translators_and_rejects_unknown_names():
 @pytest.mark.parametrize("kwargs, field", [
     ({"min_coverage": 1.5}, "translate.min_coverage"),
     ({"name": "seq2seq"}, "translate.model"),
+    ({"name": "seq2seq", "model": "m", "revision": ""}, "translate.revision"),
     ({"batch_size": 0}, "translate.batch_size"),
     ({"max_new_tokens": 0}, "translate.max_new_tokens"),
     ({"tgt_lang": " ind_Latn"}, "translate.tgt_lang"),
@@ -346,7 +349,9 @@ def test_seq2seq_translates_through_a_model_folder(make_marian):
     out = translator.translate(texts)
     assert [t.ok for t in out] == [True] * 5 and all(t.reason is None for t in out)
     assert out[0].text == "kucing" and out[2].text == "kucing kucing"  # two sentences, each translated
-    assert translator.id == f"seq2seq/v1:{folder}:>:max_new_tokens=8"
+    assert translator.id == f"seq2seq/v1:{folder}@:>:max_new_tokens=8"
+    pinned = build_translator(TranslatorConfig(name="seq2seq", model=folder, revision="abc123", max_new_tokens=8))
+    assert pinned.id == f"seq2seq/v1:{folder}@abc123:>:max_new_tokens=8"  # another revision: not the same cache
 
 
 def test_seq2seq_empty_truncated_and_crashing_outputs_fail(make_marian):
@@ -369,3 +374,162 @@ def test_seq2seq_empty_truncated_and_crashing_outputs_fail(make_marian):
 
     with pytest.raises(ConfigError, match=r"translate\.tgt_lang: 'ind_Latn' is not a token"):
         build_translator(TranslatorConfig(name="seq2seq", model=endless, tgt_lang="ind_Latn"))
+
+
+# ---------------------------------------------------------------------------- Marian with sentencepiece
+
+EN_SENTENCES = """A red cat sits on the mat.
+What is in the image?
+The dog runs in the park.
+A man rides a bicycle on the street.
+Two children play with a ball.
+The sky is blue and the sun is bright.
+A woman holds a cup of coffee.
+There is a small house near the river.
+The car is parked next to the tree.
+A bird flies over the water.
+The cat sleeps on the red sofa.
+What colour is the car?
+The children sit at the table.
+A white dog plays in the snow.
+The man reads a book in the garden.
+Is there a cat in the picture?
+The woman walks with her dog.
+A small boat sails on the lake.
+The tree is tall and green.
+How many birds are in the sky?""".splitlines()
+ID_SENTENCES = """Seekor kucing merah duduk di atas tikar.
+Apa yang ada di dalam gambar?
+Anjing itu berlari di taman.
+Seorang pria mengendarai sepeda di jalan.
+Dua anak bermain dengan bola.
+Langit berwarna biru dan matahari bersinar terang.
+Seorang wanita memegang secangkir kopi.
+Ada rumah kecil di dekat sungai.
+Mobil itu diparkir di sebelah pohon.
+Seekor burung terbang di atas air.
+Kucing itu tidur di sofa merah.
+Apa warna mobil itu?
+Anak-anak duduk di meja.
+Seekor anjing putih bermain di salju.
+Pria itu membaca buku di kebun.
+Apakah ada kucing di dalam gambar?
+Wanita itu berjalan dengan anjingnya.
+Sebuah perahu kecil berlayar di danau.
+Pohon itu tinggi dan hijau.
+Berapa banyak burung di langit?""".splitlines()
+
+
+@dataclasses.dataclass
+class SpmMarian:
+    """A tiny MarianMT with a real sentencepiece ``MarianTokenizer``, in memory and saved (safetensors)."""
+
+    model: Any
+    """The in-memory ``MarianMTModel`` (eval mode): the reference its saved / converted copies must match."""
+    tokenizer: Any
+    """Its ``MarianTokenizer`` (source.spm / target.spm trained here, vocab.json from their pieces)."""
+    folder: Path
+    """``save_pretrained`` folder: model.safetensors, config, generation config, tokenizer files."""
+    target_piece: str
+    """The target piece the model is steered to emit (forced first token, then ``</s>``)."""
+
+    def save_pickled(self, folder: Path, shards: int = 1) -> Path:
+        """The same model as transformers 4 wrote it: ``pytorch_model.bin`` (or ``shards`` pickles + index)."""
+        import torch
+
+        folder.mkdir(parents=True)
+        self.model.config.save_pretrained(folder)
+        self.model.generation_config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        state = self.model.state_dict()  # shared / encoder / decoder embeddings + lm_head: one storage
+        if shards == 1:
+            torch.save(state, folder / "pytorch_model.bin")
+            return folder
+        names = list(state)
+        weight_map = {}
+        for k in range(shards):
+            shard = f"pytorch_model-{k + 1:05d}-of-{shards:05d}.bin"
+            part = {n: state[n] for n in names[k::shards]}
+            torch.save(part, folder / shard)
+            weight_map.update(dict.fromkeys(part, shard))
+        (folder / "pytorch_model.bin.index.json").write_text(json.dumps(
+            {"metadata": {"total_size": 0}, "weight_map": weight_map}))
+        return folder
+
+
+def build_spm_marian(root: Path) -> SpmMarian:
+    """Train source / target sentencepiece models on a few sentences, build a MarianTokenizer on them, and a
+    random-weight MarianMTModel (tied embeddings, as opus-mt's) steered to answer ``target_piece`` then EOS."""
+    import sentencepiece as spm
+    import torch
+    from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+    work = root / "spm"
+    work.mkdir(parents=True)
+    pieces: list[str] = []
+    for name, lines in (("source", EN_SENTENCES), ("target", ID_SENTENCES)):
+        (work / f"{name}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        spm.SentencePieceTrainer.train(input=str(work / f"{name}.txt"), model_prefix=str(work / name),
+                                       vocab_size=80, model_type="unigram", bos_id=-1, character_coverage=1.0,
+                                       hard_vocab_limit=False, minloglevel=2)
+        sp = spm.SentencePieceProcessor(model_file=str(work / f"{name}.model"))
+        pieces += [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
+    vocab = {"</s>": 0, "<unk>": 1}  # opus-mt's layout: </s> 0, <unk> 1, ..., <pad> last
+    for piece in pieces:
+        if piece not in ("<s>", "</s>", "<unk>", "<pad>"):
+            vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    (work / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    tokenizer = MarianTokenizer(source_spm=str(work / "source.model"), target_spm=str(work / "target.model"),
+                                vocab=str(work / "vocab.json"))
+    target_piece = max((p for p in vocab if p.startswith("▁") and len(p) > 3), key=lambda p: (len(p), p))
+
+    torch.manual_seed(0)
+    pad = vocab["<pad>"]
+    config = MarianConfig(vocab_size=len(vocab), d_model=16, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                          decoder_ffn_dim=32, max_position_embeddings=64, pad_token_id=pad, eos_token_id=0,
+                          decoder_start_token_id=pad, forced_eos_token_id=0)
+    model = MarianMTModel(config).eval()
+    with torch.no_grad():
+        model.final_logits_bias[0, 0] = 1e4  # a buffer: a conversion that lost it would no longer stop at once
+    model.generation_config.forced_bos_token_id = vocab[target_piece]
+    folder = root / "marian"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return SpmMarian(model=model, tokenizer=tokenizer, folder=folder, target_piece=target_piece)
+
+
+@pytest.fixture(scope="module")
+def spm_marian(tmp_path_factory) -> SpmMarian:
+    return build_spm_marian(tmp_path_factory.mktemp("spm-marian"))
+
+
+def test_a_marian_tokenizer_resolves_through_autotokenizer(spm_marian):
+    from transformers import AutoTokenizer, MarianTokenizer
+
+    assert sorted(p.name for p in spm_marian.folder.iterdir() if "spm" in p.name or "vocab" in p.name) == [
+        "source.spm", "target.spm", "vocab.json"]
+    tok = AutoTokenizer.from_pretrained(spm_marian.folder)  # transformers maps marian here only with sentencepiece
+    assert type(tok) is MarianTokenizer
+    enc = tok(EN_SENTENCES[:3])
+    assert all(ids[-1] == tok.eos_token_id == 0 for ids in enc["input_ids"]) and tok.pad_token_id == len(tok) - 1
+    assert tok.batch_decode(enc["input_ids"], skip_special_tokens=True) == EN_SENTENCES[:3]
+    target = tok(text_target=ID_SENTENCES[:2])["input_ids"]  # the target side has its own sentencepiece model
+    assert tok.batch_decode(target, skip_special_tokens=True) == ID_SENTENCES[:2]
+    assert tok.unk_token_id not in enc["input_ids"][0] + target[0]
+
+
+def test_seq2seq_translates_with_a_sentencepiece_marian(spm_marian):
+    import torch
+
+    translator = build_translator(TranslatorConfig(name="seq2seq", model=str(spm_marian.folder)))
+    assert type(translator.tokenizer).__name__ == "MarianTokenizer"
+    out = translator.translate(["A red cat sits on the mat. The dog runs in the park.", "What is in the image?"])
+    word = spm_marian.target_piece.lstrip("▁")
+    assert [(t.ok, t.text) for t in out] == [(True, f"{word} {word}"), (True, word)]
+    enc = spm_marian.tokenizer(EN_SENTENCES[:4], return_tensors="pt", padding=True)
+    labels = spm_marian.tokenizer(text_target=ID_SENTENCES[:4], return_tensors="pt", padding=True)["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(translator.model(**enc, labels=labels).logits,
+                           spm_marian.model(**enc, labels=labels).logits)

@@ -6,7 +6,9 @@
     vlm-sweep export --checkpoint runs/main/stage2/final --out exported/
     vlm-sweep data sample-corpus --out corpus
     vlm-sweep data build --source corpus/sharegpt4v_sample.jsonl --images corpus/images --out data
-    vlm-sweep assets                             # convert the packaged SmolLM2 once (cached)
+    vlm-sweep assets prepare                     # convert the packaged SmolLM2 once (cached)
+    vlm-sweep assets convert SRC DST             # a pickle-only model folder → a safetensors folder DST
+    vlm-sweep assets download --preset paper --to DIR   # the preset's hub models at their pinned revisions
     vlm-sweep sweep --data data --images corpus/images --preset local --grid paper19 --stage all
     vlm-sweep report runs/sweep
     vlm-sweep eval CHECKPOINT --questions corpus/eval_easyvqa.jsonl --images corpus/images
@@ -98,11 +100,48 @@ def export_cmd(checkpoint: str, out: str) -> str:
     return str(path)
 
 
-def assets_cmd() -> None:
+def assets_prepare_cmd() -> None:
     """Convert the packaged SmolLM2 GGUF once into the cache and print where the offline assets are."""
     from .assets import minilm_path, smollm2_folder
 
     print(json.dumps({"smollm2": str(smollm2_folder()), "minilm": str(minilm_path())}, indent=2))
+
+
+def assets_convert_cmd(src: str, dst: str) -> dict:
+    """Convert a local model folder with only pickled weights (pytorch_model.bin) into a safetensors folder.
+
+    Args:
+        src: The model folder: ``pytorch_model.bin``, or shards + ``pytorch_model.bin.index.json``, with its config
+            and tokenizer files. Read with ``torch.load(weights_only=True)``: a pickle that would run code is
+            refused without running it.
+        dst: The new folder (must not exist, or be empty): ``model.safetensors`` (or shards + index) and every
+            non-weight file of ``src``. Load it with e.g. ``--translate.model DST``.
+    """
+    from .assets import convert_to_safetensors
+
+    result = convert_to_safetensors(src, dst)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def assets_download_cmd(to: str, preset: str = "paper", translator: bool = True) -> dict:
+    """Fetch every hub model a preset uses, at its pinned revision, into an assets folder (``--assets DIR``).
+
+    Args:
+        to: The assets folder: ``DIR/<owner>--<name>/<revision>/`` per model, and ``DIR/assets.json``. Models
+            already there (per assets.json) are not fetched again.
+        preset: The model preset whose vision encoder, LLM and tokenizer to fetch (tiny / local use no hub
+            model); the embedder all-MiniLM-L6-v2 is always fetched.
+        translator: Also fetch the documented translator Helsinki-NLP/opus-mt-en-id.
+    """
+    from .assets import download_assets
+
+    manifest = download_assets(preset, to, translator=translator)
+    print(json.dumps({"assets": str(Path(to) / "assets.json"), "models": [
+        {"model": f"{m['repo_id']}@{m['revision']}", "folder": m["folder"], "bytes": m["bytes"]}
+        for m in manifest["models"]]}, indent=2))
+    print(f"use it with: --assets {to}  (or VLM_SWEEP_ASSETS={to})")
+    return manifest
 
 
 def sample_corpus_cmd(out: str = "corpus", n_train_images: int = 600, n_eval_questions: int = 300,
@@ -227,12 +266,18 @@ def _sweep_config_cls():
     return SweepConfig
 
 
-COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "assets": assets_cmd, "run": run_cmd,
-            "sweep": sweep_cmd, "report": report_cmd, "eval": eval_cmd}
+COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "run": run_cmd, "sweep": sweep_cmd,
+            "report": report_cmd, "eval": eval_cmd}
 DATA_COMMANDS = {"sample-corpus": sample_corpus_cmd, "build": data_build_cmd}
+ASSETS_COMMANDS = {"prepare": assets_prepare_cmd, "convert": assets_convert_cmd, "download": assets_download_cmd}
+# Command groups (``vlm-sweep GROUP COMMAND``): help text and their commands.
+GROUPS = {"data": ("Data preparation", DATA_COMMANDS),
+          "assets": ("Model assets: packaged, converted to safetensors, downloaded at pinned revisions",
+                     ASSETS_COMMANDS)}
 # Commands whose flags are one dataclass's fields (at top level), keyed by command path.
 CONFIG_COMMANDS = {"data build": _build_config_cls, "sweep": _sweep_config_cls}
-POSITIONAL = {"chat": ("question",), "report": ("experiment",), "eval": ("checkpoint",)}
+POSITIONAL = {"chat": ("question",), "report": ("experiment",), "eval": ("checkpoint",),
+              "assets convert": ("src", "dst")}
 
 
 def _preset_from_argv(argv: list[str]) -> str:
@@ -272,11 +317,13 @@ def build_parser(argv: list[str]):
     preset = _preset_from_argv(argv)
     for name, fn in COMMANDS.items():
         subs.add_subcommand(name, _command_parser(name, fn, preset), help=fn.__doc__.split("\n")[0])
-    data = ArgumentParser(description="Data preparation")
-    subs.add_subcommand("data", data, help="Data preparation")
-    data_subs = data.add_subcommands(dest="data_command")
-    for name, fn in DATA_COMMANDS.items():
-        data_subs.add_subcommand(name, _command_parser(f"data {name}", fn, preset), help=fn.__doc__.split("\n")[0])
+    for group, (description, commands) in GROUPS.items():
+        group_parser = ArgumentParser(description=description)
+        subs.add_subcommand(group, group_parser, help=description)
+        group_subs = group_parser.add_subcommands(dest=f"{group}_command")
+        for name, fn in commands.items():
+            group_subs.add_subcommand(name, _command_parser(f"{group} {name}", fn, preset),
+                                      help=fn.__doc__.split("\n")[0])
     return parser
 
 
@@ -294,7 +341,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .outputs import OutputError
     from .ray_env import RayUnreachable
     from .training import NonFiniteLoss
-    from .vision import ModelSourceError
+    from .hub import ModelSourceError
 
     return (ConfigError, ModelSourceError, CheckpointError, FormatError, AssetError, FileNotFoundError, SourceError,
             SamplingError, RayUnreachable, SweepInterrupted, DataError, OutputError, NonFiniteLoss)
@@ -312,9 +359,10 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser(argv)
         cfg = parser.parse_args(argv)
         init = parser.instantiate(cfg)
-        if init.command == "data":
-            path, fn, kwargs = f"data {init.data.data_command}", DATA_COMMANDS[init.data.data_command], \
-                init.data[init.data.data_command]
+        if init.command in GROUPS:
+            group = init[init.command]
+            name = group[f"{init.command}_command"]
+            path, fn, kwargs = f"{init.command} {name}", GROUPS[init.command][1][name], group[name]
         else:
             path, fn, kwargs = init.command, COMMANDS[init.command], init[init.command]
         kwargs = {k: v for k, v in dict(vars(kwargs)).items() if k != "config"}  # --config: already merged
