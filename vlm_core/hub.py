@@ -139,6 +139,14 @@ def convert_hint(source: str) -> str:
             f"with weights_only=True), or pin a revision that has safetensors")
 
 
+def _unreachable(what: str, r: Resolved, e: OSError) -> ModelSourceError:
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return ModelSourceError(
+        f"{what} {r.hub_id}@{r.revision or 'main'} cannot be loaded from the hub or its local cache ({reason}); on a "
+        f"machine without hub access fetch it once with `vlm-sweep assets download` and pass --assets DIR (or "
+        f"{ASSETS_ENV}=DIR), or pass a local folder")
+
+
 def load_weights(cls, source: str, revision: str | None, what: str, assets: str | None = None, **kwargs):
     """``cls.from_pretrained`` of ``source`` at ``revision``, weights from safetensors only."""
     r = resolve(source, revision, what, assets)
@@ -148,14 +156,21 @@ def load_weights(cls, source: str, revision: str | None, what: str, assets: str 
     try:
         return cls.from_pretrained(r.path, use_safetensors=True, **r.kwargs, **kwargs)
     except OSError as e:
-        if "safetensors" not in str(e):
-            raise
-        raise ModelSourceError(f"{what} {source!r}@{revision or 'main'} has no safetensors weights. "
-                               f"{convert_hint(r.path)}") from e
+        if "safetensors" in str(e):
+            raise ModelSourceError(f"{what} {source!r}@{revision or 'main'} has no safetensors weights. "
+                                   f"{convert_hint(r.path)}") from e
+        if r.hub_id and r.path == r.hub_id:
+            raise _unreachable(what, r, e) from e
+        raise
 
 
 def load_files(cls, source: str, revision: str | None, what: str, assets: str | None = None,
                marker: tuple[str, ...] = ("config.json",), **kwargs):
     """``cls.from_pretrained`` for what is not weights (tokenizer, image processor, config) at ``revision``."""
     r = resolve(source, revision, what, assets, marker)
-    return cls.from_pretrained(r.path, **r.kwargs, **kwargs)
+    try:
+        return cls.from_pretrained(r.path, **r.kwargs, **kwargs)
+    except OSError as e:
+        if r.hub_id and r.path == r.hub_id and not isinstance(e, ModelSourceError):
+            raise _unreachable(what, r, e) from e
+        raise
