@@ -50,11 +50,12 @@ def tiny_model(tiny_cfg):
 def llama_tokenizer_dir(tmp_path_factory) -> Path:
     """A Llama-3-style tokenizer: the real SmolLM2 BPE plus Llama 3's special tokens and chat template."""
     from vlm_core.language_model import load_tokenizer
+    from vlm_core.paper_shaped import chat_template
 
     tok = load_tokenizer(LMConfig(source="tiny"))
     tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIALS}, replace_extra_special_tokens=False)
     tok.bos_token, tok.eos_token = "<|begin_of_text|>", "<|eot_id|>"
-    tok.chat_template = (FIXTURES / "llama32_chat_template.jinja").read_text()
+    tok.chat_template = chat_template()  # vlm_core/model_configs/llama-3.2-1b-instruct/chat_template.jinja
     out = tmp_path_factory.mktemp("llama3_tokenizer")
     tok.save_pretrained(out)
     return out

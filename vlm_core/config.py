@@ -203,6 +203,10 @@ class TrainConfig:
     """Trade compute for memory in the LLM (the 10 GB profile needs it)."""
     mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     """``auto``: bf16 autocast on CUDA, fp32 on CPU."""
+    frozen_dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Dtype of the frozen modules' weights (the vision encoder; the LLM in stage 1): frozen weights need no fp32
+    master copy. ``auto``: bf16 on CUDA when bf16 autocast is on, fp32 otherwise (so CPU runs stay fp32 and exact);
+    trainable modules (the projector; the LLM in stage 2) always stay fp32."""
     init_checkpoint: str | None = None
     """Stage 2: the stage-1 checkpoint whose projector starts this run."""
     val_every_epoch: bool = True
@@ -232,6 +236,8 @@ class TrainConfig:
         check_field(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
         check_field(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision",
                "must be 'auto', 'bf16' or 'no'")
+        check_field(self.frozen_dtype in ("auto", "bf16", "fp32"), "train.frozen_dtype",
+                    f"{self.frozen_dtype!r} is not one of 'auto', 'bf16', 'fp32'")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
