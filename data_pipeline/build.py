@@ -4,9 +4,10 @@ A Ray Data pipeline (local Ray by default, any cluster through ``RAY_ADDRESS``; 
 output folder must be shared storage):
 
     1  source shards ─► validate ─► image-prefix filter (─► image check)      read tasks, ½ CPU each
-       ─► translate (actor pool) ─► embed the human turns (actor pool)        _work/rows-<key>/
-    2  UMAP + clustering fitted on a bounded sample, in one task              artifacts/
-    3  transform + assign every row (fixed batches, order kept) ─► sample variants ─► write
+       ─► translate (actor pool) ─► embed --embed.text (actor pool)           _work/rows-<key>/
+    2  repetition of the embedded texts (hash counts) ─► warn when mostly repeats     manifest.json
+    3  UMAP + clustering fitted on a bounded sample, in one task              artifacts/
+    4  transform + assign every row (fixed batches, order kept) ─► sample variants ─► write
 
 Rows rejected at any step flow on with their reason (later steps skip them), so one pass yields both the
 kept rows and ``rejected.jsonl``. Actor pools are sized so that read tasks keep a CPU share: on 2 cores a
@@ -16,9 +17,26 @@ Each intermediate is keyed by a hash of everything that produced it and reused b
 so. Outputs are replaced atomically, never appended to, so reruns never duplicate rows. Every dropped row is
 in ``rejected.jsonl`` with its line, id, stage and reason, and counted in ``manifest.json``.
 
+**Repeated embedded texts.** ``--embed.text`` (``human`` by default: the study's choice; ``assistant``;
+``both``) picks what is embedded. In ShareGPT4V's caption files every human turn is one of ~10 fixed prompts,
+so embedding the human turns clusters prompt templates, not content. The manifest's ``embedding`` section
+records ``distinct_texts``, ``distinct_fraction``, ``top10_share`` (the share of embedded rows held by the 10
+most common embedded texts) and those texts (80 characters) with their counts; ``data build`` logs a warning,
+also kept in ``manifest["warnings"]``, naming these figures and ``--embed.text`` when the texts are mostly
+repeats (thresholds: :data:`REPEAT_TOP10_SHARE`, :data:`REPEAT_DISTINCT_FRACTION`, see
+:func:`repetition_warning`).
+
+**Assets.** With ``--assets DIR`` (or ``$VLM_SWEEP_ASSETS``), a hub ``embed.model`` whose revision ``DIR`` holds
+is rewritten to that folder, and the translator is given ``DIR`` (``translate.assets``; its hub id and revision
+stay its cache key), in the driver, before the configs reach the Ray Data actors (which do not see the driver's
+environment).
+
     vlm-sweep data sample-corpus --out corpus
     vlm-sweep data build --source corpus/sharegpt4v_sample.jsonl --images corpus/images --out data \
         --variants '[{name: 10kRandom, kind: random, size: 300}, {name: 20kUmap, kind: umap, size: 400}]'
+    python -m data_pipeline.caption_fixture fixture 400          # the caption files' shape, small
+    vlm-sweep data build --source fixture/sharegpt4v_instruct_gpt4-vision_cap100k.json --images fixture/images \
+        --out data-captions --embed.text assistant --variants '[{name: 20kUmap, kind: umap, size: 100}]'
 """
 
 from __future__ import annotations
@@ -33,7 +51,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +72,15 @@ from .records import (
 
 log = logging.getLogger(__name__)
 DONE = "_DONE"
+
+REPEAT_TOP10_SHARE = 0.5
+"""Warn when the 10 most common embedded texts hold at least this share of the embedded rows (and at least half
+the rows repeat another row's text, so that a corpus of 20 rows or fewer, all distinct, does not warn)."""
+REPEAT_DISTINCT_FRACTION = 0.05
+"""... or when fewer than this share of the embedded rows have a text of their own (each text repeated 20×
+on average: many templates spread evenly, which the top-10 share alone would miss)."""
+TOP_TEXTS = 10
+TOP_TEXT_CHARS = 80
 
 
 def _key(*parts: Any) -> str:
@@ -279,6 +306,101 @@ def _write_parquet_atomic(table, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def repetition_stats(dataset, ok_filter, text: str, top: int = TOP_TEXTS) -> dict[str, Any]:
+    """How repeated the embedded texts are, from the ``embed_hash`` column of the embedded rows.
+
+    Memory: the int64 hash column (8 bytes a row: 8 MB at a million rows) plus Arrow's hash table in
+    ``value_counts`` (about 16 bytes per distinct text: at most 16 MB at a million); the texts themselves are
+    read only for the ``top`` hashes, batch by batch, stopping once each has one."""
+    import pyarrow.compute as pc
+
+    from .embed import embedded_text
+
+    hashes = dataset.to_table(columns=["embed_hash"], filter=ok_filter)["embed_hash"]
+    n = len(hashes)
+    if n == 0:
+        return {"rows": 0, "distinct_texts": 0, "distinct_fraction": 0.0, "top10_share": 0.0, "top_texts": []}
+    vc = pc.value_counts(hashes)
+    values, counts = vc.field("values").to_numpy(), vc.field("counts").to_numpy()
+    order = np.lexsort((values, -counts))[:top]  # most common first; ties by hash, so the order is stable
+    top_hashes = [int(values[i]) for i in order]
+    wanted = {h: int(counts[i]) for h, i in zip(top_hashes, order)}
+    columns = {"human": ["human_text"], "assistant": ["assistant_text"]}.get(text, ["human_text", "assistant_text"])
+    found: dict[int, str] = {}
+    scanner = dataset.scanner(columns=["embed_hash"] + columns,
+                              filter=ok_filter & pc.field("embed_hash").isin(top_hashes), batch_size=1024)
+    for batch in scanner.to_batches():
+        cols = batch.to_pydict()
+        blank = [""] * batch.num_rows
+        for h, human, assistant in zip(cols["embed_hash"], cols.get("human_text", blank),
+                                       cols.get("assistant_text", blank)):
+            found.setdefault(h, embedded_text(human, assistant, text))
+        if len(found) == len(wanted):
+            break
+    distinct = len(values)
+    return {"rows": n, "distinct_texts": distinct, "distinct_fraction": round(distinct / n, 4),
+            "top10_share": round(float(np.sort(counts)[::-1][:10].sum()) / n, 4),
+            "top_texts": [{"text": _one_line(found.get(h, ""), TOP_TEXT_CHARS), "count": wanted[h]}
+                          for h in top_hashes]}
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def repeated_texts(stats: dict[str, Any]) -> bool:
+    """True when the embedded texts are mostly repeats (clusters would group the repeated texts, not content).
+
+    With ~10 fixed prompts over ShareGPT4V's 102k caption rows the top-10 share is ~100 % and 0.01 % of the texts
+    are distinct; the sample corpus's human turns (real easy-vqa questions, three a record) measure 4.1 % and
+    97.7 %, far from both thresholds."""
+    if not stats["rows"]:
+        return False
+    return ((stats["top10_share"] >= REPEAT_TOP10_SHARE and stats["distinct_fraction"] <= 0.5)
+            or stats["distinct_fraction"] < REPEAT_DISTINCT_FRACTION)
+
+
+def repetition_warning(stats: dict[str, Any], text: str) -> str | None:
+    """The warning ``data build`` logs (and keeps in the manifest) when :func:`repeated_texts`, else None."""
+    if not repeated_texts(stats):
+        return None
+    from .embed import TEXT_LABELS
+
+    first = stats["top_texts"][0]
+    others = [t for t in ("human", "assistant", "both") if t != text]
+    return (f"the embedded texts ({TEXT_LABELS[text]}, --embed.text {text}) are mostly repeats: "
+            f"{stats['distinct_texts']} distinct texts in {stats['rows']} rows ({stats['distinct_fraction']:.1%}), "
+            f"and the 10 most common hold {stats['top10_share']:.1%} of the rows (the most common, "
+            f"{first['count']} rows: {first['text']!r}). UMAP and the clusters will group these repeated texts "
+            f"(e.g. fixed prompt templates), not the content; consider --embed.text {others[0]} or "
+            f"--embed.text {others[1]}. (Warned when the top-10 share is >= {REPEAT_TOP10_SHARE:.0%} with at least "
+            f"half the rows repeats, or fewer than {REPEAT_DISTINCT_FRACTION:.0%} of the texts are distinct.)")
+
+
+def localized_models(cfg: BuildConfig):
+    """(embedding model to load, the revision to pass with it, translator config): the embedder's hub id rewritten
+    to the assets folder's copy (``--assets`` or ``$VLM_SWEEP_ASSETS``) when it holds its revision; the translator
+    told the assets folder (``translate.assets``), keeping its hub id and revision for its cache key."""
+    from vlm_core.hub import assets_dir, localize
+
+    from .embed import resolve_model
+
+    root = assets_dir(cfg.assets)
+    if cfg.assets and not Path(cfg.assets).expanduser().is_dir():
+        raise SourceError(f"assets folder {cfg.assets} is not a folder; pass --assets with the folder written by "
+                          f"`vlm-sweep assets download`")
+    assets = str(root) if root is not None else None
+    embed_model, embed_revision = resolve_model(cfg.embed.model), cfg.embed.revision if cfg.embed.model else None
+    if cfg.embed.model:
+        local = localize(cfg.embed.model, cfg.embed.revision, assets)
+        if local != cfg.embed.model:
+            embed_model, embed_revision = local, None  # the folder holds that revision
+    # the translator keeps its hub id and revision (its cache key) and is told where the files are
+    translate = replace(cfg.translate, assets=assets) if cfg.translate.model and assets else cfg.translate
+    return embed_model, embed_revision, translate
+
+
 # -------------------------------------------------------------------------------------------------- build
 def build(cfg: BuildConfig) -> dict[str, Any]:
     """Run the pipeline; returns the manifest (also written to ``OUT/manifest.json``)."""
@@ -291,7 +413,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     from vlm_core.data import is_validation
     from vlm_core.ray_env import init_ray
 
-    from .embed import EmbedBatch, resolve_model
+    from .embed import TEXT_LABELS, EmbedBatch, model_label
     from .reduce import AssignBatch, fit_space
     from .sampling import cluster_counts, sample_per_cluster, sample_random
     from .translate import build_translator
@@ -309,6 +431,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     work.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     reused: list[str] = []
+    warnings: list[str] = []  # also logged; kept in the manifest
 
     src_hash = file_sha256(source)
     source_errors: list[str] = []
@@ -328,10 +451,10 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
 
     # ---- A+B: one streaming pass: read + validate + filter (tasks) → translate → embed (actor pools) → write
     t0 = time.perf_counter()
-    translator_id = build_translator(cfg.translate).id if cfg.translate.name != "none" else "none"
-    embed_model = resolve_model(cfg.embed.model)
+    embed_model, embed_revision, translate_cfg = localized_models(cfg)  # before any config reaches an actor
+    translator_id = build_translator(translate_cfg).id if cfg.translate.name != "none" else "none"
     key = _key(src_hash, cfg.image_prefix, cfg.check_images, str(Path(cfg.images).resolve()), translator_id,
-               embed_model, "rows-v1")
+               embed_model, embed_revision, cfg.embed.text, "rows-v2")
     rows_dir = work / f"rows-{key}"
     plan = plan_actors(cfg, resources)
     if _done(rows_dir):
@@ -345,11 +468,12 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                             num_cpus=plan.read_cpus)
         if plan.translate_actors:
             ds = ds.map_batches(TranslateStage, fn_constructor_args=(
-                cfg.translate.to_dict(), str((work / "translation_cache").resolve())),
+                translate_cfg.to_dict(), str((work / "translation_cache").resolve())),
                 batch_size=cfg.translate.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.translate_actors),
                 num_cpus=plan.translate_cpus, num_gpus=plan.translate_gpus)
         threads = None if plan.embed_gpus else max(1, math.ceil(plan.embed_cpus))  # 1.5 CPUs → 2 threads
-        ds = ds.map_batches(EmbedBatch, fn_constructor_args=(embed_model, cfg.embed.batch_size, threads),
+        ds = ds.map_batches(EmbedBatch, fn_constructor_args=(embed_model, cfg.embed.batch_size, threads,
+                                                             cfg.embed.text, embed_revision),
                             batch_size=cfg.embed.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),
                             num_cpus=plan.embed_cpus, num_gpus=plan.embed_gpus)
@@ -365,10 +489,15 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     duplicates = _duplicate_rows(emb_ds)  # later copies of an id: quarantined, the first copy is kept
     if duplicates:
         reasons.update(f"dedupe: {reason_group(d['reason'])}" for d in duplicates)
-        log.warning("%d rows repeat an id already seen (e.g. %s at line %s); quarantined as 'dedupe'",
-                    len(duplicates), duplicates[0]["id"], duplicates[0]["line"])
+        warnings.append(f"{len(duplicates)} rows repeat an id already seen (e.g. {duplicates[0]['id']} at line "
+                        f"{duplicates[0]['line']}); quarantined as 'dedupe'")
+        log.warning("%s", warnings[-1])
     dup_lines = [d["line"] for d in duplicates]
     ok_filter = (pc.field("reason") == "") & ~pc.field("line").isin(dup_lines)
+    repetition = repetition_stats(emb_ds, ok_filter, cfg.embed.text)
+    if (warning := repetition_warning(repetition, cfg.embed.text)):
+        log.warning("%s", warning)
+        warnings.append(warning)
     ids = emb_ds.to_table(columns=["id"], filter=ok_filter)["id"].to_pylist()
     fit_ids = _fit_sample_ids(ids, cfg.umap.fit_sample, cfg.seed)
     fit_table = emb_ds.to_table(columns=["id", "embedding"], filter=ok_filter & pc.field("id").isin(list(fit_ids)))
@@ -437,7 +566,9 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
 
     sampled_umap = {i for v in cfg.variants if v.kind == "umap"
                     for i in _variant_ids(out / v.name)}
-    plot_umap(space, sampled_umap, out / "umap.png")
+    plot_title = (f"UMAP of {TEXT_LABELS[cfg.embed.text]} ({model_label(cfg.embed.model)})\n"
+                  f"{len(space.sample_ids)} fit rows, {space.method} k={space.k}")
+    plot_umap(space, sampled_umap, out / "umap.png", title=plot_title)
 
     by_stage = Counter()
     for r, c in reasons.items():
@@ -452,9 +583,19 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         "variants": variants_info,
         "clusters": {"method": space.method, "k": space.k, "silhouette_by_k": space.silhouette,
                      "per_cluster_all": cluster_counts(all_clusters), "fit_sample": len(fit_ids)},
-        "embedding": {"model": embed_model, "dim": int(fit_emb.shape[1]), "text": "human turns (English), "
-                      f"{IMAGE_MARKER} removed"},
-        "translation": {"translator": cfg.translate.name, "id": translator_id},
+        "embedding": {"model": cfg.embed.model or embed_model, "revision": cfg.embed.revision,
+                      "folder": embed_model if Path(embed_model).expanduser().is_dir() else None,
+                      "packaged": cfg.embed.model is None, "dim": int(fit_emb.shape[1]), "text": cfg.embed.text,
+                      "text_description": f"{TEXT_LABELS[cfg.embed.text]} (English), {IMAGE_MARKER} removed",
+                      **{k: repetition[k] for k in ("distinct_texts", "distinct_fraction", "top10_share",
+                                                    "top_texts")},
+                      "repeated": repeated_texts(repetition)},
+        "translation": {"translator": cfg.translate.name, "id": translator_id, "model": cfg.translate.model,
+                        "revision": getattr(cfg.translate, "revision", None),
+                        "folder": translate_cfg.model if translate_cfg.model and
+                        Path(translate_cfg.model).expanduser().is_dir() else None},
+        "plot": {"path": "umap.png", "title": plot_title},
+        "warnings": warnings,
         "params": cfg.to_dict(), "seed": cfg.seed, "versions": _versions(),
         "ray_plan": plan.__dict__, "reused_stages": reused, "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - t_start, 2), "ray_resources": resources,

@@ -37,14 +37,33 @@ def default_variants() -> list[VariantSpec]:
 
 @dataclass
 class EmbedConfig:
-    """Sentence embeddings of the human turns."""
+    """Sentence embeddings of each record's text, which UMAP and the clustering group."""
 
     model: str | None = None
     """sentence-transformers model: hub id or folder. Default: the packaged all-MiniLM-L6-v2 (384-d)."""
+    revision: str | None = None
+    """Hub commit (or branch / tag) of ``model`` when it is a hub id, passed to ``SentenceTransformer``; ignored
+    for a folder and for the packaged default. A hub id loads from the assets folder (``--assets``) when it holds
+    this revision."""
+    text: Literal["human", "assistant", "both"] = "human"
+    """What is embedded: ``human`` (the human turns: the study's choice), ``assistant`` (the assistant turns) or
+    ``both`` (human turns, a newline, assistant turns); English, ``<image>`` removed. On ShareGPT4V's caption
+    files every human turn is one of ~10 fixed prompts, so ``human`` clusters prompt templates: ``data build``
+    warns when the embedded texts are mostly repeats; ``assistant`` clusters the captions."""
     batch_size: int = 128
     """Rows per embedding batch."""
     actors: int | None = None
     """Embedding actors. Default: one per GPU, else CPUs - 1 (so read tasks keep a CPU), at least 1."""
+
+    def __post_init__(self) -> None:
+        check_field(self.text in ("human", "assistant", "both"), "embed.text",
+                    f"{self.text!r} is not one of 'human', 'assistant', 'both'")
+        for name in ("model", "revision"):
+            value = getattr(self, name)
+            check_field(value is None or (isinstance(value, str) and value.strip() == value and bool(value)),
+                        f"embed.{name}", "must be None or a non-empty string without surrounding spaces")
+        check_field(self.batch_size >= 1, "embed.batch_size", "must be >= 1")
+        check_field(self.actors is None or self.actors >= 1, "embed.actors", "must be >= 1")
 
 
 @dataclass
@@ -107,16 +126,26 @@ class BuildConfig:
     translate: TranslatorConfig = field(default_factory=TranslatorConfig)
     """English → Indonesian translation (``none`` keeps English)."""
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    """Sentence embeddings: model, revision, and what is embedded (``--embed.text``)."""
     umap: UmapConfig = field(default_factory=UmapConfig)
+    """Dimensionality reduction before clustering."""
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    """Clustering of the UMAP coordinates."""
     val_fraction: float = 0.05
     """Validation share of each variant, assigned by a hash of the record id (stable across variants)."""
     seed: int = 0
     """Seeds UMAP, clustering and sampling."""
     shard_lines: int = 20_000
     """Source lines per read task."""
+    assets: str | None = None
+    """Assets folder from ``vlm-sweep assets download`` (default: ``$VLM_SWEEP_ASSETS``, else none): hub ids of
+    ``embed.model`` and ``translate.model`` whose pinned revision it holds load from it. The driver rewrites them
+    to that folder before the Ray Data actors start (the actors do not see the driver's environment); the
+    manifest records the id, the revision and the folder used."""
 
     def __post_init__(self) -> None:
+        check_field(self.assets is None or (isinstance(self.assets, str) and bool(self.assets.strip())),
+                    "assets", "must be None or a folder path")
         check_field(0 <= self.val_fraction < 1, "val_fraction", "must be in [0, 1)")
         check_field(self.shard_lines >= 1, "shard_lines", "must be >= 1")
         names = [v.name for v in self.variants]

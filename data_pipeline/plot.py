@@ -1,5 +1,7 @@
 """``umap.png``: the 2-D UMAP of the fit sample, coloured by cluster, with the points sampled into the
-per-cluster variant ringed in black.
+per-cluster variant ringed in black. The title says what was embedded and by which model (``data build``
+passes e.g. "UMAP of human turns (all-MiniLM-L6-v2)"); it is also stored in the PNG's ``Title`` text chunk
+(``PIL.Image.open(path).text["Title"]``) and in the manifest (``plot.title``).
 
     python -c "from data_pipeline.plot import plot_umap; help(plot_umap)"
 """
@@ -11,7 +13,11 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_umap(space, sampled_ids: set[str], path: str | Path) -> Path:
+DEFAULT_TITLE = "UMAP of the embeddings"
+
+
+def plot_umap(space, sampled_ids: set[str], path: str | Path, title: str | None = None) -> Path:
+    """Write the plot to ``path`` (atomically) with ``title`` (default: :data:`DEFAULT_TITLE` and the fit)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -28,14 +34,16 @@ def plot_umap(space, sampled_ids: set[str], path: str | Path) -> Path:
     if picked.any():
         ax.scatter(coords[picked, 0], coords[picked, 1], s=18, facecolors="none", edgecolors="black",
                    linewidths=0.5, label=f"sampled ({int(picked.sum())})")
-    ax.set_title(f"UMAP of human-turn embeddings: {len(labels)} fit rows, {space.method} k={space.k}")
+    if title is None:
+        title = f"{DEFAULT_TITLE}: {len(labels)} fit rows, {space.method} k={space.k}"
+    ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=6, markerscale=1.5, loc="best", ncol=2)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    fig.savefig(tmp, metadata={"Title": title})
     plt.close(fig)
     tmp.replace(path)
     return path

@@ -6,7 +6,8 @@ Pure functions, unit-testable without Ray:
   a JSON list is first rewritten as JSON Lines with ``ijson`` (streamed, never loaded whole);
 * ``read_shard(shard)``: the rows of one shard, each validated by ``validate_record``;
 * ``validate_record(obj)``: required fields, exactly one ``<image>`` marker, moved to the front of the first
-  human turn, multi-turn conversations kept, turns alternating human/gpt.
+  human turn, multi-turn conversations kept, turns alternating human/gpt; the English human and assistant
+  turns are also kept as two flat strings (``human_text``, ``assistant_text``: what ``--embed.text`` embeds).
 
 Rows are flat (``conversations`` is JSON text) because nested list-of-struct columns fall back to pickle in
 Ray Data. A rejected row keeps its line number, id, reason and a prefix of the raw text.
@@ -28,7 +29,9 @@ IMAGE_MARKER = "<image>"
 RAW_PREFIX = 300  # characters of a rejected row kept for the report
 
 # Columns of every row flowing through the pipeline (kept and rejected alike).
-ROW_COLUMNS = ("id", "image", "conversations", "human_text", "n_turns", "line", "reason", "stage")
+# ``human_text`` / ``assistant_text``: the English human / assistant turns, ``<image>`` removed, joined by newlines
+# (what ``--embed.text`` chooses from; flat strings, never lists).
+ROW_COLUMNS = ("id", "image", "conversations", "human_text", "assistant_text", "n_turns", "line", "reason", "stage")
 
 
 class SourceError(ValueError):
@@ -96,7 +99,7 @@ def plan_shards(path: str | Path, shard_lines: int) -> list[Shard]:
 
 def _reject(line: int, rid: Any, reason: str, raw: str, stage: str = "validate") -> dict[str, Any]:
     return {"id": "" if rid is None else str(rid), "image": "", "conversations": raw[:RAW_PREFIX],
-            "human_text": "", "n_turns": 0, "line": line, "reason": reason, "stage": stage}
+            "human_text": "", "assistant_text": "", "n_turns": 0, "line": line, "reason": reason, "stage": stage}
 
 
 def validate_record(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
@@ -132,9 +135,11 @@ def validate_record(obj: Any) -> tuple[dict[str, Any] | None, str | None]:
         return None, "the first human turn has nothing but <image>"
     turns = [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]} for m in messages]
     turns[0]["value"] = f"{IMAGE_MARKER}\n{first}"
-    human = "\n".join(m["content"].replace(IMAGE_MARKER, "").strip() for m in messages if m["role"] == "user")
+    human, assistant = (
+        "\n".join(m["content"].replace(IMAGE_MARKER, "").strip() for m in messages if m["role"] == role)
+        for role in ("user", "assistant"))
     return {"id": str(rid), "image": image.strip(), "conversations": json.dumps(turns, ensure_ascii=False),
-            "human_text": human, "n_turns": len(turns)}, None
+            "human_text": human, "assistant_text": assistant, "n_turns": len(turns)}, None
 
 
 def read_shard(shard: Shard) -> Iterator[dict[str, Any]]:

@@ -61,8 +61,12 @@ class TranslatorConfig:
     weights must be safetensors (``vlm-sweep assets convert SRC DST`` converts a pickle-only folder)."""
     revision: str | None = None
     """``seq2seq`` only: hub commit (or branch / tag) of ``model``, passed to the tokenizer's and the weights'
-    ``from_pretrained``; ignored for a local folder. A hub id loads from ``$VLM_SWEEP_ASSETS`` when that assets
-    folder holds this revision."""
+    ``from_pretrained``; ignored for a local folder. A hub id loads from ``assets`` (or ``$VLM_SWEEP_ASSETS``) when
+    that assets folder holds this revision."""
+    assets: str | None = None
+    """``seq2seq`` only: an assets folder (``vlm-sweep assets download``) to load a hub ``model`` from; set by
+    ``data build --assets``. Where the files come from is not part of the translation cache key: the hub id and
+    revision are."""
     src_lang: str | None = None
     """``seq2seq`` only: source language code for tokenizers that need one (NLLB: ``eng_Latn``); None for
     Marian."""
@@ -405,9 +409,9 @@ class Seq2SeqTranslator:
                    f":{cfg.src_lang or ''}>{cfg.tgt_lang or ''}:max_new_tokens={cfg.max_new_tokens}")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         # weights first: a pickle-only folder is refused (naming `vlm-sweep assets convert`) before anything else
-        self.model = load_weights(AutoModelForSeq2SeqLM, cfg.model, cfg.revision, "translate.model",
+        self.model = load_weights(AutoModelForSeq2SeqLM, cfg.model, cfg.revision, "translate.model", cfg.assets,
                                   trust_remote_code=False).to(self.device)
-        self.tokenizer = load_files(AutoTokenizer, cfg.model, cfg.revision, "translate.model",
+        self.tokenizer = load_files(AutoTokenizer, cfg.model, cfg.revision, "translate.model", cfg.assets,
                                     trust_remote_code=False)
         self.model.eval()
         if self.tokenizer.pad_token is None:

@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.build import build
+from data_pipeline.build import REPEAT_TOP10_SHARE, build
 from data_pipeline.config import BuildConfig, ClusterConfig, UmapConfig, VariantSpec
 from data_pipeline.sampling import SamplingError
 
@@ -71,6 +71,14 @@ def test_build_writes_variants_manifest_rejections_and_plot(built, source):
     assert max(per.values()) - min(per.values()) <= max(1, 40 // len(per)) or min(
         manifest["clusters"]["per_cluster_all"].values()) < 40 // len(per)  # equal, unless a cluster ran out
     assert manifest["embedding"]["dim"] == 384 and manifest["source"]["sha256"]
+    # real easy-vqa questions, three a record (this small corpus: 81 % distinct, top-10 share 33 %): no warning
+    emb = manifest["embedding"]
+    assert emb["text"] == "human" and emb["packaged"] and emb["revision"] is None and emb["folder"]
+    assert emb["distinct_fraction"] > 0.75 and emb["top10_share"] < REPEAT_TOP10_SHARE and not emb["repeated"]
+    assert sum(t["count"] for t in emb["top_texts"]) <= counts["embedded"] and len(emb["top_texts"]) == 10
+    assert [w for w in manifest["warnings"] if "repeat an id" in w] and not [
+        w for w in manifest["warnings"] if "--embed.text" in w]
+    assert manifest["plot"]["title"].startswith("UMAP of human turns (all-MiniLM-L6-v2)")
     assert (out / "umap.png").stat().st_size > 10_000 and (out / "artifacts" / "umap_clusters.joblib").is_file()
 
 

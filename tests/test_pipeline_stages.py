@@ -24,6 +24,7 @@ def test_valid_record_is_normalised_with_image_first_and_turns_kept():
     turns = json.loads(fields["conversations"])
     assert turns[0]["value"] == "<image>\nWhat is this?" and len(turns) == 4 and fields["n_turns"] == 4
     assert fields["human_text"] == "What is this?\nColour?"
+    assert fields["assistant_text"] == "A cat.\nGrey."  # flat strings: what --embed.text chooses from
 
 
 @pytest.mark.parametrize("mutate, reason", [
@@ -155,3 +156,120 @@ def test_reasons_are_counted_by_kind_not_by_row():
     assert reason_group("translation failed: coverage 0.22 < 0.50 (2/9 words found)") == \
         "translation failed: coverage N < N"
     assert reason_group("no <image> marker") == "no <image> marker"
+
+
+def _stats(texts: list[str]) -> dict:
+    """``repetition_stats`` of ``texts`` through a real Parquet dataset, as ``data build`` computes them."""
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    from data_pipeline.build import repetition_stats
+    from data_pipeline.embed import text_hash
+
+    folder = tempfile.mkdtemp()
+    n = len(texts)
+    pq.write_table(pa.table({"embed_hash": pa.array([text_hash(t) for t in texts] + [0], pa.int64()),
+                             "human_text": texts + ["rejected"], "assistant_text": [""] * (n + 1),
+                             "reason": [""] * n + ["bad"], "line": list(range(1, n + 2))}),
+                   f"{folder}/part.parquet", row_group_size=7)  # several batches: the top-text scan must stop
+    return repetition_stats(pads.dataset(folder, format="parquet"), pc.field("reason") == "", "human")
+
+
+def test_repetition_stats_count_distinct_texts_and_the_top10_share():
+    from data_pipeline.build import TOP_TEXT_CHARS, repeated_texts, repetition_warning
+
+    prompts = [f"Describe image number {i} in great detail, please, naming every element you can see in it." for i in
+               range(12)]
+    rows = [prompts[i % 3] for i in range(90)] + [prompts[3 + i % 9] for i in range(10)]  # 3 prompts hold 90 %
+    s = _stats(rows)
+    assert (s["rows"], s["distinct_texts"], s["distinct_fraction"]) == (100, 12, 0.12)
+    assert s["top10_share"] == 0.98 and [t["count"] for t in s["top_texts"][:3]] == [30, 30, 30]
+    assert len(s["top_texts"]) == 10 and all(len(t["text"]) <= TOP_TEXT_CHARS for t in s["top_texts"])
+    first = s["top_texts"][0]["text"]  # one of the three (ties are ordered by hash), cut to 80 characters
+    assert len(first) == TOP_TEXT_CHARS and first.endswith("…") and any(p.startswith(first[:-1]) for p in prompts[:3])
+    assert repeated_texts(s)
+    w = repetition_warning(s, "human")
+    assert "12 distinct texts in 100 rows (12.0%)" in w and "98.0%" in w and "--embed.text assistant" in w
+    distinct = _stats([f"question {i}" for i in range(100)])
+    assert distinct["distinct_texts"] == 100 and distinct["top10_share"] == 0.1 and not repeated_texts(distinct)
+    assert repetition_warning(distinct, "human") is None
+    # few rows, all distinct: the 10 most common trivially hold them all, which is no reason to warn
+    assert not repeated_texts(_stats([f"q{i}" for i in range(8)]))
+    # many templates spread evenly (top-10 share 2 %) are still mostly repeats: < 5 % of the texts are distinct
+    spread = _stats([f"template {i % 500}" for i in range(20_000)])
+    assert spread["top10_share"] == 0.02 and spread["distinct_fraction"] == 0.025 and repeated_texts(spread)
+
+
+def test_embed_batch_embeds_the_chosen_text_and_hashes_it():
+    from data_pipeline.embed import EmbedBatch, text_hash
+
+    batch = {"human_text": ["What is this?", "Colour?"], "assistant_text": ["A grey cat on a red sofa.", "Blue."],
+             "reason": ["", "rejected"]}
+    out = {t: EmbedBatch(None, 8, text=t)(batch) for t in ("human", "assistant", "both")}
+    expect = {"human": "What is this?", "assistant": "A grey cat on a red sofa.",
+              "both": "What is this?\nA grey cat on a red sofa."}
+    model = EmbedBatch(None, 8).model
+    for t, o in out.items():
+        assert o["embed_hash"][0] == text_hash(expect[t]) and o["embed_hash"][1] == 0
+        ref = model.encode([expect[t]], normalize_embeddings=True)[0]
+        assert float(o["embedding"][0] @ ref) > 0.9999 and not o["embedding"][1].any()
+    assert float(out["human"]["embedding"][0] @ out["assistant"]["embedding"][0]) < 0.9
+    # a batch without assistant_text (bench/data_build.py's) still embeds the human turns
+    assert EmbedBatch(None, 8)({"human_text": ["hi"], "reason": [""]})["embedding"].shape == (1, 384)
+
+
+@pytest.mark.parametrize("kw, field", [({"text": "gpt"}, "embed.text"), ({"revision": ""}, "embed.revision"),
+                                       ({"model": " x"}, "embed.model"), ({"batch_size": 0}, "embed.batch_size")])
+def test_embed_config_names_the_bad_field(kw, field):
+    from data_pipeline.config import EmbedConfig
+    from vlm_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        EmbedConfig(**kw)
+
+
+def test_assets_folder_rewrites_hub_ids_before_the_actors(tmp_path, monkeypatch):
+    """embed.model / translate.model hub ids load from the assets folder's copy at their revision: the driver
+    rewrites the embedder's and hands the translator the folder (actors do not see its environment), the
+    translator keeping its hub id and revision (its cache key); other revisions and folders are left alone."""
+    import shutil
+
+    from data_pipeline.build import localized_models
+    from data_pipeline.config import BuildConfig, EmbedConfig
+    from data_pipeline.embed import load_embedder
+    from data_pipeline.records import SourceError
+    from data_pipeline.translate import TranslatorConfig
+    from vlm_core.assets import minilm_path
+    from vlm_core.hub import ASSETS_ENV, MINILM, OPUS_MT_EN_ID, asset_folder
+
+    monkeypatch.delenv(ASSETS_ENV, raising=False)
+    assets = tmp_path / "assets"
+    copy = asset_folder(assets, MINILM, "abc123")
+    shutil.copytree(minilm_path(), copy)  # what `vlm-sweep assets download` leaves: the real model files
+    marian = asset_folder(assets, OPUS_MT_EN_ID, "main")
+    marian.mkdir(parents=True)
+
+    def cfg(**kw):
+        return BuildConfig(source="s", images="i", out="o", embed=EmbedConfig(model=MINILM, revision="abc123"),
+                           translate=TranslatorConfig(name="seq2seq", model=OPUS_MT_EN_ID, revision="main"), **kw)
+
+    model, revision, translate = localized_models(cfg(assets=str(assets)))
+    assert (model, revision) == (str(copy), None)
+    assert (translate.model, translate.revision, translate.assets) == (OPUS_MT_EN_ID, "main", str(assets))
+    from vlm_core.hub import resolve
+
+    assert resolve(translate.model, translate.revision, "translate.model", translate.assets).path == str(marian)
+    assert load_embedder(model, "cpu").encode(["a cat"]).shape == (1, 384)  # the copy is a working model
+    monkeypatch.setenv(ASSETS_ENV, str(assets))  # the environment variable works the same in the driver
+    assert localized_models(cfg())[0] == str(copy)
+    other = cfg(assets=str(assets))
+    other.embed.revision = "fedcba"  # not in the folder: the hub id stays, with its revision
+    assert localized_models(other)[:2] == (MINILM, "fedcba")
+    monkeypatch.delenv(ASSETS_ENV)
+    assert localized_models(cfg())[:2] == (MINILM, "abc123") and localized_models(cfg())[2].assets is None
+    with pytest.raises(SourceError, match="--assets"):
+        localized_models(cfg(assets=str(tmp_path / "missing")))

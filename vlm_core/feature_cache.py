@@ -52,7 +52,7 @@ def encoder_fingerprint(cfg: VisionConfig) -> dict[str, Any]:
     if folder.is_dir():
         files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".json"))
         return {"files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
-    return {"hub_id": cfg.source}  # resolved by transformers' cache; pin a revision by downloading to a folder
+    return {"hub_id": cfg.source, "revision": cfg.revision}  # a pinned commit names the weights exactly
 
 
 def selection_spec(projector) -> dict[str, Any]:
