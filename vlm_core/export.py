@@ -5,6 +5,10 @@ The result loads with ``LlavaForConditionalGeneration.from_pretrained`` and ``Au
 ``linear`` becomes ``linear_1`` followed by an identity ``linear_2`` with the ``linear`` activation, which is
 exact. Dense connectors have no LLaVA equivalent and are refused by name.
 
+A prompt rendered with the chat template already starts with BOS: tokenize it with ``add_special_tokens=False``
+(``processor(text=rendered, images=..., add_special_tokens=False)``), or a Llama 3 tokenizer adds a second BOS and
+the inputs differ from what the model was trained on (``tests/test_paper_shaped.py`` checks parity that way).
+
     vlm-sweep export --checkpoint runs/main/stage2/final --out exported/
 """
 
