@@ -390,7 +390,7 @@ def localized_models(cfg: BuildConfig):
     if cfg.assets and not Path(cfg.assets).expanduser().is_dir():
         raise SourceError(f"assets folder {cfg.assets} is not a folder; pass --assets with the folder written by "
                           f"`vlm-sweep assets download`")
-    assets = str(root) if root is not None else None
+    assets = str(root.resolve()) if root is not None else None  # absolute: actors run elsewhere
     embed_model, embed_revision = resolve_model(cfg.embed.model), cfg.embed.revision if cfg.embed.model else None
     if cfg.embed.model:
         local = localize(cfg.embed.model, cfg.embed.revision, assets)

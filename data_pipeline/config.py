@@ -43,7 +43,8 @@ class EmbedConfig:
     """sentence-transformers model: hub id or folder. Default: the packaged all-MiniLM-L6-v2 (384-d)."""
     revision: str | None = None
     """Hub commit (or branch / tag) of ``model`` when it is a hub id, passed to ``SentenceTransformer``; ignored
-    for a folder and for the packaged default. A hub id loads from the assets folder (``--assets``) when it holds
+    for a folder and for the packaged default. Unset for ``sentence-transformers/all-MiniLM-L6-v2``: the project's
+    pin (``vlm_core.hub.PINNED_REVISIONS``). A hub id loads from the assets folder (``--assets``) when it holds
     this revision."""
     text: Literal["human", "assistant", "both"] = "human"
     """What is embedded: ``human`` (the human turns: the study's choice), ``assistant`` (the assistant turns) or
@@ -62,6 +63,9 @@ class EmbedConfig:
             value = getattr(self, name)
             check_field(value is None or (isinstance(value, str) and value.strip() == value and bool(value)),
                         f"embed.{name}", "must be None or a non-empty string without surrounding spaces")
+        from vlm_core.hub import default_revision
+
+        self.revision = default_revision(self.model, self.revision)  # a hub id the project pins gets its pin
         check_field(self.batch_size >= 1, "embed.batch_size", "must be >= 1")
         check_field(self.actors is None or self.actors >= 1, "embed.actors", "must be >= 1")
 

@@ -61,7 +61,8 @@ class TranslatorConfig:
     weights must be safetensors (``vlm-sweep assets convert SRC DST`` converts a pickle-only folder)."""
     revision: str | None = None
     """``seq2seq`` only: hub commit (or branch / tag) of ``model``, passed to the tokenizer's and the weights'
-    ``from_pretrained``; ignored for a local folder. A hub id loads from ``assets`` (or ``$VLM_SWEEP_ASSETS``) when
+    ``from_pretrained``; ignored for a local folder; unset for ``Helsinki-NLP/opus-mt-en-id``: the project's pin
+    (``vlm_core.hub.PINNED_REVISIONS``, the safetensors conversion). A hub id loads from ``assets`` (or ``$VLM_SWEEP_ASSETS``) when
     that assets folder holds this revision."""
     assets: str | None = None
     """``seq2seq`` only: an assets folder (``vlm-sweep assets download``) to load a hub ``model`` from; set by
@@ -96,6 +97,10 @@ class TranslatorConfig:
         check_field(0.0 <= self.min_coverage <= 1.0, "translate.min_coverage", f"{self.min_coverage} is not in [0, 1]")
         check_field(self.batch_size >= 1, "translate.batch_size", "must be >= 1")
         check_field(self.max_new_tokens >= 1, "translate.max_new_tokens", "must be >= 1")
+
+        from vlm_core.hub import default_revision
+
+        self.revision = default_revision(self.model, self.revision)  # a hub id the project pins gets its pin
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -122,6 +122,8 @@ class SweepConfig:
         from vlm_core.presets import available_presets
 
         self.assets = self.assets or os.environ.get(ASSETS_ENV) or None
+        if self.assets:  # absolute: trial configs name folders that workers in other directories must find
+            self.assets = str(Path(self.assets).expanduser().resolve())
         check_field(self.assets is None or Path(self.assets).is_dir(), "assets",
                     f"{self.assets} is not a folder; create it with `vlm-sweep assets download --preset "
                     f"{self.preset} --to {self.assets}`")

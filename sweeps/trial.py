@@ -67,6 +67,8 @@ def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: s
     model = get_preset(preset)
     for part in (model.vision, model.lm):
         part.source = localize(part.source, part.revision, assets)
+    if model.lm.tokenizer:
+        model.lm.tokenizer = localize(model.lm.tokenizer, model.lm.tokenizer_revision, assets)
     model.projector.name = PROJECTOR_FOR_DENSE[spec.dense]
     model.format.mode = FORMAT_FOR_CHAT[spec.chat]
     batch = min(spec.batch_size, scale.batch_size_cap) if scale.batch_size_cap else spec.batch_size

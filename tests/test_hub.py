@@ -83,3 +83,20 @@ def test_a_local_path_without_a_model_and_a_malformed_id_are_named():
         resolve("/nonexistent/model", None, "vision.source")
     with pytest.raises(ModelSourceError, match="neither a local folder nor a hub id"):
         resolve("not a hub id", None, "lm.source")
+
+
+def test_relative_assets_folders_become_absolute_and_known_ids_get_their_pin(tmp_path, monkeypatch, caplog):
+    from data_pipeline.config import EmbedConfig
+    from data_pipeline.translate import TranslatorConfig
+    from sweeps.driver import SweepConfig
+    from vlm_core.hub import MINILM, localize
+
+    (tmp_path / "assets").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = SweepConfig(data="d", images="i", preset="paper", assets="assets")
+    assert cfg.assets == str(tmp_path / "assets")  # trial workers run in other directories
+    assert localize(TINYCLIP, PINNED_REVISIONS[TINYCLIP], "assets") == TINYCLIP
+    assert "is not in the assets folder" in caplog.text  # and it loads from the hub: said, not silent
+    assert EmbedConfig(model=MINILM).revision == PINNED_REVISIONS[MINILM]
+    assert EmbedConfig(model=MINILM, revision="abc").revision == "abc" and EmbedConfig().revision is None
+    assert TranslatorConfig(name="seq2seq", model=OPUS_MT_EN_ID).revision == PINNED_REVISIONS[OPUS_MT_EN_ID]

@@ -81,3 +81,26 @@ def test_dry_run_without_data_says_lengths_were_not_measured(tmp_path, capsys):
                                    paper_ids=[3], stage="1", dry_run=True))
     assert result["token_lengths"] is None
     assert "token lengths: not measured" in capsys.readouterr().out
+
+
+def test_a_sample_over_only_by_the_templates_tail_loses_nothing_and_is_not_counted(tiny_cfg):
+    conv = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]
+    probe = formatter_for(tiny_cfg, "chat", max_length=256, num_image_tokens=16).encode_full(conv)
+    tail = len(probe.input_ids) - probe.answer_ends[-1]  # SmolLM2's template: a newline after <|im_end|>
+    assert tail >= 1
+    fmt = formatter_for(tiny_cfg, "chat", max_length=fmt_len(probe, 16) - tail, num_image_tokens=16)
+    stats = measure([{"id": "a", "image": "x.jpg", "conversations": conv}], fmt)
+    assert stats.max > stats.max_length and stats.over == 0 and stats.cut == 0 and stats.dropped == 0
+    enc = fmt.encode(conv)
+    assert not enc.truncated and enc.labels[-1] != -100  # the whole answer and its end of turn are kept
+
+
+def fmt_len(enc, image_tokens: int) -> int:
+    return len(enc.input_ids) - 1 + image_tokens
+
+
+def test_unreadable_rows_are_counted_apart_not_raised(tiny_cfg):
+    fmt = formatter_for(tiny_cfg, "chat", max_length=256, num_image_tokens=16)
+    rows = [{"id": "j", "image": "x.jpg", "conversations": "{not json"}, {"id": "n", "conversations": []}, "row"]
+    stats = measure(rows, fmt)
+    assert stats.rows == 0 and stats.unformattable == 3

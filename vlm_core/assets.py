@@ -445,10 +445,16 @@ def download_assets(preset: str, to: str | Path, translator: bool = True) -> dic
         entries[key] = {"repo_id": asset.repo_id, "revision": asset.revision or "main", "commit": info.sha,
                         "folder": final.relative_to(root).as_posix(), "roles": asset.roles, "files": files,
                         "bytes": sum(f["size"] for f in files)}
-    manifest = {"preset": preset, "endpoint": endpoint, "models": sorted(entries.values(), key=lambda m: (
-        m["repo_id"], m["revision"]))}
+        manifest = _manifest(preset, endpoint, entries)
+        _write_json_atomic(manifest_path, manifest)  # after each model: a later failure keeps what was fetched
+    manifest = _manifest(preset, endpoint, entries)
     _write_json_atomic(manifest_path, manifest)
     return manifest
+
+
+def _manifest(preset: str, endpoint: str, entries: dict[tuple[str, str], dict]) -> dict[str, Any]:
+    return {"preset": preset, "endpoint": endpoint,
+            "models": sorted(entries.values(), key=lambda m: (m["repo_id"], m["revision"]))}
 
 
 def _no_safetensors(asset: HubAsset, got: list[str]) -> str:

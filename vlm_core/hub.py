@@ -7,8 +7,10 @@ can run code when loaded; ``vlm-sweep assets convert`` turns a pickle-only folde
 
 An *assets folder* (``vlm-sweep assets download --preset paper --to DIR``) holds every hub model a preset uses,
 fetched once at its pinned revision, as ``DIR/<owner>--<name>/<revision>/``. Point a run at it with
-``--assets DIR`` (sweep, run, data build) or ``VLM_SWEEP_ASSETS=DIR``: a hub id whose pinned copy is there loads
-from it, so a cluster's trial workers never each download the models from the hub.
+``--assets DIR`` (``sweep``, ``data build``: they rewrite the configs they send to Ray workers) or
+``VLM_SWEEP_ASSETS=DIR`` (read by :func:`resolve` in the process that loads, e.g. ``train``, ``chat``, and as the
+default of ``--assets``): a hub id whose pinned copy is there loads from it, so a cluster's trial workers never
+each download the models from the hub.
 
     python -c "from vlm_core.hub import resolve; print(resolve('wkcn/TinyCLIP-ViT-40M-32-Text-19M-LAION400M', \
 'main', 'vision.source'))"
@@ -26,7 +28,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ASSETS_ENV = "VLM_SWEEP_ASSETS"
-"""Environment variable naming an assets folder (the ``--assets`` option sets it for the process)."""
+"""Environment variable naming an assets folder (read where models load; the default of ``--assets``)."""
 ASSETS_MANIFEST = "assets.json"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.ckpt", "tf_model.h5")
@@ -120,8 +122,11 @@ def localize(source: str, revision: str | None, assets: str | None) -> str:
     trial configs with this, so a trial names the exact folder it loaded)."""
     if assets is None or is_local(source) or not HUB_ID.match(source):
         return source
-    local = asset_folder(assets, source, revision)
-    return str(local) if local.is_dir() else source
+    local = asset_folder(Path(assets).expanduser().resolve(), source, revision)
+    if local.is_dir():
+        return str(local)
+    log.warning("%s@%s is not in the assets folder %s; it loads from the hub", source, revision or "main", assets)
+    return source
 
 
 def pickled_only(folder: str | Path) -> list[str]:
@@ -142,9 +147,9 @@ def convert_hint(source: str) -> str:
 def _unreachable(what: str, r: Resolved, e: OSError) -> ModelSourceError:
     reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return ModelSourceError(
-        f"{what} {r.hub_id}@{r.revision or 'main'} cannot be loaded from the hub or its local cache ({reason}); on a "
-        f"machine without hub access fetch it once with `vlm-sweep assets download` and pass --assets DIR (or "
-        f"{ASSETS_ENV}=DIR), or pass a local folder")
+        f"{what} {r.hub_id}@{r.revision or 'main'} cannot be loaded from the hub or its local cache ({reason}); "
+        f"check that this revision has safetensors weights; on a machine without hub access fetch it once with "
+        f"`vlm-sweep assets download` and pass --assets DIR (or {ASSETS_ENV}=DIR), or pass a local folder")
 
 
 def load_weights(cls, source: str, revision: str | None, what: str, assets: str | None = None, **kwargs):
@@ -156,10 +161,10 @@ def load_weights(cls, source: str, revision: str | None, what: str, assets: str 
     try:
         return cls.from_pretrained(r.path, use_safetensors=True, **r.kwargs, **kwargs)
     except OSError as e:
-        if "safetensors" in str(e):
-            raise ModelSourceError(f"{what} {source!r}@{revision or 'main'} has no safetensors weights. "
-                                   f"{convert_hint(r.path)}") from e
-        if r.hub_id and r.path == r.hub_id:
+        from_hub = bool(r.hub_id) and r.path == r.hub_id
+        if "safetensors" in str(e) and not from_hub:
+            raise ModelSourceError(f"{what} {source!r} has no safetensors weights. {convert_hint(r.path)}") from e
+        if from_hub:  # offline, a revision without safetensors, or one not cached: transformers cannot tell them apart
             raise _unreachable(what, r, e) from e
         raise
 
@@ -174,3 +179,8 @@ def load_files(cls, source: str, revision: str | None, what: str, assets: str | 
         if r.hub_id and r.path == r.hub_id and not isinstance(e, ModelSourceError):
             raise _unreachable(what, r, e) from e
         raise
+
+
+def default_revision(source: str | None, revision: str | None) -> str | None:
+    """``revision``, else the project's pin for a hub id it pins (``PINNED_REVISIONS``), else None."""
+    return revision if revision is not None or source is None else PINNED_REVISIONS.get(source)

@@ -34,7 +34,8 @@ class LengthStats:
     max: int
     mean: float
     over: int
-    """Samples longer than ``max_length``."""
+    """Samples that lose something to ``max_length`` (``cut`` + ``dropped``; a sample over it only by the
+    template's untrained tail after its last answer loses nothing and is not counted)."""
     over_share: float
     cut: int
     """Of those, kept with trailing whole turns cut off."""
@@ -57,27 +58,29 @@ def percentile(sorted_values: list[int], q: float) -> int:
 def measure(records: Iterable[dict], formatter: ConversationFormatter) -> LengthStats:
     lengths, over, cut, turns, dropped, bad = [], 0, 0, 0, 0, 0
     for rec in records:
-        conv = rec.get("conversations") if isinstance(rec, dict) else None
-        if isinstance(conv, str):
-            conv = json.loads(conv)
-        try:
-            full = formatter.encode_full(conv)
-        except FormatError:
+        try:  # what ConversationDataset refuses (no image, unreadable turns) is counted apart, as it is there
+            if not isinstance(rec, dict) or not rec.get("image"):
+                raise FormatError("not a record with an image")
+            conv = rec.get("conversations")
+            full = formatter.encode_full(json.loads(conv) if isinstance(conv, str) else conv)
+        except (FormatError, ValueError, TypeError):
             bad += 1
             continue
         n = formatter.length_of(full)
         lengths.append(n)
         if n <= formatter.cfg.max_length:
             continue
-        over += 1
         try:
             enc = formatter.fit(full)
         except FormatError as e:
+            over += 1
             if str(e).startswith(TOO_LONG):
                 dropped += 1
             continue
-        cut += 1
-        turns += enc.turns_dropped
+        if enc.turns_dropped:  # over only by the template's untrained tail after the last answer: nothing lost
+            over += 1
+            cut += 1
+            turns += enc.turns_dropped
     lengths.sort()
     return LengthStats(rows=len(lengths), max_length=formatter.cfg.max_length, p50=percentile(lengths, 50),
                        p95=percentile(lengths, 95), p99=percentile(lengths, 99), max=lengths[-1] if lengths else 0,
