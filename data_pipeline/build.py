@@ -365,10 +365,10 @@ def repetition_warning(stats: dict[str, Any], text: str) -> str | None:
     """The warning ``data build`` logs (and keeps in the manifest) when :func:`repeated_texts`, else None."""
     if not repeated_texts(stats):
         return None
-    from .embed import TEXT_LABELS
+    from .embed import EMBED_TEXTS, TEXT_LABELS
 
     first = stats["top_texts"][0]
-    others = [t for t in ("human", "assistant", "both") if t != text]
+    others = [t for t in EMBED_TEXTS if t != text]
     return (f"the embedded texts ({TEXT_LABELS[text]}, --embed.text {text}) are mostly repeats: "
             f"{stats['distinct_texts']} distinct texts in {stats['rows']} rows ({stats['distinct_fraction']:.1%}), "
             f"and the 10 most common hold {stats['top10_share']:.1%} of the rows (the most common, "

@@ -62,8 +62,8 @@ class TranslatorConfig:
     revision: str | None = None
     """``seq2seq`` only: hub commit (or branch / tag) of ``model``, passed to the tokenizer's and the weights'
     ``from_pretrained``; ignored for a local folder; unset for ``Helsinki-NLP/opus-mt-en-id``: the project's pin
-    (``vlm_core.hub.PINNED_REVISIONS``, the safetensors conversion). A hub id loads from ``assets`` (or ``$VLM_SWEEP_ASSETS``) when
-    that assets folder holds this revision."""
+    (``vlm_core.hub.PINNED_REVISIONS``, the safetensors conversion). A hub id loads from ``assets`` (or
+    ``$VLM_SWEEP_ASSETS``) when that assets folder holds this revision."""
     assets: str | None = None
     """``seq2seq`` only: an assets folder (``vlm-sweep assets download``) to load a hub ``model`` from; set by
     ``data build --assets``. Where the files come from is not part of the translation cache key: the hub id and

@@ -27,6 +27,7 @@ from typing import Any
 from vlm_core.checkpoint import CheckpointError, read_meta
 from vlm_core.config import ConfigError, check_field
 from vlm_core.faults import from_env as faults_from_env
+from vlm_core.lengths import formatter_for, formatter_key, markdown_table, measure
 from vlm_core.outputs import GiB, atomic_write_text, check_output_dir
 from vlm_core.runner import DataSpec
 
@@ -248,7 +249,6 @@ def measure_lengths(cfg: SweepConfig, trials: list[PlannedTrial]) -> list[dict[s
     """Every variant's token-length distribution under each distinct formatter its trials build (tokenizer,
     chat / raw, image tokens, ``max_length``): one row per (dataset, formatter), naming its trials."""
     from vlm_core.data import read_records
-    from vlm_core.lengths import formatter_for, formatter_key, measure
 
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for p in trials:
@@ -370,8 +370,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     planned = {s: plan(cfg, s) for s in stages}
     every = [p for s in stages for p in planned[s]]
     if cfg.dry_run:
-        from vlm_core.lengths import markdown_table
-
         for s in stages:
             print(f"stage {s}: {len(planned[s])} trials\n{format_plan(planned[s])}\n")
         try:
@@ -388,8 +386,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     for s in stages:
         for p in planned[s]:
             check_fits(p.resources, resources, p.spec.config_id)
-    from vlm_core.lengths import markdown_table
-
     from .report import LENGTHS_FILE
 
     lengths = measure_lengths(cfg, every)

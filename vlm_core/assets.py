@@ -221,6 +221,8 @@ def convert_to_safetensors(src: str | Path, dst: str | Path) -> dict[str, Any]:
     must not exist, or be empty. Returns what was converted (files, tensor count, cloned aliases, bytes)."""
     from safetensors.torch import save_file
 
+    from .checkpoint import atomic_dir
+
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if not src.is_dir():
         raise AssetError(f"assets convert: SRC {src} is not a folder; pass a local model folder (a hub id: "
@@ -234,12 +236,10 @@ def convert_to_safetensors(src: str | Path, dst: str | Path) -> dict[str, Any]:
     pickles, index = _pickled_weights(src)
     if not (src / "config.json").is_file():
         log.warning("assets convert: %s has no config.json; only its weights and files are converted", src)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.convert-", dir=dst.parent))
-    try:
-        weight_map: dict[str, str] = {}
-        tensors = cloned = total = 0
-        written = []
+    weight_map: dict[str, str] = {}
+    tensors = cloned = total = 0
+    written = []
+    with atomic_dir(dst) as tmp:  # complete or absent; an empty dst is replaced
         for path in pickles:
             state, n_cloned = _unshared(_load_pickle(path))
             out_name = _safetensors_name(path.name) if index is not None else "model.safetensors"
@@ -260,11 +260,6 @@ def convert_to_safetensors(src: str | Path, dst: str | Path) -> dict[str, Any]:
                 indent=2) + "\n")
             written.append(SAFETENSORS_INDEX)
         copied = _copy_non_weights(src, tmp)
-        if dst.is_dir():
-            dst.rmdir()  # empty (checked above): the rename needs the name free
-        os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {"src": str(src), "dst": str(dst), "converted": [p.name for p in pickles], "written": written,
             "copied": copied, "tensors": tensors, "cloned_aliases": cloned, "bytes": total}
 
@@ -373,12 +368,6 @@ def _complete(root: Path, entry: dict[str, Any]) -> bool:
         return False
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _network_errors() -> tuple[type[BaseException], ...]:
     """The HTTP client errors huggingface_hub lets through (its client library changed across versions)."""
     errors: list[type[BaseException]] = []
@@ -402,6 +391,7 @@ def download_assets(preset: str, to: str | Path, translator: bool = True) -> dic
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
     from .hub import ASSETS_MANIFEST, asset_folder
+    from .outputs import atomic_write_text
 
     hub_errors = (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled) + _network_errors()
     root = Path(to).expanduser()
@@ -445,10 +435,10 @@ def download_assets(preset: str, to: str | Path, translator: bool = True) -> dic
         entries[key] = {"repo_id": asset.repo_id, "revision": asset.revision or "main", "commit": info.sha,
                         "folder": final.relative_to(root).as_posix(), "roles": asset.roles, "files": files,
                         "bytes": sum(f["size"] for f in files)}
-        manifest = _manifest(preset, endpoint, entries)
-        _write_json_atomic(manifest_path, manifest)  # after each model: a later failure keeps what was fetched
+        # after each model: a later failure keeps what was fetched
+        atomic_write_text(manifest_path, json.dumps(_manifest(preset, endpoint, entries), indent=2) + "\n")
     manifest = _manifest(preset, endpoint, entries)
-    _write_json_atomic(manifest_path, manifest)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 

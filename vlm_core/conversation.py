@@ -222,10 +222,11 @@ class ConversationFormatter:
             messages = messages[:-1]
         rendered = self._render(self, messages, True)
         ids, _, image_index = self._tokenize(rendered.text)
-        if len(ids) - 1 + self.num_image_tokens > self.cfg.max_length:
-            raise FormatError(f"prompt needs {len(ids) - 1 + self.num_image_tokens} tokens, "
+        enc = Encoded(ids, [IGNORE_INDEX] * len(ids), image_index)
+        if self.length_of(enc) > self.cfg.max_length:
+            raise FormatError(f"prompt needs {self.length_of(enc)} tokens, "
                               f"more than format.max_length={self.cfg.max_length}")
-        return Encoded(ids, [IGNORE_INDEX] * len(ids), image_index)
+        return enc
 
     def fit(self, enc: Encoded) -> Encoded:
         """``enc`` within ``format.max_length``: whole turns cut off, or ``SampleSkipped`` (see the module doc)."""

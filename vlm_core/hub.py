@@ -105,28 +105,32 @@ def resolve(source: str, revision: str | None, what: str, assets: str | None = N
     if not HUB_ID.match(source):
         raise ModelSourceError(f"{what} {source!r} is neither a local folder nor a hub id (owner/name)")
     root = assets_dir(assets)
-    if root is not None:
-        local = asset_folder(root, source, revision)
-        if local.is_dir():
-            return Resolved(str(local), hub_id=source, revision=revision)
-        log.warning("%s: %s@%s is not in the assets folder %s; loading it from the hub", what, source,
-                    revision or "main", root)
+    local = _assets_copy(root, source, revision, what) if root is not None else None
+    if local is not None:
+        return Resolved(str(local), hub_id=source, revision=revision)
     if revision is None:
         log.warning("%s: hub id %s has no pinned revision; set %s.revision to a commit id so that every trial "
                     "loads the same files", what, source, what.rsplit(".", 1)[0])
     return Resolved(source, {"revision": revision} if revision else {}, hub_id=source, revision=revision)
 
 
-def localize(source: str, revision: str | None, assets: str | None) -> str:
+def _assets_copy(root: Path, source: str, revision: str | None, what: str) -> Path | None:
+    """The assets folder's copy of hub id ``source`` at ``revision``, or None (said: it loads from the hub)."""
+    local = asset_folder(root, source, revision)
+    if local.is_dir():
+        return local
+    log.warning("%s: %s@%s is not in the assets folder %s; loading it from the hub", what, source,
+                revision or "main", root)
+    return None
+
+
+def localize(source: str, revision: str | None, assets: str | None, what: str = "model") -> str:
     """``source`` itself, or the assets folder's copy of it at ``revision`` when there is one (the sweep rewrites
     trial configs with this, so a trial names the exact folder it loaded)."""
     if assets is None or is_local(source) or not HUB_ID.match(source):
         return source
-    local = asset_folder(Path(assets).expanduser().resolve(), source, revision)
-    if local.is_dir():
-        return str(local)
-    log.warning("%s@%s is not in the assets folder %s; it loads from the hub", source, revision or "main", assets)
-    return source
+    local = _assets_copy(Path(assets).expanduser().resolve(), source, revision, what)
+    return str(local) if local is not None else source
 
 
 def pickled_only(folder: str | Path) -> list[str]:

@@ -12,6 +12,7 @@ shows it in its report and the study report, so no sample is cut silently.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -90,11 +91,22 @@ def measure(records: Iterable[dict], formatter: ConversationFormatter) -> Length
 
 
 def image_token_count(cfg: VLMConfig) -> int:
-    """The projector's image tokens for ``cfg``, from the encoder's config alone (no weights loaded)."""
+    """The projector's image tokens for ``cfg``, from the encoder's config alone (no weights loaded; read once per
+    encoder and projector config, since a sweep asks for every trial)."""
+    return _image_tokens(json.dumps(asdict(cfg.vision), sort_keys=True),
+                         json.dumps(asdict(cfg.projector), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _image_tokens(vision_json: str, projector_json: str) -> int:
+    from .config import ProjectorConfig, VisionConfig
+    from .feature_cache import LLM_WIDTH_FOR_SELECTION
     from .projectors import build_projector
     from .vision import encoder_geometry
 
-    return build_projector(cfg.projector, encoder_geometry(cfg.vision), 8).num_tokens
+    projector = build_projector(ProjectorConfig(**json.loads(projector_json)),
+                                encoder_geometry(VisionConfig(**json.loads(vision_json))), LLM_WIDTH_FOR_SELECTION)
+    return projector.num_tokens
 
 
 def formatter_for(cfg: VLMConfig) -> ConversationFormatter:
@@ -111,9 +123,6 @@ def formatter_key(cfg: VLMConfig) -> str:
     lm = {k: getattr(cfg.lm, k) for k in ("source", "revision", "tokenizer", "tokenizer_revision", "image_token")}
     return json.dumps({"lm": lm, "format": asdict(cfg.format), "image_tokens": image_token_count(cfg),
                        "vision": cfg.vision.source}, sort_keys=True)
-
-
-COLUMNS = ("p50", "p95", "p99", "max", "max_length", "over_share", "cut", "dropped")
 
 
 def markdown_table(rows: list[dict]) -> str:
