@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlm_core.checkpoint import CheckpointError, read_meta
+from vlm_core.checkpoint import CheckpointError, check_projector_selection, read_meta
 from vlm_core.config import ConfigError, check_field
 from vlm_core.faults import from_env as faults_from_env
 from vlm_core.lengths import formatter_for, formatter_key, markdown_table, measure
@@ -421,6 +421,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                                   f"finished stage-1 checkpoint in {lineage_file}; run --stage 1 (or all) first")
             try:  # before any trial starts: a corrupt parent would fail every retry of its continuations
                 read_meta(parent["checkpoint"])
+                check_projector_selection(parent["checkpoint"])
             except CheckpointError as e:
                 raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, whose stage-1 "
                                   f"checkpoint is unusable ({e}); run stage 1 again (a new --out, or --stage all)") from e

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
@@ -150,3 +152,55 @@ def test_dense_connector_export_is_refused_by_name(tiny_cfg, tmp_path):
     cfg.projector.name = "dense_connector"
     with pytest.raises(ConfigError, match="dense_connector"):
         export_llava(VisionLanguageModel.build(cfg), tmp_path / "x")
+
+
+def _dense_cfg(tiny_cfg):
+    cfg = VLMConfig.from_dict(tiny_cfg.to_dict())
+    cfg.projector.name, cfg.projector.dense_groups = "dense_connector", 2
+    return cfg
+
+
+def _forget_selection(path):
+    """What a checkpoint written before layer selections were recorded looks like (checkpoint.json is not
+    hash-checked: only weight files are)."""
+    meta = json.loads((path / "checkpoint.json").read_text())
+    del meta["projector_selection"]
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+
+
+def test_checkpoints_record_the_layer_selection(tiny_cfg, tmp_path):
+    path = save_checkpoint(VisionLanguageModel.build(_dense_cfg(tiny_cfg)), tmp_path / "ckpt", stage=1, step=1,
+                           epoch=1)
+    recorded = json.loads((path / "checkpoint.json").read_text())["projector_selection"]
+    # tiny's encoder has 4 layers: G = 2 groups of hidden_states[0..3], main hidden_states[-2] = 3
+    assert recorded == {"scheme": 2, "main": 3, "drop_cls": True, "groups": [[0, 1], [2, 3]]}
+    load_vlm(path)  # the same selection loads
+
+
+def test_a_dense_checkpoint_from_before_the_reference_grouping_is_refused(tiny_cfg, tmp_path):
+    from vlm_core.checkpoint import check_projector_selection
+
+    path = save_checkpoint(_perturbed(_dense_cfg(tiny_cfg)), tmp_path / "old", stage=1, step=1, epoch=1)
+    _forget_selection(path)
+    with pytest.raises(CheckpointError, match=r"old: a dense_connector checkpoint written before layer selections "
+                                              r"were recorded .*hidden_states\[1\.\.L\].*\[\[0, 1\], \[2, 3\]\].*"
+                                              r"train stage 1 of this config again"):
+        load_vlm(path)
+    with pytest.raises(CheckpointError, match="before layer selections were recorded"):
+        check_projector_selection(path)  # what the sweep asks before any stage-2 trial
+    # an MLP checkpoint of that time read the same main feature: it still loads
+    mlp = save_checkpoint(VisionLanguageModel.build(tiny_cfg), tmp_path / "old-mlp", stage=1, step=1, epoch=1)
+    _forget_selection(mlp)
+    check_projector_selection(mlp)
+    load_vlm(mlp)
+
+
+def test_a_checkpoint_trained_on_another_selection_is_refused(tiny_cfg, tmp_path):
+    path = save_checkpoint(VisionLanguageModel.build(_dense_cfg(tiny_cfg)), tmp_path / "ckpt", stage=1, step=1,
+                           epoch=1)
+    meta = json.loads((path / "checkpoint.json").read_text())
+    meta["projector_selection"]["groups"] = [[1, 2], [3, 4]]  # the scheme-1 grouping, recorded
+    (path / "checkpoint.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"trained on the layer selection .*\[\[1, 2\], \[3, 4\]\].*this model's "
+                                              r"is .*\[\[0, 1\], \[2, 3\]\]"):
+        load_vlm(path)

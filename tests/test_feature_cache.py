@@ -68,6 +68,18 @@ def test_dense_connector_gets_its_own_cache_with_the_group_means(tiny_cfg):
     assert feats.shape[-1] == (tiny_cfg.projector.dense_groups + 1) * tiny_cfg.vision.hidden_size
 
 
+def test_the_cache_key_names_the_hidden_state_indices(tiny_cfg):
+    from vlm_core.feature_cache import selection_spec
+
+    dense = VLMConfig.from_dict(tiny_cfg.to_dict())
+    dense.projector.name, dense.projector.dense_groups = "dense_connector", 2
+    spec = selection_spec(FeatureEncoder(dense).projector)
+    assert spec["scheme"] == 2 and spec["groups"] == [[0, 1], [2, 3]] and spec["main"] == 3  # tiny: 4 layers
+    regrouped = VLMConfig.from_dict(dense.to_dict())
+    regrouped.projector.dense_groups = 4
+    assert FeatureEncoder(regrouped).key() != FeatureEncoder(dense).key()
+
+
 def open_rgb_blank():
     from PIL import Image
 

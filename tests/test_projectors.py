@@ -25,46 +25,89 @@ def test_registry_lists_and_refuses_unknown_names(tower):
         build_projector(ProjectorConfig(name="qformer"), _geom(tower), 32)
 
 
-def test_layer_groups_derive_from_encoder_depth():
-    assert dense_groups(12, 4) == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]  # TinyCLIP-ViT-40M
-    assert [len(g) for g in dense_groups(24, 2)] == [12, 12]  # CLIP-L, the paper's G=2
+def test_layer_groups_follow_the_reference_code():
+    # HJYao00/DenseConnector dense_connector_dci, CLIP-L (24 layers, hidden_states[0..24]): hidden_states[0:12]
+    # and [12:24]; index 0 is the embedding output, 24 (the final layer's output) is in no group
+    assert dense_groups(24, 2) == [list(range(0, 12)), list(range(12, 24))]
+    # TinyCLIP-ViT-40M (12 layers), the study's G = 4: [0:3], [3:6], [6:9], [9:12]
+    assert dense_groups(12, 4) == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
     groups = dense_groups(10, 4)
-    assert sum(groups, []) == list(range(1, 11)) and max(map(len, groups)) - min(map(len, groups)) <= 1
-    assert picked_layers(12, 4) == [3, 6, 9]
+    assert sum(groups, []) == list(range(0, 10)) and max(map(len, groups)) - min(map(len, groups)) <= 1
+    # dense_connector_sti / _sci pick hidden_states[7] and [15] of CLIP-L's 24 (with the main feature [-2] = 23):
+    # depth fractions 1/3, 2/3, 3/3, one before each boundary
+    assert picked_layers(24, 3) == [7, 15]
+    assert picked_layers(12, 4) == [2, 5, 8]  # TinyCLIP, G = 4 (main 11)
     with pytest.raises(ConfigError, match="dense_groups"):
         dense_groups(4, 5)
 
 
-def test_dense_connector_matches_hand_computation(tower):
+def _encoder(num_layers):
+    return build_vision_tower(VisionConfig(image_size=32, patch_size=8, hidden_size=16, num_layers=num_layers,
+                                           num_heads=2))
+
+
+@pytest.mark.parametrize("num_layers, groups, written_out", [
+    (12, 4, [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]),
+    (24, 2, [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]]),
+])
+def test_dense_connector_matches_hand_computation(num_layers, groups, written_out):
+    tower = _encoder(num_layers)
     torch.manual_seed(0)
-    pixels = torch.randn(2, 3, 32, 32)
-    hs = tower(pixels)
-    assert len(hs) == 9  # embeddings + 8 layers
-    proj = build_projector(ProjectorConfig(name="dense_connector", dense_groups=4), _geom(tower), 32)
+    hs = tower(torch.randn(2, 3, 32, 32))
+    assert len(hs) == num_layers + 1  # embeddings + every layer
+    proj = build_projector(ProjectorConfig(name="dense_connector", dense_groups=groups), _geom(tower), 32)
     feats = proj.select(hs)
     d = tower.embed_dim
-    assert proj.in_dim == 5 * d and feats.shape == (2, tower.num_patches, 5 * d)
-    expected = torch.cat([hs[-2][:, 1:],
-                          (hs[1][:, 1:] + hs[2][:, 1:]) / 2, (hs[3][:, 1:] + hs[4][:, 1:]) / 2,
-                          (hs[5][:, 1:] + hs[6][:, 1:]) / 2, (hs[7][:, 1:] + hs[8][:, 1:]) / 2], dim=-1)
+    # by hand: each group's sum over its written-out indices / its size, patches only (CLS dropped)
+    means = []
+    for idx in written_out:
+        total = torch.zeros_like(hs[0][:, 1:])
+        for i in idx:
+            total = total + hs[i][:, 1:]
+        means.append(total / len(idx))
+    expected = torch.cat([hs[num_layers - 1][:, 1:], *means], dim=-1)  # main feature first: hidden_states[-2]
+    assert proj.in_dim == (groups + 1) * d and feats.shape == (2, tower.num_patches, (groups + 1) * d)
     torch.testing.assert_close(feats, expected)
-    out = proj(feats)
-    assert out.shape == (2, tower.num_patches, 32)
-    assert isinstance(proj.proj[1], torch.nn.GELU) and proj.proj[0].in_features == 5 * d
+    # the final layer's output takes no part: changing it leaves the features as they were
+    changed = (*hs[:-1], hs[-1] + 100.0)
+    torch.testing.assert_close(proj.select(changed), feats)
+    assert proj.selection()["groups"] == written_out and proj.selection()["main"] == num_layers - 1
+    assert proj(feats).shape == (2, tower.num_patches, 32)
+    assert isinstance(proj.proj[1], torch.nn.GELU) and proj.proj[0].in_features == (groups + 1) * d
 
 
-def test_sci_and_sti_shapes(tower):
+@pytest.mark.parametrize("num_layers, groups, picks", [(24, 3, [7, 15]), (12, 4, [2, 5, 8])])
+def test_sci_matches_hand_computation(num_layers, groups, picks):
+    tower = _encoder(num_layers)
+    torch.manual_seed(0)
+    hs = tower(torch.randn(2, 3, 32, 32))
+    sci = build_projector(ProjectorConfig(name="dense_sci", dense_groups=groups), _geom(tower), 32)
+    # the reference: cat(main, cat(hidden_states[7][:, 1:], hidden_states[15][:, 1:])) on channels
+    expected = torch.cat([hs[num_layers - 1][:, 1:], *[hs[i][:, 1:] for i in picks]], dim=-1)
+    torch.testing.assert_close(sci.select(hs), expected)
+    assert sci.selection()["layers"] == picks
+
+
+def test_sti_pools_along_the_token_sequence_like_the_reference():
+    tower = _encoder(24)  # 16 patches (4 x 4 grid)
     torch.manual_seed(0)
     hs = tower(torch.randn(1, 3, 32, 32))
-    d, p = tower.embed_dim, tower.num_patches  # 16 patches on a 4x4 grid
-    sci = build_projector(ProjectorConfig(name="dense_sci", dense_groups=4), _geom(tower), 32)
-    assert sci.select(hs).shape == (1, p, 4 * d)  # layers 2, 4, 6 + main
-    torch.testing.assert_close(sci.select(hs)[..., :d], hs[2][:, 1:])
-    sti = build_projector(ProjectorConfig(name="dense_sti", dense_groups=4, sti_pool_stride=2), _geom(tower), 32)
+    d, p = tower.embed_dim, tower.num_patches
+    sti = build_projector(ProjectorConfig(name="dense_sti", dense_groups=3, sti_pool_stride=8), _geom(tower), 32)
     feats = sti.select(hs)
-    assert sti.num_tokens == p + 3 * 4 and feats.shape == (1, sti.num_tokens, d)
-    grid = hs[2][:, 1:].reshape(1, 4, 4, d)
-    torch.testing.assert_close(feats[0, p], grid[0, :2, :2].reshape(-1, d).mean(0))  # first pooled token
+    assert sti.num_tokens == p + 2 * 2 and feats.shape == (1, sti.num_tokens, d)  # 16 patches / 8 = 2 per layer
+    torch.testing.assert_close(feats[:, :p], hs[23][:, 1:])  # main tokens first
+    # AvgPool1d(8, 8) over the row-major patch sequence: patches 0..7, then 8..15, of layers 7 and 15
+    for k, layer in enumerate([7, 15]):
+        for j in range(2):
+            torch.testing.assert_close(feats[0, p + 2 * k + j], hs[layer][0, 1 + 8 * j: 1 + 8 * (j + 1)].mean(0))
+    # our 2-D option: 2 x 2 windows of the grid
+    grid = build_projector(ProjectorConfig(name="dense_sti", dense_groups=3, sti_pool="grid", sti_pool_stride=2),
+                           _geom(tower), 32)
+    g = grid.select(hs)
+    assert grid.num_tokens == p + 2 * 4
+    torch.testing.assert_close(g[0, p], hs[7][0, 1:].reshape(4, 4, d)[:2, :2].reshape(-1, d).mean(0))
+    assert sti.selection()["pool"] == "sequence" and grid.selection()["pool"] == "grid"
     assert sti(feats).shape == (1, sti.num_tokens, 32)
 
 

@@ -3,7 +3,8 @@
 Layout of a checkpoint folder::
 
     vlm_config.json          the VLMConfig (how to rebuild the model and format its inputs)
-    checkpoint.json          stage, step, epoch, metrics, sha256 of every weight file
+    checkpoint.json          stage, step, epoch, metrics, sha256 of every weight file, and the projector's
+                             layer selection (``projector_selection``: which hidden states it was trained on)
     projector.safetensors    the projector (every stage)
     lm/                      stage 2 only: the LLM + tokenizer as a save_pretrained folder (safetensors)
     training_state.pt        optimizer / scheduler / RNG / position, for exact resumption
@@ -89,7 +90,7 @@ def save_checkpoint(model, path: str | Path, *, stage: int, step: int, epoch: fl
             model.tokenizer.save_pretrained(tmp / LM_DIR)
         files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*.safetensors"))}
         meta = {"format_version": 1, "stage": stage, "step": step, "epoch": epoch, "metrics": metrics or {},
-                "files": files}
+                "files": files, "projector_selection": model.projector.selection()}
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE)
             meta["training_state_sha256"] = sha256(tmp / TRAINING_STATE)
@@ -161,7 +162,37 @@ def load_vlm_config(path: str | Path, trust_remote_code: bool = False) -> VLMCon
     return cfg
 
 
+def check_projector_selection(path: str | Path, projector=None) -> None:
+    """Refuse a checkpoint whose projector was trained on other hidden states than ``projector`` selects.
+
+    A checkpoint records ``projector.selection()``. One without the record was written before selections were
+    recorded (scheme 1): for linear / MLP projectors the main feature was the same and it loads; a dense one
+    (DCI then averaged ``hidden_states[1..L]``, SCI/STI picked ``round(k·L/G)``) is refused — loading its weights
+    onto the new grouping would run silently on features it never saw. Without ``projector`` only that record's
+    presence is checked (the sweep does so before any trial)."""
+    from .projectors import selects_layers
+
+    path = Path(path)
+    recorded = json.loads((path / CHECKPOINT_META).read_text()).get("projector_selection")
+    name = json.loads((path / VLM_CONFIG).read_text()).get("projector", {}).get("name", "mlp2x_gelu")
+    if recorded is None:
+        if selects_layers(name):
+            now = f"; this code selects {json.dumps(projector.selection())}" if projector is not None else ""
+            raise CheckpointError(
+                f"{path}: a {name} checkpoint written before layer selections were recorded (scheme 1: DCI groups "
+                f"of hidden_states[1..L], SCI/STI layers round(k*L/G)){now}. Its weights do not fit the reference "
+                f"grouping; train stage 1 of this config again (a new --out, or --stage all without --resume)")
+        return
+    if projector is not None:
+        current = json.loads(json.dumps(projector.selection()))
+        if recorded != current:
+            raise CheckpointError(f"{path}: its projector was trained on the layer selection {json.dumps(recorded)}, "
+                                  f"this model's is {json.dumps(current)}; load it with the config it was trained "
+                                  f"with (its vlm_config.json), or train it again")
+
+
 def load_projector(model, path: str | Path) -> None:
+    check_projector_selection(path, model.projector)
     state = load_file(Path(path) / PROJECTOR_FILE)
     missing, unexpected = model.projector.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -74,9 +74,13 @@ class ProjectorConfig:
     name: str = "mlp2x_gelu"
     """Registered projector: ``linear``, ``mlp2x_gelu``, ``dense_connector`` (DCI), ``dense_sti``, ``dense_sci``."""
     dense_groups: int = 4
-    """Dense connector (DCI): number G of contiguous layer groups whose means are concatenated."""
-    sti_pool_stride: int = 4
-    """Dense connector (STI): token pooling stride applied to the extra layers."""
+    """Dense connector: DCI averages G contiguous groups of ``hidden_states[0 .. L-1]``; SCI / STI pick the G - 1
+    layers at depth fractions k/G (see vlm_core.projectors)."""
+    sti_pool: str = "sequence"
+    """Dense connector (STI): ``sequence`` (the reference: 1-D average pooling along the token sequence) or
+    ``grid`` (2-D windows of the patch grid)."""
+    sti_pool_stride: int = 8
+    """Dense connector (STI): pooling kernel and stride (the reference's 8)."""
     init_seed: int = 0
     """Seed of the projector's initialisation, so every trial of a config starts from the same weights."""
     feature_norm: str = "none"
@@ -89,6 +93,7 @@ class ProjectorConfig:
                     "choose none or standardize")
         check_field(self.dense_groups >= 1, "projector.dense_groups", "must be >= 1")
         check_field(self.sti_pool_stride >= 1, "projector.sti_pool_stride", "must be >= 1")
+        check_field(self.sti_pool in ("sequence", "grid"), "projector.sti_pool", "choose sequence or grid")
 
 
 @dataclass

@@ -56,15 +56,10 @@ def encoder_fingerprint(cfg: VisionConfig) -> dict[str, Any]:
 
 
 def selection_spec(projector) -> dict[str, Any]:
-    """What ``projector.select`` computes, as data (two projectors with equal specs share a cache)."""
-    spec: dict[str, Any] = {"select": f"{type(projector).select.__module__}.{type(projector).select.__qualname__}",
-                            "geometry": dataclasses.asdict(projector.geom)}
-    for attr in ("groups", "layers", "side"):
-        if hasattr(projector, attr):
-            spec[attr] = getattr(projector, attr)
-    if "Token" in type(projector).__name__:
-        spec["sti_pool_stride"] = projector.cfg.sti_pool_stride
-    return spec
+    """What ``projector.select`` computes, as data (two projectors with equal specs share a cache): its
+    ``selection()`` (hidden-state indices, scheme version, pooling) and the encoder geometry."""
+    return {"select": f"{type(projector).select.__module__}.{type(projector).select.__qualname__}",
+            "geometry": dataclasses.asdict(projector.geom), **projector.selection()}
 
 
 def key_inputs(vision_cfg: VisionConfig, vision, projector) -> dict[str, Any]:

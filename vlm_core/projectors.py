@@ -8,11 +8,26 @@ Each projector has two halves:
   (``projector.feature_norm``; ``none`` or ``standardize``), then the subclass's ``project``.
 
 Registered names: ``linear``, ``mlp2x_gelu`` (LLaVA-1.5), and the dense connector of arXiv 2405.13800 in
-its three variants: ``dense_connector`` (DCI: channel concat of the main layer with the means of G contiguous
-layer groups), ``dense_sci`` (channel concat of picked layers) and ``dense_sti`` (token concat of pooled picked
-layers). Layer indices derive from the encoder's depth.
+its three variants, following the paper's own code (HJYao00/DenseConnector,
+``dc/model/multimodal_projector/dense_connector.py``). ``hidden_states`` has ``L + 1`` entries: index 0 is the
+embedding output, index ``i`` the output of layer ``i``; the main feature is ``hidden_states[-2]`` (= ``L - 1``):
+
+* ``dense_connector`` (DCI): ``[main ; mean(group_1) ; … ; mean(group_G)]`` on channels, the G groups splitting
+  ``hidden_states[0 .. L-1]`` contiguously (the final layer's output is in no group). CLIP-L (L = 24), G = 2:
+  ``[0:12]``, ``[12:24]`` as in the reference; TinyCLIP (L = 12), G = 4: ``[0:3]``, ``[3:6]``, ``[6:9]``, ``[9:12]``.
+* ``dense_sci`` (SCI): ``[main ; hidden_states[p_1] ; … ]`` on channels, the G − 1 picked layers at depth
+  fractions k/G, one before the layer boundary like the main feature: ``p_k = round(k·L/G) − 1``. CLIP-L, G = 3:
+  7 and 15 (with main 23) as in the reference; TinyCLIP, G = 4: 2, 5, 8 (main 11).
+* ``dense_sti`` (STI): the main tokens followed by the picked layers' tokens average-pooled along the token
+  sequence (the reference's ``AvgPool1d(kernel_size=8, stride=8)``; ``projector.sti_pool = grid`` pools 2-D
+  windows of the patch grid instead — our variant, not the paper's).
+
+Every projector describes its selection as data (``selection()``): the feature cache keys on it and every
+checkpoint records it, so a dense checkpoint trained on another grouping is refused instead of loaded silently
+(``vlm_core.checkpoint.load_projector``).
 
     python -c "from vlm_core.projectors import available_projectors; print(available_projectors())"
+    python -c "from vlm_core.projectors import dense_groups, picked_layers; print(dense_groups(12, 4), picked_layers(24, 3))"
 """
 
 from __future__ import annotations
@@ -47,19 +62,25 @@ class EncoderGeometry:
         return i % (self.num_layers + 1)
 
 
+SELECTION_SCHEME = 2
+"""Version of the layer selection rules above. 1 (before 2026-12): DCI averaged groups of ``hidden_states[1..L]``
+and SCI/STI picked ``round(k·L/G)``; checkpoints of that scheme recorded no selection."""
+
+
 def dense_groups(num_layers: int, groups: int) -> list[list[int]]:
-    """Split layer outputs 1..L (``hidden_states`` indices) into ``groups`` contiguous, near-equal groups."""
+    """DCI: ``hidden_states`` indices 0..L-1 (embeddings, then layers 1..L-1; not the final layer's output) in
+    ``groups`` contiguous, near-equal groups."""
     if not 1 <= groups <= num_layers:
         raise ConfigError(f"projector.dense_groups: {groups} groups do not fit an encoder with {num_layers} layers")
     bounds = [round(k * num_layers / groups) for k in range(groups + 1)]
-    return [list(range(bounds[k] + 1, bounds[k + 1] + 1)) for k in range(groups)]
+    return [list(range(bounds[k], bounds[k + 1])) for k in range(groups)]
 
 
 def picked_layers(num_layers: int, groups: int) -> list[int]:
-    """SCI/STI: the layers at k·L/G for k = 1..G-1 (the main layer is added separately)."""
+    """SCI/STI: ``hidden_states[round(k·L/G) - 1]`` for k = 1..G-1 (the main layer, ``L - 1``, is the G-th)."""
     if not 2 <= groups <= num_layers:
         raise ConfigError(f"projector.dense_groups: SCI/STI need 2..{num_layers} groups, got {groups}")
-    return [round(k * num_layers / groups) for k in range(1, groups)]
+    return [round(k * num_layers / groups) - 1 for k in range(1, groups)]
 
 
 class Projector(nn.Module):
@@ -82,6 +103,11 @@ class Projector(nn.Module):
 
     def select(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.main_feature(hidden_states)
+
+    def selection(self) -> dict:
+        """Which hidden states ``select`` reads and how, as JSON-able data (recorded in checkpoints, keys caches)."""
+        return {"scheme": SELECTION_SCHEME, "main": self.geom.layer_index(self.geom.feature_layer),
+                "drop_cls": self.geom.drop_cls}
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -163,6 +189,12 @@ def available_projectors() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def selects_layers(name: str) -> bool:
+    """Whether the registered projector ``name`` reads more than the main feature (its selection has indices that
+    changed with SELECTION_SCHEME)."""
+    return name in _REGISTRY and _REGISTRY[name].selection is not Projector.selection
+
+
 def build_projector(cfg: ProjectorConfig, geom: EncoderGeometry, llm_dim: int) -> Projector:
     if cfg.name not in _REGISTRY:
         raise ConfigError(f"projector.name: unknown projector {cfg.name!r}; choose one of {available_projectors()}")
@@ -212,10 +244,14 @@ class DenseChannelIntegration(MLPProjector):
         means = [torch.stack([self._tokens(hidden_states[i]) for i in g]).mean(0) for g in self.groups]
         return torch.cat([self.main_feature(hidden_states), *means], dim=-1)
 
+    def selection(self):
+        return {**super().selection(), "groups": self.groups}
+
 
 @register("dense_sci")
 class DenseSparseChannelIntegration(MLPProjector):
-    """SCI: channel concat of the picked layers and the main layer, then the 2-layer GELU MLP."""
+    """SCI: channel concat of the main layer and the picked layers (the reference's order), then the 2-layer GELU
+    MLP."""
 
     def __init__(self, geom, llm_dim, cfg):
         Projector.__init__(self, geom, llm_dim, cfg)
@@ -225,32 +261,60 @@ class DenseSparseChannelIntegration(MLPProjector):
 
     def select(self, hidden_states):
         picked = [self._tokens(hidden_states[i]) for i in self.layers]
-        return torch.cat([*picked, self.main_feature(hidden_states)], dim=-1)
+        return torch.cat([self.main_feature(hidden_states), *picked], dim=-1)
+
+    def selection(self):
+        return {**super().selection(), "layers": self.layers}
+
+
+def _pool_sequence(patches: torch.Tensor, stride: int, side: int) -> torch.Tensor:
+    """The reference's STI pooling: ``AvgPool1d(stride, stride)`` along the token sequence (row-major patches);
+    a tail shorter than ``stride`` is dropped, as AvgPool1d does."""
+    return F.avg_pool1d(patches.transpose(1, 2), kernel_size=stride, stride=stride).transpose(1, 2)
+
+
+def _pool_grid(patches: torch.Tensor, stride: int, side: int) -> torch.Tensor:
+    """2-D ``stride × stride`` windows of the patch grid (ceil mode: the border windows are smaller)."""
+    b, _, d = patches.shape
+    grid = patches.transpose(1, 2).reshape(b, d, side, side)
+    return F.avg_pool2d(grid, kernel_size=stride, stride=stride, ceil_mode=True).flatten(2).transpose(1, 2)
+
+
+STI_POOLS: dict[str, Callable[[torch.Tensor, int, int], torch.Tensor]] = {"sequence": _pool_sequence,
+                                                                         "grid": _pool_grid}
+
+
+def sti_pooled_tokens(num_patches: int, side: int, pool: str, stride: int) -> int:
+    return num_patches // stride if pool == "sequence" else math.ceil(side / stride) ** 2
 
 
 @register("dense_sti")
 class DenseSparseTokenIntegration(MLPProjector):
-    """STI: the main tokens followed by 2-D average-pooled tokens of each picked layer (token concat)."""
+    """STI: the main tokens followed by the pooled tokens of each picked layer (token concat)."""
 
     def __init__(self, geom, llm_dim, cfg):
         Projector.__init__(self, geom, llm_dim, cfg)
         self.layers = picked_layers(geom.num_layers, cfg.dense_groups)
         self.side = math.isqrt(geom.num_patches)
-        if self.side * self.side != geom.num_patches:
-            raise ConfigError(f"projector.name: dense_sti needs a square patch grid, got {geom.num_patches} patches")
-        pooled_side = math.ceil(self.side / cfg.sti_pool_stride)
+        if cfg.sti_pool == "grid" and self.side * self.side != geom.num_patches:
+            raise ConfigError(f"projector.sti_pool: grid pooling needs a square patch grid, got {geom.num_patches} "
+                              f"patches; use sti_pool=sequence")
+        pooled = sti_pooled_tokens(geom.num_patches, self.side, cfg.sti_pool, cfg.sti_pool_stride)
+        if pooled < 1:
+            raise ConfigError(f"projector.sti_pool_stride: {cfg.sti_pool_stride} is longer than the "
+                              f"{geom.num_patches} patches")
         self.in_dim = geom.embed_dim
-        self.num_tokens = geom.num_tokens + len(self.layers) * pooled_side ** 2
+        self.num_tokens = geom.num_tokens + len(self.layers) * pooled
         self.proj = mlp2x_gelu(self.in_dim, llm_dim)
 
     def _pool(self, h: torch.Tensor) -> torch.Tensor:
-        patches = h[:, 1:]  # pooling is over the patch grid; CLS never takes part
-        b, _, d = patches.shape
-        grid = patches.transpose(1, 2).reshape(b, d, self.side, self.side)
-        s = self.cfg.sti_pool_stride
-        pooled = F.avg_pool2d(grid, kernel_size=s, stride=s, ceil_mode=True)
-        return pooled.flatten(2).transpose(1, 2)
+        patches = h[:, 1:]  # pooling is over the patches; CLS never takes part (the reference's [:, 1:])
+        return STI_POOLS[self.cfg.sti_pool](patches, self.cfg.sti_pool_stride, self.side)
 
     def select(self, hidden_states):
         return torch.cat([self.main_feature(hidden_states), *[self._pool(hidden_states[i]) for i in self.layers]],
                          dim=1)
+
+    def selection(self):
+        return {**super().selection(), "layers": self.layers, "pool": self.cfg.sti_pool,
+                "pool_stride": self.cfg.sti_pool_stride}
