@@ -8,6 +8,8 @@ output folder must be shared storage):
     2  repetition of the embedded texts (hash counts) ─► warn when mostly repeats     manifest.json
     3  UMAP + clustering fitted on a bounded sample, in one task              artifacts/
     4  transform + assign every row (fixed batches, order kept) ─► sample variants ─► write
+       (train: a variant's records whose id hashes into train; val: the common held-out set, the same rows for
+       every variant — see :func:`common_heldout`)
 
 Rows rejected at any step flow on with their reason (later steps skip them), so one pass yields both the
 kept rows and ``rejected.jsonl``. Actor pools are sized so that read tasks keep a CPU share: on 2 cores a
@@ -242,6 +244,21 @@ def _duplicate_rows(dataset) -> list[dict]:
     for r in rows:
         r.update(stage="dedupe", reason=f"duplicate id {r['id']!r} (first seen at line {first[r['id']]})")
     return sorted(rows, key=lambda r: r["line"])
+
+
+def common_heldout(own_vals: list) -> Any:
+    """Every variant's val split is the same rows: each sampled record whose id hashes into val, whichever variant
+    drew it (a record's split is a hash of its id, so none of these is in any variant's train). Why: the sweep
+    ranks trials of different variants together (Tune's best trial, the stage tables, the plots), which means
+    something only when every trial is scored on the same rows. Rows in id, line order, each once."""
+    import pyarrow as pa
+
+    if not own_vals:
+        return pa.table({})
+    rows = pa.concat_tables(own_vals).sort_by([("id", "ascending"), ("line", "ascending")])
+    lines = rows["line"].to_pylist()
+    keep = [i == 0 or lines[i] != lines[i - 1] for i in range(len(lines))]
+    return rows.filter(pa.array(keep, pa.bool_()))
 
 
 def _fit_sample_ids(ids: list[str], n: int, seed: int) -> set[str]:
@@ -523,6 +540,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     all_ids, all_clusters = assigned["id"].tolist(), assigned["cluster"].astype(int).tolist()
     cluster_of = dict(zip(all_ids, all_clusters))
     variants_info: dict[str, Any] = {}
+    drawn: dict[str, tuple[Any, Any]] = {}  # variant -> (its sampled rows, which hash into val)
     for v in cfg.variants:
         if v.kind == "random":
             chosen, per_cluster = sample_random(all_ids, v.size, cfg.seed, v.name), None
@@ -535,15 +553,20 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                                                         pa.int64()))
         table = table.sort_by([("id", "ascending"), ("line", "ascending")])
         is_val = pa.array([is_validation(i, cfg.val_fraction, cfg.seed) for i in table["id"].to_pylist()])
-        vdir = out / v.name
+        drawn[v.name] = table, is_val
+        variants_info[v.name] = {"kind": v.kind, "size": v.size, "sampled": table.num_rows,
+                                 "val_own": int(pc.sum(is_val).as_py() or 0),
+                                 "per_cluster": per_cluster or cluster_counts(table["cluster"].to_pylist())}
+    heldout = common_heldout([t.filter(m) for t, m in drawn.values()])
+    for name, (table, is_val) in drawn.items():
+        vdir = out / name
         if vdir.exists():
             shutil.rmtree(vdir)  # replaced whole: a rerun never leaves stale or duplicated files
         vdir.mkdir(parents=True)
-        train_t, val_t = table.filter(pc.invert(is_val)), table.filter(is_val)
+        train_t = table.filter(pc.invert(is_val))
         _write_parquet_atomic(train_t, vdir / "train-00000.parquet")
-        _write_parquet_atomic(val_t, vdir / "val-00000.parquet")
-        variants_info[v.name] = {"kind": v.kind, "size": v.size, "train": train_t.num_rows, "val": val_t.num_rows,
-                                 "per_cluster": per_cluster or cluster_counts(table["cluster"].to_pylist())}
+        _write_parquet_atomic(heldout, vdir / "val-00000.parquet")
+        variants_info[name] = {**variants_info[name], "train": train_t.num_rows, "val": heldout.num_rows}
     timings["sample_write_s"] = time.perf_counter() - t0
 
     # ---- rejected rows, artifacts, plot, manifest

@@ -59,12 +59,12 @@ def test_build_writes_variants_manifest_rejections_and_plot(built, source):
     for v in VARIANTS:
         train = pq.read_table(out / v.name / "train-00000.parquet")
         val = pq.read_table(out / v.name / "val-00000.parquet")
-        assert train.num_rows + val.num_rows == v.size  # exact size
+        info = manifest["variants"][v.name]
+        assert train.num_rows + info["val_own"] == info["sampled"] == v.size  # exact size
         ids = train["id"].to_pylist() + val["id"].to_pylist()
-        assert len(set(ids)) == v.size and not set(train["id"].to_pylist()) & set(val["id"].to_pylist())
+        assert not set(train["id"].to_pylist()) & set(val["id"].to_pylist())
         assert all(i.startswith(("easyvqa", "photo")) for i in ids)
         assert all(json.loads(c)[0]["value"].startswith("<image>\n") for c in train["conversations"].to_pylist())
-        info = manifest["variants"][v.name]
         assert (info["train"], info["val"]) == (train.num_rows, val.num_rows)
     per = manifest["variants"]["20kUmap"]["per_cluster"]
     assert sum(per.values()) == 40 and manifest["clusters"]["k"] == len(manifest["clusters"]["per_cluster_all"])
@@ -82,12 +82,24 @@ def test_build_writes_variants_manifest_rejections_and_plot(built, source):
     assert (out / "umap.png").stat().st_size > 10_000 and (out / "artifacts" / "umap_clusters.joblib").is_file()
 
 
-def test_train_val_split_is_stable_across_variants(built):
-    out, _ = built
-    val_ids = {v.name: set(pq.read_table(out / v.name / "val-00000.parquet")["id"].to_pylist()) for v in VARIANTS}
+def test_every_variant_is_scored_on_the_same_heldout_rows(built):
+    from vlm_core.data import is_validation
+
+    out, manifest = built
+    vals = {v.name: pq.read_table(out / v.name / "val-00000.parquet") for v in VARIANTS}
     train_ids = {v.name: set(pq.read_table(out / v.name / "train-00000.parquet")["id"].to_pylist())
                  for v in VARIANTS}
-    assert not (val_ids["10kRandom"] & train_ids["20kUmap"]) and not (val_ids["20kUmap"] & train_ids["10kRandom"])
+    first = vals[VARIANTS[0].name]
+    assert first.num_rows > 0 and all(t.equals(first) for t in vals.values())  # the same rows, row for row
+    heldout = first["id"].to_pylist()
+    assert len(set(heldout)) == len(heldout)  # each once
+    assert all(is_validation(i, 0.2, 0) for i in heldout)  # _cfg's val_fraction, the default seed
+    assert not any(set(heldout) & ids for ids in train_ids.values())  # in no variant's train
+    # it is the union of what each variant drew into val: each variant's own share is in it ...
+    own = sum(manifest["variants"][v.name]["val_own"] for v in VARIANTS)
+    assert max(manifest["variants"][v.name]["val_own"] for v in VARIANTS) <= len(heldout) <= own
+    # ... and more than either variant's own share here (the two samples overlap only in part)
+    assert len(heldout) > min(manifest["variants"][v.name]["val_own"] for v in VARIANTS)
 
 
 def test_rerun_reuses_stages_and_gives_identical_outputs(built, source, corpus):

@@ -93,7 +93,7 @@ def prepare_data(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
     manifest = data / "manifest.json"
     if manifest.is_file():
         m = json.loads(manifest.read_text())
-        built = {k: v.get("train", 0) + v.get("val", 0) for k, v in m.get("variants", {}).items()}
+        built = {k: v.get("sampled") for k, v in m.get("variants", {}).items()}  # train + own val
         if built == {v.name: v.size for v in variants} and all(
                 (data / v.name / "train-00000.parquet").is_file() for v in variants):
             _say(f"data: reusing {data} ({', '.join(f'{k} {n} rows' for k, n in built.items())})")
