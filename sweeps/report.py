@@ -36,8 +36,8 @@ AXES = ("dataset", "dense", "chat", "scheduler", "epochs", "batch_size")
 STAGES = (1, 2)
 TABLE_COLUMNS = ["stage", "paper_id", "config_id", "dataset", "dense", "chat", "scheduler", "epochs", "batch_size",
                  "profile", "status", "best_val_loss", "best_epoch", "final_train_loss", "epochs_run",
-                 "stopped_by_asha", "asha_rung", "wall_s", "tokens_per_s", "samples_per_s", "pad_fraction",
-                 "parent", "error"]
+                 "stopped_by_asha", "asha_rung", "steps", "samples_seen", "wall_s", "tokens_per_s", "samples_per_s",
+                 "pad_fraction", "parent", "error"]
 
 
 def stage_dirs(experiment: str | Path) -> dict[int, Path]:
@@ -76,6 +76,9 @@ def trial_table(experiment: str | Path) -> tuple[pd.DataFrame, dict[str, pd.Data
             non_finite = last is not None and last.get("status") == STATUS_NON_FINITE
             epochs_run = int(last["epoch"]) if last is not None else 0
             stop = decisions.get(cid)
+            steps = int(last["step"]) if last is not None and "step" in df and pd.notna(last["step"]) else 0
+            train_cfg = conf.get("worker", {}).get("train", {})
+            per_step = int(train_cfg.get("batch_size", spec["batch_size"])) * int(train_cfg.get("grad_accum", 1))
             rows.append({
                 "stage": stage, "paper_id": spec.get("paper_id"), "config_id": cid,
                 **{a: spec[a] for a in AXES}, "profile": spec["profile"],
@@ -85,12 +88,13 @@ def trial_table(experiment: str | Path) -> tuple[pd.DataFrame, dict[str, pd.Data
                 "final_train_loss": float(last["train_loss"]) if last is not None and "train_loss" in df else math.nan,
                 "epochs_run": epochs_run, "stopped_by_asha": stop is not None,
                 "asha_rung": stop["rung"] if stop else None,
+                "steps": steps, "samples_seen": steps * per_step,  # optimizer steps trained, samples through them
                 "wall_s": float(last["time_total_s"]) if last is not None and "time_total_s" in df else math.nan,
                 **{k: float(df[k].mean()) if k in df and len(df) else math.nan
                    for k in ("tokens_per_s", "samples_per_s", "pad_fraction")},
                 "parent": spec.get("parent"), "error": last["message"] if non_finite else _error_text(trial)})
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    for col in ("paper_id", "best_epoch", "asha_rung"):
+    for col in ("paper_id", "best_epoch", "asha_rung", "steps", "samples_seen"):
         table[col] = table[col].astype("Int64")  # integers with gaps, not floats
     return table.sort_values(["stage", "paper_id", "config_id"], na_position="last").reset_index(drop=True), curves
 
@@ -257,6 +261,24 @@ def _relative_figure(path: Path, root: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
+def scale_sentence(table: pd.DataFrame) -> str:
+    """One sentence on what the run's scale can show, from the steps each trial trained and the samples it saw."""
+    def span(col: str) -> str:
+        values = table[col].dropna()
+        lo, hi = (int(values.min()), int(values.max())) if len(values) else (0, 0)
+        return f"{lo}" if lo == hi else f"{lo}–{hi}"
+
+    others = [a for a in AXES if a != "scheduler"] + ["stage"]
+    pairs = [g for _, g in table.groupby(others, dropna=False) if set(g["scheduler"]) >= {"linear", "cosine"}]
+    same = [g for g in pairs if g["best_val_loss"].notna().all() and g["best_val_loss"].nunique() == 1]
+    why = (f" {len(same)} of the {len(pairs)} pairs of configs that differ only in the LR schedule give identical "
+           f"val losses: at so few steps the schedules cannot differ." if same else "")
+    return (f"**What this run can show:** each trial trained {span('steps')} optimizer steps and saw "
+            f"{span('samples_seen')} training samples ({len(table)} trials) — a check that the whole study runs "
+            f"end to end and that the numbers are computed as documented, not the study's conclusion about which "
+            f"config is best.{why}")
+
+
 def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str | Path, sweep: dict[str, Any],
                        evals: list[dict[str, Any]], wall_s: float | None = None) -> dict[str, Any]:
     """``vlm-sweep run``'s report: data summary, the sweep's report (``sweep``: what ``write_report`` returned
@@ -265,6 +287,7 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
     root, sweep_dir = Path(out), Path(sweep_dir)
     table = pd.read_csv(sweep_dir / "trials.csv")
     lines = ["# vlm-sweep run: the study on the embedded default", ""]
+    lines += [scale_sentence(table), ""]
     if wall_s is not None:
         lines += [f"Wall time of the invocation that wrote this report: {wall_s:.0f} s.", ""]
     counts = manifest.get("counts", {})
