@@ -326,10 +326,10 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
                          "checkpoint": e["checkpoint"]})
         ev = pd.DataFrame(rows)
         ev["gain_vs_shuffled"] = ev["acc_image"] - ev["acc_shuffled"]
-        # the question set is shared by every trial (the val splits are not): rank on it, then on the image's gain
+        # rank on the questions (shared by every trial, as is the common held-out set), then on the image's gain
         ev = ev.sort_values(["acc_image", "gain_vs_shuffled", "val_loss"], ascending=[False, False, True])
         lines += ["## Evaluation (stage-2 checkpoints)", "",
-                  "Held-out loss on the variant's val split (compare within a dataset); exact-match accuracy on the "
+                  "Held-out loss on the common held-out set (the same rows for every trial); exact-match accuracy on the "
                   "same held-out easy-vqa questions for every trial (equal shares of yes/no, colour and shape "
                   "questions) with the question's image, with the image features zeroed, and with another "
                   "question's image. The gap between `acc_image` and the controls is what the image contributes; "
