@@ -284,10 +284,6 @@ STI_POOLS: dict[str, Callable[[torch.Tensor, int, int], torch.Tensor]] = {"seque
                                                                          "grid": _pool_grid}
 
 
-def sti_pooled_tokens(num_patches: int, side: int, pool: str, stride: int) -> int:
-    return num_patches // stride if pool == "sequence" else math.ceil(side / stride) ** 2
-
-
 @register("dense_sti")
 class DenseSparseTokenIntegration(MLPProjector):
     """STI: the main tokens followed by the pooled tokens of each picked layer (token concat)."""
@@ -299,7 +295,11 @@ class DenseSparseTokenIntegration(MLPProjector):
         if cfg.sti_pool == "grid" and self.side * self.side != geom.num_patches:
             raise ConfigError(f"projector.sti_pool: grid pooling needs a square patch grid, got {geom.num_patches} "
                               f"patches; use sti_pool=sequence")
-        pooled = sti_pooled_tokens(geom.num_patches, self.side, cfg.sti_pool, cfg.sti_pool_stride)
+        try:  # tokens per picked layer, as the pool itself gives them (no second formula to keep in step)
+            pooled = STI_POOLS[cfg.sti_pool](torch.zeros(1, geom.num_patches, 1), cfg.sti_pool_stride,
+                                             self.side).shape[1]
+        except RuntimeError:  # torch refuses a window longer than its input
+            pooled = 0
         if pooled < 1:
             raise ConfigError(f"projector.sti_pool_stride: {cfg.sti_pool_stride} is longer than the "
                               f"{geom.num_patches} patches")
