@@ -279,6 +279,128 @@ def scale_sentence(table: pd.DataFrame) -> str:
             f"config is best.{why}")
 
 
+CONDITION_NAMES = {"image": "with image", "zeros": "zeroed image", "shuffled": "another image"}
+
+
+def _cell(text: Any) -> str:
+    """A generated answer as one Markdown table cell: pipes escaped, line breaks shown as ⏎."""
+    return " ⏎ ".join(str(text).splitlines()).replace("|", "\\|")
+
+
+def _protocol_sentence(evals: list[dict[str, Any]]) -> str:
+    """The prompt and token budget the answers were generated with (one line per distinct protocol)."""
+    seen: list[tuple[str | None, int | None]] = []
+    for e in evals:
+        p = e["answers"].get("protocol") or {}
+        key = (p.get("instruction"), p.get("max_new_tokens"))
+        if key not in seen:
+            seen.append(key)
+
+    def one(instruction: str | None, tokens: int | None) -> str:
+        if instruction is None:
+            return "an older protocol that recorded no instruction (bare question, first-line exact match)"
+        prompt = (f"the question, a newline and the short-answer instruction \"{instruction}\" (LLaVA-1.5's)"
+                  if instruction else "the bare question (no short-answer instruction)")
+        return f"{prompt}, answered greedily with up to {tokens} new tokens"
+
+    return "Prompt: " + "; ".join(one(*k) for k in seen) + "."
+
+
+def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any] | None]:
+    """The report's evaluation: per checkpoint held-out loss and answer scores under each condition — accuracy by
+    the field's rule (``acc_*``) beside strict exact match (``em_*``) — then the best config with its scores per
+    question type and its sample generations. Returns (Markdown lines, the best config's summary or None)."""
+    if not evals:
+        return [], None
+    conditions = list(dict.fromkeys(c for e in evals for c in e["answers"]["accuracy"]))
+    rows = []
+    for e in evals:
+        cid = e.get("config_id") or e["checkpoint"]
+        acc, held = e["answers"]["accuracy"], e.get("heldout", {})
+        em = e["answers"].get("exact_match", {})
+        row = {"config_id": cid, "val_loss": held.get("image", {}).get("loss", math.nan),
+               "perplexity": held.get("image", {}).get("perplexity", math.nan),
+               "val_loss_zeros": held.get("zeros", {}).get("loss", math.nan),
+               "val_loss_shuffled": held.get("shuffled", {}).get("loss", math.nan)}
+        for c in conditions:
+            row[f"acc_{c}"], row[f"em_{c}"] = acc.get(c, math.nan), em.get(c, math.nan)
+        rows.append({**row, "questions": e["answers"]["n"], "checkpoint": e["checkpoint"]})
+    ev = pd.DataFrame(rows)
+    for c in ("zeros", "shuffled"):
+        if f"acc_{c}" not in ev:
+            ev[f"acc_{c}"] = ev[f"em_{c}"] = math.nan
+    ev["gain_vs_shuffled"] = ev["acc_image"] - ev["acc_shuffled"]
+    # rank on the questions (shared by every trial, as is the common held-out set), then on the image's gain
+    ev = ev.sort_values(["acc_image", "gain_vs_shuffled", "val_loss"], ascending=[False, False, True])
+    lines = ["## Evaluation (stage-2 checkpoints)", "",
+             "Held-out loss on the common held-out set (the same rows for every trial); answers to the same held-out "
+             "easy-vqa questions for every trial (equal shares of yes/no, colour and shape questions) with the "
+             "question's image, with the image features zeroed, and with another question's image (the text-only "
+             "controls). " + _protocol_sentence(evals), "",
+             "Scored the way LLaVA-1.5 / lmms-eval score short answers, after VQAv2 answer normalisation (lowercase, "
+             "punctuation, number words to digits, articles, contractions): `acc_*` is the field's rule — a yes/no "
+             "question is right when the answer's first word is the expected yes/no (anything else is unanswered, "
+             "so wrong), an open question when the expected answer occurs as a whole word in the answer (\"The "
+             "color of the circle is red.\" is right for red; whole-word containment does not read \"not red\" or "
+             "\"red or blue\") — and `em_*` is strict exact match (the whole normalised answer is the expected "
+             "one). The gap between `acc_image` and the controls is what the image contributes; the best config "
+             "is the one with the highest `acc_image` (then the largest gain).", "",
+             _md(ev.drop(columns=["checkpoint"])), ""]
+    b = ev.iloc[0]
+    e = next(x for x in evals if x["checkpoint"] == b["checkpoint"])
+    answers = e["answers"]
+    sample = answers["samples"][0] if answers["samples"] else {}
+    best = {"config_id": b["config_id"], "val_loss": float(b["val_loss"]), "checkpoint": b["checkpoint"],
+            "accuracy": answers["accuracy"], "by_type": answers["by_type"],
+            "exact_match": answers.get("exact_match", {}),
+            "exact_match_by_type": answers.get("exact_match_by_type", {}), "protocol": answers.get("protocol"),
+            "sample_image": str(Path(e["questions"]).parent / "images" / sample.get("image", "")),
+            # the prompt the answers were generated from (question + short-answer instruction), so that the chat
+            # command below reproduces the sample generation
+            "sample_question": sample.get("prompt", sample.get("question", ""))}
+    lines += [f"## Best config: `{b['config_id']}`", "",
+              f"Val loss {b['val_loss']:.4f}; accuracy (field's rule) with the image {b['acc_image']:.3f}, zeroed "
+              f"{b['acc_zeros']:.3f}, another image {b['acc_shuffled']:.3f}; strict exact match "
+              f"{b['em_image']:.3f} / {b['em_zeros']:.3f} / {b['em_shuffled']:.3f} ({int(b['questions'])} "
+              f"questions).", ""]
+    by_type, em_by_type = answers["by_type"], answers.get("exact_match_by_type", {})
+    conds = list(by_type)
+    lines += ["| question type | questions | " + " | ".join(f"acc_{c} | em_{c}" for c in conds) + " |",
+              "|---|---|" + "---|---|" * len(conds)]
+
+    def rate(table: dict, c: str, t: str) -> str:
+        v = table.get(c, {}).get(t)
+        return "" if v is None else f"{v:.3f}"
+
+    for t, n in answers["type_counts"].items():
+        lines.append(f"| {t} | {n} | " + " | ".join(f"{rate(by_type, c, t)} | {rate(em_by_type, c, t)}"
+                                                    for c in conds) + " |")
+    if "unanswered" in answers:
+        lines += ["", "Yes/no questions answered with neither yes nor no as the first word (counted wrong): "
+                  + ", ".join(f"{CONDITION_NAMES.get(c, c)} {n}" for c, n in answers["unanswered"].items()) + "."]
+    shown = [c for c in ("image", "zeros", "shuffled") if c in conds]
+
+    def answer_cell(s: dict, c: str) -> str:
+        mark = ("" if f"correct_{c}" not in s else
+                " ✓✓" if s.get(f"exact_{c}") else " ✓" if s[f"correct_{c}"] else " ✗")
+        return _cell(s.get(f"answer_{c}", "")) + mark
+
+    instruction = (answers.get("protocol") or {}).get("instruction")
+    lines += ["", "Sample generations (✓ right by the field's rule, ✓✓ also a strict exact match, ✗ wrong"
+              + ("; the prompt adds the instruction above to each question" if instruction else "") + "):", "",
+              "| image | question | expected | " + " | ".join(CONDITION_NAMES[c] for c in shown) + " |",
+              "|---|---|---|" + "---|" * len(shown)]
+    for s in answers["samples"]:
+        img = Path(e["questions"]).parent / "images" / s["image"]
+        rel = _relative_figure(img, root) if img.resolve().is_relative_to(root.resolve()) else img
+        lines.append(f"| ![]({rel}) | {_cell(s['question'])} | {_cell(s['expected'])} | "
+                     + " | ".join(answer_cell(s, c) for c in shown) + " |")
+    lines += ["", "Chat with it:", "", "```bash",
+              f"vlm-sweep chat --checkpoint {b['checkpoint']} --image {best['sample_image']} "
+              f"\"{best['sample_question']}\"", "```", ""]
+    return lines, best
+
+
 def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str | Path, sweep: dict[str, Any],
                        evals: list[dict[str, Any]], wall_s: float | None = None) -> dict[str, Any]:
     """``vlm-sweep run``'s report: data summary, the sweep's report (``sweep``: what ``write_report`` returned
@@ -311,56 +433,8 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
                   "|---|---|---|---|"]
         lines += [f"| {d['trial']} | {d['rung']} | {d['val_loss']:.4f} | {d['decision']} |" for d in decisions]
         lines += [""]
-    best = None
-    if evals:
-        rows = []
-        for e in evals:
-            cid = e.get("config_id") or e["checkpoint"]
-            acc, held = e["answers"]["accuracy"], e.get("heldout", {})
-            rows.append({"config_id": cid, "val_loss": held.get("image", {}).get("loss", math.nan),
-                         "perplexity": held.get("image", {}).get("perplexity", math.nan),
-                         "val_loss_zeros": held.get("zeros", {}).get("loss", math.nan),
-                         "val_loss_shuffled": held.get("shuffled", {}).get("loss", math.nan),
-                         "acc_image": acc["image"], "acc_zeros": acc.get("zeros", math.nan),
-                         "acc_shuffled": acc.get("shuffled", math.nan), "questions": e["answers"]["n"],
-                         "checkpoint": e["checkpoint"]})
-        ev = pd.DataFrame(rows)
-        ev["gain_vs_shuffled"] = ev["acc_image"] - ev["acc_shuffled"]
-        # rank on the questions (shared by every trial, as is the common held-out set), then on the image's gain
-        ev = ev.sort_values(["acc_image", "gain_vs_shuffled", "val_loss"], ascending=[False, False, True])
-        lines += ["## Evaluation (stage-2 checkpoints)", "",
-                  "Held-out loss on the common held-out set (the same rows for every trial); exact-match accuracy on the "
-                  "same held-out easy-vqa questions for every trial (equal shares of yes/no, colour and shape "
-                  "questions) with the question's image, with the image features zeroed, and with another "
-                  "question's image. The gap between `acc_image` and the controls is what the image contributes; "
-                  "the best config is the one with the highest `acc_image` (then the largest gain).", "",
-                  _md(ev.drop(columns=["checkpoint"])), ""]
-        b = ev.iloc[0]
-        e = next(x for x in evals if x["checkpoint"] == b["checkpoint"])
-        sample = e["answers"]["samples"][0] if e["answers"]["samples"] else {}
-        best = {"config_id": b["config_id"], "val_loss": float(b["val_loss"]), "checkpoint": b["checkpoint"],
-                "accuracy": e["answers"]["accuracy"], "by_type": e["answers"]["by_type"],
-                "sample_image": str(Path(e["questions"]).parent / "images" / sample.get("image", "")),
-                "sample_question": sample.get("question", "")}
-        lines += [f"## Best config: `{b['config_id']}`", "",
-                  f"Val loss {b['val_loss']:.4f}; accuracy with the image {b['acc_image']:.3f}, zeroed "
-                  f"{b['acc_zeros']:.3f}, another image {b['acc_shuffled']:.3f} ({int(b['questions'])} questions).",
-                  "", "| question type | questions | " + " | ".join(f"acc_{c}" for c in e["answers"]["by_type"]) + " |",
-                  "|---|---|" + "---|" * len(e["answers"]["by_type"])]
-        by_type = e["answers"]["by_type"]
-        for t, n in e["answers"]["type_counts"].items():
-            lines.append(f"| {t} | {n} | " + " | ".join(f"{by_type[c][t]:.3f}" for c in by_type) + " |")
-        lines += ["", "Sample generations:", "",
-                  "| image | question | expected | with image | zeroed image | another image |",
-                  "|---|---|---|---|---|---|"]
-        for s in e["answers"]["samples"]:
-            img = Path(e["questions"]).parent / "images" / s["image"]
-            rel = _relative_figure(img, root) if img.resolve().is_relative_to(root.resolve()) else img
-            lines.append(f"| ![]({rel}) | {s['question']} | {s['expected']} | {s.get('answer_image', '')} | "
-                         f"{s.get('answer_zeros', '')} | {s.get('answer_shuffled', '')} |")
-        lines += ["", "Chat with it:", "", "```bash",
-                  f"vlm-sweep chat --checkpoint {b['checkpoint']} --image {best['sample_image']} "
-                  f"\"{best['sample_question']}\"", "```", ""]
+    eval_lines, best = evaluation_section(root, evals)
+    lines += eval_lines
     atomic_write_text(root / "report.md", "\n".join(lines))
     return {"report": str(root / "report.md"), "sweep_report": sweep["report"], "trials": sweep["trials"],
             "stopped_by_asha": sweep["stopped_by_asha"], "errors": sweep["errors"], "best": best,

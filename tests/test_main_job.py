@@ -46,6 +46,8 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
     for p in evals:
         e = json.loads(p.read_text())
         assert e["answers"]["n"] == 8 and all(0 <= a <= 1 for a in e["answers"]["accuracy"].values())
+        assert set(e["answers"]["exact_match"]) == set(e["answers"]["accuracy"])  # strict beside the field's rule
+        assert e["answers"]["protocol"]["instruction"] == "Answer the question using a single word or phrase."
         for cond in ("image", "zeros", "shuffled"):
             h = e["heldout"][cond]
             assert 0 < h["loss"] < 20 and math.isclose(h["perplexity"], math.exp(h["loss"]), rel_tol=1e-9)
@@ -53,7 +55,8 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
     for section in ("## Data", "![umap](data/umap.png)", "### Token lengths (measured before the trials)",
                     "### Stage 1", "### Stage 2", "### ASHA decisions",
                     "## Evaluation",
-                    "acc_zeros", "## Best config", "| question type |", "Sample generations",
+                    "acc_zeros", "em_image", "single word or phrase", "## Best config", "| question type |",
+                    "Sample generations",
                     "vlm-sweep chat --checkpoint"):
         assert section in report, section
     for fig in ("data/umap.png", "sweep/loss_curves.png", "sweep/by_axis.png"):

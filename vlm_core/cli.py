@@ -209,7 +209,8 @@ def sweep_cmd(config) -> dict:
 
 def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = None, images: str | None = None,
              val: str | None = None, max_questions: int | None = None, max_val_samples: int | None = None,
-             controls: str | None = None, batch_size: int = 16, out: str | None = None) -> dict:
+             controls: str | None = None, batch_size: int = 16, instruction: str | None = None,
+             max_new_tokens: int | None = None, out: str | None = None) -> dict:
     """Evaluate a checkpoint: held-out loss / perplexity and answer accuracy, with and without the image.
 
     Args:
@@ -223,6 +224,9 @@ def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = N
         max_val_samples: Score the first N held-out conversations only.
         controls: Text-only controls, comma-separated: ``zeros``, ``shuffled`` (default: both).
         batch_size: Questions per generation batch.
+        instruction: Appended to each question after a newline (default: LLaVA-1.5's "Answer the question using a
+            single word or phrase."; ``""``: the bare question). Recorded in the result's ``answers.protocol``.
+        max_new_tokens: New tokens per answer (default 16, lmms-eval's VQAv2 budget).
         out: Also write the result as JSON here.
     """
     from data_pipeline.sample_corpus import EVAL_FILE
@@ -237,11 +241,14 @@ def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = N
         raise ConfigError("eval: pass --data CORPUS_FOLDER, or both --questions FILE and --images FOLDER")
     cfg = EvalConfig(questions=questions, images=images, val=val, max_questions=max_questions,
                      max_val_samples=max_val_samples, batch_size=batch_size,
+                     **({"instruction": instruction} if instruction is not None else {}),
+                     **({"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}),
                      **({"controls": [c.strip() for c in controls.split(",") if c.strip()]}
                         if controls is not None else {}))
     result = evaluate_checkpoint(checkpoint, cfg, out)
     print(json.dumps({k: v for k, v in result.items() if k != "answers"} | {
-        "accuracy": result["answers"]["accuracy"], "by_type": result["answers"]["by_type"]}, indent=2))
+        k: result["answers"][k] for k in ("accuracy", "exact_match", "by_type", "exact_match_by_type", "unanswered",
+                                          "protocol")}, indent=2))
     return result
 
 

@@ -7,10 +7,22 @@ For each condition the model sees the same prompts; only the image features diff
 - ``zeros``: every image feature set to zero (the projector still adds its bias: "no picture");
 - ``shuffled``: another question's image (features rolled by one over the evaluation set).
 
-Accuracy is exact match after normalisation (case, surrounding punctuation, a leading article), on held-out
-easy-vqa questions (``eval_easyvqa.jsonl`` of the sample corpus: yes/no, colour and shape questions), generated
-greedily with the training chat format. Loss is the token-weighted assistant-token loss on held-out
-conversations (a variant's ``val`` split), perplexity its exponential.
+Answers are scored by the field's conventions (LLaVA-1.5, lmms-eval; rules in ``vlm_core.answers``), on held-out
+easy-vqa questions (``eval_easyvqa.jsonl`` of the sample corpus: yes/no, colour and shape questions):
+
+- the prompt is the question followed by LLaVA-1.5's short-answer instruction (``EvalConfig.instruction``,
+  default "Answer the question using a single word or phrase."; empty: the bare question), in the training chat
+  format, answered greedily with up to ``max_new_tokens`` (16, as lmms-eval's VQAv2 task) new tokens;
+- ``accuracy`` (the field's rule): a yes/no question is right when the answer's first word, after VQAv2
+  normalisation, is the expected yes/no (anything else is *unanswered*, counted per condition); an open (colour,
+  shape) question is right when its VQAv2-normalised answer occurs as a whole word in the normalised prediction;
+- ``exact_match`` (strict, reported beside it): normalised prediction == normalised answer.
+
+Both are given overall and by question type, per condition, with ``image_gain`` (image minus each control, on
+accuracy) and ``image_gain_exact_match``; the instruction, the token budget and the rules are recorded under
+``answers.protocol``, each sample generation with its verdicts (``correct_*``, ``exact_*``). Loss is the
+token-weighted assistant-token loss on held-out conversations (a variant's ``val`` split), perplexity its
+exponential.
 
     vlm-sweep eval runs/main/sweep/.../checkpoint_... --questions corpus/eval_easyvqa.jsonl \\
         --images corpus/images --val data/20kUmap/val-00000.parquet
@@ -20,8 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +39,7 @@ from typing import Any
 
 import torch
 
+from .answers import RULES, SHORT_ANSWER_INSTRUCTION, score, vqa_normalise, with_instruction
 from .config import check_field
 
 CONTROLS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -55,8 +66,13 @@ class EvalConfig:
     controls: list[str] = field(default_factory=lambda: ["zeros", "shuffled"])
     """Text-only controls to compare with (see CONTROLS)."""
     batch_size: int = 16
-    max_new_tokens: int = 6
-    """Answers are one word; a few tokens suffice (a rambling answer is wrong whatever its tail)."""
+    instruction: str = SHORT_ANSWER_INSTRUCTION
+    """Appended to every question after a newline, as LLaVA-1.5 / lmms-eval prompt short-answer VQA questions
+    (recorded with the results); empty: the bare question."""
+    max_new_tokens: int = 16
+    """New tokens per answer: lmms-eval's VQAv2 budget, room for a phrase or a sentence whose answer word comes
+    late ("The color of the circle is red."); generation stops earlier once every answer of a batch has ended,
+    so the extra cost is only where the model rambles: at most 16/6 the decoding steps of the old budget of 6."""
     num_samples: int = 6
     """Sample generations to keep (with their image paths) for the report."""
 
@@ -64,17 +80,11 @@ class EvalConfig:
         bad = [c for c in self.controls if c not in CONTROLS]
         check_field(not bad, "eval.controls", f"unknown {bad}; choose from {sorted(CONTROLS)}")
         check_field(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
-
-
-def normalise(text: str) -> str:
-    """Lowercase, first line, no surrounding punctuation or leading article: ``"Yes."`` → ``"yes"``."""
-    text = text.strip().splitlines()[0] if text.strip() else ""
-    text = text.lower().strip().strip(string.punctuation + " ")
-    return re.sub(r"^(a|an|the)\s+", "", text)
+        check_field(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
 
 
 def question_type(answer: str) -> str:
-    a = normalise(answer)
+    a = vqa_normalise(answer)
     return "yes/no" if a in ("yes", "no") else "color" if a in COLORS else "shape"
 
 
@@ -102,6 +112,33 @@ def _question_text(record: dict) -> str:
     return turn.get("value", turn.get("content", "")).replace("<image>", "").strip()
 
 
+def prompt_questions(records: list[dict], instruction: str) -> list[str]:
+    """What each question's human turn says: the question, then the short-answer instruction (once)."""
+    return [with_instruction(_question_text(r), instruction) for r in records]
+
+
+def _rates(flags: list[bool], types: list[str]) -> tuple[float, dict[str, float]]:
+    by_type = {t: sum(f for f, tt in zip(flags, types) if tt == t) / types.count(t) for t in sorted(set(types))}
+    return sum(flags) / max(len(flags), 1), by_type
+
+
+def score_answers(answers: dict[str, list[str]], records: list[dict]) -> dict[str, Any]:
+    """Per condition: ``accuracy`` (the field's rule) and ``exact_match`` (strict), overall and by question type,
+    and how many yes/no questions got neither yes nor no (``unanswered``); ``scores``: each answer's verdict."""
+    types = [question_type(r["answer"]) for r in records]
+    out: dict[str, Any] = {"accuracy": {}, "exact_match": {}, "by_type": {}, "exact_match_by_type": {},
+                           "unanswered": {}, "scores": {}}
+    for name, got in answers.items():
+        verdicts = [score(g, r["answer"]) for g, r in zip(got, records)]
+        out["accuracy"][name], out["by_type"][name] = _rates([v["correct"] for v in verdicts], types)
+        out["exact_match"][name], out["exact_match_by_type"][name] = _rates([v["exact_match"] for v in verdicts],
+                                                                            types)
+        out["unanswered"][name] = sum(v["read"] is None for v, t in zip(verdicts, types) if t == "yes/no")
+        out["scores"][name] = verdicts
+    out["type_counts"] = {t: types.count(t) for t in sorted(set(types))}
+    return out
+
+
 @torch.no_grad()
 def _features(model, images: list, batch_size: int) -> torch.Tensor:
     chunks = [model.image_features(model.vision.preprocess(images[i:i + batch_size]).to(model.device))
@@ -111,14 +148,14 @@ def _features(model, images: list, batch_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfig) -> dict[str, Any]:
-    """Greedy answers under every condition; accuracy overall and per question type."""
+    """Greedy answers under every condition, scored by ``score_answers``; the protocol is recorded with them."""
     from .images import open_rgb
     from .inference import build_prompt_batch
 
     model.eval()
     images = [open_rgb(image_root / r["image"]) for r in records]
     feats = _features(model, images, cfg.batch_size)
-    questions = [_question_text(r) for r in records]
+    questions = prompt_questions(records, cfg.instruction)
     conditions = {"image": lambda f: f, **{c: CONTROLS[c] for c in cfg.controls}}
     answers: dict[str, list[str]] = {}
     for name, transform in conditions.items():
@@ -130,17 +167,15 @@ def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfi
                                  image_features=cond_feats[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens)
             out += [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in gen]
         answers[name] = out
-    expected = [normalise(r["answer"]) for r in records]
-    types = [question_type(r["answer"]) for r in records]
-    result: dict[str, Any] = {"n": len(records), "accuracy": {}, "by_type": {}}
-    for name, got in answers.items():
-        hits = [normalise(g) == e for g, e in zip(got, expected)]
-        result["accuracy"][name] = sum(hits) / max(len(hits), 1)
-        result["by_type"][name] = {t: sum(h for h, tt in zip(hits, types) if tt == t) / types.count(t)
-                                   for t in sorted(set(types))}
-    result["type_counts"] = {t: types.count(t) for t in sorted(set(types))}
-    result["samples"] = [{"image": r["image"], "question": q, "expected": r["answer"],
-                          **{f"answer_{name}": answers[name][i] for name in answers}}
+    scored = score_answers(answers, records)
+    verdicts = scored.pop("scores")
+    result: dict[str, Any] = {"n": len(records), **scored,
+                              "protocol": {"instruction": cfg.instruction, "max_new_tokens": cfg.max_new_tokens,
+                                           "decoding": "greedy", "rules": dict(RULES)}}
+    result["samples"] = [{"image": r["image"], "question": _question_text(r), "prompt": q, "expected": r["answer"],
+                          **{f"answer_{name}": answers[name][i] for name in answers},
+                          **{f"correct_{name}": verdicts[name][i]["correct"] for name in answers},
+                          **{f"exact_{name}": verdicts[name][i]["exact_match"] for name in answers}}
                          for i, (r, q) in enumerate(zip(records[:cfg.num_samples], questions))]
     return result
 
@@ -178,8 +213,9 @@ def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"questions": cfg.questions, "answers": answer_accuracy(model, questions, root, cfg)}
     if cfg.val:
         result["heldout"] = heldout_loss(model, read_records(cfg.val)[: cfg.max_val_samples], root, cfg)
-    acc = result["answers"]["accuracy"]
-    result["image_gain"] = {c: acc["image"] - acc[c] for c in cfg.controls}
+    acc, em = result["answers"]["accuracy"], result["answers"]["exact_match"]
+    result["image_gain"] = {c: acc["image"] - acc[c] for c in cfg.controls}  # on the field's rule
+    result["image_gain_exact_match"] = {c: em["image"] - em[c] for c in cfg.controls}
     return result
 
 

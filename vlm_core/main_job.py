@@ -130,14 +130,21 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
             continue
         target = out / "eval" / f"{row['config_id']}.json"
         previous = json.loads(target.read_text()) if target.is_file() else {}
-        if previous.get("checkpoint") == ckpt:
-            _say(f"eval: reusing {target}")
-            results.append(previous)
-            continue
-        _say(f"eval: {row['config_id']} ({cfg.eval_questions} questions × image / zeros / shuffled)")
         ecfg = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
                           val=str(out / "data" / row["dataset"] / "val-00000.parquet"), max_questions=cfg.eval_questions,
                           max_val_samples=cfg.eval_val_samples)
+        # reused only if scored under the same protocol (an eval.json from before the short-answer instruction
+        # and answer extraction is redone, not mixed into the report)
+        protocol = previous.get("answers", {}).get("protocol", {})
+        same = (protocol.get("instruction"), protocol.get("max_new_tokens")) == (ecfg.instruction, ecfg.max_new_tokens)
+        if previous.get("checkpoint") == ckpt and same:
+            _say(f"eval: reusing {target}")
+            results.append(previous)
+            continue
+        if previous.get("checkpoint") == ckpt:
+            _say(f"eval: {target} was scored under another protocol; evaluating again")
+        _say(f"eval: {row['config_id']} ({cfg.eval_questions} questions × image / zeros / shuffled; prompt + "
+             f"\"{ecfg.instruction}\", up to {ecfg.max_new_tokens} new tokens)")
         result = {"config_id": row["config_id"], **evaluate_checkpoint(ckpt, ecfg)}
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, json.dumps(result, indent=2))
@@ -167,10 +174,11 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     best = summary["best"]
     _say(f"done in {summary['wall_s']:.0f} s. Report: {summary['report']}")
     if best:
-        acc = best["accuracy"]
-        _say(f"best config: {best['config_id']} — val loss {best['val_loss']:.4f}; answer accuracy with the image "
-             f"{acc['image']:.3f}, zeroed image {acc.get('zeros', float('nan')):.3f}, another image "
-             f"{acc.get('shuffled', float('nan')):.3f}")
+        acc, em, nan = best["accuracy"], best.get("exact_match", {}), float("nan")
+        _say(f"best config: {best['config_id']} — val loss {best['val_loss']:.4f}; answer accuracy (yes/no by the "
+             f"first word, open answers by whole word) with the image {acc['image']:.3f}, zeroed image "
+             f"{acc.get('zeros', nan):.3f}, another image {acc.get('shuffled', nan):.3f}; strict exact match "
+             f"{em.get('image', nan):.3f} / {em.get('zeros', nan):.3f} / {em.get('shuffled', nan):.3f}")
         _say(f"chat with it: vlm-sweep chat --checkpoint {best['checkpoint']} --image "
              f"{best['sample_image']} \"{best['sample_question']}\"")
     return summary
