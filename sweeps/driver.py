@@ -348,9 +348,9 @@ def unfinished_trials(grid, stage_dir: Path) -> list[str]:
     """Config ids of trials that neither failed, nor ran all their epochs, nor stopped on a non-finite loss, nor
     were stopped by ASHA. After Ctrl-C, Tune marks the trials it cut short as terminated, so the status alone
     cannot tell."""
-    from .scheduling import read_decisions
+    from .scheduling import DECISIONS_FILE, read_decisions
 
-    stopped = {d["trial"] for d in read_decisions(stage_dir / "asha_decisions.jsonl") if d["decision"] == "stop"}
+    stopped = {d["trial"] for d in read_decisions(stage_dir / DECISIONS_FILE) if d["decision"] == "stop"}
     out = []
     for result in grid:
         cid = result.config["trial"]["config_id"]
@@ -411,8 +411,13 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         lineage = record_lineage(summary["stages"][1], lineage)
         atomic_write_text(lineage_file, json.dumps(lineage, indent=2))
     if 2 in stages:
-        from .scheduling import RecordingASHA
+        from .scheduling import DECISIONS_FILE, RecordingASHA, rung_milestones
 
+        max_t = max(p.spec.epochs for p in planned[2])
+        decisions = str(storage / "stage2" / DECISIONS_FILE)
+        # trials read it when they resume from a checkpoint (a rung ASHA may not have decided yet)
+        asha_param = {"decisions_file": decisions,
+                      "milestones": rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t)}
         params = []
         for p in spread_cpus(planned[2], _largest_node_cpus(), cfg.asha.max_concurrent):
             parent = lineage.get(p.spec.parent)
@@ -425,10 +430,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             except CheckpointError as e:
                 raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, whose stage-1 "
                                   f"checkpoint is unusable ({e}); run stage 1 again (a new --out, or --stage all)") from e
-            params.append(_param(cfg, p, storage, parent["checkpoint"], data, caches))
-        max_t = max(p.spec.epochs for p in planned[2])
-        asha = RecordingASHA(str(storage / "stage2" / "asha_decisions.jsonl"), time_attr="epoch", max_t=max_t,
-                             grace_period=cfg.asha.grace_period, reduction_factor=cfg.asha.reduction_factor)
+            params.append({**_param(cfg, p, storage, parent["checkpoint"], data, caches), "asha": asha_param})
+        asha = RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
+                             reduction_factor=cfg.asha.reduction_factor)
         grid = _run_stage(cfg, 2, params, storage, scheduler=asha)
         summary["stages"][2] = summarize(grid)
     atomic_write_text(storage / "trials.json", json.dumps(summary, indent=2, default=str))

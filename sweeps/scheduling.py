@@ -1,9 +1,29 @@
-"""ASHA for stage 2, with every rung decision written down (``<stage dir>/asha_decisions.jsonl``).
+"""ASHA for stage 2, with every rung decision written down once (``<stage dir>/asha_decisions.jsonl``).
 
 Ray's ``ASHAScheduler`` decides, each time a trial reaches a rung (``grace_period * reduction_factor**k``
 epochs, below ``max_t``), whether it continues or stops; it keeps no record a user can read afterwards. This
-subclass appends one JSON line per decision (trial, rung, its ``val_loss``, continue/stop, and the values the
-rung held before), which ``vlm-sweep report`` turns into the "stopped by ASHA at rung N" column.
+subclass appends one JSON line per decision (trial, rung, its ``val_loss``, continue/stop, the values the rung
+held before, and ``config_hash``), which ``vlm-sweep report`` turns into the "stopped by ASHA at rung N" column.
+
+The file is also the scheduler's memory across a lost driver. ``Tuner.restore`` (``--resume true``) brings back
+trials, but not ASHA's rungs (Tune never saves a scheduler's state), and a SIGKILLed driver may have decided a
+rung that its last saved experiment state does not show yet. So a decision is keyed by the trial's stable
+identity, its config id and ``config_hash`` (the hash that also names its Train run; Tune may re-create a trial
+under a new trial id), never by Tune's trial id, and on resume:
+
+- every restored trial's recorded rung values are put back into ASHA's rungs before any trial runs, so a trial
+  reaching a rung for the first time is compared with what the rung held in the interrupted run;
+- a result at a rung the trial already has a decision for (a replay) gets the recorded decision, not a new one,
+  and writes no line;
+- a restored trial with a recorded stop is never trained on: stopped before it starts (``choose_trial_to_run``)
+  when Tune kept the result it was stopped on, else started only to say that result again from its checkpoint
+  and end (``sweeps.trial.train_worker``, via ``resume_decision``); any later result of it gets "stop";
+- a trial whose Train run saved a rung's checkpoint that Tune never saw (the driver died in between) says that
+  result again before training on (``train_worker`` again), so the rung is decided as it would have been.
+
+Each line is written with one ``write`` on an ``O_APPEND`` file and fsynced; a half-written last line (a crash in
+an older version, a full disk) is skipped with a warning by every reader, and dropped from the file the next
+time a scheduler loads it, so later lines are not glued onto it.
 
     python -c "from sweeps.scheduling import rung_milestones; print(rung_milestones(1, 2, 3))"   # [1, 2]
 """
@@ -11,10 +31,17 @@ rung held before), which ``vlm-sweep report`` turns into the "stopped by ASHA at
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+log = logging.getLogger(__name__)
+
+DECISIONS_FILE = "asha_decisions.jsonl"
 
 
 def rung_milestones(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
@@ -26,8 +53,92 @@ def rung_milestones(grace_period: int, reduction_factor: int, max_t: int) -> lis
     return out
 
 
+def trial_identity(config: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(config id, config hash) of a trial from its Tune config: the same after any restore."""
+    from .trial import config_digest
+
+    t = config.get("trial", {}) if isinstance(config, dict) else {}
+    return t.get("config_id"), config_digest(t["worker"]) if "worker" in t else None
+
+
+def _key(d: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return d.get("trial"), d.get("config_hash"), d.get("rung")
+
+
+def _parse(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """(records in file order, unreadable lines); a last line without its newline counts as unreadable."""
+    if not path.is_file():
+        return [], []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline, else a line cut short
+    records, bad = [], [tail] if tail.strip() else []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            if not isinstance(d, dict) or not {"trial", "rung", "decision"} <= d.keys():
+                raise ValueError("not a decision")
+            records.append(d)
+        except ValueError:
+            bad.append(line)
+    return records, bad
+
+
+def read_decisions(path: str | Path) -> list[dict[str, Any]]:
+    """Each rung decision once, in the order they were made: the first line per (trial, config hash, rung);
+    half-written or unreadable lines are skipped, with a warning."""
+    p = Path(path)
+    records, bad = _parse(p)
+    if bad:
+        log.warning("%s: skipped %d unreadable line(s) (cut short by a crash?): %r", p, len(bad), bad[0][:200])
+    out, seen, dupes = [], set(), 0
+    for d in records:
+        if _key(d) in seen:
+            dupes += 1
+            continue
+        seen.add(_key(d))
+        out.append(d)
+    if dupes:
+        log.warning("%s: %d rung decision(s) recorded more than once (an older version replayed them); each is "
+                    "counted once", p, dupes)
+    return out
+
+
+def _lookup(records: dict, identity: tuple[str | None, str | None], rung: Any) -> dict[str, Any] | None:
+    cid, digest = identity
+    return records.get((cid, digest, rung)) or records.get((cid, None, rung))  # None: written before config_hash
+
+
+def resume_decision(asha: dict[str, Any] | None, metrics: dict[str, Any],
+                    metric: str = "val_loss") -> tuple[str, dict[str, Any]] | None:
+    """What a stage-2 trial resuming from a checkpoint with ``metrics`` does before it trains on, from the decisions
+    in ``asha["decisions_file"]`` of this trial (``asha["trial"]``, ``asha["config_hash"]``):
+
+    - ``("stopped", result)``: ASHA stopped it at a rung up to this epoch before the driver died (and Tune lost the
+      result it was stopped on, else the trial would not run): report ``result`` (that rung's) again, train no more;
+    - ``("undecided", metrics)``: its epoch is a rung (``asha["milestones"]``) with no decision: the driver died
+      after Train saved the checkpoint and before ASHA saw its result; report it again, then train on;
+    - ``None``: train on."""
+    if not asha:
+        return None
+    records = {_key(d): d for d in read_decisions(asha["decisions_file"])}
+    identity, epoch = (asha.get("trial"), asha.get("config_hash")), metrics.get("epoch")
+    milestones = sorted(asha.get("milestones", ()))
+    for m in milestones:
+        d = _lookup(records, identity, m) if epoch is not None and m <= epoch else None
+        if d is not None and d["decision"] == "stop":
+            # the checkpoint is that rung's, or a later one saved before the stop reached the trial
+            return "stopped", metrics if epoch == m else {"epoch": m, metric: d.get(metric)}
+    if epoch in milestones and metrics.get(metric) is not None and _lookup(records, identity, epoch) is None:
+        return "undecided", metrics
+    return None
+
+
 class RecordingASHA(ASHAScheduler):
-    """``ASHAScheduler`` that also appends each rung decision to ``decisions_file``."""
+    """``ASHAScheduler`` that records each rung decision in ``decisions_file`` once and, after a restore,
+    replays what it recorded (see the module docstring)."""
 
     def __init__(self, decisions_file: str, *, time_attr: str, max_t: int, grace_period: int,
                  reduction_factor: int) -> None:
@@ -37,23 +148,93 @@ class RecordingASHA(ASHAScheduler):
         self.decisions_file = decisions_file
         self.milestones = set(rung_milestones(grace_period, reduction_factor, max_t))
         self.seen: dict[int, dict[str, float]] = {}  # rung → config id → metric, as the decisions were made
+        self._recorded: dict[tuple, dict[str, Any]] | None = None  # loaded from decisions_file on first use
+        self._identities: dict[str, tuple[str | None, str | None]] = {}
+
+    # -- the record -------------------------------------------------------------------------------------------
+    def _records(self) -> dict[tuple, dict[str, Any]]:
+        """(trial, config hash, rung) → decision, from the file (once per driver; Tune unpickles this scheduler
+        from ``tuner.pkl`` on restore, as it was before any trial ran)."""
+        if getattr(self, "_recorded", None) is None:
+            path = Path(self.decisions_file)
+            records, bad = _parse(path)
+            if bad:  # drop the cut line, or the next append would be glued onto it
+                log.warning("%s: dropping %d unreadable line(s) (cut short by a crash?): %r", path, len(bad),
+                            bad[0][:200])
+                tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                tmp.write_text("".join(json.dumps(d) + "\n" for d in records))
+                os.replace(tmp, path)
+            self._recorded = {}
+            for d in records:
+                self._recorded.setdefault(_key(d), d)
+            if records:
+                log.info("%s: %d rung decision(s) already made; they stand", path, len(self._recorded))
+        return self._recorded
+
+    def _identity(self, trial) -> tuple[str | None, str | None]:
+        ids = self.__dict__.setdefault("_identities", {})
+        if trial.trial_id not in ids:
+            cid, digest = trial_identity(trial.config)
+            ids[trial.trial_id] = (cid or trial.trial_id, digest)
+        return ids[trial.trial_id]
+
+    def recorded(self, trial, rung: Any) -> dict[str, Any] | None:
+        """The decision already recorded for this trial (by its stable identity) at ``rung``, if any."""
+        return _lookup(self._records(), self._identity(trial), rung)
+
+    def _append(self, record: dict[str, Any]) -> None:
+        path = Path(self.decisions_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())  # one write: a line is in the file whole or not
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._records().setdefault(_key(record), record)
+
+    # -- Tune's hooks -----------------------------------------------------------------------------------------
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        bracket = self._trial_info[trial.trial_id]
+        for milestone, values in bracket._rungs:  # a restored trial: put its recorded rung values back
+            d = self.recorded(trial, milestone)
+            if d is not None and d.get(self._metric) is not None:
+                values[trial.trial_id] = self._metric_op * float(d[self._metric])
+                self.seen.setdefault(d["rung"], {})[d["trial"]] = float(d[self._metric])
+
+    def _recorded_stop(self, trial, upto: Any = None) -> dict[str, Any] | None:
+        return next((d for m in sorted(self.milestones) if (upto is None or m <= upto)
+                     and (d := self.recorded(trial, m)) and d["decision"] == "stop"), None)
+
+    def choose_trial_to_run(self, tune_controller):
+        for trial in list(tune_controller.get_trials()):
+            if trial.status in (Trial.PENDING, Trial.PAUSED):
+                stop = self._recorded_stop(trial)
+                # Tune kept the result it was stopped on: stop it here. Else (the driver died before Tune saved
+                # that result) it starts, says that result again from its checkpoint and ends (train_worker)
+                if stop is not None and (trial.last_result or {}).get(self._time_attr, 0) >= stop["rung"]:
+                    log.warning("%s was stopped by ASHA at rung %s before the sweep was interrupted; it stays "
+                                "stopped", stop["trial"], stop["rung"])
+                    tune_controller.stop_trial(trial)
+        return super().choose_trial_to_run(tune_controller)
 
     def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
-        action = super().on_trial_result(tune_controller, trial, result)
         rung = result.get(self._time_attr)
-        if rung in self.milestones and self._metric in result:
-            cid = trial.config.get("trial", {}).get("config_id", trial.trial_id)
+        at_rung = rung in self.milestones and self._metric in result
+        known = self.recorded(trial, rung) if at_rung else None
+        if known is None and rung is not None:
+            known = self._recorded_stop(trial, upto=rung)  # a result after its stop (a restored trial): stop
+        if known is not None:  # a replay (a restored or restarted trial): the decision made then stands
+            log.info("%s: result at %s %s again; recorded decision at rung %s: %s", known["trial"], self._time_attr,
+                     rung, known["rung"], known["decision"])
+            return TrialScheduler.STOP if known["decision"] == "stop" else TrialScheduler.CONTINUE
+        action = super().on_trial_result(tune_controller, trial, result)
+        if at_rung:
+            cid, digest = self._identity(trial)
             before = dict(self.seen.setdefault(rung, {}))
             self.seen[rung][cid] = float(result[self._metric])
-            record = {"trial": cid, "rung": rung, self._metric: float(result[self._metric]),
-                      "decision": "stop" if action == TrialScheduler.STOP else "continue", "rung_before": before}
-            path = Path(self.decisions_file)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self._append({"trial": cid, "rung": rung, self._metric: float(result[self._metric]),
+                          "decision": "stop" if action == TrialScheduler.STOP else "continue",
+                          "rung_before": before, "config_hash": digest})
         return action
-
-
-def read_decisions(path: str | Path) -> list[dict[str, Any]]:
-    p = Path(path)
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []

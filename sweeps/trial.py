@@ -2,7 +2,8 @@
 
 ``run_trial`` is the Tune *function* trainable; it builds a ``TorchTrainer`` whose workers run
 ``train_worker``. Workers rebuild the typed configs from the dict on their first line, resume from
-``ray.train.get_checkpoint()`` when Train restarts them after a failure, and report ``epoch``, ``train_loss``,
+``ray.train.get_checkpoint()`` when Train restarts them after a failure (in stage 2 first saying again a rung's
+result that ASHA never saw, see sweeps/scheduling.py), and report ``epoch``, ``train_loss``,
 ``val_loss``, ``lr`` and tokens/s with a checkpoint every epoch; ``TuneReportCallback`` forwards those reports
 to Tune (so ASHA can stop the trial).
 
@@ -106,6 +107,25 @@ def train_worker(config: dict[str, Any]) -> None:
         log.warning("the checkpoint to resume from is unusable; this trial starts over")
         resume_dir = None
 
+    replayed = False
+    if resume_dir is not None and config.get("asha"):
+        from .scheduling import resume_decision
+
+        last = read_meta(resume_dir, verify=False)["metrics"]
+        replay = resume_decision(config["asha"], last)
+        if replay:
+            # the sweep's driver died before Tune kept this result (a rung ASHA had not decided yet, or the one it
+            # stopped the trial on): say it again, naming its checkpoint when it is the one on storage
+            kind, said = replay
+            log.info("resumed at epoch %s: reporting the result of epoch %s again (%s ASHA rung)", last["epoch"],
+                     said["epoch"], kind)
+            ray.train.report({**said, "epochs_planned": epochs_planned, "status": STATUS_RUNNING,
+                              **({"checkpoint_path": checkpoint.path} if said is last else {})})
+            replayed = True
+            if kind == "stopped":  # ASHA stopped this trial before the restore: it trains no more
+                shutil.rmtree(workdir, ignore_errors=True)
+                return
+
     reported = []
 
     def on_epoch(metrics: dict[str, Any], ckpt_dir: Path) -> None:
@@ -117,7 +137,7 @@ def train_worker(config: dict[str, Any]) -> None:
     try:
         run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
                   write_final=False, faults=faults)
-        if not reported and resume_dir is not None:
+        if not reported and resume_dir is not None and not replayed:
             # restored from the last checkpoint of a run that had already finished (its driver died before Tune
             # recorded the end): nothing left to train, so say its final result again for this trial
             metrics = read_meta(resume_dir, verify=False)["metrics"]
@@ -150,10 +170,14 @@ def remove_workdirs(trial_ids: list[str]) -> int:
     return n
 
 
+def config_digest(worker: dict[str, Any]) -> str:
+    """A hash of everything a trial's workers get: with the config id, a trial's identity across restores."""
+    return hashlib.sha256(json.dumps(worker, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def train_run_name(config_id: str, worker: dict[str, Any]) -> str:
     """The Train run of a config: its id and a hash of everything its workers get (another config, another run)."""
-    digest = hashlib.sha256(json.dumps(worker, sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return f"train-{config_id}-{digest}"
+    return f"train-{config_id}-{config_digest(worker)}"
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -169,7 +193,10 @@ def run_trial(config: dict[str, Any]) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={**config["worker"], "cuda_memory_fraction": res.cuda_memory_fraction,
-                           "workdir_prefix": workdir_prefix(trial_id), "run_name": config["config_id"]},
+                           "workdir_prefix": workdir_prefix(trial_id), "run_name": config["config_id"],
+                           # stage 2: where ASHA records its rung decisions (see sweeps/scheduling.py)
+                           "asha": {**config["asha"], "trial": config["config_id"],
+                                    "config_hash": config_digest(config["worker"])} if config.get("asha") else None},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=res.resources_per_worker,
                                                accelerator_type=res.accelerator_type),

@@ -129,3 +129,34 @@ def variants(corpus, tmp_path_factory):
         _write(out / name / "train-00000.parquet", train)
         _write(out / name / "val-00000.parquet", val)
     return out
+
+
+WANDB_SECRET = "vlm-sweep-test-key-0123456789abcdef0123456789abcdef"
+"""A user's W&B key in the environment during ``two_stage_sweep``: it must never land in a file."""
+
+
+@pytest.fixture(scope="session")
+def two_stage_sweep(ray_local, variants, corpus, tmp_path_factory):
+    """The tiny two-stage sweep of paper rows 3 and 9 (stage 2: 20kUmap continues, ASHA stops 10kRandom at rung
+    1), run once in-process with wandb offline: (config, result, out folder). tests/test_sweep.py reads it, and
+    tests/test_stage2_resume.py takes it as the uninterrupted reference (its lineage and its rung decisions).
+    Tests must not change what it wrote, except report.md, which ``vlm-sweep report`` rewrites."""
+    import tempfile
+
+    from sweeps.driver import SweepConfig, run_sweep
+
+    out = tmp_path_factory.mktemp("sweep") / "tiny-study"
+    cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all",
+                      paper_ids=[3, 9], out=str(out), wandb="offline")
+    before = set(Path(tempfile.gettempdir()).glob("vlm-trial-*"))
+    previous = os.environ.get("WANDB_API_KEY")
+    os.environ["WANDB_API_KEY"] = WANDB_SECRET
+    try:
+        result = run_sweep(cfg)
+    finally:
+        if previous is None:
+            os.environ.pop("WANDB_API_KEY", None)
+        else:
+            os.environ["WANDB_API_KEY"] = previous
+    assert set(Path(tempfile.gettempdir()).glob("vlm-trial-*")) == before  # trial workdirs removed (GBs each)
+    return cfg, result, out

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,29 +22,17 @@ from sweeps.scheduling import read_decisions
 from sweeps.tracking import DENSE_PROJECT, PROJECT
 from vlm_core.config import ConfigError
 
+from tests.conftest import WANDB_SECRET as SECRET
+
 ROOT = Path(__file__).resolve().parents[1]
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
 S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
-SECRET = "vlm-sweep-test-key-0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_local, variants, corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep") / "tiny-study"
-    cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all",
-                      paper_ids=[3, 9], out=str(out), wandb="offline")
-    before = set(Path(tempfile.gettempdir()).glob("vlm-trial-*"))
-    previous = os.environ.get("WANDB_API_KEY")
-    os.environ["WANDB_API_KEY"] = SECRET  # a user's key in the environment must never land in a file
-    try:
-        result = run_sweep(cfg)
-    finally:
-        if previous is None:
-            os.environ.pop("WANDB_API_KEY", None)
-        else:
-            os.environ["WANDB_API_KEY"] = previous
-    assert set(Path(tempfile.gettempdir()).glob("vlm-trial-*")) == before  # trial workdirs removed (GBs each)
-    return cfg, result, out
+def sweep(two_stage_sweep):
+    """(config, result, out) of the tiny two-stage sweep (tests/conftest.py, shared with test_stage2_resume.py)."""
+    return two_stage_sweep
 
 
 def test_the_wandb_key_is_written_nowhere(sweep):
