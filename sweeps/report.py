@@ -25,6 +25,7 @@ from typing import Any
 
 import pandas as pd
 
+from vlm_core.answers import SHORT_ANSWER_INSTRUCTION
 from vlm_core.config import ConfigError
 from vlm_core.outputs import atomic_write_text
 
@@ -282,6 +283,22 @@ def scale_sentence(table: pd.DataFrame) -> str:
 CONDITION_NAMES = {"image": "with image", "zeros": "zeroed image", "shuffled": "another image"}
 
 
+def shell_quote(text: str) -> str:
+    """``text`` as one bash word on one line: ``shlex.quote``, or ``$'…'`` when it holds a line break (the prompt:
+    question, newline, short-answer instruction)."""
+    import shlex
+
+    if "\n" not in text:
+        return shlex.quote(text)
+    return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def chat_command(checkpoint: str, image: str, question: str) -> str:
+    """The ``vlm-sweep chat`` command that asks ``question`` of ``image`` with ``checkpoint``, copy-pasteable."""
+    return f"vlm-sweep chat --checkpoint {shell_quote(str(checkpoint))} --image {shell_quote(str(image))} " \
+           f"{shell_quote(question)}"
+
+
 def _cell(text: Any) -> str:
     """A generated answer as one Markdown table cell: pipes escaped, line breaks shown as ⏎."""
     return " ⏎ ".join(str(text).splitlines()).replace("|", "\\|")
@@ -299,7 +316,8 @@ def _protocol_sentence(evals: list[dict[str, Any]]) -> str:
     def one(instruction: str | None, tokens: int | None) -> str:
         if instruction is None:
             return "an older protocol that recorded no instruction (bare question, first-line exact match)"
-        prompt = (f"the question, a newline and the short-answer instruction \"{instruction}\" (LLaVA-1.5's)"
+        whose = " (LLaVA-1.5's)" if instruction == SHORT_ANSWER_INSTRUCTION else ""
+        prompt = (f"the question, a newline and the short-answer instruction \"{instruction}\"{whose}"
                   if instruction else "the bare question (no short-answer instruction)")
         return f"{prompt}, answered greedily with up to {tokens} new tokens"
 
@@ -358,11 +376,12 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
             # the prompt the answers were generated from (question + short-answer instruction), so that the chat
             # command below reproduces the sample generation
             "sample_question": sample.get("prompt", sample.get("question", ""))}
+    present = [c for c in ("image", "zeros", "shuffled") if c in answers["accuracy"]]  # the controls that ran
     lines += [f"## Best config: `{b['config_id']}`", "",
-              f"Val loss {b['val_loss']:.4f}; accuracy (field's rule) with the image {b['acc_image']:.3f}, zeroed "
-              f"{b['acc_zeros']:.3f}, another image {b['acc_shuffled']:.3f}; strict exact match "
-              f"{b['em_image']:.3f} / {b['em_zeros']:.3f} / {b['em_shuffled']:.3f} ({int(b['questions'])} "
-              f"questions).", ""]
+              f"Val loss {b['val_loss']:.4f}; accuracy (field's rule) "
+              + ", ".join(f"{CONDITION_NAMES[c]} {b[f'acc_{c}']:.3f}" for c in present) + "; strict exact match "
+              + ", ".join(f"{CONDITION_NAMES[c]} {b[f'em_{c}']:.3f}" for c in present)
+              + f" ({int(b['questions'])} questions).", ""]
     by_type, em_by_type = answers["by_type"], answers.get("exact_match_by_type", {})
     conds = list(by_type)
     lines += ["| question type | questions | " + " | ".join(f"acc_{c} | em_{c}" for c in conds) + " |",
@@ -395,9 +414,8 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
         rel = _relative_figure(img, root) if img.resolve().is_relative_to(root.resolve()) else img
         lines.append(f"| ![]({rel}) | {_cell(s['question'])} | {_cell(s['expected'])} | "
                      + " | ".join(answer_cell(s, c) for c in shown) + " |")
-    lines += ["", "Chat with it:", "", "```bash",
-              f"vlm-sweep chat --checkpoint {b['checkpoint']} --image {best['sample_image']} "
-              f"\"{best['sample_question']}\"", "```", ""]
+    lines += ["", "Chat with it:", "", "```bash", chat_command(b["checkpoint"], best["sample_image"],
+                                                              best["sample_question"]), "```", ""]
     return lines, best
 
 

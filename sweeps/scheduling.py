@@ -15,9 +15,11 @@ under a new trial id), never by Tune's trial id, and on resume:
   reaching a rung for the first time is compared with what the rung held in the interrupted run;
 - a result at a rung the trial already has a decision for (a replay) gets the recorded decision, not a new one,
   and writes no line;
-- a restored trial with a recorded stop is never trained on: stopped before it starts (``choose_trial_to_run``)
+- a restored trial with a recorded stop is not trained on: stopped before it starts (``choose_trial_to_run``)
   when Tune kept the result it was stopped on, else started only to say that result again from its checkpoint
-  and end (``sweeps.trial.train_worker``, via ``resume_decision``); any later result of it gets "stop";
+  and end (``sweeps.trial.train_worker``, via ``resume_decision``); any later result of it gets "stop" (so a
+  trial whose checkpoints are all gone or unusable trains one epoch from scratch and is stopped at its first
+  result);
 - a trial whose Train run saved a rung's checkpoint that Tune never saw (the driver died in between) says that
   result again before training on (``train_worker`` again), so the rung is decided as it would have been.
 
@@ -186,8 +188,11 @@ class RecordingASHA(ASHAScheduler):
         path = Path(self.decisions_file)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        line = (json.dumps(record) + "\n").encode()
         try:
-            os.write(fd, (json.dumps(record) + "\n").encode())  # one write: a line is in the file whole or not
+            written = os.write(fd, line)  # one write: a line is in the file whole or not
+            if written != len(line):  # a short write (a full disk): the next load drops the cut line
+                raise OSError(f"{path}: wrote {written} of {len(line)} bytes of a rung decision (disk full?)")
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -111,6 +111,9 @@ def train_worker(config: dict[str, Any]) -> None:
     if resume_dir is not None and config.get("asha"):
         from .scheduling import resume_decision
 
+        # every worker reads the same file, written only by the driver for other trials meanwhile, so with several
+        # workers all reach the same decision and make the same (collective) report
+
         last = read_meta(resume_dir, verify=False)["metrics"]
         replay = resume_decision(config["asha"], last)
         if replay:

@@ -140,7 +140,8 @@ def two_stage_sweep(ray_local, variants, corpus, tmp_path_factory):
     """The tiny two-stage sweep of paper rows 3 and 9 (stage 2: 20kUmap continues, ASHA stops 10kRandom at rung
     1), run once in-process with wandb offline: (config, result, out folder). tests/test_sweep.py reads it, and
     tests/test_stage2_resume.py takes it as the uninterrupted reference (its lineage and its rung decisions).
-    Tests must not change what it wrote, except report.md, which ``vlm-sweep report`` rewrites."""
+    Tests must not change its lineage, checkpoints or rung decisions (the report files, trials.csv and
+    token_lengths.json are rewritten by some)."""
     import tempfile
 
     from sweeps.driver import SweepConfig, run_sweep

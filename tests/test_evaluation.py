@@ -84,6 +84,7 @@ def test_the_instruction_is_appended_once_or_not_at_all():
     assert SHORT_ANSWER_INSTRUCTION == "Answer the question using a single word or phrase."  # LLaVA-1.5's words
     once = with_instruction(q, SHORT_ANSWER_INSTRUCTION)
     assert with_instruction(once, SHORT_ANSWER_INSTRUCTION) == once  # a question that already carries it
+    assert with_instruction(once.lower(), SHORT_ANSWER_INSTRUCTION) == once.lower()  # in any case
     assert with_instruction(q, "") == q
     rows = [{"conversations": [{"from": "human", "value": f"<image>\n{q}"}]},
             {"conversations": [{"from": "human", "value": f"{q}\n<image>"}]}]
@@ -254,4 +255,37 @@ def test_the_report_shows_both_scores_per_type_and_names_the_instruction(tmp_pat
     bare = evaluation_section(tmp_path, [{**evals[0], "answers": {**evals[0]["answers"],
                                                                   "protocol": {**protocol, "instruction": ""}}}])[0]
     assert "the bare question (no short-answer instruction)" in "\n".join(bare)
+    own = "\n".join(evaluation_section(tmp_path, [{**evals[0], "answers": {
+        **evals[0]["answers"], "protocol": {**protocol, "instruction": "Be brief."}}}])[0])
+    assert '"Be brief."' in own and "LLaVA-1.5's" not in own.split("Prompt:")[1].split("\n")[0]
     assert evaluation_section(tmp_path, []) == ([], None)
+
+
+def test_a_report_with_one_control_names_only_the_conditions_that_ran(tmp_path):
+    from sweeps.report import evaluation_section
+    from vlm_core.evaluation import score_answers
+
+    records = [{"image": "coco/val2017/1.jpg", "answer": "red"}, {"image": "coco/val2017/2.jpg", "answer": "no"}]
+    scored = score_answers({"image": ["red", "no"], "shuffled": ["blue", "yes"]}, records)
+    scored.pop("scores")
+    evals = [{"config_id": "s2-a", "checkpoint": "ck/a", "questions": str(tmp_path / "q.jsonl"),
+              "answers": {"n": 2, **scored, "samples": [],
+                          "protocol": {"instruction": SHORT_ANSWER_INSTRUCTION, "max_new_tokens": 16}},
+              "heldout": {"image": {"loss": 1.0, "perplexity": math.e}}}]
+    text = "\n".join(evaluation_section(tmp_path, evals)[0])  # --controls shuffled: no zeroed-image run
+    best_line = next(ln for ln in text.splitlines() if ln.startswith("Val loss"))
+    assert "with image 1.000, another image 0.000; strict exact match with image 1.000, another image 0.000" in best_line
+    assert "zeroed" not in best_line and "nan" not in best_line
+
+
+def test_the_reports_chat_command_pastes_into_bash_as_one_argument_per_value(tmp_path):
+    import subprocess
+
+    from sweeps.report import chat_command
+
+    question = with_instruction("Is it the user's \\ red one?", SHORT_ANSWER_INSTRUCTION)
+    cmd = chat_command(str(tmp_path / "a checkpoint"), "/x/img 1.jpg", question)
+    assert "\n" not in cmd  # one line
+    argv = subprocess.run(["bash", "-c", 'printf "%s\\0" ' + cmd.split(" ", 1)[1]], capture_output=True,
+                          text=True, check=True).stdout.split("\0")[:-1]
+    assert argv == ["chat", "--checkpoint", str(tmp_path / "a checkpoint"), "--image", "/x/img 1.jpg", question]

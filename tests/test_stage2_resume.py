@@ -97,7 +97,7 @@ def _kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 400) -
     assert leftovers == [], f"Ray processes outlived the killed driver ({what})"
 
 
-@pytest.mark.timeout(1200)
+@pytest.mark.timeout(1200, func_only=True)  # the shared reference sweep is set up outside it
 def test_a_driver_killed_in_stage2_resumes_to_the_same_asha_decisions(two_stage_sweep, variants, corpus, tmp_path):
     base = [sys.executable, "-m", "vlm_core.cli", "sweep", "--data", str(variants), "--images", str(corpus / "images"),
             "--preset", "tiny", "--paper_ids", "[3, 9]", "--wandb", "disabled"]
@@ -115,12 +115,13 @@ def test_a_driver_killed_in_stage2_resumes_to_the_same_asha_decisions(two_stage_
     log_file = (tmp_path / "sweep.log").open("w")  # a file, not a pipe: Tune's tables would fill a pipe
 
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
-    _kill_when(proc, lambda: len(_raw_decisions(s2)) >= 1, "the first rung decision")
+    _kill_when(proc, lambda: len(read_decisions(s2 / DECISIONS_FILE)) >= 1, "the first rung decision")
     first = _raw_decisions(s2)
     assert [(d["trial"], d["rung"], d["decision"]) for d in first] == [(S2_UMAP, 1, "continue")], first
 
     proc = subprocess.Popen(cmd + ["--resume", "true"], env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
-    _kill_when(proc, lambda: any(d["decision"] == "stop" for d in _raw_decisions(s2)), "ASHA stopping a trial")
+    _kill_when(proc, lambda: any(d["decision"] == "stop" for d in read_decisions(s2 / DECISIONS_FILE)),
+               "ASHA stopping a trial")
     checkpoints = sorted(p.name for p in (out / "train").glob(f"train-{S2_RANDOM}-*/checkpoint_*"))
     assert checkpoints, "the stopped trial's checkpoint is on storage"
     _as_if_killed_before_tune_saved(s2, S2_RANDOM)

@@ -6,9 +6,11 @@ Three rules, each a function of (generated text, expected answer):
   re-implementation of the ``EvalAIAnswerProcessor`` that lmms-eval uses for VQAv2 / OK-VQA / VizWiz
   (``lmms_eval/tasks/_task_utils/vqa_eval_metric.py``), itself copied from facebookresearch/mmf
   (``pythia/tasks/processors.py``) after the official VQA evaluation (``vqaEval.py``). Steps, in order:
-  lowercase; drop ``,`` and ``?``; split off ``'s``; newlines and tabs → spaces; the punctuation rule (each mark of
-  ``PUNCTUATIONS`` is deleted where it touches a space, or anywhere if the text has a comma between digits,
-  else replaced by a space); the period rule (a ``.`` not followed by a digit is deleted: ``"2."`` → ``"2"``,
+  lowercase; drop ``,`` and ``?``; split off ``'s``; newlines and tabs → spaces; the punctuation rule (per mark of
+  ``PUNCTUATIONS``: if any copy of it touches a space anywhere in the text, every copy is deleted, else every copy
+  becomes a space — so ``"black-and-white"`` → ``"black and white"`` but ``"yes - black-and-white"`` →
+  ``"yes blackandwhite"``; the reference's "comma between digits" branch cannot fire, commas being gone by then);
+  the period rule (a ``.`` not followed by a digit is deleted: ``"2."`` → ``"2"``,
   ``"1.5"`` stays); number words zero–ten → digits (``"two"`` → ``"2"``, ``"none"`` → ``"0"``); articles ``a``,
   ``an``, ``the`` removed; the contractions table (``"dont"`` → ``"don't"``). Quirks of the reference are kept
   on purpose so scores stay comparable (see the comments at ``PERIOD_STRIP`` and ``CONTRACTIONS``).
@@ -77,8 +79,10 @@ _PERIOD_COUNT = int(re.UNICODE)
 
 
 def process_punctuation(text: str) -> str:
-    """The VQA punctuation rule: a mark next to a space (or any mark, if a comma sits between digits) is deleted,
-    any other is replaced by a space ("black-and-white" → "black and white"); then the period rule."""
+    """The VQA punctuation rule, mark by mark: when some copy of the mark touches a space (or the text has a comma
+    between digits, which never happens after ``vqa_normalise`` dropped commas: kept as in the reference) every
+    copy of it is deleted, else every copy becomes a space ("black-and-white" → "black and white", but
+    "yes - black-and-white" → "yes  blackandwhite"); then the period rule."""
     out = text
     digit_comma = COMMA_STRIP.search(text) is not None
     for p in PUNCTUATIONS:
@@ -140,9 +144,9 @@ def score(prediction: str, answer: str) -> dict[str, bool | str | None]:
 
 def with_instruction(question: str, instruction: str) -> str:
     """The question with the short-answer instruction after a newline, as LLaVA-1.5 prompts; once only (a question
-    that already carries it is left alone); an empty instruction leaves the question as it is."""
+    that already carries it, in any case, is left alone); an empty instruction leaves the question as it is."""
     question = question.strip()
-    if not instruction or instruction in question:
+    if not instruction or instruction.lower() in question.lower():
         return question
     return f"{question}\n{instruction}"
 

@@ -112,6 +112,13 @@ def _question_text(record: dict) -> str:
     return turn.get("value", turn.get("content", "")).replace("<image>", "").strip()
 
 
+def protocol(cfg: EvalConfig) -> dict[str, Any]:
+    """How answers are generated and scored under ``cfg``: recorded with every result (``answers.protocol``); a
+    saved result under another protocol is not comparable."""
+    return {"instruction": cfg.instruction, "max_new_tokens": cfg.max_new_tokens, "decoding": "greedy",
+            "rules": dict(RULES)}
+
+
 def prompt_questions(records: list[dict], instruction: str) -> list[str]:
     """What each question's human turn says: the question, then the short-answer instruction (once)."""
     return [with_instruction(_question_text(r), instruction) for r in records]
@@ -169,9 +176,7 @@ def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfi
         answers[name] = out
     scored = score_answers(answers, records)
     verdicts = scored.pop("scores")
-    result: dict[str, Any] = {"n": len(records), **scored,
-                              "protocol": {"instruction": cfg.instruction, "max_new_tokens": cfg.max_new_tokens,
-                                           "decoding": "greedy", "rules": dict(RULES)}}
+    result: dict[str, Any] = {"n": len(records), **scored, "protocol": protocol(cfg)}
     result["samples"] = [{"image": r["image"], "question": _question_text(r), "prompt": q, "expected": r["answer"],
                           **{f"answer_{name}": answers[name][i] for name in answers},
                           **{f"correct_{name}": verdicts[name][i]["correct"] for name in answers},

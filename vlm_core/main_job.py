@@ -118,8 +118,10 @@ def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any
 def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict[str, Any]]) -> list[dict]:
     from data_pipeline.sample_corpus import EVAL_FILE
 
-    from .evaluation import EvalConfig, evaluate_checkpoint
+    from .evaluation import EvalConfig, evaluate_checkpoint, protocol
 
+    with (corpus / EVAL_FILE).open() as f:  # how many questions each checkpoint answers (a balanced subset)
+        n_questions = min(cfg.eval_questions, sum(1 for line in f if line.strip()))
     results = []
     for row in stage2:
         ckpt = row.get("best_checkpoint")
@@ -135,8 +137,10 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
                           max_val_samples=cfg.eval_val_samples)
         # reused only if scored under the same protocol (an eval.json from before the short-answer instruction
         # and answer extraction is redone, not mixed into the report)
-        protocol = previous.get("answers", {}).get("protocol", {})
-        same = (protocol.get("instruction"), protocol.get("max_new_tokens")) == (ecfg.instruction, ecfg.max_new_tokens)
+        # (and on as many questions, under the same conditions)
+        answers = previous.get("answers", {})
+        same = (answers.get("protocol") == protocol(ecfg) and answers.get("n") == n_questions
+                and sorted(answers.get("accuracy", {})) == sorted(["image", *ecfg.controls]))
         if previous.get("checkpoint") == ckpt and same:
             _say(f"eval: reusing {target}")
             results.append(previous)
@@ -179,6 +183,7 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
              f"first word, open answers by whole word) with the image {acc['image']:.3f}, zeroed image "
              f"{acc.get('zeros', nan):.3f}, another image {acc.get('shuffled', nan):.3f}; strict exact match "
              f"{em.get('image', nan):.3f} / {em.get('zeros', nan):.3f} / {em.get('shuffled', nan):.3f}")
-        _say(f"chat with it: vlm-sweep chat --checkpoint {best['checkpoint']} --image "
-             f"{best['sample_image']} \"{best['sample_question']}\"")
+        from sweeps.report import chat_command
+
+        _say(f"chat with it: {chat_command(best['checkpoint'], best['sample_image'], best['sample_question'])}")
     return summary
