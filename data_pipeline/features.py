@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_core.config import VLMConfig
-from vlm_core.feature_cache import (FEATURES_FILE, META_FILE, FeatureCache, FeatureCacheError, FeatureEncoder,
-                                    image_stat)
+from vlm_core.feature_cache import FEATURES_FILE, META_FILE, FeatureCache, FeatureCacheError, FeatureEncoder, image_stat
 
 log = logging.getLogger(__name__)
 

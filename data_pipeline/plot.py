@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 DEFAULT_TITLE = "UMAP of the embeddings"
 
 

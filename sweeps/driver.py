@@ -33,8 +33,8 @@ from vlm_core.runner import DataSpec
 
 from .matrix import TrialSpec, get_grid
 from .profiles import TrialResources, check_fits, trial_resources
-from .tracking import MODES as WANDB_MODES
 from .statuses import STATUS_NON_FINITE
+from .tracking import MODES as WANDB_MODES
 from .trial import Scale, remove_workdirs, resources_dict, run_trial, trial_configs
 
 log = logging.getLogger(__name__)
@@ -237,7 +237,8 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
     model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing,
                                  cfg.assets)
     features = (caches or {}).get((p.spec.dataset, model.projector.name))
-    worker = {"model": model.to_dict(), "train": train.to_dict(), "data": {**data[p.spec.dataset], "features": features}}
+    worker = {"model": model.to_dict(), "train": train.to_dict(),
+              "data": {**data[p.spec.dataset], "features": features}}
     faults = faults_from_env()  # tests only (vlm_core.faults); absent from a normal trial's config
     if faults:
         worker["faults"] = faults
@@ -429,7 +430,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
                 check_projector_selection(parent["checkpoint"])
             except CheckpointError as e:
                 raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, whose stage-1 "
-                                  f"checkpoint is unusable ({e}); run stage 1 again (a new --out, or --stage all)") from e
+                                  f"checkpoint is unusable ({e}); run stage 1 again (a new --out, or --stage all)"
+                                  ) from e
             params.append({**_param(cfg, p, storage, parent["checkpoint"], data, caches), "asha": asha_param})
         asha = RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
                              reduction_factor=cfg.asha.reduction_factor)

@@ -18,9 +18,9 @@ import json  # noqa: E402
 import random  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import pytest  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from vlm_core.config import FormatConfig, LMConfig, VLMConfig  # noqa: E402
@@ -161,3 +161,12 @@ def two_stage_sweep(ray_local, variants, corpus, tmp_path_factory):
             os.environ["WANDB_API_KEY"] = previous
     assert set(Path(tempfile.gettempdir()).glob("vlm-trial-*")) == before  # trial workdirs removed (GBs each)
     return cfg, result, out
+
+
+@pytest.fixture(scope="module")
+def spm_marian(tmp_path_factory):
+    """A real MarianTokenizer on sentencepiece models trained on the fly, with a random-weight MarianMTModel
+    (``tests.test_translate.build_spm_marian``), for test_translate.py and test_assets_convert.py."""
+    from tests.test_translate import build_spm_marian
+
+    return build_spm_marian(tmp_path_factory.mktemp("spm-marian"))

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from data_pipeline.translate import TranslatorConfig, build_translator
-from tests.test_translate import EN_SENTENCES, ID_SENTENCES, spm_marian  # noqa: F401 (spm_marian: a fixture)
+from tests.test_translate import EN_SENTENCES, ID_SENTENCES
 from vlm_core import hub
 from vlm_core.assets import AssetError, convert_to_safetensors, preset_assets
 from vlm_core.cli import main

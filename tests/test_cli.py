@@ -135,6 +135,7 @@ def test_a_model_path_that_does_not_exist_is_named(tmp_path, corpus):
                       "--out", str(tmp_path / "t"))
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert str(missing) in r.stderr and "save_pretrained" in r.stderr
-    r = vlm_sweep("chat", "--checkpoint", str(missing), "--image", str(next(p for p in (corpus / "images").rglob("*") if p.is_file())),
+    image = next(p for p in (corpus / "images").rglob("*") if p.is_file())
+    r = vlm_sweep("chat", "--checkpoint", str(missing), "--image", str(image),
                   "What is it?")
     assert r.returncode == 2 and f"{missing}: not a checkpoint" in r.stderr

@@ -12,12 +12,26 @@ import math
 import pytest
 import torch
 
-from vlm_core.answers import (SHORT_ANSWER_INSTRUCTION, exact_match, score, vqa_normalise, whole_word_match,
-                              with_instruction, yes_no)
+from vlm_core.answers import (
+    SHORT_ANSWER_INSTRUCTION,
+    exact_match,
+    score,
+    vqa_normalise,
+    whole_word_match,
+    with_instruction,
+    yes_no,
+)
 from vlm_core.config import ConfigError
 from vlm_core.data import read_records
-from vlm_core.evaluation import (CONTROLS, EvalConfig, answer_accuracy, balanced_subset, evaluate, prompt_questions,
-                                 question_type)
+from vlm_core.evaluation import (
+    CONTROLS,
+    EvalConfig,
+    answer_accuracy,
+    balanced_subset,
+    evaluate,
+    prompt_questions,
+    question_type,
+)
 
 
 # The VQAv2 normaliser (lmms-eval EvalAIAnswerProcessor). This replaces the old first-line / strip-punctuation
@@ -274,7 +288,8 @@ def test_a_report_with_one_control_names_only_the_conditions_that_ran(tmp_path):
               "heldout": {"image": {"loss": 1.0, "perplexity": math.e}}}]
     text = "\n".join(evaluation_section(tmp_path, evals)[0])  # --controls shuffled: no zeroed-image run
     best_line = next(ln for ln in text.splitlines() if ln.startswith("Val loss"))
-    assert "with image 1.000, another image 0.000; strict exact match with image 1.000, another image 0.000" in best_line
+    assert ("with image 1.000, another image 0.000; strict exact match with image 1.000, another image 0.000"
+            in best_line)
     assert "zeroed" not in best_line and "nan" not in best_line
 
 

@@ -9,8 +9,7 @@ import re
 
 import pytest
 
-from vlm_core.hub import (LLAMA32_1B, OPUS_MT_EN_ID, PINNED_REVISIONS, TINYCLIP, ModelSourceError, asset_folder,
-                          resolve)
+from vlm_core.hub import LLAMA32_1B, OPUS_MT_EN_ID, PINNED_REVISIONS, TINYCLIP, ModelSourceError, asset_folder, resolve
 from vlm_core.presets import get_preset
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")

@@ -64,7 +64,8 @@ def test_broken_images_are_refused_by_name_with_the_fix(tmp_path):
     with Image.open(tmp_path / "truncated.jpg") as img:
         img.verify()  # the header check alone passes a truncated JPEG: only a full decode finds it
     cases = {"truncated.jpg": "cannot be decoded", "empty.jpg": "empty (0 bytes)",
-             "text.jpg": "not a readable image", "missing.jpg": "image not found", "big.png": "image too large (60×50 = 0.003 megapixels, over the 0.002 MP cap"}
+             "text.jpg": "not a readable image", "missing.jpg": "image not found",
+             "big.png": "image too large (60×50 = 0.003 megapixels, over the 0.002 MP cap"}
     for name, problem in cases.items():
         with pytest.raises(ImageError, match="data build --check_images true") as err:
             open_rgb(tmp_path / name, max_pixels=2000)

@@ -138,5 +138,6 @@ def test_pickled_weights_are_refused_with_the_fix(tmp_path):
     model.config.save_pretrained(tmp_path / "pickled")
     torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
     assert build_vision_tower(VisionConfig(source=str(tmp_path / "safe"))).num_layers == 2
-    with pytest.raises(ModelSourceError, match=r"has only pytorch_model\.bin, no safetensors weights.*vlm-sweep assets convert "):
+    with pytest.raises(ModelSourceError,
+                       match=r"has only pytorch_model\.bin, no safetensors weights.*vlm-sweep assets convert "):
         build_vision_tower(VisionConfig(source=str(tmp_path / "pickled")))

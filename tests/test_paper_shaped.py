@@ -3,7 +3,7 @@ random weights (the LLM cut to 2 layers; widths, vocabulary, special ids and cha
 path as the real models: folders in the asset cache → ``VisionLanguageModel.build`` → feature cache (Ray Data) →
 one stage-1 and one stage-2 optimizer step → LLaVA export parity → ``vlm-sweep chat``.
 
-    pytest -q tests/test_paper_shaped.py        # CPU, ~1.5 min, 9 GB peak (the first run also materializes ~1 GB, ~40 s)
+    pytest -q tests/test_paper_shaped.py   # CPU, ~1.5 min, 9 GB peak (the first run also materializes ~1 GB, ~40 s)
 """
 
 from __future__ import annotations

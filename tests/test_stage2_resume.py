@@ -2,13 +2,13 @@
 to the same rung decisions as an uninterrupted run, each recorded once in ``asha_decisions.jsonl`` and the report.
 
 The sweep is the tiny two-stage one of tests/test_sweep.py (paper rows 3 and 9): stage 2 runs the 20kUmap
-continuation first (rungs 1 and 2: continue), then the 10kRandom one, which ASHA stops at rung 1 (its
-validation set is gibberish, see ``variants`` in conftest.py). The uninterrupted reference is that sweep
-(``two_stage_sweep`` in conftest.py, run once for both files); the interrupted run is stage 2 alone, continuing the reference's stage-1 checkpoints (the same lineage), and its driver
-is killed twice: once after the first rung decision (20kUmap is training on, and Train may have saved its rung-2
-checkpoint before ASHA saw it; the restored scheduler must compare 10kRandom with 20kUmap's rung-1 loss, not find
-rung 1 empty and let it through) and once right after ASHA stopped 10kRandom, with Tune's saved state showing it
-still running (the resume must not train it again).
+continuation first (rungs 1 and 2: continue), then the 10kRandom one, which ASHA stops at rung 1 (its validation set
+is gibberish, see ``variants`` in conftest.py). The uninterrupted reference is that sweep (``two_stage_sweep`` in
+conftest.py, run once for both files); the interrupted run is stage 2 alone, continuing the reference's stage-1
+checkpoints (the same lineage), and its driver is killed twice: once after the first rung decision (20kUmap is
+training on, and Train may have saved its rung-2 checkpoint before ASHA saw it; the restored scheduler must compare
+10kRandom with 20kUmap's rung-1 loss, not find rung 1 empty and let it through) and once right after ASHA stopped
+10kRandom, with Tune's saved state showing it still running (the resume must not train it again).
 
 The scheduler's own tests (no Ray cluster: fake trials) cover what a kill makes hard to hit on purpose: a result
 said twice, a half-written last line, decisions written before ``config_hash`` was recorded.

@@ -20,9 +20,8 @@ import pytest
 from sweeps.driver import SweepConfig, run_sweep
 from sweeps.scheduling import read_decisions
 from sweeps.tracking import DENSE_PROJECT, PROJECT
-from vlm_core.config import ConfigError
-
 from tests.conftest import WANDB_SECRET as SECRET
+from vlm_core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"

@@ -500,10 +500,6 @@ def build_spm_marian(root: Path) -> SpmMarian:
     return SpmMarian(model=model, tokenizer=tokenizer, folder=folder, target_piece=target_piece)
 
 
-@pytest.fixture(scope="module")
-def spm_marian(tmp_path_factory) -> SpmMarian:
-    return build_spm_marian(tmp_path_factory.mktemp("spm-marian"))
-
 
 def test_a_marian_tokenizer_resolves_through_autotokenizer(spm_marian):
     from transformers import AutoTokenizer, MarianTokenizer

@@ -345,10 +345,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .conversation import FormatError
     from .data import DataError
+    from .hub import ModelSourceError
     from .outputs import OutputError
     from .ray_env import RayUnreachable
     from .training import NonFiniteLoss
-    from .hub import ModelSourceError
 
     return (ConfigError, ModelSourceError, CheckpointError, FormatError, AssetError, FileNotFoundError, SourceError,
             SamplingError, RayUnreachable, SweepInterrupted, DataError, OutputError, NonFiniteLoss)

@@ -133,8 +133,8 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
         target = out / "eval" / f"{row['config_id']}.json"
         previous = json.loads(target.read_text()) if target.is_file() else {}
         ecfg = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
-                          val=str(out / "data" / row["dataset"] / "val-00000.parquet"), max_questions=cfg.eval_questions,
-                          max_val_samples=cfg.eval_val_samples)
+                          val=str(out / "data" / row["dataset"] / "val-00000.parquet"),
+                          max_questions=cfg.eval_questions, max_val_samples=cfg.eval_val_samples)
         # reused only if scored under the same protocol (an eval.json from before the short-answer instruction
         # and answer extraction is redone, not mixed into the report)
         # (and on as many questions, under the same conditions)

@@ -367,8 +367,8 @@ def build_vlm_in_memory(lm_layers: int | None = None, seed: int = 0, device: str
     :func:`build_llama3_tokenizer` (reused across builds). The image processor is left out (pass pixel values)."""
     from .language_model import PAD_CANDIDATES, resolve_image_token
     from .model import VisionLanguageModel
-    from .projectors import EncoderGeometry, build_projector
     from .presets import get_preset
+    from .projectors import EncoderGeometry, build_projector
     from .vision import VisionTower
 
     cfg = get_preset("paper")

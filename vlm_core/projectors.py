@@ -27,7 +27,7 @@ checkpoint records it, so a dense checkpoint trained on another grouping is refu
 (``vlm_core.checkpoint.load_projector``).
 
     python -c "from vlm_core.projectors import available_projectors; print(available_projectors())"
-    python -c "from vlm_core.projectors import dense_groups, picked_layers; print(dense_groups(12, 4), picked_layers(24, 3))"
+    python -c "from vlm_core.projectors import dense_groups as g, picked_layers as p; print(g(12, 4), p(24, 3))"
 """
 
 from __future__ import annotations

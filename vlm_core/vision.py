@@ -11,6 +11,7 @@ print(build_vision_tower(VisionConfig()).num_patches)"
 from __future__ import annotations
 
 import logging
+
 import torch
 from PIL import Image
 from torch import nn
