@@ -29,7 +29,7 @@ from vlm_core.answers import SHORT_ANSWER_INSTRUCTION
 from vlm_core.config import ConfigError
 from vlm_core.outputs import atomic_write_text
 
-from .scheduling import read_decisions
+from .scheduling import DECISIONS_FILE, read_decisions
 from .statuses import STATUS_NON_FINITE
 
 METRIC = "val_loss"
@@ -62,7 +62,7 @@ def trial_table(experiment: str | Path) -> tuple[pd.DataFrame, dict[str, pd.Data
     rows, curves = [], {}
     for stage, sdir in stage_dirs(experiment).items():
         analysis = load_stage(sdir)
-        decisions = {d["trial"]: d for d in read_decisions(sdir / "asha_decisions.jsonl") if d["decision"] == "stop"}
+        decisions = {d["trial"]: d for d in read_decisions(sdir / DECISIONS_FILE) if d["decision"] == "stop"}
         dfs = analysis.trial_dataframes
         for trial in analysis.trials:
             conf = trial.config["trial"]
@@ -234,7 +234,7 @@ def write_report(experiment: str | Path) -> dict[str, Any]:
         lines += ["## Best val loss by ablation axis", "", _md(axis_table), ""]
     sdirs = stage_dirs(root)
     if 2 in sdirs:
-        decisions = read_decisions(sdirs[2] / "asha_decisions.jsonl")
+        decisions = read_decisions(sdirs[2] / DECISIONS_FILE)
         lines += ["## ASHA (stage 2)", ""]
         if decisions:
             lines += ["Each row is one rung decision, in the order ASHA made it; `rung_before` is what the rung "
@@ -376,11 +376,11 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
             # the prompt the answers were generated from (question + short-answer instruction), so that the chat
             # command below reproduces the sample generation
             "sample_question": sample.get("prompt", sample.get("question", ""))}
-    present = [c for c in ("image", "zeros", "shuffled") if c in answers["accuracy"]]  # the controls that ran
+    shown = [c for c in CONDITION_NAMES if c in answers["accuracy"]]  # the image and the controls that ran
     lines += [f"## Best config: `{b['config_id']}`", "",
               f"Val loss {b['val_loss']:.4f}; accuracy (field's rule) "
-              + ", ".join(f"{CONDITION_NAMES[c]} {b[f'acc_{c}']:.3f}" for c in present) + "; strict exact match "
-              + ", ".join(f"{CONDITION_NAMES[c]} {b[f'em_{c}']:.3f}" for c in present)
+              + ", ".join(f"{CONDITION_NAMES[c]} {b[f'acc_{c}']:.3f}" for c in shown) + "; strict exact match "
+              + ", ".join(f"{CONDITION_NAMES[c]} {b[f'em_{c}']:.3f}" for c in shown)
               + f" ({int(b['questions'])} questions).", ""]
     by_type, em_by_type = answers["by_type"], answers.get("exact_match_by_type", {})
     conds = list(by_type)
@@ -397,7 +397,6 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
     if "unanswered" in answers:
         lines += ["", "Yes/no questions answered with neither yes nor no as the first word (counted wrong): "
                   + ", ".join(f"{CONDITION_NAMES.get(c, c)} {n}" for c, n in answers["unanswered"].items()) + "."]
-    shown = [c for c in ("image", "zeros", "shuffled") if c in conds]
 
     def answer_cell(s: dict, c: str) -> str:
         mark = ("" if f"correct_{c}" not in s else
@@ -445,7 +444,7 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
                                                 "stopped_by_asha", "asha_rung", "wall_s"]]
         lines += [f"### Stage {stage}", "", _md(part.sort_values("best_val_loss")), ""]
     lines += [f"![{Path(f).stem}]({_relative_figure(Path(f), root)})" for f in sweep["figures"]] + [""]
-    decisions = read_decisions(sweep_dir / "stage2" / "asha_decisions.jsonl")
+    decisions = read_decisions(sweep_dir / "stage2" / DECISIONS_FILE)
     if decisions:
         lines += ["### ASHA decisions (stage 2)", "", "| trial | rung (epoch) | val loss | decision |",
                   "|---|---|---|---|"]

@@ -107,14 +107,13 @@ def train_worker(config: dict[str, Any]) -> None:
         log.warning("the checkpoint to resume from is unusable; this trial starts over")
         resume_dir = None
 
+    last = read_meta(resume_dir, verify=False)["metrics"] if resume_dir is not None else None  # its result
     replayed = False
-    if resume_dir is not None and config.get("asha"):
+    if last is not None and config.get("asha"):
         from .scheduling import resume_decision
 
         # every worker reads the same file, written only by the driver for other trials meanwhile, so with several
         # workers all reach the same decision and make the same (collective) report
-
-        last = read_meta(resume_dir, verify=False)["metrics"]
         replay = resume_decision(config["asha"], last)
         if replay:
             # the sweep's driver died before Tune kept this result (a rung ASHA had not decided yet, or the one it
@@ -143,8 +142,7 @@ def train_worker(config: dict[str, Any]) -> None:
         if not reported and resume_dir is not None and not replayed:
             # restored from the last checkpoint of a run that had already finished (its driver died before Tune
             # recorded the end): nothing left to train, so say its final result again for this trial
-            metrics = read_meta(resume_dir, verify=False)["metrics"]
-            ray.train.report({**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING},
+            ray.train.report({**last, "epochs_planned": epochs_planned, "status": STATUS_RUNNING},
                              checkpoint=ray.train.Checkpoint.from_directory(str(resume_dir)))
     except NonFiniteLoss as e:
         # A clear end, not a crash: Train would retry a crash from the last checkpoint and diverge the same way.

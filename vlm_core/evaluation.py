@@ -112,6 +112,14 @@ def _question_text(record: dict) -> str:
     return turn.get("value", turn.get("content", "")).replace("<image>", "").strip()
 
 
+def question_set(cfg: EvalConfig) -> list[dict]:
+    """The questions an evaluation under ``cfg`` answers: ``cfg.max_questions`` of ``cfg.questions``, the types in
+    turn (``balanced_subset``)."""
+    from .data import read_records
+
+    return balanced_subset(read_records(cfg.questions), cfg.max_questions)
+
+
 def protocol(cfg: EvalConfig) -> dict[str, Any]:
     """How answers are generated and scored under ``cfg``: recorded with every result (``answers.protocol``); a
     saved result under another protocol is not comparable."""
@@ -214,7 +222,7 @@ def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
     from .data import read_records
 
     root = Path(cfg.images)
-    questions = balanced_subset(read_records(cfg.questions), cfg.max_questions)
+    questions = question_set(cfg)
     result: dict[str, Any] = {"questions": cfg.questions, "answers": answer_accuracy(model, questions, root, cfg)}
     if cfg.val:
         result["heldout"] = heldout_loss(model, read_records(cfg.val)[: cfg.max_val_samples], root, cfg)

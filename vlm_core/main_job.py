@@ -118,10 +118,11 @@ def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any
 def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict[str, Any]]) -> list[dict]:
     from data_pipeline.sample_corpus import EVAL_FILE
 
-    from .evaluation import EvalConfig, evaluate_checkpoint, protocol
+    from .evaluation import EvalConfig, evaluate_checkpoint, protocol, question_set
 
-    with (corpus / EVAL_FILE).open() as f:  # how many questions each checkpoint answers (a balanced subset)
-        n_questions = min(cfg.eval_questions, sum(1 for line in f if line.strip()))
+    base = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
+                      max_questions=cfg.eval_questions, max_val_samples=cfg.eval_val_samples)
+    n_questions = len(question_set(base))  # how many questions each checkpoint answers
     results = []
     for row in stage2:
         ckpt = row.get("best_checkpoint")
@@ -132,12 +133,9 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
             continue
         target = out / "eval" / f"{row['config_id']}.json"
         previous = json.loads(target.read_text()) if target.is_file() else {}
-        ecfg = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
-                          val=str(out / "data" / row["dataset"] / "val-00000.parquet"),
-                          max_questions=cfg.eval_questions, max_val_samples=cfg.eval_val_samples)
-        # reused only if scored under the same protocol (an eval.json from before the short-answer instruction
-        # and answer extraction is redone, not mixed into the report)
-        # (and on as many questions, under the same conditions)
+        ecfg = dataclasses.replace(base, val=str(out / "data" / row["dataset"] / "val-00000.parquet"))
+        # reused only if scored under the same protocol, on as many questions, under the same conditions (an
+        # eval.json from before the short-answer instruction and answer extraction is redone, not mixed in)
         answers = previous.get("answers", {})
         same = (answers.get("protocol") == protocol(ecfg) and answers.get("n") == n_questions
                 and sorted(answers.get("accuracy", {})) == sorted(["image", *ecfg.controls]))
