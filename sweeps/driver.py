@@ -63,10 +63,14 @@ class AshaConfig:
     max_concurrent: int = 1
     """Stage-2 trials in flight. The first trial to reach a rung always continues, so with few trials pruning
     only happens when they are not all running at once."""
+    decision_wait_s: float = 120.0
+    """How long a stage-2 trial that reached a rung waits for ASHA's decision before it trains on (0: it does not
+    wait, Ray's default: a stopped trial may then train past its rung until the stop reaches its workers)."""
 
     def __post_init__(self) -> None:
         check_field(self.grace_period >= 1, "asha.grace_period", "must be >= 1")
         check_field(self.reduction_factor >= 2, "asha.reduction_factor", "must be >= 2")
+        check_field(self.decision_wait_s >= 0, "asha.decision_wait_s", "must be >= 0 (seconds)")
 
 
 @dataclass
@@ -416,8 +420,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
 
         max_t = max(p.spec.epochs for p in planned[2])
         decisions = str(storage / "stage2" / DECISIONS_FILE)
-        # trials read it when they resume from a checkpoint (a rung ASHA may not have decided yet)
-        asha_param = {"decisions_file": decisions,
+        # trials read it at each rung (they end there if stopped) and when they resume from a checkpoint (a rung
+        # ASHA may not have decided yet)
+        asha_param = {"decisions_file": decisions, "wait_s": cfg.asha.decision_wait_s,
                       "milestones": rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t)}
         params = []
         for p in spread_cpus(planned[2], _largest_node_cpus(), cfg.asha.max_concurrent):

@@ -23,6 +23,10 @@ under a new trial id), never by Tune's trial id, and on resume:
 - a trial whose Train run saved a rung's checkpoint that Tune never saw (the driver died in between) says that
   result again before training on (``train_worker`` again), so the rung is decided as it would have been.
 
+A stage-2 worker that reports a rung's result waits (up to ``asha.decision_wait_s``) for that rung's decision
+in the file and ends there when it is "stop" (``wait_for_decision``): Train's workers do not wait for Tune, and
+a trial with short epochs would otherwise train past its stop and replace the checkpoint ASHA judged.
+
 Each line is written with one ``write`` on an ``O_APPEND`` file and fsynced; a half-written last line (a crash in
 an older version, a full disk) is skipped with a warning by every reader, and dropped from the file the next
 time a scheduler loads it, so later lines are not glued onto it.
@@ -35,6 +39,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +141,32 @@ def resume_decision(asha: dict[str, Any] | None, metrics: dict[str, Any],
     if epoch in milestones and metrics.get(metric) is not None and _lookup(records, identity, epoch) is None:
         return "undecided", metrics
     return None
+
+
+def wait_for_decision(asha: dict[str, Any] | None, epoch: Any, poll_s: float = 0.2) -> str | None:
+    """The decision ASHA recorded for this trial (``asha["trial"]``, ``asha["config_hash"]``) at ``epoch``, waited
+    for up to ``asha["wait_s"]`` seconds when ``epoch`` is a rung; None when it is not a rung, when the decisions
+    file's folder is not on this node (no shared storage: the worker cannot see it), or on timeout.
+
+    Ray Train's workers do not wait for Tune: a trial ASHA stops at a rung keeps training until the stop reaches
+    its workers, and when epochs are short it reports later epochs (whose checkpoints replace the one ASHA judged)
+    first. Waiting here makes a stopped trial stop at its rung, as ASHA decided, whatever the timing."""
+    if not asha or epoch not in asha.get("milestones", ()) or not asha.get("wait_s"):
+        return None
+    path = Path(asha["decisions_file"])
+    if not path.parent.is_dir():
+        log.warning("%s is not on this node (no shared storage): not waiting for ASHA's decisions", path.parent)
+        return None
+    identity, deadline = (asha.get("trial"), asha.get("config_hash")), time.monotonic() + float(asha["wait_s"])
+    while True:
+        d = _lookup({_key(r): r for r in _parse(path)[0]}, identity, epoch)
+        if d is not None:
+            return d["decision"]
+        if time.monotonic() >= deadline:
+            log.warning("%s: no ASHA decision for %s at rung %s after %ss; training on (Tune may still stop it)",
+                        path, identity[0], epoch, asha["wait_s"])
+            return None
+        time.sleep(poll_s)
 
 
 class RecordingASHA(ASHAScheduler):

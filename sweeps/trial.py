@@ -30,6 +30,7 @@ from vlm_core.training import NonFiniteLoss
 
 from .matrix import TrialSpec
 from .profiles import TrialResources
+from .scheduling import resume_decision, wait_for_decision
 from .statuses import STATUS_NON_FINITE, STATUS_RUNNING
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,14 @@ def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: s
     return model, train
 
 
+class StoppedAtRung(Exception):
+    """ASHA stopped this trial at the rung it just reported (see ``sweeps.scheduling.wait_for_decision``)."""
+
+    def __init__(self, rung: Any) -> None:
+        super().__init__(f"stopped by ASHA at rung {rung}")
+        self.rung = rung
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: rebuild the configs, resume if Train restarted us, train, report every epoch."""
     import ray.train
@@ -110,7 +119,6 @@ def train_worker(config: dict[str, Any]) -> None:
     last = read_meta(resume_dir, verify=False)["metrics"] if resume_dir is not None else None  # its result
     replayed = False
     if last is not None and config.get("asha"):
-        from .scheduling import resume_decision
 
         # every worker reads the same file, written only by the driver for other trials meanwhile, so with several
         # workers all reach the same decision and make the same (collective) report
@@ -124,7 +132,8 @@ def train_worker(config: dict[str, Any]) -> None:
             ray.train.report({**said, "epochs_planned": epochs_planned, "status": STATUS_RUNNING,
                               **({"checkpoint_path": checkpoint.path} if said is last else {})})
             replayed = True
-            if kind == "stopped":  # ASHA stopped this trial before the restore: it trains no more
+            if kind == "stopped" or wait_for_decision(config["asha"], said["epoch"]) == "stop":
+                # ASHA stopped this trial before the restore (or now, on the result said again): it trains no more
                 shutil.rmtree(workdir, ignore_errors=True)
                 return
 
@@ -134,6 +143,8 @@ def train_worker(config: dict[str, Any]) -> None:
         report = {**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
         reported.append(metrics)
+        if metrics["epoch"] < epochs_planned and wait_for_decision(config.get("asha"), metrics["epoch"]) == "stop":
+            raise StoppedAtRung(metrics["epoch"])  # ASHA stopped it here: no further epoch, no later checkpoint
 
     faults = from_config(config.get("faults"), config.get("run_name", ""))
     try:
@@ -144,6 +155,8 @@ def train_worker(config: dict[str, Any]) -> None:
             # recorded the end): nothing left to train, so say its final result again for this trial
             ray.train.report({**last, "epochs_planned": epochs_planned, "status": STATUS_RUNNING},
                              checkpoint=ray.train.Checkpoint.from_directory(str(resume_dir)))
+    except StoppedAtRung as e:
+        log.info("stopped by ASHA at rung %s", e.rung)
     except NonFiniteLoss as e:
         # A clear end, not a crash: Train would retry a crash from the last checkpoint and diverge the same way.
         # val_loss inf ranks the trial last for ASHA and for the best-checkpoint choice.

@@ -32,7 +32,7 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from sweeps.scheduling import DECISIONS_FILE, RecordingASHA, read_decisions, resume_decision
+from sweeps.scheduling import DECISIONS_FILE, RecordingASHA, read_decisions, resume_decision, wait_for_decision
 from sweeps.trial import config_digest
 
 S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
@@ -278,3 +278,32 @@ def test_a_resuming_trial_says_again_the_rung_result_asha_did_not_keep(tmp_path)
     assert resume_decision(stopped, last) == ("stopped", last)
     # a checkpoint saved after the stop, before it reached the trial: the rung's result is said, not this one
     assert resume_decision(stopped, {"epoch": 2, "val_loss": 1.5}) == ("stopped", {"epoch": 1, "val_loss": 2.0})
+
+
+def test_a_trial_at_a_rung_waits_for_its_decision_and_only_there(tmp_path):
+    """Train's workers do not wait for Tune: without this wait a trial with short epochs trains past the rung ASHA
+    stopped it at, and its later checkpoints replace the one ASHA judged (seen in CI: the stopped trial then had
+    no checkpoint to evaluate)."""
+    import threading
+
+    f = tmp_path / DECISIONS_FILE
+    rand = _Trial("rand", "a_00001")
+    asha = {"decisions_file": str(f), "milestones": [1, 2], "wait_s": 30, "trial": "rand",
+            "config_hash": config_digest(rand.config["trial"]["worker"])}
+    assert wait_for_decision(asha, 3) is None  # not a rung: no wait
+    assert wait_for_decision({**asha, "wait_s": 0}, 1) is None  # waiting turned off
+    assert wait_for_decision({**asha, "decisions_file": str(tmp_path / "elsewhere" / DECISIONS_FILE)}, 1) is None
+    s = _asha(f)
+    umap = _Trial("umap", "a_00000")
+    c = _Controller(s, [umap, rand])
+    _result(s, c, umap, 1, 1.0)
+    # the driver decides a moment after the worker starts waiting
+    late = threading.Timer(0.5, lambda: _result(s, c, rand, 1, 2.0))
+    late.start()
+    t0 = time.monotonic()
+    assert wait_for_decision(asha, 1) == "stop" and time.monotonic() - t0 >= 0.4
+    late.join()
+    umap_asha = {**asha, "trial": "umap", "config_hash": config_digest(umap.config["trial"]["worker"])}
+    assert wait_for_decision(umap_asha, 1) == "continue"
+    t0 = time.monotonic()
+    assert wait_for_decision({**umap_asha, "wait_s": 0.5}, 2) is None and time.monotonic() - t0 >= 0.5  # timeout

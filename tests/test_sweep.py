@@ -21,6 +21,7 @@ from sweeps.driver import SweepConfig, run_sweep
 from sweeps.scheduling import read_decisions
 from sweeps.tracking import DENSE_PROJECT, PROJECT
 from tests.conftest import WANDB_SECRET as SECRET
+from vlm_core.checkpoint import read_meta
 from vlm_core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,10 @@ def test_asha_stops_the_continuation_that_cannot_improve(sweep):
     assert first[1]["val_loss"] > first[0]["val_loss"] == first[1]["rung_before"][S2_UMAP]
     s2 = {r["config_id"]: r for r in result["stages"][2]}
     assert s2[S2_RANDOM]["epochs_run"] == 1 and s2[S2_RANDOM]["stopped_early"]
+    # it ended at its rung (its workers waited for the decision) and the checkpoint ASHA judged is the one kept
+    stopped_ckpt = s2[S2_RANDOM]["best_checkpoint"]
+    assert stopped_ckpt and read_meta(stopped_ckpt)["metrics"]["epoch"] == 1
+    assert [c.name for c in Path(stopped_ckpt).parent.glob("checkpoint_*") if c.is_dir()] == [Path(stopped_ckpt).name]
     assert s2[S2_UMAP]["epochs_run"] == 3 and not s2[S2_UMAP]["stopped_early"]
     assert result["report"]["stopped_by_asha"] == [S2_RANDOM]
 

@@ -127,9 +127,10 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
     for row in stage2:
         ckpt = row.get("best_checkpoint")
         if not ckpt:
-            reason = re.sub(r"\x1b\[[0-9;]*m", "", str(row.get("error") or "no checkpoint")).splitlines()[0][:200]
-            _say(f"eval: {row['config_id']} has no checkpoint (the trial failed: {reason}; see the sweep report); "
-                 f"skipped")
+            error = row.get("error")
+            plain = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines()[0][:200] if error else ""
+            reason = f"the trial failed: {plain}" if error else "none of the checkpoints it reported is on storage"
+            _say(f"eval: {row['config_id']} has no checkpoint ({reason}; see the sweep report); skipped")
             continue
         target = out / "eval" / f"{row['config_id']}.json"
         previous = json.loads(target.read_text()) if target.is_file() else {}
