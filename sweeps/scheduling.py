@@ -113,6 +113,14 @@ def read_decisions(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def _first_per_key(records: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """(trial, config hash, rung) → the first decision recorded for it (a later copy is a replay's)."""
+    out: dict[tuple, dict[str, Any]] = {}
+    for d in records:
+        out.setdefault(_key(d), d)
+    return out
+
+
 def _lookup(records: dict, identity: tuple[str | None, str | None], rung: Any) -> dict[str, Any] | None:
     cid, digest = identity
     return records.get((cid, digest, rung)) or records.get((cid, None, rung))  # None: written before config_hash
@@ -159,7 +167,7 @@ def wait_for_decision(asha: dict[str, Any] | None, epoch: Any, poll_s: float = 0
         return None
     identity, deadline = (asha.get("trial"), asha.get("config_hash")), time.monotonic() + float(asha["wait_s"])
     while True:
-        d = _lookup({_key(r): r for r in _parse(path)[0]}, identity, epoch)
+        d = _lookup(_first_per_key(_parse(path)[0]), identity, epoch)  # _parse: no warning per poll
         if d is not None:
             return d["decision"]
         if time.monotonic() >= deadline:
@@ -197,9 +205,7 @@ class RecordingASHA(ASHAScheduler):
                 tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
                 tmp.write_text("".join(json.dumps(d) + "\n" for d in records))
                 os.replace(tmp, path)
-            self._recorded = {}
-            for d in records:
-                self._recorded.setdefault(_key(d), d)
+            self._recorded = _first_per_key(records)
             if records:
                 log.info("%s: %d rung decision(s) already made; they stand", path, len(self._recorded))
         return self._recorded

@@ -119,7 +119,6 @@ def train_worker(config: dict[str, Any]) -> None:
     last = read_meta(resume_dir, verify=False)["metrics"] if resume_dir is not None else None  # its result
     replayed = False
     if last is not None and config.get("asha"):
-
         # every worker reads the same file, written only by the driver for other trials meanwhile, so with several
         # workers all reach the same decision and make the same (collective) report
         replay = resume_decision(config["asha"], last)
