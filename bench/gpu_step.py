@@ -226,9 +226,10 @@ def run_profile(model, p: Profile, args, device: torch.device, flops_cache: dict
 
 def build(args, device: torch.device, tokenizer):
     from vlm_core.paper_shaped import build_vlm_in_memory
+    from vlm_core.presets import get_preset
 
     t0 = time.perf_counter()
-    model = build_vlm_in_memory(args.lm_layers, args.seed, device, tokenizer=tokenizer)
+    model = build_vlm_in_memory(get_preset("paper"), args.lm_layers, args.seed, device, tokenizer=tokenizer)
     return model, time.perf_counter() - t0
 
 

@@ -23,9 +23,10 @@ def main() -> dict:
     import pyarrow.parquet as pq
 
     from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
-    from sweeps.driver import DEFAULT_SCALE, SweepConfig, plan, run_sweep
+    from sweeps.driver import SweepConfig, plan, run_sweep
     from sweeps.trial import trial_configs
     from vlm_core.data import read_records, split_records
+    from vlm_core.presets import preset
     from vlm_core.ray_env import init_ray
     from vlm_core.runner import DataSpec, run_stage
 
@@ -45,7 +46,7 @@ def main() -> dict:
         cfg = SweepConfig(data=str(tmp / "data"), images=str(corpus / "images"), preset=args.preset, stage="1",
                           limit=1, out=str(tmp / "sweep"), wandb="disabled", feature_cache=False)
         spec = plan(cfg, 1)[0].spec
-        model, train = trial_configs(spec, args.preset, DEFAULT_SCALE[args.preset])
+        model, train = trial_configs(spec, args.preset, preset(args.preset).scale)
         data = DataSpec(train=str(tmp / "data" / spec.dataset / "train-00000.parquet"), images=str(corpus / "images"),
                         val=str(tmp / "data" / spec.dataset / "val-00000.parquet"))
         t0 = time.perf_counter()

@@ -43,11 +43,9 @@ environment).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import re
 import shutil
 import sys
@@ -59,18 +57,29 @@ from typing import Any
 
 import numpy as np
 
+from vlm_core.data import is_validation
+from vlm_core.hashing import file_sha256, json_digest, seeded_digest
+from vlm_core.hub import assets_dir, localize
+from vlm_core.images import image_problem
+from vlm_core.outputs import atomic_dir, atomic_path, atomic_write_text, check_output_dir
+from vlm_core.ray_env import init_ray
+
 from .config import BuildConfig
+from .embed import EMBED_TEXTS, TEXT_LABELS, EmbedBatch, embedded_text, model_label, resolve_model
+from .plot import plot_umap
 from .records import (
     IMAGE_MARKER,
     Shard,
     SourceError,
     _is_json_list,
-    file_sha256,
     json_list_to_jsonl,
     plan_shards,
     read_shard,
     rows_to_batch,
 )
+from .reduce import AssignBatch, fit_space
+from .sampling import cluster_counts, sample_per_cluster, sample_random
+from .translate import TranslateBatch, build_translator
 
 log = logging.getLogger(__name__)
 DONE = "_DONE"
@@ -86,7 +95,7 @@ TOP_TEXT_CHARS = 80
 
 
 def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(list(parts), 16)
 
 
 # ---------------------------------------------------------------------------------------------- stage UDFs
@@ -105,7 +114,6 @@ class FilterBatch:
         self.prefix, self.check, self.root = prefix, check_images, Path(image_root)
 
     def _image_problem(self, rel: str) -> str | None:
-        from vlm_core.images import image_problem
 
         return image_problem(self.root / rel)  # decoded in full, as training will: truncated files fail here
 
@@ -132,7 +140,6 @@ class TranslateStage:
     """Wraps ``translate.TranslateBatch``: failed translations become rejections with their reason."""
 
     def __init__(self, cfg_dict: dict, cache_dir: str):
-        from .translate import TranslateBatch
 
         self.inner = TranslateBatch(cfg_dict, cache_dir)
 
@@ -155,16 +162,6 @@ class TranslateStage:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _check_output(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    probe = out / ".write-probe"
-    try:
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise SourceError(f"output folder {out} is not writable ({e}); choose another --out") from e
-
-
 def _write_done(path: Path, info: dict) -> None:
     (path / DONE).write_text(json.dumps(info, indent=2))
 
@@ -188,14 +185,10 @@ def _part_names():
 def _ray_write(ds, target: Path) -> None:
     import ray.data
 
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    # half a CPU: the stage's actors keep theirs, and a write needing a whole one would wait forever on 2 cores
-    ds.write_parquet(str(tmp.resolve()), filename_provider=_part_names(), ray_remote_args={"num_cpus": 0.5},
-                     mode=ray.data.SaveMode.OVERWRITE)  # a fresh temp folder: nothing to overwrite but our own
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with atomic_dir(target) as tmp:
+        # half a CPU: the stage's actors keep theirs, and a write needing a whole one would wait forever on 2 cores
+        ds.write_parquet(str(tmp.resolve()), filename_provider=_part_names(), ray_remote_args={"num_cpus": 0.5},
+                         mode=ray.data.SaveMode.OVERWRITE)  # a fresh temp folder: nothing to overwrite but our own
 
 
 def _reason_counts(path: Path) -> tuple[int, Counter]:
@@ -265,7 +258,7 @@ def _fit_sample_ids(ids: list[str], n: int, seed: int) -> set[str]:
     """A deterministic, order-independent sample: the ``n`` ids with the smallest seeded hash."""
     if len(ids) <= n:
         return set(ids)
-    keyed = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+    keyed = sorted(ids, key=lambda i: seeded_digest(seed, i))
     return set(keyed[:n])
 
 
@@ -314,13 +307,8 @@ def _versions() -> dict[str, str]:
 def _write_parquet_atomic(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_path(path) as tmp:  # disk full, killed writer: the previous file (if any) stays, no half file
         pq.write_table(table, tmp)
-    except BaseException:  # disk full, killed writer: the previous file (if any) stays, no half file is left
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
 
 
 def repetition_stats(dataset, ok_filter, text: str, top: int = TOP_TEXTS) -> dict[str, Any]:
@@ -330,8 +318,6 @@ def repetition_stats(dataset, ok_filter, text: str, top: int = TOP_TEXTS) -> dic
     ``value_counts`` (about 16 bytes per distinct text: at most 16 MB at a million); the texts themselves are
     read only for the ``top`` hashes, batch by batch, stopping once each has one."""
     import pyarrow.compute as pc
-
-    from .embed import embedded_text
 
     hashes = dataset.to_table(columns=["embed_hash"], filter=ok_filter)["embed_hash"]
     n = len(hashes)
@@ -382,7 +368,6 @@ def repetition_warning(stats: dict[str, Any], text: str) -> str | None:
     """The warning ``data build`` logs (and keeps in the manifest) when :func:`repeated_texts`, else None."""
     if not repeated_texts(stats):
         return None
-    from .embed import EMBED_TEXTS, TEXT_LABELS
 
     first = stats["top_texts"][0]
     others = [t for t in EMBED_TEXTS if t != text]
@@ -399,9 +384,6 @@ def localized_models(cfg: BuildConfig):
     """(embedding model to load, the revision to pass with it, translator config): the embedder's hub id rewritten
     to the assets folder's copy (``--assets`` or ``$VLM_SWEEP_ASSETS``) when it holds its revision; the translator
     told the assets folder (``translate.assets``), keeping its hub id and revision for its cache key."""
-    from vlm_core.hub import assets_dir, localize
-
-    from .embed import resolve_model
 
     root = assets_dir(cfg.assets)
     if cfg.assets and not Path(cfg.assets).expanduser().is_dir():
@@ -427,14 +409,6 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     import ray
     from ray.data.expressions import col
 
-    from vlm_core.data import is_validation
-    from vlm_core.ray_env import init_ray
-
-    from .embed import TEXT_LABELS, EmbedBatch, model_label
-    from .reduce import AssignBatch, fit_space
-    from .sampling import cluster_counts, sample_per_cluster, sample_random
-    from .translate import build_translator
-
     t_start = time.perf_counter()
     out = Path(cfg.out)
     source = Path(cfg.source)
@@ -443,7 +417,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     if not Path(cfg.images).is_dir():
         raise SourceError(f"image root {cfg.images} is not a folder; pass --images with the folder that holds "
                           f"the records' image paths")
-    _check_output(out)
+    check_output_dir(out, 0, "data build --out")
     work = out / "_work"
     work.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
@@ -572,20 +546,18 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     # ---- rejected rows, artifacts, plot, manifest
     rejected = _rejected_rows(rows_dir) + duplicates
     rejected.sort(key=lambda r: (r["line"], r["stage"]))
-    with (out / ".rejected.jsonl.tmp").open("w", encoding="utf-8") as f:
+    with atomic_path(out / "rejected.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
         for r in rejected:
             f.write(json.dumps({"line": r["line"], "id": r["id"], "stage": r["stage"], "reason": r["reason"],
                                 "image": r["image"], "raw": r["conversations"][:300]}, ensure_ascii=False) + "\n")
         for e in source_errors:
             f.write(json.dumps({"line": None, "id": None, "stage": "read", "reason": e}) + "\n")
-    os.replace(out / ".rejected.jsonl.tmp", out / "rejected.jsonl")
     artifacts = out / "artifacts"
     artifacts.mkdir(exist_ok=True)
     import joblib
 
     joblib.dump({"umap": space.umap, "clusterer": space.clusterer, "k": space.k, "method": space.method},
                 artifacts / "umap_clusters.joblib")
-    from .plot import plot_umap
 
     sampled_umap = {i for v in cfg.variants if v.kind == "umap"
                     for i in _variant_ids(out / v.name)}
@@ -623,9 +595,7 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         "ray_plan": plan.__dict__, "reused_stages": reused, "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - t_start, 2), "ray_resources": resources,
     }
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, out / "manifest.json")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
     if reused:
         print(f"reused finished stages: {', '.join(reused)} (delete {work} to recompute)")
     return manifest

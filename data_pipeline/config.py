@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from vlm_core.config import check_field, from_dict
+from vlm_core.hub import default_revision
 
+from .embed import EMBED_TEXTS
 from .translate import TranslatorConfig
 
 
@@ -57,7 +59,6 @@ class EmbedConfig:
     """Embedding actors. Default: one per GPU, else CPUs - 1 (so read tasks keep a CPU), at least 1."""
 
     def __post_init__(self) -> None:
-        from .embed import EMBED_TEXTS
 
         check_field(self.text in EMBED_TEXTS, "embed.text",
                     f"{self.text!r} is not one of {', '.join(repr(t) for t in EMBED_TEXTS)}")
@@ -65,7 +66,6 @@ class EmbedConfig:
             value = getattr(self, name)
             check_field(value is None or (isinstance(value, str) and value.strip() == value and bool(value)),
                         f"embed.{name}", "must be None or a non-empty string without surrounding spaces")
-        from vlm_core.hub import default_revision
 
         self.revision = default_revision(self.model, self.revision)  # a hub id the project pins gets its pin
         check_field(self.batch_size >= 1, "embed.batch_size", "must be >= 1")

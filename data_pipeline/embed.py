@@ -26,6 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from vlm_core.assets import minilm_path
+from vlm_core.hub import resolve
+
 log = logging.getLogger(__name__)
 
 EMBED_TEXTS = ("human", "assistant", "both")
@@ -40,7 +43,6 @@ def resolve_model(model: str | None) -> str:
     """``model`` itself, or the packaged all-MiniLM-L6-v2 folder when it is None."""
     if model:
         return model
-    from vlm_core.assets import minilm_path
 
     return str(minilm_path())
 
@@ -72,8 +74,6 @@ def load_embedder(model: str | None, device: str | None = None, revision: str | 
     A hub id goes through ``vlm_core.hub.resolve`` (an assets folder's copy at that revision when
     ``$VLM_SWEEP_ASSETS`` holds one; ``data build`` rewrites the id to that folder before the actors start)."""
     from sentence_transformers import SentenceTransformer
-
-    from vlm_core.hub import resolve
 
     if device is None:
         import torch

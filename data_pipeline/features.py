@@ -15,6 +15,8 @@ from typing import Any
 
 from vlm_core.config import VLMConfig
 from vlm_core.feature_cache import FEATURES_FILE, META_FILE, FeatureCache, FeatureCacheError, FeatureEncoder, image_stat
+from vlm_core.images import open_rgb
+from vlm_core.outputs import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ class EncodeImages:
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
-
-        from vlm_core.images import open_rgb
 
         paths = [str(p) for p in batch["image"]]
         files = [Path(p) if Path(p).is_absolute() else self.root / p for p in paths]
@@ -59,8 +59,6 @@ def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | P
     selection; built on Ray Data (Ray must be initialised) unless a matching, fresh one is already there."""
     import pyarrow as pa
     import ray.data
-
-    from vlm_core.checkpoint import atomic_dir
 
     encoder = FeatureEncoder(model)
     inputs, key = encoder.inputs(), encoder.key()

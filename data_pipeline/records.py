@@ -17,13 +17,13 @@ Ray Data. A rejected row keeps its line number, id, reason and a prefix of the r
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from vlm_core.conversation import FormatError, normalize_messages
+from vlm_core.conversation import normalize_messages
+from vlm_core.errors import FormatError, VlmSweepError
 
 IMAGE_MARKER = "<image>"
 RAW_PREFIX = 300  # characters of a rejected row kept for the report
@@ -34,7 +34,7 @@ RAW_PREFIX = 300  # characters of a rejected row kept for the report
 ROW_COLUMNS = ("id", "image", "conversations", "human_text", "assistant_text", "n_turns", "line", "reason", "stage")
 
 
-class SourceError(ValueError):
+class SourceError(VlmSweepError, ValueError):
     """The source file itself cannot be read; the message names it and the fix."""
 
 
@@ -44,14 +44,6 @@ class Shard:
     start: int  # byte offset
     end: int  # byte offset (exclusive)
     first_line: int  # 1-based line number of the shard's first line
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_json_list(path: Path) -> bool:

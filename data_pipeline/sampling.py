@@ -13,8 +13,10 @@ from collections import Counter
 
 import numpy as np
 
+from vlm_core.errors import VlmSweepError
 
-class SamplingError(ValueError):
+
+class SamplingError(VlmSweepError, ValueError):
     """A variant asks for more rows than the data has; the message says how to fix it."""
 
 

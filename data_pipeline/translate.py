@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from vlm_core.config import ConfigError, check_field, from_dict
-from vlm_core.hub import load_files, load_weights
+from vlm_core.errors import VlmSweepError
+from vlm_core.hashing import file_sha256, text_digest
+from vlm_core.hub import default_revision, load_files, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +98,6 @@ class TranslatorConfig:
         check_field(0.0 <= self.min_coverage <= 1.0, "translate.min_coverage", f"{self.min_coverage} is not in [0, 1]")
         check_field(self.batch_size >= 1, "translate.batch_size", "must be >= 1")
         check_field(self.max_new_tokens >= 1, "translate.max_new_tokens", "must be >= 1")
-
-        from vlm_core.hub import default_revision
 
         self.revision = default_revision(self.model, self.revision)  # a hub id the project pins gets its pin
 
@@ -205,7 +204,7 @@ _SUFFIXES = (("'s", ""), ("’s", ""), ("ies", "y"), ("es", ""), ("s", ""), ("ie
              ("ed", "e"), ("ing", ""), ("ing", "e"))
 
 
-class DictionaryNotFoundError(FileNotFoundError):
+class DictionaryNotFoundError(VlmSweepError, FileNotFoundError):
     """The dictd files of the ``dictionary`` translator are missing; the message says how to get them."""
 
 
@@ -277,7 +276,7 @@ class DictionaryTranslator:
     @property
     def id(self) -> str:
         if self._id is None:
-            digest = hashlib.sha256(self.index_path.read_bytes()).hexdigest()[:16]
+            digest = file_sha256(self.index_path)[:16]
             self._id = f"dictionary/{_ALGORITHM_VERSION}:{digest}:min_coverage={self.min_coverage:g}"
         return self._id
 
@@ -533,7 +532,7 @@ class TranslationCache:
         self._read_shards()
 
     def key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.translator_id}\0{text}".encode("utf-8")).hexdigest()
+        return text_digest(f"{self.translator_id}\0{text}")
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -24,32 +24,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.features import build_feature_cache
 from vlm_core.checkpoint import CheckpointError, check_projector_selection, read_meta
 from vlm_core.config import ConfigError, check_field
+from vlm_core.data import read_records
+from vlm_core.errors import VlmSweepError
 from vlm_core.faults import from_env as faults_from_env
-from vlm_core.lengths import formatter_for, formatter_key, markdown_table, measure
+from vlm_core.hub import ASSETS_ENV
+from vlm_core.lengths import formatter_for, formatter_key, lengths_table, measure
 from vlm_core.outputs import GiB, atomic_write_text, check_output_dir
+from vlm_core.presets import Scale, available_presets, preset
+from vlm_core.ray_env import init_ray
 from vlm_core.runner import DataSpec
 
 from .matrix import TrialSpec, get_grid
 from .profiles import TrialResources, check_fits, trial_resources
+from .report import LENGTHS_FILE, write_report
+from .scheduling import DECISIONS_FILE, RecordingASHA, read_decisions, rung_milestones
 from .statuses import STATUS_NON_FINITE
 from .tracking import MODES as WANDB_MODES
-from .trial import Scale, remove_workdirs, resources_dict, run_trial, trial_configs
+from .tracking import wandb_callbacks
+from .trial import remove_workdirs, resources_dict, run_trial, trial_configs
 
 log = logging.getLogger(__name__)
 
 METRIC, MODE = "val_loss", "min"  # the one place they are set
-DEFAULT_BACKEND = {"tiny": "cpu", "local": "cpu", "local-long": "cpu", "paper": "a100-40g"}
-DEFAULT_SCALE = {"tiny": Scale(max_steps_per_epoch=2, batch_size_cap=2, stage1_lr=1e-3, stage2_lr=1e-3),
-                 # the whole study within `vlm-sweep run`'s 20 minutes on 2 CPU cores: every epoch is one step of
-                 # batch 2 and 4 val samples, stage 1 runs a third of its epochs (the machinery, not the study's
-                 # conclusions: ~25 s of each trial is Ray Train / Tune starting its actors)
-                 "local": Scale(max_steps_per_epoch=1, batch_size_cap=2, max_val_samples=4, stage1_lr=1e-3,
-                                stage1_epoch_divisor=3),
-                 # one lineage trained longer (36 min measured); see README for what it does and does not show
-                 "local-long": Scale(max_steps_per_epoch=24, batch_size_cap=8, max_val_samples=16, stage1_lr=1e-3),
-                 "paper": Scale()}
 
 
 @dataclass
@@ -111,7 +110,7 @@ class SweepConfig:
     """W&B logging: ``auto`` (online with a key, else offline), ``offline``, ``online`` or ``disabled``."""
     min_free_gb: float | None = None
     """Refuse to start unless ``out`` and the temp folder (trials' scratch) have this much free space (GiB;
-    default per preset, ``MIN_FREE_GB``: a stage-2 checkpoint of ``local`` is ~1.6 GB with its optimizer state)."""
+    default: the preset's ``min_free_gb``; a stage-2 checkpoint of ``local`` is ~1.6 GB with its optimizer state)."""
     feature_cache: bool = True
     """Encode every image once per (dataset, encoder, layer selection) on Ray Data before the trials, next to the
     dataset (``<data>/<variant>/features/<key>/``, else under ``out``), and have trials read those features instead
@@ -123,9 +122,6 @@ class SweepConfig:
     asha: AshaConfig = field(default_factory=AshaConfig)
 
     def __post_init__(self) -> None:
-        from vlm_core.hub import ASSETS_ENV
-        from vlm_core.presets import available_presets
-
         self.assets = self.assets or os.environ.get(ASSETS_ENV) or None
         if self.assets:  # absolute: trial configs name folders that workers in other directories must find
             self.assets = str(Path(self.assets).expanduser().resolve())
@@ -146,7 +142,7 @@ class SweepConfig:
         check_field(self.wandb in WANDB_MODES, "wandb", f"{self.wandb!r} is not one of {', '.join(WANDB_MODES)}")
 
 
-class SweepInterrupted(RuntimeError):
+class SweepInterrupted(VlmSweepError, RuntimeError):
     """The sweep stopped before every trial of a stage finished (Ctrl-C, SIGUSR1); its state is saved."""
 
 
@@ -157,7 +153,7 @@ class PlannedTrial:
 
 
 def plan(cfg: SweepConfig, stage: int) -> list[PlannedTrial]:
-    backend = cfg.backend or DEFAULT_BACKEND.get(cfg.preset, "cpu")
+    backend = cfg.backend or preset(cfg.preset).backend
     trials = get_grid(cfg.grid, stage)
     if cfg.paper_ids:
         trials = [t for t in trials if t.paper_id in cfg.paper_ids]
@@ -174,15 +170,10 @@ def format_plan(planned: list[PlannedTrial]) -> str:
     return "\n".join(lines)
 
 
-# Free space a whole study of each preset needs (GiB): `local` left 9.3 GB of checkpoints and results (six stage-2
-# trials of 1.6 GB each); paper's stage-2 checkpoints hold a 1B model with its optimizer state.
-MIN_FREE_GB = {"tiny": 1.0, "local": 12.0, "local-long": 6.0, "paper": 100.0}
-
-
-def check_space(out: Path, preset: str, override: float | None, what: str) -> None:
-    """``out`` and the temp folder (the trials' scratch) are writable and hold the preset's ``MIN_FREE_GB``
+def check_space(out: Path, preset_name: str, override: float | None, what: str) -> None:
+    """``out`` and the temp folder (the trials' scratch) are writable and hold the preset's ``min_free_gb``
     (or ``override``) free: checked before Ray starts, not after hours of work."""
-    need = int((override if override is not None else MIN_FREE_GB.get(preset, 10.0)) * GiB)
+    need = int((override if override is not None else preset(preset_name).min_free_gb) * GiB)
     check_output_dir(out, need, what)
     check_output_dir(tempfile.gettempdir(), need, "trial scratch folder (TMPDIR)")
 
@@ -210,8 +201,6 @@ def _feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path)
     """One feature cache per (dataset, projector selection) the trials need, built on Ray Data or reused."""
     import pyarrow.parquet as pq
 
-    from data_pipeline.features import build_feature_cache
-
     caches: dict[tuple[str, str], str] = {}
     for p in trials:
         model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets)
@@ -235,7 +224,7 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
     """One trial's Tune parameters; ``data`` caches each dataset's ``_variant_paths`` (read once per sweep)."""
     if p.spec.dataset not in data:
         data[p.spec.dataset] = _variant_paths(cfg, p.spec.dataset)
-    scale = DEFAULT_SCALE.get(cfg.preset, Scale())
+    scale = preset(cfg.preset).scale
     if cfg.max_steps_per_epoch:
         scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
     model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing,
@@ -253,7 +242,6 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
 def measure_lengths(cfg: SweepConfig, trials: list[PlannedTrial]) -> list[dict[str, Any]]:
     """Every variant's token-length distribution under each distinct formatter its trials build (tokenizer,
     chat / raw, image tokens, ``max_length``): one row per (dataset, formatter), naming its trials."""
-    from vlm_core.data import read_records
 
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for p in trials:
@@ -310,8 +298,6 @@ def _run_stage(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], stora
                fit_count: int = 1):
     import ray.tune
 
-    from .tracking import wandb_callbacks
-
     name = f"stage{stage}"
     if (storage / name).exists() and not cfg.resume:
         raise ConfigError(f"{storage / name} already holds a stage-{stage} experiment; pass --resume true to "
@@ -353,7 +339,6 @@ def unfinished_trials(grid, stage_dir: Path) -> list[str]:
     """Config ids of trials that neither failed, nor ran all their epochs, nor stopped on a non-finite loss, nor
     were stopped by ASHA. After Ctrl-C, Tune marks the trials it cut short as terminated, so the status alone
     cannot tell."""
-    from .scheduling import DECISIONS_FILE, read_decisions
 
     stopped = {d["trial"] for d in read_decisions(stage_dir / DECISIONS_FILE) if d["decision"] == "stop"}
     out = []
@@ -369,7 +354,6 @@ def unfinished_trials(grid, stage_dir: Path) -> list[str]:
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Plan, pre-flight and run the requested stages; returns the lineage and per-trial summaries."""
-    from vlm_core.ray_env import init_ray
 
     stages = [1, 2] if cfg.stage == "all" else [int(cfg.stage)]
     planned = {s: plan(cfg, s) for s in stages}
@@ -379,7 +363,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             print(f"stage {s}: {len(planned[s])} trials\n{format_plan(planned[s])}\n")
         try:
             lengths = measure_lengths(cfg, every)
-            print(f"token lengths (LLM tokens per sample, before any training):\n{markdown_table(lengths)}\n")
+            print(f"token lengths (LLM tokens per sample, before any training):\n{lengths_table(lengths)}\n")
         except (ConfigError, OSError) as e:  # no data yet, or a tokenizer this machine cannot load
             lengths = None
             print(f"token lengths: not measured ({e})\n")
@@ -391,12 +375,11 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     for s in stages:
         for p in planned[s]:
             check_fits(p.resources, resources, p.spec.config_id)
-    from .report import LENGTHS_FILE
 
     lengths = measure_lengths(cfg, every)
     storage.mkdir(parents=True, exist_ok=True)
     atomic_write_text(storage / LENGTHS_FILE, json.dumps({"rows": lengths}, indent=2))
-    log.info("token lengths before the trials (see %s):\n%s", storage / LENGTHS_FILE, markdown_table(lengths))
+    log.info("token lengths before the trials (see %s):\n%s", storage / LENGTHS_FILE, lengths_table(lengths))
     for row in lengths:
         if row["over"]:
             log.warning("%s (%s): %d of %d samples are longer than format.max_length=%d: %d cut to whole turns, "
@@ -416,7 +399,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         lineage = record_lineage(summary["stages"][1], lineage)
         atomic_write_text(lineage_file, json.dumps(lineage, indent=2))
     if 2 in stages:
-        from .scheduling import DECISIONS_FILE, RecordingASHA, rung_milestones
 
         max_t = max(p.spec.epochs for p in planned[2])
         decisions = str(storage / "stage2" / DECISIONS_FILE)
@@ -443,7 +425,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         grid = _run_stage(cfg, 2, params, storage, scheduler=asha)
         summary["stages"][2] = summarize(grid)
     atomic_write_text(storage / "trials.json", json.dumps(summary, indent=2, default=str))
-    from .report import write_report
 
     summary["report"] = write_report(storage)
     return {"lineage": lineage, **summary}
@@ -506,5 +487,3 @@ def summarize(grid) -> list[dict[str, Any]]:
     return rows
 
 
-def default_out() -> str:
-    return os.environ.get("VLM_SWEEP_OUT", "runs/sweep")

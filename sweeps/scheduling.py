@@ -46,6 +46,8 @@ from typing import Any
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from vlm_core.hashing import json_digest
+
 log = logging.getLogger(__name__)
 
 DECISIONS_FILE = "asha_decisions.jsonl"
@@ -60,10 +62,13 @@ def rung_milestones(grace_period: int, reduction_factor: int, max_t: int) -> lis
     return out
 
 
+def config_digest(worker: dict[str, Any]) -> str:
+    """A hash of everything a trial's workers get: with the config id, a trial's identity across restores."""
+    return json_digest(worker, 10)
+
+
 def trial_identity(config: dict[str, Any]) -> tuple[str | None, str | None]:
     """(config id, config hash) of a trial from its Tune config: the same after any restore."""
-    from .trial import config_digest
-
     t = config.get("trial", {}) if isinstance(config, dict) else {}
     return t.get("config_id"), config_digest(t["worker"]) if "worker" in t else None
 

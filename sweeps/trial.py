@@ -13,24 +13,23 @@ to Tune (so ASHA can stop the trial).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vlm_core.checkpoint import newest_usable, read_meta
 from vlm_core.config import TrainConfig, VLMConfig
 from vlm_core.faults import from_config
-from vlm_core.presets import get_preset
+from vlm_core.hub import localize
+from vlm_core.presets import Scale, get_preset
+from vlm_core.runner import DataSpec, run_stage
 from vlm_core.training import NonFiniteLoss
 
 from .matrix import TrialSpec
 from .profiles import TrialResources
-from .scheduling import resume_decision, wait_for_decision
+from .scheduling import config_digest, resume_decision, wait_for_decision
 from .statuses import STATUS_NON_FINITE, STATUS_RUNNING
 
 log = logging.getLogger(__name__)
@@ -39,32 +38,10 @@ PROJECTOR_FOR_DENSE = {False: "mlp2x_gelu", True: "dense_connector"}
 FORMAT_FOR_CHAT = {False: "raw", True: "chat"}
 
 
-@dataclass
-class Scale:
-    """How much of each epoch a preset runs (the ``local`` preset shrinks the study to fit a laptop)."""
-
-    max_steps_per_epoch: int | None = None
-    """Cap on optimizer steps per epoch (None: the whole variant)."""
-    batch_size_cap: int | None = None
-    """Cap on the batch size (None: the study's)."""
-    stage1_lr: float | None = None
-    """Stage-1 override of the study's 2e-5 (a projector trained for a few steps needs a larger step)."""
-    stage2_lr: float | None = None
-    """Stage-2 override (projector + LLM). Leave unset for a pretrained LLM: 1e-3 wrecks SmolLM2 in 2 epochs
-    (measured: val loss 1.76 → 3.56); only the random tiny LLM takes a large step."""
-    max_val_samples: int | None = None
-    """Validate on the first N samples of the variant's val split (None: all)."""
-    stage1_epoch_divisor: int = 1
-    """Stage-1 trials run ``epochs // divisor`` epochs (at least 1): the ``local`` preset's 3 turns the study's
-    3 / 6 / 9 into 1 / 2 / 3, keeping their order and the schedules' shapes. Stage 2 keeps its epochs (ASHA's
-    rungs)."""
-
-
 def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: str | None = None,
                   gradient_checkpointing: bool = False, assets: str | None = None) -> tuple[VLMConfig, TrainConfig]:
     """The model and training configs of one trial of the matrix. With ``assets`` (an assets folder), hub models
     the folder holds at their pinned revision are loaded from it (the config names the folder)."""
-    from vlm_core.hub import localize
 
     model = get_preset(preset)
     for part in (model.vision, model.lm):
@@ -95,8 +72,6 @@ def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: rebuild the configs, resume if Train restarted us, train, report every epoch."""
     import ray.train
     import torch
-
-    from vlm_core.runner import DataSpec, run_stage
 
     model_cfg = VLMConfig.from_dict(config["model"])
     train_cfg = TrainConfig.from_dict(config["train"])
@@ -181,11 +156,6 @@ def remove_workdirs(trial_ids: list[str]) -> int:
             shutil.rmtree(d, ignore_errors=True)
             n += 1
     return n
-
-
-def config_digest(worker: dict[str, Any]) -> str:
-    """A hash of everything a trial's workers get: with the config id, a trial's identity across restores."""
-    return hashlib.sha256(json.dumps(worker, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def train_run_name(config_id: str, worker: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ def test_smollm2_converts_once_and_answers_offline():
 
 
 def test_assets_prepare_command_prints_the_packaged_assets(capsys):
-    from vlm_core.cli import main
+    from sweeps.cli import main
 
     assert main(["assets", "prepare"]) == 0  # formerly plain `vlm-sweep assets`
     assert json.loads(capsys.readouterr().out) == {"smollm2": str(smollm2_folder()), "minilm": str(minilm_path())}

@@ -17,10 +17,12 @@ import pytest
 import torch
 
 from data_pipeline.translate import TranslatorConfig, build_translator
+from sweeps.cli import main
 from tests.test_translate import EN_SENTENCES, ID_SENTENCES
 from vlm_core import hub
-from vlm_core.assets import AssetError, convert_to_safetensors, preset_assets
-from vlm_core.cli import main
+from vlm_core.asset_convert import convert_to_safetensors
+from vlm_core.asset_download import preset_assets
+from vlm_core.errors import AssetError
 from vlm_core.hub import ModelSourceError
 
 TOKENIZER_FILES = ["source.spm", "target.spm", "tokenizer_config.json", "vocab.json"]
@@ -178,7 +180,7 @@ def test_the_paper_preset_lists_each_hub_model_once_at_its_pin():
 def test_download_without_a_reachable_hub_fails_in_one_line_naming_the_model(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf-home"))  # port 9: refused at once
-    r = subprocess.run([sys.executable, "-m", "vlm_core.cli", "assets", "download", "--preset", "paper", "--to",
+    r = subprocess.run([sys.executable, "-m", "sweeps.cli", "assets", "download", "--preset", "paper", "--to",
                         str(tmp_path / "assets")], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()

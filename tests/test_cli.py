@@ -12,7 +12,7 @@ import pytest
 
 def vlm_sweep(*args, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "VLM_SWEEP_LOG": "WARNING"}
-    return subprocess.run([sys.executable, "-m", "vlm_core.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=600)
 
 
@@ -119,7 +119,7 @@ def test_an_unreachable_ray_address_is_named_in_seconds(tmp_path):
         port = s.getsockname()[1]
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "VLM_SWEEP_LOG": "WARNING"}
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", "vlm_core.cli", "sweep", "--data", "d", "--images", "i", "--preset",
+    r = subprocess.run([sys.executable, "-m", "sweeps.cli", "sweep", "--data", "d", "--images", "i", "--preset",
                         "tiny", "--paper_ids", "[3]", "--out", str(tmp_path / "s")], capture_output=True, text=True,
                        env=env, timeout=300)
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -87,7 +87,7 @@ def test_setup_installs_the_project_itself_and_copies_no_pins(cluster):
     # ...and pip-installed from there (not as -e: the mount is a copy), which puts `vlm-sweep` on PATH
     installs = [shlex.split(c) for c in cluster["setup_commands"] if "pip" in c and "install" in c]
     assert installs and all(c[-1].rstrip("/") == mounted.rstrip("/") and "-e" not in c for c in installs), installs
-    assert project["scripts"]["vlm-sweep"] == "vlm_core.cli:main"
+    assert project["scripts"]["vlm-sweep"] == "sweeps.cli:main"
     assert "vlm-sweep sweep" in text  # the documented job runs that console script
 
 

@@ -235,7 +235,7 @@ def test_generation_budget_is_a_phrase_and_validated():
 
 
 def test_the_report_shows_both_scores_per_type_and_names_the_instruction(tmp_path):
-    from sweeps.report import evaluation_section
+    from sweeps.study_report import evaluation_section
     from vlm_core.evaluation import score_answers
 
     records = [{"image": f"coco/val2017/{i}.jpg", "answer": a} for i, a in enumerate(["yes", "no", "red", "circle"])]
@@ -276,7 +276,7 @@ def test_the_report_shows_both_scores_per_type_and_names_the_instruction(tmp_pat
 
 
 def test_a_report_with_one_control_names_only_the_conditions_that_ran(tmp_path):
-    from sweeps.report import evaluation_section
+    from sweeps.study_report import evaluation_section
     from vlm_core.evaluation import score_answers
 
     records = [{"image": "coco/val2017/1.jpg", "answer": "red"}, {"image": "coco/val2017/2.jpg", "answer": "no"}]
@@ -296,7 +296,7 @@ def test_a_report_with_one_control_names_only_the_conditions_that_ran(tmp_path):
 def test_the_reports_chat_command_pastes_into_bash_as_one_argument_per_value(tmp_path):
     import subprocess
 
-    from sweeps.report import chat_command
+    from sweeps.study_report import chat_command
 
     question = with_instruction("Is it the user's \\ red one?", SHORT_ANSWER_INSTRUCTION)
     cmd = chat_command(str(tmp_path / "a checkpoint"), "/x/img 1.jpg", question)

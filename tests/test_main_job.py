@@ -18,7 +18,7 @@ ARGS = ["--preset", "tiny", "--n_train_images", "60", "--random_size", "30", "--
 
 
 def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vlm_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
                           env=env, timeout=900)
 
 

@@ -77,8 +77,9 @@ def test_the_tokenizer_has_llama3s_layout_over_a_real_bpe():
 @pytest.fixture(scope="module")
 def shaped_cfg():
     from vlm_core.paper_shaped import paper_shaped_config
+    from vlm_core.presets import get_preset
 
-    cfg = paper_shaped_config(lm_layers=2)
+    cfg = paper_shaped_config(get_preset("paper"), lm_layers=2)
     cfg.format.max_length = 192  # short samples: the step's cost is the 128256-wide LM head
     return cfg
 
@@ -229,7 +230,7 @@ def test_llava_export_gives_our_logits(trained, tmp_path):
 
 
 def test_chat_answers_from_the_stage2_checkpoint(trained, corpus, capsys):
-    from vlm_core.cli import main
+    from sweeps.cli import main
 
     image = corpus / "images" / trained["images"][0]
     rc = main(["chat", "--checkpoint", str(trained["stage2"].checkpoint), "--image", str(image),

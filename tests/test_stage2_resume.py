@@ -32,8 +32,14 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
-from sweeps.scheduling import DECISIONS_FILE, RecordingASHA, read_decisions, resume_decision, wait_for_decision
-from sweeps.trial import config_digest
+from sweeps.scheduling import (
+    DECISIONS_FILE,
+    RecordingASHA,
+    config_digest,
+    read_decisions,
+    resume_decision,
+    wait_for_decision,
+)
 
 S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
 EXPECTED = {(S2_UMAP, 1, "continue"), (S2_UMAP, 2, "continue"), (S2_RANDOM, 1, "stop")}
@@ -99,7 +105,7 @@ def _kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 400) -
 
 @pytest.mark.timeout(1200, func_only=True)  # the shared reference sweep is set up outside it
 def test_a_driver_killed_in_stage2_resumes_to_the_same_asha_decisions(two_stage_sweep, variants, corpus, tmp_path):
-    base = [sys.executable, "-m", "vlm_core.cli", "sweep", "--data", str(variants), "--images", str(corpus / "images"),
+    base = [sys.executable, "-m", "sweeps.cli", "sweep", "--data", str(variants), "--images", str(corpus / "images"),
             "--preset", "tiny", "--paper_ids", "[3, 9]", "--wandb", "disabled"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each driver starts its own local Ray
 

@@ -148,11 +148,11 @@ def test_report_table_csv_and_plots(sweep):
 def test_report_command_rewrites_it_without_ray(sweep, tmp_path):
     _, _, out = sweep
     (out / "report.md").unlink()
-    proc = subprocess.run([sys.executable, "-m", "vlm_core.cli", "report", str(out)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "sweeps.cli", "report", str(out)], capture_output=True,
                           text=True, timeout=300, env={**os.environ, "RAY_ADDRESS": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout[proc.stdout.index("{"):])["trials"] == 4 and (out / "report.md").is_file()
-    proc = subprocess.run([sys.executable, "-m", "vlm_core.cli", "report", str(tmp_path)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "sweeps.cli", "report", str(tmp_path)], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and "holds no stage1/ or stage2/" in proc.stderr
 
@@ -205,7 +205,7 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(variant
     import psutil
 
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "vlm_core.cli", "sweep", "--data", str(variants), "--images",
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--data", str(variants), "--images",
            str(corpus / "images"), "--preset", "tiny", "--stage", "1", "--paper_ids", "[3, 9]",
            "--max_concurrent", "1", "--max_steps_per_epoch", "20", "--wandb", "disabled", "--out", str(out)]
     # its own local Ray (as a user's killed driver has): independent of what earlier tests left in the shared one

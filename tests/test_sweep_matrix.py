@@ -99,19 +99,19 @@ def test_wandb_project_per_trial_and_mode(monkeypatch, tmp_path):
 
 
 def test_local_scale_raises_only_the_projector_lr():
-    from sweeps.driver import DEFAULT_SCALE
     from sweeps.trial import trial_configs
+    from vlm_core.presets import preset
 
     s1, s2 = get_grid("paper19", 1)[0], get_grid("paper19", 2)[0]
-    _, t1 = trial_configs(s1, "local", DEFAULT_SCALE["local"])
-    _, t2 = trial_configs(s2, "local", DEFAULT_SCALE["local"], init_checkpoint="ckpt")
+    _, t1 = trial_configs(s1, "local", preset("local").scale)
+    _, t2 = trial_configs(s2, "local", preset("local").scale, init_checkpoint="ckpt")
     assert t1.lr == 1e-3 and t2.lr == 2e-5 == s2.lr  # the pretrained LLM keeps the study's rate
     assert t2.init_checkpoint == "ckpt" and t1.max_val_samples == t2.max_val_samples == 4
     assert t1.max_steps_per_epoch == t2.max_steps_per_epoch == 1 and t1.batch_size == 1 and t2.batch_size == 2
     assert (s1.epochs, t1.epochs, s2.epochs, t2.epochs) == (3, 1, 3, 3)  # stage 1 runs a third; stage 2 all
-    _, long1 = trial_configs(s1, "local-long", DEFAULT_SCALE["local-long"])
+    _, long1 = trial_configs(s1, "local-long", preset("local-long").scale)
     assert long1.max_steps_per_epoch == 24 and long1.batch_size == 1 and long1.lr == 1e-3  # cap 8 never raises
-    _, p2 = trial_configs(s2, "paper", DEFAULT_SCALE["paper"])
+    _, p2 = trial_configs(s2, "paper", preset("paper").scale)
     assert p2.lr == 2e-5 and p2.batch_size == 3 and p2.max_steps_per_epoch is None
 
 

@@ -17,12 +17,10 @@ Nothing needs the training code's pickles: ``load_vlm(path)`` uses only the JSON
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import VLMConfig
+from .errors import CheckpointError
+from .hashing import file_sha256
+from .model import VisionLanguageModel
+from .outputs import atomic_dir
+from .projectors import selects_layers
 
 log = logging.getLogger(__name__)
 
@@ -38,43 +41,6 @@ CHECKPOINT_META = "checkpoint.json"
 PROJECTOR_FILE = "projector.safetensors"
 LM_DIR = "lm"
 TRAINING_STATE = "training_state.pt"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete or corrupt; the message names the path."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_dir(target: Path):
-    """Context manager yielding a temp folder that replaces ``target`` only when the block succeeds."""
-
-    class _Atomic:
-        def __enter__(self) -> Path:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-            return self.tmp
-
-        def __exit__(self, exc_type, exc, tb):
-            if exc_type is not None:
-                shutil.rmtree(self.tmp, ignore_errors=True)
-                return False
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                os.replace(target, old)
-                os.replace(self.tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(self.tmp, target)
-            return False
-
-    return _Atomic()
 
 
 def save_checkpoint(model, path: str | Path, *, stage: int, step: int, epoch: float,
@@ -88,12 +54,12 @@ def save_checkpoint(model, path: str | Path, *, stage: int, step: int, epoch: fl
         if stage == 2:
             model.lm.save_pretrained(tmp / LM_DIR, safe_serialization=True)
             model.tokenizer.save_pretrained(tmp / LM_DIR)
-        files = {str(p.relative_to(tmp)): sha256(p) for p in sorted(tmp.rglob("*.safetensors"))}
+        files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*.safetensors"))}
         meta = {"format_version": 1, "stage": stage, "step": step, "epoch": epoch, "metrics": metrics or {},
                 "files": files, "projector_selection": model.projector.selection()}
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE)
-            meta["training_state_sha256"] = sha256(tmp / TRAINING_STATE)
+            meta["training_state_sha256"] = file_sha256(tmp / TRAINING_STATE)
         (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return path
 
@@ -110,7 +76,7 @@ def read_meta(path: str | Path, verify: bool = True) -> dict[str, Any]:
             f = path / rel
             if not f.is_file():
                 raise CheckpointError(f"{path}: {rel} is missing")
-            if sha256(f) != digest:
+            if file_sha256(f) != digest:
                 raise CheckpointError(f"{path}: {rel} does not match its recorded sha256 (corrupt or modified)")
     return meta
 
@@ -170,7 +136,6 @@ def check_projector_selection(path: str | Path, projector=None) -> None:
     (DCI then averaged ``hidden_states[1..L]``, SCI/STI picked ``round(k·L/G)``) is refused — loading its weights
     onto the new grouping would run silently on features it never saw. Without ``projector`` only that record's
     presence is checked (the sweep does so before any trial)."""
-    from .projectors import selects_layers
 
     path = Path(path)
     recorded = json.loads((path / CHECKPOINT_META).read_text()).get("projector_selection")
@@ -202,7 +167,6 @@ def load_projector(model, path: str | Path) -> None:
 
 def load_vlm(path: str | Path, verify: bool = True, trust_remote_code: bool = False):
     """Rebuild a trained model from a checkpoint folder (safetensors + JSON only)."""
-    from .model import VisionLanguageModel
 
     read_meta(path, verify=verify)
     model = VisionLanguageModel.build(load_vlm_config(path, trust_remote_code))
@@ -216,7 +180,7 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     meta = read_meta(path)
     if not f.is_file() or "training_state_sha256" not in meta:
         raise CheckpointError(f"{path}: no {TRAINING_STATE}; this checkpoint cannot resume training")
-    if sha256(f) != meta["training_state_sha256"]:
+    if file_sha256(f) != meta["training_state_sha256"]:
         raise CheckpointError(f"{path}: {TRAINING_STATE} does not match its recorded sha256 (corrupt or modified)")
     return torch.load(f, weights_only=True, map_location="cpu")
 

@@ -15,13 +15,11 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 
 PINNED_DATE = "26 Jul 2024"
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the field and the fix."""
 
 
 def check_field(cond: bool, field_name: str, msg: str) -> None:

@@ -29,15 +29,12 @@ import functools
 from dataclasses import dataclass
 from typing import Callable
 
-from .config import FormatConfig
-from .language_model import ImageToken
+from .config import FormatConfig, LMConfig
+from .errors import FormatError
+from .language_model import ImageToken, build_language_model
 
 IGNORE_INDEX = -100
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-
-
-class FormatError(ValueError):
-    """The conversation cannot be formatted; the message says why."""
 
 
 class SampleSkipped(FormatError):
@@ -249,8 +246,6 @@ class ConversationFormatter:
         return enc
 
 if __name__ == "__main__":
-    from .config import LMConfig
-    from .language_model import build_language_model
 
     _, tokenizer, image_token = build_language_model(LMConfig())
     fmt = ConversationFormatter(tokenizer, image_token, FormatConfig(), num_image_tokens=16)

@@ -20,13 +20,12 @@ from typing import Any, Callable, Iterable
 import torch
 from PIL import Image
 
-from .conversation import IGNORE_INDEX, ConversationFormatter, Encoded, FormatError
+from .conversation import IGNORE_INDEX, ConversationFormatter, Encoded
+from .errors import DataError, FormatError
+from .hashing import unit_interval
+from .images import ImageError, open_rgb
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """A training-time data file cannot be read; the message names the file (and line) and the fix."""
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -137,12 +136,10 @@ class ConversationDataset(torch.utils.data.Dataset):
 
     def load_image(self, image: str) -> Image.Image:
         """RGB, first frame, upright (``vlm_core.images.open_rgb``); ``ImageError`` names the file and the fix."""
-        from .images import open_rgb
 
         return open_rgb(self.image_path(image))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        from .images import ImageError
 
         ex = self.examples[i]
         if self.features is not None:
@@ -188,10 +185,7 @@ class Collator:
 
 def is_validation(record_id: str, val_fraction: float, seed: int = 0) -> bool:
     """Stable train/val assignment by a hash of the record id (independent of order and corpus size)."""
-    import hashlib
-
-    h = hashlib.sha256(f"{seed}:{record_id}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64 < val_fraction
+    return unit_interval(seed, record_id) < val_fraction
 
 
 def split_records(records: list[dict], val_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:

@@ -40,8 +40,15 @@ from typing import Any
 import torch
 
 from .answers import RULES, SHORT_ANSWER_INSTRUCTION, score, vqa_normalise, with_instruction
+from .checkpoint import load_vlm
 from .config import check_field
+from .data import Collator, ConversationDataset, read_records
+from .images import open_rgb
+from .inference import build_prompt_batch
+from .outputs import atomic_write_text
 
+EVAL_FILE = "eval_easyvqa.jsonl"
+"""The held-out questions of a sample corpus (``data_pipeline.sample_corpus``): what ``eval --data`` reads."""
 CONTROLS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "zeros": torch.zeros_like,
     "shuffled": lambda f: f.roll(1, dims=0),
@@ -115,7 +122,6 @@ def _question_text(record: dict) -> str:
 def question_set(cfg: EvalConfig) -> list[dict]:
     """The questions an evaluation under ``cfg`` answers: ``cfg.max_questions`` of ``cfg.questions``, the types in
     turn (``balanced_subset``)."""
-    from .data import read_records
 
     return balanced_subset(read_records(cfg.questions), cfg.max_questions)
 
@@ -164,8 +170,6 @@ def _features(model, images: list, batch_size: int) -> torch.Tensor:
 @torch.no_grad()
 def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfig) -> dict[str, Any]:
     """Greedy answers under every condition, scored by ``score_answers``; the protocol is recorded with them."""
-    from .images import open_rgb
-    from .inference import build_prompt_batch
 
     model.eval()
     images = [open_rgb(image_root / r["image"]) for r in records]
@@ -196,7 +200,6 @@ def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfi
 @torch.no_grad()
 def heldout_loss(model, records: list[dict], image_root: Path, cfg: EvalConfig) -> dict[str, Any]:
     """Assistant-token loss and perplexity on held-out conversations, with the image and under each control."""
-    from .data import Collator, ConversationDataset
 
     model.eval()
     dataset = ConversationDataset(records, model.formatter, model.vision.preprocess, image_root)
@@ -219,7 +222,6 @@ def heldout_loss(model, records: list[dict], image_root: Path, cfg: EvalConfig) 
 
 
 def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
-    from .data import read_records
 
     root = Path(cfg.images)
     questions = question_set(cfg)
@@ -234,12 +236,10 @@ def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
 
 def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, out: str | Path | None = None) -> dict[str, Any]:
     """Load a checkpoint (safetensors + JSON), evaluate it, optionally write ``eval.json``."""
-    from .checkpoint import load_vlm
 
     model = load_vlm(checkpoint)
     result = {"checkpoint": str(checkpoint), **evaluate(model, cfg)}
     if out:
-        from .outputs import atomic_write_text
 
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=2))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_dir
 from .config import ConfigError
+from .outputs import atomic_dir
 
 EXPORTABLE = {"mlp2x_gelu": "gelu", "linear": "linear"}
 

@@ -18,7 +18,6 @@ print(FeatureEncoder(get_preset('tiny')).key())"
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -29,7 +28,10 @@ import numpy as np
 import torch
 
 from .config import VisionConfig, VLMConfig
-from .data import DataError
+from .errors import DataError
+from .hashing import json_digest
+from .projectors import build_projector
+from .vision import build_vision_tower, encoder_geometry
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,7 @@ def key_inputs(vision_cfg: VisionConfig, vision, projector) -> dict[str, Any]:
 
 
 def cache_key(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return json_digest(inputs, 24)
 
 
 def model_cache_key(model) -> str:
@@ -81,8 +83,6 @@ class FeatureEncoder:
     """The frozen encoder plus the projector's parameter-free selection, without the LLM."""
 
     def __init__(self, cfg: VLMConfig):
-        from .projectors import build_projector
-        from .vision import build_vision_tower, encoder_geometry
 
         self.cfg = cfg
         self.vision = build_vision_tower(cfg.vision)

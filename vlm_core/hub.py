@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import ModelSourceError
+
 log = logging.getLogger(__name__)
 
 ASSETS_ENV = "VLM_SWEEP_ASSETS"
@@ -52,10 +54,6 @@ PINNED_REVISIONS: dict[str, str] = {
     OPUS_MT_EN_ID: "refs/pr/2",
 }
 """hub id → the commit the presets and the documented translator command pin."""
-
-
-class ModelSourceError(FileNotFoundError):
-    """A model path or hub id cannot be resolved; the message names it and the fix."""
 
 
 def is_local(source: str) -> bool:

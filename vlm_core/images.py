@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .data import DataError
+from .errors import DataError
 
 MAX_PIXELS = 64_000_000
 """Larger images are refused before decoding (a 64 MP RGB image is already ~190 MB in memory; CLIP sees 224²)."""

@@ -18,8 +18,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
-from .config import VLMConfig
+from .config import ProjectorConfig, VisionConfig, VLMConfig
 from .conversation import TOO_LONG, ConversationFormatter, FormatError
+from .data import read_records
+from .feature_cache import LLM_WIDTH_FOR_SELECTION
+from .language_model import load_tokenizer, resolve_image_token
+from .presets import get_preset
+from .projectors import build_projector
+from .vision import encoder_geometry
 
 
 @dataclass
@@ -99,10 +105,6 @@ def image_token_count(cfg: VLMConfig) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _image_tokens(vision_json: str, projector_json: str) -> int:
-    from .config import ProjectorConfig, VisionConfig
-    from .feature_cache import LLM_WIDTH_FOR_SELECTION
-    from .projectors import build_projector
-    from .vision import encoder_geometry
 
     projector = build_projector(ProjectorConfig(**json.loads(projector_json)),
                                 encoder_geometry(VisionConfig(**json.loads(vision_json))), LLM_WIDTH_FOR_SELECTION)
@@ -111,7 +113,6 @@ def _image_tokens(vision_json: str, projector_json: str) -> int:
 
 def formatter_for(cfg: VLMConfig) -> ConversationFormatter:
     """The formatter a trial of ``cfg`` builds, with the tokenizer only (no LLM weights)."""
-    from .language_model import load_tokenizer, resolve_image_token
 
     tokenizer = load_tokenizer(cfg.lm)
     image_token, _ = resolve_image_token(tokenizer, cfg.lm.image_token)
@@ -125,7 +126,7 @@ def formatter_key(cfg: VLMConfig) -> str:
                        "vision": cfg.vision.source}, sort_keys=True)
 
 
-def markdown_table(rows: list[dict]) -> str:
+def lengths_table(rows: list[dict]) -> str:
     """Rows of ``{"dataset", "format", **LengthStats}`` as a Markdown table."""
     head = "| dataset | format | rows | p50 | p95 | p99 | max | max_length | over | cut to whole turns | dropped |"
     lines = [head, "|" + "---|" * 11]
@@ -137,8 +138,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .data import read_records
-    from .presets import get_preset
 
     p = argparse.ArgumentParser(description="Token-length distribution of records under a preset's formatter.")
     p.add_argument("--preset", default="local")

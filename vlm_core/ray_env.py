@@ -29,11 +29,9 @@ import os
 import socket
 from typing import Any
 
+from .errors import RayUnreachable
+
 log = logging.getLogger(__name__)
-
-
-class RayUnreachable(ConnectionError):
-    """``RAY_ADDRESS`` names a cluster that does not answer."""
 
 
 API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"

@@ -21,6 +21,7 @@ from .checkpoint import export_weights
 from .config import TrainConfig, VLMConfig
 from .data import ConversationDataset, read_records, split_records
 from .faults import Faults
+from .feature_cache import FeatureCache, model_cache_key
 from .model import VisionLanguageModel
 from .training import StepLog, TrainResult, train
 
@@ -56,7 +57,6 @@ def load_datasets(model: VisionLanguageModel, data: DataSpec, seed: int = 0):
         train_records, val_records = split_records(records, data.val_fraction, seed)
     features = None
     if data.features:
-        from .feature_cache import FeatureCache, model_cache_key
 
         features = FeatureCache.open(data.features, model_cache_key(model))
         n = features.verify([r["image"] for r in train_records + val_records if isinstance(r, dict) and

@@ -33,19 +33,12 @@ from .checkpoint import load_lm_weights, load_projector, load_training_state, re
 from .config import TrainConfig
 from .conversation import IGNORE_INDEX
 from .data import Collator, ConversationDataset
+from .errors import NonFiniteLoss
 from .faults import Faults
 from .schedules import build_scheduler
 from .stages import MODULES, TRAINABLE_BY_STAGE, freeze_for_stage
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss became NaN/inf; training stops instead of continuing on garbage."""
-
-    def __init__(self, message: str, step: int = 0, epoch: float = 0.0):
-        super().__init__(message)
-        self.step, self.epoch = step, epoch
 
 
 @dataclass

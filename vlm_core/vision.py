@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from .config import VisionConfig
+from .errors import ConfigError
 from .hub import load_files, load_weights
 from .projectors import EncoderGeometry
 
@@ -143,7 +144,6 @@ def build_vision_tower(cfg: VisionConfig) -> VisionTower:
             processor = _image_processor(model.config.image_size)
     n_layers = model.config.num_hidden_layers
     if not -(n_layers + 1) <= cfg.feature_layer <= n_layers:
-        from .config import ConfigError
 
         raise ConfigError(f"vision.feature_layer: {cfg.feature_layer} is out of range for an encoder "
                           f"with {n_layers} layers (hidden_states has {n_layers + 1} entries)")

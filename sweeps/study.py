@@ -28,20 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .outputs import atomic_write_text
+from data_pipeline.build import build
+from data_pipeline.config import BuildConfig, VariantSpec
+from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
+from vlm_core.evaluation import EVAL_FILE, EvalConfig, evaluate_checkpoint, protocol, question_set
+from vlm_core.outputs import atomic_write_text
+from vlm_core.presets import preset
+
+from .driver import SweepConfig, check_space, run_sweep
+from .study_report import chat_command, write_study_report
 
 log = logging.getLogger(__name__)
-
-
-# What a preset changes in the study besides the sweep's Scale (sweeps.driver.DEFAULT_SCALE): local-long trains
-# one lineage (paper row 7: s1-20kUmap-nodense-chat-cosine-e9-b8 → its stage-2 continuation) for 24 steps of
-# batch 8 per epoch instead of the whole grid for one step of batch 2.
-# Evaluation sizes: 36 questions (12 per type) and 8 held-out conversations keep `local` within its 20 minutes
-# (generation is ~75% of an evaluation); local-long evaluates one checkpoint, on more questions.
-STUDY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "local-long": {"paper_ids": [7], "eval_questions": 150, "eval_val_samples": 16},
-}
-EVAL_DEFAULTS = {"eval_questions": 36, "eval_val_samples": 8}
 
 
 @dataclass
@@ -52,19 +49,20 @@ class StudyConfig:
     out: str = "runs/main"
     grid: str = "paper19"
     paper_ids: list[int] | None = None
-    """paper19 rows to run (default: all; ``local-long``: [7])."""
+    """paper19 rows to run (default: the preset's ``study.paper_ids``: all; ``local-long``: [7])."""
     n_train_images: int = 600
     random_size: int = 300
     umap_size: int = 400
     eval_questions: int | None = None
-    """Held-out easy-vqa questions per stage-2 checkpoint, equal shares of yes/no, colour, shape (default: 36;
-    local-long: 150)."""
+    """Held-out easy-vqa questions per stage-2 checkpoint, equal shares of yes/no, colour, shape (default: the
+    preset's ``study.eval_questions``: 36; local-long: 150)."""
     eval_val_samples: int | None = None
-    """Held-out conversations scored for loss / perplexity per checkpoint (default: 8; local-long: 16)."""
+    """Held-out conversations scored for loss / perplexity per checkpoint (default: the preset's
+    ``study.eval_val_samples``: 8; local-long: 16)."""
     wandb: str = "auto"
     min_free_gb: float | None = None
     """Refuse to start unless ``out`` and the temp folder have this much free space (GiB; default per preset:
-    sweeps.driver.MIN_FREE_GB)."""
+    the preset's ``min_free_gb``)."""
 
 
 def _say(msg: str) -> None:
@@ -72,8 +70,6 @@ def _say(msg: str) -> None:
 
 
 def prepare_corpus(cfg: StudyConfig, out: Path) -> Path:
-    from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
-
     corpus = out / "corpus"
     if (corpus / TRAIN_FILE).is_file():
         _say(f"corpus: reusing {corpus}")
@@ -84,10 +80,6 @@ def prepare_corpus(cfg: StudyConfig, out: Path) -> Path:
 
 
 def prepare_data(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
-    from data_pipeline.build import build
-    from data_pipeline.config import BuildConfig, VariantSpec
-    from data_pipeline.sample_corpus import TRAIN_FILE
-
     data = out / "data"
     variants = [VariantSpec("10kRandom", "random", cfg.random_size), VariantSpec("20kUmap", "umap", cfg.umap_size)]
     manifest = data / "manifest.json"
@@ -104,8 +96,6 @@ def prepare_data(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
 
 
 def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
-    from sweeps.driver import SweepConfig, run_sweep
-
     sweep_dir = out / "sweep"
     resume = (sweep_dir / "stage1").exists()
     _say(f"sweep: {'resuming' if resume else 'starting'} {cfg.grid} (stage 1, then stage 2 under ASHA) in "
@@ -116,10 +106,6 @@ def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any
 
 
 def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict[str, Any]]) -> list[dict]:
-    from data_pipeline.sample_corpus import EVAL_FILE
-
-    from .evaluation import EvalConfig, evaluate_checkpoint, protocol, question_set
-
     base = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
                       max_questions=cfg.eval_questions, max_val_samples=cfg.eval_val_samples)
     n_questions = len(question_set(base))  # how many questions each checkpoint answers
@@ -156,15 +142,13 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
 
 
 def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
-    from sweeps.report import write_study_report
-
-    defaults = {**EVAL_DEFAULTS, "paper_ids": None, **STUDY_DEFAULTS.get(cfg.preset, {})}
+    sizes = preset(cfg.preset).study
+    defaults = {"paper_ids": list(sizes.paper_ids) if sizes.paper_ids else None,
+                "eval_questions": sizes.eval_questions, "eval_val_samples": sizes.eval_val_samples}
     cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
     if cfg.paper_ids is not None:
         _say(f"preset {cfg.preset}: paper19 rows {cfg.paper_ids} only")
     out = Path(cfg.out).resolve()
-    from sweeps.driver import check_space
-
     check_space(out, cfg.preset, cfg.min_free_gb, "run --out")
     t0 = time.perf_counter()
     corpus = prepare_corpus(cfg, out)
@@ -182,7 +166,5 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
              f"first word, open answers by whole word) with the image {acc['image']:.3f}, zeroed image "
              f"{acc.get('zeros', nan):.3f}, another image {acc.get('shuffled', nan):.3f}; strict exact match "
              f"{em.get('image', nan):.3f} / {em.get('zeros', nan):.3f} / {em.get('shuffled', nan):.3f}")
-        from sweeps.report import chat_command
-
         _say(f"chat with it: {chat_command(best['checkpoint'], best['sample_image'], best['sample_question'])}")
     return summary

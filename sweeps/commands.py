@@ -1,0 +1,57 @@
+"""``sweeps``' own commands: ``run`` (the whole study), ``sweep`` (its flags are ``SweepConfig``'s fields) and
+``report``. ``sweeps.cli`` mounts them beside ``vlm_core``'s and ``data_pipeline``'s.
+
+    vlm-sweep run --preset local
+    vlm-sweep sweep --data data --images corpus/images --preset local --grid paper19 --stage all
+    vlm-sweep report runs/sweep
+"""
+
+from __future__ import annotations
+
+import json
+
+from .driver import SweepConfig, run_sweep
+from .report import write_report
+from .study import StudyConfig, run_main_job
+
+
+def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19", paper_ids: list[int] | None = None,
+            n_train_images: int = 600, random_size: int = 300, umap_size: int = 400, eval_questions: int | None = None,
+            wandb: str = "auto") -> dict:
+    """The whole study on the embedded default: corpus → data build → stage-1 and stage-2 sweeps → eval → report.
+
+    Args:
+        preset: tiny (smoke runs), local (the whole grid, ~20 min on 2 cores), local-long (one lineage, trained
+            longer: 36 min), paper (GPUs).
+        out: Output folder (rerun with the same one to reuse finished steps and trials).
+        grid: paper19 (the study's 19 + 6 runs) or full.
+        paper_ids: Run only these paper19 rows and their continuations (default: all; local-long: [7]).
+        n_train_images: Size of the sample corpus (easy-vqa images).
+        random_size: Rows of the 10kRandom variant.
+        umap_size: Rows of the 20kUmap variant.
+        eval_questions: Held-out easy-vqa questions per stage-2 checkpoint (default 36; local-long 96).
+        wandb: auto (online with a key, else offline), offline, online, disabled.
+    """
+    return run_main_job(StudyConfig(preset=preset, out=out, grid=grid, paper_ids=paper_ids,
+                                    n_train_images=n_train_images, random_size=random_size, umap_size=umap_size,
+                                    eval_questions=eval_questions, wandb=wandb))
+
+
+def sweep_cmd(config: SweepConfig) -> dict:
+    """Run the ablation study on Ray Tune: stage 1, lineage, stage 2 under ASHA (see sweeps/driver.py)."""
+    result = run_sweep(config)
+    print(json.dumps(result, indent=2, default=str))
+    return result
+
+
+def report_cmd(experiment: str) -> dict:
+    """Write report.md, trials.csv and loss / by-axis plots for a sweep's experiment folder (its --out)."""
+    result = write_report(experiment)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+COMMANDS = {"run": run_cmd, "sweep": sweep_cmd, "report": report_cmd}
+CONFIG_CLASSES = {"sweep": SweepConfig}
+"""Commands whose flags are one dataclass's fields (at top level), by command path."""
+POSITIONAL = {"report": ("experiment",)}

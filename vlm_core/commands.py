@@ -1,0 +1,162 @@
+"""``vlm_core``'s own commands: ``train``, ``chat``, ``export``, ``eval`` and ``assets prepare / convert / download``.
+Each is a typed function; ``sweeps.cli`` turns their signatures into ``vlm-sweep`` flags (jsonargparse).
+
+    vlm-sweep train --preset tiny --data.train corpus/sharegpt4v_sample.jsonl --data.images corpus/images --out runs/t
+    vlm-sweep chat --checkpoint runs/main/stage2/final --image photo.jpg "What is in the picture?"
+    vlm-sweep export --checkpoint runs/main/stage2/final --out exported/
+    vlm-sweep eval CHECKPOINT --data runs/main/corpus --val runs/main/data/20kUmap/val-00000.parquet
+    vlm-sweep assets prepare                     # convert the packaged SmolLM2 once (cached)
+    vlm-sweep assets convert SRC DST             # a pickle-only model folder → a safetensors folder DST
+    vlm-sweep assets download --preset paper --to DIR   # the preset's hub models at their pinned revisions
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .asset_convert import convert_to_safetensors
+from .asset_download import download_assets
+from .assets import minilm_path, smollm2_folder
+from .checkpoint import load_vlm, resume_point
+from .config import TrainConfig, VLMConfig
+from .errors import ConfigError
+from .evaluation import EVAL_FILE, EvalConfig, evaluate_checkpoint
+from .export import export_llava
+from .images import open_rgb
+from .inference import answer
+from .runner import DataSpec, run_stage
+
+
+def train_cmd(model: VLMConfig, data: DataSpec, train: TrainConfig = TrainConfig(), out: str = "runs/train",
+              resume: str | None = None, preset: str = "tiny") -> str:
+    """Train one stage of one config in-process.
+
+    Args:
+        model: The model config (defaults come from ``--preset``).
+        data: Training data.
+        train: The training run.
+        out: Run folder (checkpoints, metrics.jsonl, run_config.json, final/).
+        resume: A checkpoint of this run to continue from, or the run folder (its newest usable checkpoint;
+            corrupt ones are skipped with a warning).
+        preset: Named model config: tiny, local, paper.
+    """
+    result, final = run_stage(model, train, data, out, resume_from=resume_point(resume) if resume else None)
+    print(json.dumps({"final_checkpoint": str(final), "steps": result.steps,
+                      "metrics": result.epoch_metrics[-1] if result.epoch_metrics else {}}, indent=2))
+    return str(final)
+
+
+def chat_cmd(question: str, checkpoint: str, image: str, max_new_tokens: int = 64) -> str:
+    """Answer a question about an image with a trained checkpoint.
+
+    Args:
+        question: The question (the image marker is added for you).
+        checkpoint: A checkpoint folder (stage 1 or stage 2).
+        image: Path of the image.
+        max_new_tokens: Generation budget.
+    """
+    picture = open_rgb(image)  # before loading the model: a bad image fails in a second, by name
+    model = load_vlm(checkpoint)
+    reply = answer(model, [picture], [question], max_new_tokens=max_new_tokens)[0]
+    print(reply)
+    return reply
+
+
+def export_cmd(checkpoint: str, out: str) -> str:
+    """Export a linear / mlp2x_gelu checkpoint to transformers' LLaVA format.
+
+    Args:
+        checkpoint: A checkpoint folder.
+        out: Destination folder (LlavaForConditionalGeneration + LlavaProcessor).
+    """
+    path = export_llava(load_vlm(checkpoint), out)
+    print(f"exported to {path}")
+    return str(path)
+
+
+def assets_prepare_cmd() -> None:
+    """Convert the packaged SmolLM2 GGUF once into the cache and print where the offline assets are."""
+    print(json.dumps({"smollm2": str(smollm2_folder()), "minilm": str(minilm_path())}, indent=2))
+
+
+def assets_convert_cmd(src: str, dst: str) -> dict:
+    """Convert a local model folder with only pickled weights (pytorch_model.bin) into a safetensors folder.
+
+    Args:
+        src: The model folder: ``pytorch_model.bin``, or shards + ``pytorch_model.bin.index.json``, with its config
+            and tokenizer files. Read with ``torch.load(weights_only=True)``: a pickle that would run code is
+            refused without running it.
+        dst: The new folder (must not exist, or be empty): ``model.safetensors`` (or shards + index) and every
+            non-weight file of ``src``. Load it with e.g. ``--translate.model DST``.
+    """
+    result = convert_to_safetensors(src, dst)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def assets_download_cmd(to: str, preset: str = "paper", translator: bool = True) -> dict:
+    """Fetch every hub model a preset uses, at its pinned revision, into an assets folder (``--assets DIR``).
+
+    Args:
+        to: The assets folder: ``DIR/<owner>--<name>/<revision>/`` per model, and ``DIR/assets.json``. Models
+            already there (per assets.json) are not fetched again.
+        preset: The model preset whose vision encoder, LLM and tokenizer to fetch (tiny / local use no hub
+            model); the embedder all-MiniLM-L6-v2 is always fetched.
+        translator: Also fetch the documented translator Helsinki-NLP/opus-mt-en-id.
+    """
+    manifest = download_assets(preset, to, translator=translator)
+    print(json.dumps({"assets": str(Path(to) / "assets.json"), "models": [
+        {"model": f"{m['repo_id']}@{m['revision']}", "folder": m["folder"], "bytes": m["bytes"]}
+        for m in manifest["models"]]}, indent=2))
+    print(f"use it with: --assets {to}  (or VLM_SWEEP_ASSETS={to})")
+    return manifest
+
+
+def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = None, images: str | None = None,
+             val: str | None = None, max_questions: int | None = None, max_val_samples: int | None = None,
+             controls: str | None = None, batch_size: int = 16, instruction: str | None = None,
+             max_new_tokens: int | None = None, out: str | None = None) -> dict:
+    """Evaluate a checkpoint: held-out loss / perplexity and answer accuracy, with and without the image.
+
+    Args:
+        checkpoint: A checkpoint folder (stage 2: projector + LLM; stage 1: projector on the preset's LLM).
+        data: A sample-corpus folder (``vlm-sweep data sample-corpus --out``, or ``OUT/corpus`` of ``vlm-sweep
+            run``): sets ``questions`` to its eval_easyvqa.jsonl and ``images`` to its images/.
+        questions: JSONL of held-out questions with their answers.
+        images: Image root the questions' and ``val``'s image paths are relative to.
+        val: Held-out conversations (JSONL / parquet) for loss and perplexity, e.g. a variant's val split.
+        max_questions: Evaluate N questions, taking yes/no, colour and shape questions in turn.
+        max_val_samples: Score the first N held-out conversations only.
+        controls: Text-only controls, comma-separated: ``zeros``, ``shuffled`` (default: both).
+        batch_size: Questions per generation batch.
+        instruction: Appended to each question after a newline (default: LLaVA-1.5's "Answer the question using a
+            single word or phrase."; ``""``: the bare question). Recorded in the result's ``answers.protocol``.
+        max_new_tokens: New tokens per answer (default 16, lmms-eval's VQAv2 budget).
+        out: Also write the result as JSON here.
+    """
+
+    if data is not None:
+        questions = questions or str(Path(data) / EVAL_FILE)
+        images = images or str(Path(data) / "images")
+    if questions is None or images is None:
+        raise ConfigError("eval: pass --data CORPUS_FOLDER, or both --questions FILE and --images FOLDER")
+    cfg = EvalConfig(questions=questions, images=images, val=val, max_questions=max_questions,
+                     max_val_samples=max_val_samples, batch_size=batch_size,
+                     **({"instruction": instruction} if instruction is not None else {}),
+                     **({"max_new_tokens": max_new_tokens} if max_new_tokens is not None else {}),
+                     **({"controls": [c.strip() for c in controls.split(",") if c.strip()]}
+                        if controls is not None else {}))
+    result = evaluate_checkpoint(checkpoint, cfg, out)
+    print(json.dumps({k: v for k, v in result.items() if k != "answers"} | {
+        k: result["answers"][k] for k in ("accuracy", "exact_match", "by_type", "exact_match_by_type", "unanswered",
+                                          "protocol")}, indent=2))
+    return result
+
+
+# What ``sweeps.cli`` mounts: top-level commands, command groups (``vlm-sweep GROUP COMMAND``: help text and
+# commands), and the positional arguments of a command path.
+COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "eval": eval_cmd}
+GROUPS = {"assets": ("Model assets: packaged, converted to safetensors, downloaded at pinned revisions",
+                     {"prepare": assets_prepare_cmd, "convert": assets_convert_cmd, "download": assets_download_cmd})}
+POSITIONAL = {"chat": ("question",), "eval": ("checkpoint",), "assets convert": ("src", "dst")}
