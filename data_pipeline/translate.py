@@ -36,6 +36,7 @@ from vlm_core.config import ConfigError, check_field, from_dict
 from vlm_core.errors import VlmSweepError
 from vlm_core.hashing import file_sha256, text_digest
 from vlm_core.hub import default_revision, load_files, load_weights
+from vlm_core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ class TranslatorConfig:
     """``seq2seq`` only: generation limit per sentence; an output that reaches it fails as truncated."""
 
     def __post_init__(self) -> None:
-        check_field(self.name in _TRANSLATORS, "translate.name",
-               f"{self.name!r} is not one of {', '.join(available_translators())}")
+        check_translator(self.name)
         check_field(self.name != "seq2seq" or bool(self.model), "translate.model",
                "seq2seq needs a hub id or local folder, e.g. Helsinki-NLP/opus-mt-en-id")
         for name in ("model", "revision", "src_lang", "tgt_lang"):
@@ -143,29 +143,23 @@ class Translator(Protocol):
 
 
 TranslatorFactory = Callable[[TranslatorConfig], Translator]
-_TRANSLATORS: dict[str, TranslatorFactory] = {}
-
-
-def register_translator(name: str) -> Callable[[TranslatorFactory], TranslatorFactory]:
-    def deco(factory: TranslatorFactory) -> TranslatorFactory:
-        if name in _TRANSLATORS:
-            raise ValueError(f"translator {name!r} is already registered")
-        _TRANSLATORS[name] = factory
-        return factory
-
-    return deco
+TRANSLATORS: Registry[TranslatorFactory] = Registry("translate.name", "translator")
+register_translator = TRANSLATORS.register
 
 
 def available_translators() -> list[str]:
-    return sorted(_TRANSLATORS)
+    return TRANSLATORS.names()
+
+
+def check_translator(name: str) -> None:
+    check_field(name in TRANSLATORS, "translate.name", f"{name!r} is not one of {', '.join(TRANSLATORS.names())}")
 
 
 def build_translator(cfg: TranslatorConfig) -> Translator:
-    """The registered translator ``cfg.name``, built from ``cfg``."""
-    factory = _TRANSLATORS.get(cfg.name)
-    if factory is None:
-        raise ConfigError(f"translate.name: {cfg.name!r} is not one of {', '.join(available_translators())}")
-    translator = factory(cfg)
+    """The registered translator ``cfg.name``, built from ``cfg`` (checked when the config was made, and again here:
+    a field set after that is checked too)."""
+    check_translator(cfg.name)
+    translator = TRANSLATORS[cfg.name](cfg)
     log.info("translator %s", translator.id)
     return translator
 

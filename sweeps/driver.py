@@ -38,7 +38,7 @@ from vlm_core.ray_env import init_ray
 from vlm_core.runner import DataSpec
 
 from .matrix import TrialSpec, get_grid
-from .profiles import TrialResources, check_fits, trial_resources
+from .profiles import BACKENDS, TrialResources, check_fits, trial_resources
 from .report import LENGTHS_FILE, write_report
 from .scheduling import DECISIONS_FILE, RecordingASHA, read_decisions, rung_milestones
 from .statuses import STATUS_NON_FINITE
@@ -119,6 +119,9 @@ class SweepConfig:
     """An assets folder (``vlm-sweep assets download --preset paper --to DIR``, on shared storage): hub models it
     holds at their pinned revision load from it, so trial workers never download them (default:
     ``$VLM_SWEEP_ASSETS``)."""
+    dense_groups: int | None = None
+    """G of the dense-connector trials: DCI averages G contiguous groups of the encoder's hidden states (default:
+    the preset's, 4; see vlm_core.projectors)."""
     asha: AshaConfig = field(default_factory=AshaConfig)
 
     def __post_init__(self) -> None:
@@ -132,10 +135,13 @@ class SweepConfig:
         check_field(self.preset in available_presets(), "preset",
                     f"unknown preset {self.preset!r}; choose one of {available_presets()}")
         check_field(self.stage in ("1", "2", "all"), "stage", f"{self.stage!r} is not 1, 2 or all")
+        if self.backend is not None:
+            BACKENDS.check(self.backend)
         check_field(self.max_failures >= 0, "max_failures", "must be >= 0")
         check_field(self.max_concurrent is None or self.max_concurrent >= 1, "max_concurrent", "must be >= 1")
         check_field(self.min_free_gb is None or self.min_free_gb >= 0, "min_free_gb", "must be >= 0")
         check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
+        check_field(self.dense_groups is None or self.dense_groups >= 1, "dense_groups", "must be >= 1")
         check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
                     "must be >= 1")
         check_field(not self.paper_ids or self.grid == "paper19", "paper_ids", "only applies to --grid paper19")
@@ -203,7 +209,7 @@ def _feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path)
 
     caches: dict[tuple[str, str], str] = {}
     for p in trials:
-        model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets)
+        model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets, dense_groups=cfg.dense_groups)
         k = (p.spec.dataset, model.projector.name)
         if k in caches:
             continue
@@ -228,7 +234,7 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
     if cfg.max_steps_per_epoch:
         scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
     model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing,
-                                 cfg.assets)
+                                 cfg.assets, cfg.dense_groups)
     features = (caches or {}).get((p.spec.dataset, model.projector.name))
     worker = {"model": model.to_dict(), "train": train.to_dict(),
               "data": {**data[p.spec.dataset], "features": features}}
@@ -245,7 +251,7 @@ def measure_lengths(cfg: SweepConfig, trials: list[PlannedTrial]) -> list[dict[s
 
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for p in trials:
-        model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets)
+        model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets, dense_groups=cfg.dense_groups)
         g = groups.setdefault((p.spec.dataset, formatter_key(model)), {"model": model, "trials": []})
         g["trials"].append(p.spec.config_id)
     formatters: dict[str, Any] = {}

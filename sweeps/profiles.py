@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from vlm_core.config import ConfigError
+from vlm_core.errors import ConfigError
+from vlm_core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,13 @@ class HardwareProfile:
     """The tightest budget trains with activation checkpointing."""
 
 
-PROFILES: dict[str, HardwareProfile] = {p.name: p for p in (
+PROFILES: Registry[HardwareProfile] = Registry("profile", "hardware profile", {p.name: p for p in (
     HardwareProfile("a100-10g", 10.0, gradient_checkpointing=True),
     HardwareProfile("a100-26g", 26.4),
     HardwareProfile("a100-28g", 28.0),
     HardwareProfile("a100-37g", 37.0),
     HardwareProfile("cpu", 0.0, cpus=1),
-)}
+)})
 
 # MIG slices of each A100 size, smallest first: (profile name, memory GB).
 MIG_SLICES = {40: [("1g.5gb", 5), ("2g.10gb", 10), ("3g.20gb", 20), ("7g.40gb", 40)],
@@ -60,12 +61,6 @@ class TrialResources:
 
     def total(self) -> dict[str, float]:
         return {k: v * self.num_workers for k, v in self.resources_per_worker.items()}
-
-
-def get_profile(name: str) -> HardwareProfile:
-    if name not in PROFILES:
-        raise ConfigError(f"profile: unknown hardware profile {name!r}; choose one of {sorted(PROFILES)}")
-    return PROFILES[name]
 
 
 def _cpu(p: HardwareProfile, n: int, cpus_per_worker: int) -> TrialResources:
@@ -104,16 +99,16 @@ def _mig(card_gb: int):
     return resources
 
 
-BACKENDS = {"cpu": _cpu, "a100-40g": _fraction(40), "a100-80g": _fraction(80), "whole-gpu": _whole,
-            "mig-40g": _mig(40), "mig-80g": _mig(80)}
+BACKENDS: Registry[Callable[[HardwareProfile, int, int], TrialResources]] = Registry("backend", "backend", {
+    "cpu": _cpu, "a100-40g": _fraction(40), "a100-80g": _fraction(80), "whole-gpu": _whole, "mig-40g": _mig(40),
+    "mig-80g": _mig(80)})
 
 
 def trial_resources(profile: str, backend: str, num_workers: int = 1, cpus_per_worker: int = 1) -> TrialResources:
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend: unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
     if num_workers < 1:
         raise ConfigError("num_workers: must be >= 1")
-    return BACKENDS[backend](get_profile(profile), num_workers, cpus_per_worker)
+    resources = BACKENDS[backend]  # an unknown name raises ConfigError naming the choices
+    return resources(PROFILES[profile], num_workers, cpus_per_worker)
 
 
 def check_fits(res: TrialResources, cluster: dict[str, Any], what: str) -> None:

@@ -39,9 +39,11 @@ FORMAT_FOR_CHAT = {False: "raw", True: "chat"}
 
 
 def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: str | None = None,
-                  gradient_checkpointing: bool = False, assets: str | None = None) -> tuple[VLMConfig, TrainConfig]:
+                  gradient_checkpointing: bool = False, assets: str | None = None,
+                  dense_groups: int | None = None) -> tuple[VLMConfig, TrainConfig]:
     """The model and training configs of one trial of the matrix. With ``assets`` (an assets folder), hub models
-    the folder holds at their pinned revision are loaded from it (the config names the folder)."""
+    the folder holds at their pinned revision are loaded from it (the config names the folder); ``dense_groups``
+    sets the dense connector's G (default: the preset's)."""
 
     model = get_preset(preset)
     for part in (model.vision, model.lm):
@@ -49,6 +51,8 @@ def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: s
     if model.lm.tokenizer:
         model.lm.tokenizer = localize(model.lm.tokenizer, model.lm.tokenizer_revision, assets)
     model.projector.name = PROJECTOR_FOR_DENSE[spec.dense]
+    if dense_groups is not None:
+        model.projector.dense_groups = dense_groups
     model.format.mode = FORMAT_FOR_CHAT[spec.chat]
     batch = min(spec.batch_size, scale.batch_size_cap) if scale.batch_size_cap else spec.batch_size
     lr = (scale.stage1_lr if spec.stage == 1 else scale.stage2_lr) or spec.lr

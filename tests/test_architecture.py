@@ -1,6 +1,7 @@
 """Imports point one way: ``vlm_core`` ← ``data_pipeline`` ← ``sweeps`` (the top: the CLI and the study), and no
-module imports itself back through others. Every import statement counts, deferred ones in function bodies
-included: a deferred import still makes the dependency, it only hides it.
+module imports itself back through others. Every import statement that runs counts, deferred ones in function
+bodies included: a deferred import still makes the dependency, it only hides it. Only ``if TYPE_CHECKING:``
+imports (annotations, never executed) are left out.
 
     pytest -q tests/test_architecture.py
 """
@@ -35,8 +36,16 @@ def _modules(root: Path) -> dict[str, Path]:
     return mods
 
 
+def _is_type_checking_block(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): imports for annotations only, never run."""
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"))
+
+
 def import_edges(root: Path = ROOT) -> list[Edge]:
-    """Every import of a project module by a project module, at any depth of the file (deferred ones included)."""
+    """Every import of a project module by a project module, at any depth of the file (deferred ones included;
+    annotation-only imports under ``if TYPE_CHECKING:`` excluded: they never run)."""
     mods = _modules(root)
 
     def resolve(name: str) -> str | None:  # the longest module prefix of a dotted name (``pkg.mod.attr``)
@@ -47,7 +56,12 @@ def import_edges(root: Path = ROOT) -> list[Edge]:
     edges = []
     for mod, path in mods.items():
         package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block)
+                       for stmt in block.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -139,3 +153,12 @@ def test_a_planted_cycle_is_caught_even_when_deferred(tmp_path):
     config.write_text(config.read_text() + "\n\ndef _planted():\n    from .training import train\n\n    return train\n")
     assert any({"vlm_core.config", "vlm_core.training"} <= set(c) for c in cycles(import_edges(root)))
     assert direction_violations(import_edges(root)) == []
+
+
+def test_annotation_only_imports_do_not_count_but_running_ones_do(tmp_path):
+    root = _copy(tmp_path)
+    (root / "vlm_core" / "planted.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from sweeps.driver import SweepConfig\n\n\n"
+        "def helper(cfg: 'SweepConfig'):\n    import sweeps.cli\n\n    return sweeps.cli\n")
+    assert direction_violations(import_edges(root)) == [
+        "vlm_core/planted.py:8: vlm_core.planted imports sweeps.cli (a higher package)"]

@@ -139,3 +139,90 @@ def test_a_model_path_that_does_not_exist_is_named(tmp_path, corpus):
     r = vlm_sweep("chat", "--checkpoint", str(missing), "--image", str(image),
                   "What is it?")
     assert r.returncode == 2 and f"{missing}: not a checkpoint" in r.stderr
+
+
+def run_in_process(argv: list[str], capsys) -> tuple[int, str]:
+    """``vlm-sweep ARGV`` in this process: (exit code, stderr). Parse errors exit through SystemExit."""
+    from sweeps.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+BUILD_ARGS = ["--source", "s", "--images", "i", "--out", "o"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", *TRAIN_ARGS, "--model.projector.name", "mlp"],
+     "projector.name: unknown projector 'mlp'; choose one of ['dense_connector', 'dense_sci', 'dense_sti', 'linear', "
+     "'mlp2x_gelu']"),
+    (["train", *TRAIN_ARGS, "--train.scheduler", "cos"],
+     "train.scheduler: unknown schedule 'cos'; choose one of ['cosine', 'linear']"),
+    (["train", *TRAIN_ARGS, "--model.projector.feature_norm", "l2"],
+     "projector.feature_norm: unknown feature norm 'l2'; choose one of ['none', 'standardize']"),
+    (["train", *TRAIN_ARGS, "--model.projector.sti_pool", "max"],
+     "projector.sti_pool: unknown STI pooling 'max'; choose one of ['grid', 'sequence']"),
+    (["sweep", *SWEEP_ARGS, "--backend", "h100"],
+     "backend: unknown backend 'h100'; choose one of ['a100-40g', 'a100-80g', 'cpu', 'mig-40g', 'mig-80g', "
+     "'whole-gpu']"),
+    (["data", "build", *BUILD_ARGS, "--translate.name", "google"],
+     "translate.name: 'google' is not one of dictionary, none, seq2seq"),
+])
+def test_a_registry_name_is_refused_when_the_config_is_parsed_naming_the_choices(args, message, capsys, monkeypatch):
+    import data_pipeline.commands
+    import sweeps.commands
+    import vlm_core.commands
+
+    def never(*_, **__):
+        raise AssertionError("the command ran: the name was not checked when the config was parsed")
+
+    for module, name in ((vlm_core.commands, "run_stage"), (sweeps.commands, "run_sweep"),
+                         (data_pipeline.commands, "build")):
+        monkeypatch.setattr(module, name, never)
+    code, err = run_in_process(args, capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
+
+
+def test_a_preset_named_in_a_config_file_gives_the_model_its_defaults(tmp_path, capsys):
+    from sweeps.cli import build_parser, preset_from_argv
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("preset: local\ntrain:\n  epochs: 2\n")
+    argv = ["train", "--config", str(cfg), *TRAIN_ARGS]
+    assert preset_from_argv(argv) == "local"
+    parsed = build_parser(argv).parse_args(argv)
+    assert parsed.train.preset == "local" and parsed.train.train.epochs == 2
+    assert parsed.train.model.lm.source == "smollm2" and parsed.train.model.vision.image_size == 112  # local's
+    # the last one given wins, flag or file, as jsonargparse merges them
+    later_flag = ["train", "--config", str(cfg), "--preset", "tiny", *TRAIN_ARGS]
+    assert preset_from_argv(later_flag) == "tiny"
+    assert build_parser(later_flag).parse_args(later_flag).train.model.lm.source == "tiny"
+    assert preset_from_argv(["train", "--preset=tiny", f"--config={cfg}"]) == "local"
+    assert preset_from_argv(["train", "--config", "{preset: local-long}"]) == "local-long"  # inline YAML
+
+
+def test_dense_groups_reaches_the_trials_of_sweep_and_run(tmp_path, monkeypatch):
+    import sweeps.study
+    from sweeps.cli import build_parser
+    from sweeps.driver import SweepConfig, _param, plan
+
+    for variant in ("10kRandom", "20kUmap"):
+        (tmp_path / "data" / variant).mkdir(parents=True)
+        (tmp_path / "data" / variant / "train-00000.parquet").write_bytes(b"")  # planning only checks it is there
+    cfg = SweepConfig(data=str(tmp_path / "data"), images=str(tmp_path), preset="tiny", paper_ids=[7, 14],
+                      stage="1", dense_groups=2)
+    groups = {p.spec.config_id: _param(cfg, p, tmp_path, None, {})["worker"]["model"]["projector"]
+              for p in plan(cfg, 1)}
+    assert groups["s1-10kRandom-dense-chat-linear-e3-b8"] | {"name": "dense_connector", "dense_groups": 2} == \
+        groups["s1-10kRandom-dense-chat-linear-e3-b8"]  # paper row 14, a dense connector with G = 2
+    argv = ["sweep", "--data", "d", "--images", "i", "--dense_groups", "3"]
+    assert build_parser(argv).parse_args(argv).sweep.dense_groups == 3
+    seen = {}
+    monkeypatch.setattr(sweeps.study, "run_sweep", lambda c: seen.setdefault("cfg", c))
+    sweeps.study.run_sweep_stages(sweeps.study.StudyConfig(preset="tiny", dense_groups=3), tmp_path, tmp_path)
+    assert seen["cfg"].dense_groups == 3
+    argv = ["run", "--preset", "tiny", "--dense_groups", "3"]
+    assert build_parser(argv).parse_args(argv).run.dense_groups == 3

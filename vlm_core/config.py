@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from .errors import ConfigError
+from .projectors import FEATURE_NORMS, PROJECTORS, STI_POOLS
+from .schedules import SCHEDULES
 
 T = TypeVar("T")
 
@@ -87,11 +89,11 @@ class ProjectorConfig:
     encoder's features differ little between images)."""
 
     def __post_init__(self) -> None:
-        check_field(self.feature_norm in ("none", "standardize"), "projector.feature_norm",
-                    "choose none or standardize")
+        PROJECTORS.check(self.name)
+        FEATURE_NORMS.check(self.feature_norm)
+        STI_POOLS.check(self.sti_pool)
         check_field(self.dense_groups >= 1, "projector.dense_groups", "must be >= 1")
         check_field(self.sti_pool_stride >= 1, "projector.sti_pool_stride", "must be >= 1")
-        check_field(self.sti_pool in ("sequence", "grid"), "projector.sti_pool", "choose sequence or grid")
 
 
 @dataclass
@@ -237,6 +239,7 @@ class TrainConfig:
         check_field(0 < self.lr < 1, "train.lr", f"{self.lr} is out of range (0, 1)")
         check_field(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
         check_field(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
+        SCHEDULES.check(self.scheduler)
         check_field(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision",
                "must be 'auto', 'bf16' or 'no'")
         check_field(self.frozen_dtype in ("auto", "bf16", "fp32"), "train.frozen_dtype",

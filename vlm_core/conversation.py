@@ -32,6 +32,7 @@ from typing import Callable
 from .config import FormatConfig, LMConfig
 from .errors import FormatError
 from .language_model import ImageToken, build_language_model
+from .registry import Registry
 
 IGNORE_INDEX = -100
 ROLE_ALIASES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -91,14 +92,8 @@ class Rendered:
 
 
 Renderer = Callable[["ConversationFormatter", list[dict], bool], Rendered]
-_RENDERERS: dict[str, Renderer] = {}
-
-
-def register_renderer(name: str):
-    def deco(fn: Renderer) -> Renderer:
-        _RENDERERS[name] = fn
-        return fn
-    return deco
+RENDERERS: Registry[Renderer] = Registry("format.mode", "mode")
+register_renderer = RENDERERS.register
 
 
 @register_renderer("chat")
@@ -143,11 +138,11 @@ class ConversationFormatter:
     """Formats conversations for one tokenizer, image token and projector token count."""
 
     def __init__(self, tokenizer, image_token: ImageToken, cfg: FormatConfig, num_image_tokens: int):
-        if cfg.mode not in _RENDERERS:
-            raise FormatError(f"format.mode: unknown mode {cfg.mode!r}; choose one of {sorted(_RENDERERS)}")
+        if cfg.mode not in RENDERERS:
+            raise FormatError(f"format.mode: unknown mode {cfg.mode!r}; choose one of {RENDERERS.names()}")
         self.tokenizer, self.image_token, self.cfg = tokenizer, image_token, cfg
         self.num_image_tokens = num_image_tokens
-        self._render = _RENDERERS[cfg.mode]
+        self._render = RENDERERS[cfg.mode]
 
     @functools.cached_property
     def stop_token_ids(self) -> list[int]:

@@ -34,13 +34,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, ProjectorConfig
+from .errors import ConfigError
+from .registry import Registry
+
+if TYPE_CHECKING:  # config validates its names against the registries here, so it imports this module
+    from .config import ProjectorConfig
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,8 @@ class FeatureStandardizer(nn.Module):
         return (features - self.mean.to(features.dtype)) / self.std.to(features.dtype)
 
 
-FEATURE_NORMS: dict[str, Callable[[int, int], nn.Module]] = {"none": NoFeatureNorm, "standardize": FeatureStandardizer}
+FEATURE_NORMS: Registry[Callable[[int, int], nn.Module]] = Registry(
+    "projector.feature_norm", "feature norm", {"none": NoFeatureNorm, "standardize": FeatureStandardizer})
 
 
 def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -174,37 +179,27 @@ def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
-_REGISTRY: dict[str, Callable[[EncoderGeometry, int, ProjectorConfig], Projector]] = {}
-
-
-def register(name: str):
-    def deco(cls):
-        _REGISTRY[name] = cls
-        cls.registered_name = name
-        return cls
-    return deco
+PROJECTORS: Registry[Callable[[EncoderGeometry, int, ProjectorConfig], Projector]] = Registry(
+    "projector.name", "projector")
+register = PROJECTORS.register
 
 
 def available_projectors() -> list[str]:
-    return sorted(_REGISTRY)
+    return PROJECTORS.names()
 
 
 def selects_layers(name: str) -> bool:
     """Whether the registered projector ``name`` reads more than the main feature (its selection has indices that
     changed with SELECTION_SCHEME)."""
-    return name in _REGISTRY and _REGISTRY[name].selection is not Projector.selection
+    return name in PROJECTORS and PROJECTORS[name].selection is not Projector.selection
 
 
 def build_projector(cfg: ProjectorConfig, geom: EncoderGeometry, llm_dim: int) -> Projector:
-    if cfg.name not in _REGISTRY:
-        raise ConfigError(f"projector.name: unknown projector {cfg.name!r}; choose one of {available_projectors()}")
-    if cfg.feature_norm not in FEATURE_NORMS:
-        raise ConfigError(f"projector.feature_norm: unknown {cfg.feature_norm!r}; choose one of "
-                          f"{sorted(FEATURE_NORMS)}")
+    factory, norm = PROJECTORS[cfg.name], FEATURE_NORMS[cfg.feature_norm]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed)
-        projector = _REGISTRY[cfg.name](geom, llm_dim, cfg)
-    projector.feature_norm = FEATURE_NORMS[cfg.feature_norm](projector.num_tokens, projector.in_dim)
+        projector = factory(geom, llm_dim, cfg)
+    projector.feature_norm = norm(projector.num_tokens, projector.in_dim)
     return projector
 
 
@@ -280,8 +275,8 @@ def _pool_grid(patches: torch.Tensor, stride: int, side: int) -> torch.Tensor:
     return F.avg_pool2d(grid, kernel_size=stride, stride=stride, ceil_mode=True).flatten(2).transpose(1, 2)
 
 
-STI_POOLS: dict[str, Callable[[torch.Tensor, int, int], torch.Tensor]] = {"sequence": _pool_sequence,
-                                                                         "grid": _pool_grid}
+STI_POOLS: Registry[Callable[[torch.Tensor, int, int], torch.Tensor]] = Registry(
+    "projector.sti_pool", "STI pooling", {"sequence": _pool_sequence, "grid": _pool_grid})
 
 
 @register("dense_sti")

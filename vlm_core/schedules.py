@@ -11,7 +11,7 @@ from typing import Callable
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from .config import ConfigError
+from .registry import Registry
 
 
 def _linear(warmup: int, total: int) -> Callable[[int], float]:
@@ -31,15 +31,15 @@ def _cosine(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-_SCHEDULES: dict[str, Callable[[int, int], Callable[[int], float]]] = {"linear": _linear, "cosine": _cosine}
+SCHEDULES: Registry[Callable[[int, int], Callable[[int], float]]] = Registry(
+    "train.scheduler", "schedule", {"linear": _linear, "cosine": _cosine})
 
 
 def available_schedules() -> list[str]:
-    return sorted(_SCHEDULES)
+    return SCHEDULES.names()
 
 
 def build_scheduler(name: str, optimizer: Optimizer, total_steps: int, warmup_ratio: float) -> LambdaLR:
-    if name not in _SCHEDULES:
-        raise ConfigError(f"train.scheduler: unknown schedule {name!r}; choose one of {available_schedules()}")
+    schedule = SCHEDULES[name]
     warmup = math.ceil(warmup_ratio * total_steps)
-    return LambdaLR(optimizer, _SCHEDULES[name](warmup, total_steps))
+    return LambdaLR(optimizer, schedule(warmup, total_steps))
