@@ -57,10 +57,11 @@ from typing import Any
 
 import numpy as np
 
+from vlm_core.config import IMAGE_MARKER
 from vlm_core.data import is_validation
 from vlm_core.hashing import file_sha256, json_digest, seeded_digest
 from vlm_core.hub import assets_dir, localize
-from vlm_core.images import image_problem
+from vlm_core.images import image_problem, resolve_image
 from vlm_core.outputs import atomic_dir, atomic_path, atomic_write_text, check_output_dir
 from vlm_core.ray_env import init_ray
 
@@ -68,7 +69,6 @@ from .config import BuildConfig
 from .embed import EMBED_TEXTS, TEXT_LABELS, EmbedBatch, embedded_text, model_label, resolve_model
 from .plot import plot_umap
 from .records import (
-    IMAGE_MARKER,
     Shard,
     SourceError,
     _is_json_list,
@@ -114,8 +114,8 @@ class FilterBatch:
         self.prefix, self.check, self.root = prefix, check_images, Path(image_root)
 
     def _image_problem(self, rel: str) -> str | None:
-
-        return image_problem(self.root / rel)  # decoded in full, as training will: truncated files fail here
+        # decoded in full, as training will: truncated files fail here
+        return image_problem(resolve_image(rel, self.root))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         reasons, stages = list(batch["reason"]), list(batch["stage"])
@@ -140,7 +140,6 @@ class TranslateStage:
     """Wraps ``translate.TranslateBatch``: failed translations become rejections with their reason."""
 
     def __init__(self, cfg_dict: dict, cache_dir: str):
-
         self.inner = TranslateBatch(cfg_dict, cache_dir)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -384,7 +383,6 @@ def localized_models(cfg: BuildConfig):
     """(embedding model to load, the revision to pass with it, translator config): the embedder's hub id rewritten
     to the assets folder's copy (``--assets`` or ``$VLM_SWEEP_ASSETS``) when it holds its revision; the translator
     told the assets folder (``translate.assets``), keeping its hub id and revision for its cache key."""
-
     root = assets_dir(cfg.assets)
     if cfg.assets and not Path(cfg.assets).expanduser().is_dir():
         raise SourceError(f"assets folder {cfg.assets} is not a folder; pass --assets with the folder written by "

@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vlm_core.config import IMAGE_MARKER
+
 CAPTION_FILE = "sharegpt4v_instruct_gpt4-vision_cap100k.json"
-IMAGE_MARKER = "<image>"
 IMAGE_SIZE = 64
 COCO_FRACTION = 50_027 / 102_025
 """The real file's COCO share (the seed's COCO filter kept 50,027 rows of 102,025)."""

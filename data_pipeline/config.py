@@ -59,7 +59,6 @@ class EmbedConfig:
     """Embedding actors. Default: one per GPU, else CPUs - 1 (so read tasks keep a CPU), at least 1."""
 
     def __post_init__(self) -> None:
-
         check_field(self.text in EMBED_TEXTS, "embed.text",
                     f"{self.text!r} is not one of {', '.join(repr(t) for t in EMBED_TEXTS)}")
         for name in ("model", "revision"):

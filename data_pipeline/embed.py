@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from vlm_core.assets import minilm_path
+from vlm_core.devices import pick_device
 from vlm_core.hub import resolve
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,7 @@ def load_embedder(model: str | None, device: str | None = None, revision: str | 
     from sentence_transformers import SentenceTransformer
 
     if device is None:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(pick_device())
     r = resolve(resolve_model(model), revision if model else None, "embed.model", marker=ST_MARKER)
     # weights only from safetensors (the packaged all-MiniLM-L6-v2 has them), never a pickle
     return SentenceTransformer(r.path, device=device, revision=r.kwargs.get("revision"),

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from vlm_core.config import VLMConfig
+from vlm_core.devices import pick_device
 from vlm_core.feature_cache import FEATURES_FILE, META_FILE, FeatureCache, FeatureCacheError, FeatureEncoder, image_stat
-from vlm_core.images import open_rgb
+from vlm_core.images import open_rgb, resolve_image
 from vlm_core.outputs import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -27,17 +28,16 @@ class EncodeImages:
     """Ray Data actor: image paths → their projector inputs as fp16 bytes (plus the size / mtime encoded)."""
 
     def __init__(self, model: dict[str, Any], image_root: str):
-        import torch
 
         self.encoder = FeatureEncoder(VLMConfig.from_dict(model))
-        self.encoder.to("cuda" if torch.cuda.is_available() else "cpu")
+        self.encoder.to(pick_device())
         self.root = Path(image_root)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
         paths = [str(p) for p in batch["image"]]
-        files = [Path(p) if Path(p).is_absolute() else self.root / p for p in paths]
+        files = [resolve_image(p, self.root) for p in paths]
         stats = [image_stat(f) for f in files]  # before reading: a file changed meanwhile shows as stale
         feats = self.encoder.encode([open_rgb(f) for f in files]).half().numpy()
         return {"image": paths, "size": np.array([s[0] for s in stats], dtype=np.int64),

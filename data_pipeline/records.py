@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from vlm_core.config import IMAGE_MARKER
 from vlm_core.conversation import normalize_messages
 from vlm_core.errors import FormatError, VlmSweepError
 
-IMAGE_MARKER = "<image>"
 RAW_PREFIX = 300  # characters of a rejected row kept for the report
 
 # Columns of every row flowing through the pipeline (kept and rejected alike).

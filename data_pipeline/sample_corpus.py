@@ -26,10 +26,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from vlm_core.config import IMAGE_MARKER
 from vlm_core.evaluation import EVAL_FILE, question_type
 
 TRAIN_FILE = "sharegpt4v_sample.jsonl"
-IMAGE_MARKER = "<image>"
 
 # scikit-image photos that ship inside the package, with captions written for this corpus.
 PHOTOS: dict[str, str] = {
@@ -82,7 +82,6 @@ def eval_questions(qa: dict[int, list[tuple[str, str]]], n: int, rng: random.Ran
 
     easy-vqa's test split is 3/4 yes/no, where a text-only model already scores about half; colour and shape
     questions are what need the image, so the file holds as many of them as of yes/no (remainder: yes/no)."""
-
     by_type: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
     for image_id in sorted(qa):
         for q, a in qa[image_id]:

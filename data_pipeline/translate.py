@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
-from vlm_core.config import ConfigError, check_field, from_dict
+from vlm_core.config import IMAGE_MARKER, ConfigError, check_field, from_dict
+from vlm_core.devices import pick_device
 from vlm_core.errors import VlmSweepError
 from vlm_core.hashing import file_sha256, text_digest
 from vlm_core.hub import default_revision, load_files, load_weights
@@ -40,7 +41,6 @@ from vlm_core.registry import Registry
 
 log = logging.getLogger(__name__)
 
-IMAGE_MARKER = "<image>"
 DEFAULT_DICTIONARY = "/usr/share/dictd/freedict-eng-ind"
 DICTIONARY_PACKAGE = "dict-freedict-eng-ind"
 # Bump when a translator's algorithm changes, so that cached translations of the old one are not reused.
@@ -398,14 +398,13 @@ class Seq2SeqTranslator:
     """
 
     def __init__(self, cfg: TranslatorConfig) -> None:
-        import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         assert cfg.model is not None  # checked by TranslatorConfig
         self.cfg = cfg
         self.id = (f"seq2seq/{_ALGORITHM_VERSION}:{cfg.model}@{cfg.revision or ''}"
                    f":{cfg.src_lang or ''}>{cfg.tgt_lang or ''}:max_new_tokens={cfg.max_new_tokens}")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device()
         # weights first: a pickle-only folder is refused (naming `vlm-sweep assets convert`) before anything else
         self.model = load_weights(AutoModelForSeq2SeqLM, cfg.model, cfg.revision, "translate.model", cfg.assets,
                                   trust_remote_code=False).to(self.device)

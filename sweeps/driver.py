@@ -248,7 +248,6 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
 def measure_lengths(cfg: SweepConfig, trials: list[PlannedTrial]) -> list[dict[str, Any]]:
     """Every variant's token-length distribution under each distinct formatter its trials build (tokenizer,
     chat / raw, image tokens, ``max_length``): one row per (dataset, formatter), naming its trials."""
-
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     for p in trials:
         model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets, dense_groups=cfg.dense_groups)
@@ -345,7 +344,6 @@ def unfinished_trials(grid, stage_dir: Path) -> list[str]:
     """Config ids of trials that neither failed, nor ran all their epochs, nor stopped on a non-finite loss, nor
     were stopped by ASHA. After Ctrl-C, Tune marks the trials it cut short as terminated, so the status alone
     cannot tell."""
-
     stopped = {d["trial"] for d in read_decisions(stage_dir / DECISIONS_FILE) if d["decision"] == "stop"}
     out = []
     for result in grid:
@@ -360,7 +358,6 @@ def unfinished_trials(grid, stage_dir: Path) -> list[str]:
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Plan, pre-flight and run the requested stages; returns the lineage and per-trial summaries."""
-
     stages = [1, 2] if cfg.stage == "all" else [int(cfg.stage)]
     planned = {s: plan(cfg, s) for s in stages}
     every = [p for s in stages for p in planned[s]]
@@ -405,7 +402,6 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         lineage = record_lineage(summary["stages"][1], lineage)
         atomic_write_text(lineage_file, json.dumps(lineage, indent=2))
     if 2 in stages:
-
         max_t = max(p.spec.epochs for p in planned[2])
         decisions = str(storage / "stage2" / DECISIONS_FILE)
         # trials read it at each rung (they end there if stopped) and when they resume from a checkpoint (a rung

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from vlm_core.answers import SHORT_ANSWER_INSTRUCTION
+from vlm_core.images import resolve_image
 from vlm_core.outputs import atomic_write_text
 
 from .report import AXES, markdown_table, token_length_section
@@ -59,6 +60,12 @@ def chat_command(checkpoint: str, image: str, question: str) -> str:
     """The ``vlm-sweep chat`` command that asks ``question`` of ``image`` with ``checkpoint``, copy-pasteable."""
     return f"vlm-sweep chat --checkpoint {shell_quote(str(checkpoint))} --image {shell_quote(str(image))} " \
            f"{shell_quote(question)}"
+
+
+def _image_root(evaluation: dict[str, Any]) -> Path:
+    """The image folder an evaluation's questions refer to (recorded since 2026-12-06; before, the sample corpus's
+    ``images/`` beside its questions file)."""
+    return Path(evaluation.get("images") or Path(evaluation["questions"]).parent / "images")
 
 
 def _cell(text: Any) -> str:
@@ -134,7 +141,7 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
             "accuracy": answers["accuracy"], "by_type": answers["by_type"],
             "exact_match": answers.get("exact_match", {}),
             "exact_match_by_type": answers.get("exact_match_by_type", {}), "protocol": answers.get("protocol"),
-            "sample_image": str(Path(e["questions"]).parent / "images" / sample.get("image", "")),
+            "sample_image": str(resolve_image(sample.get("image", ""), _image_root(e))),
             # the prompt the answers were generated from (question + short-answer instruction), so that the chat
             # command below reproduces the sample generation
             "sample_question": sample.get("prompt", sample.get("question", ""))}
@@ -171,7 +178,7 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
               "| image | question | expected | " + " | ".join(CONDITION_NAMES[c] for c in shown) + " |",
               "|---|---|---|" + "---|" * len(shown)]
     for s in answers["samples"]:
-        img = Path(e["questions"]).parent / "images" / s["image"]
+        img = resolve_image(s["image"], _image_root(e))
         rel = _relative_figure(img, root) if img.resolve().is_relative_to(root.resolve()) else img
         lines.append(f"| ![]({rel}) | {_cell(s['question'])} | {_cell(s['expected'])} | "
                      + " | ".join(answer_cell(s, c) for c in shown) + " |")

@@ -44,7 +44,6 @@ def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: s
     """The model and training configs of one trial of the matrix. With ``assets`` (an assets folder), hub models
     the folder holds at their pinned revision are loaded from it (the config names the folder); ``dense_groups``
     sets the dense connector's G (default: the preset's)."""
-
     model = get_preset(preset)
     for part in (model.vision, model.lm):
         part.source = localize(part.source, part.revision, assets)

@@ -136,7 +136,6 @@ def check_projector_selection(path: str | Path, projector=None) -> None:
     (DCI then averaged ``hidden_states[1..L]``, SCI/STI picked ``round(k·L/G)``) is refused — loading its weights
     onto the new grouping would run silently on features it never saw. Without ``projector`` only that record's
     presence is checked (the sweep does so before any trial)."""
-
     path = Path(path)
     recorded = json.loads((path / CHECKPOINT_META).read_text()).get("projector_selection")
     name = json.loads((path / VLM_CONFIG).read_text()).get("projector", {}).get("name", "mlp2x_gelu")
@@ -167,7 +166,6 @@ def load_projector(model, path: str | Path) -> None:
 
 def load_vlm(path: str | Path, verify: bool = True, trust_remote_code: bool = False):
     """Rebuild a trained model from a checkpoint folder (safetensors + JSON only)."""
-
     read_meta(path, verify=verify)
     model = VisionLanguageModel.build(load_vlm_config(path, trust_remote_code))
     load_projector(model, path)

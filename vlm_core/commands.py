@@ -135,7 +135,6 @@ def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = N
         max_new_tokens: New tokens per answer (default 16, lmms-eval's VQAv2 budget).
         out: Also write the result as JSON here.
     """
-
     if data is not None:
         questions = questions or str(Path(data) / EVAL_FILE)
         images = images or str(Path(data) / "images")

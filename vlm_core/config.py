@@ -22,6 +22,8 @@ from .schedules import SCHEDULES
 T = TypeVar("T")
 
 PINNED_DATE = "26 Jul 2024"
+IMAGE_MARKER = "<image>"
+"""Where a record's image goes in its conversation (ShareGPT4V / LLaVA): the one definition of the marker."""
 
 
 def check_field(cond: bool, field_name: str, msg: str) -> None:
@@ -120,7 +122,7 @@ class LMConfig:
     """``tiny`` only: MLP width."""
     init_seed: int = 0
     """``tiny`` only: seed of the random init."""
-    image_token: str = "<image>"
+    image_token: str = IMAGE_MARKER
     """Placeholder text in conversations. Mapped to a reserved special token when the tokenizer has one,
     otherwise added to the vocabulary."""
     attn_implementation: str = "sdpa"

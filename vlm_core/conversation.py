@@ -241,7 +241,6 @@ class ConversationFormatter:
         return enc
 
 if __name__ == "__main__":
-
     _, tokenizer, image_token = build_language_model(LMConfig())
     fmt = ConversationFormatter(tokenizer, image_token, FormatConfig(), num_image_tokens=16)
     sample = [{"from": "human", "value": "<image>\nWhat shape is this?"}, {"from": "gpt", "value": "A circle."}]

@@ -23,7 +23,7 @@ from PIL import Image
 from .conversation import IGNORE_INDEX, ConversationFormatter, Encoded
 from .errors import DataError, FormatError
 from .hashing import unit_interval
-from .images import ImageError, open_rgb
+from .images import ImageError, open_rgb, resolve_image
 
 log = logging.getLogger(__name__)
 
@@ -131,16 +131,13 @@ class ConversationDataset(torch.utils.data.Dataset):
         return len(self.examples)
 
     def image_path(self, image: str) -> Path:
-        p = Path(image)
-        return p if p.is_absolute() or self.image_root is None else self.image_root / p
+        return resolve_image(image, self.image_root)
 
     def load_image(self, image: str) -> Image.Image:
         """RGB, first frame, upright (``vlm_core.images.open_rgb``); ``ImageError`` names the file and the fix."""
-
         return open_rgb(self.image_path(image))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-
         ex = self.examples[i]
         if self.features is not None:
             return {"id": ex.id, "input_ids": ex.encoded.input_ids, "labels": ex.encoded.labels,

@@ -41,11 +41,12 @@ import torch
 
 from .answers import RULES, SHORT_ANSWER_INSTRUCTION, score, vqa_normalise, with_instruction
 from .checkpoint import load_vlm
-from .config import check_field
-from .data import Collator, ConversationDataset, read_records
-from .images import open_rgb
+from .config import IMAGE_MARKER, check_field
+from .data import ConversationDataset, read_records
+from .images import open_rgb, resolve_image
 from .inference import build_prompt_batch
 from .outputs import atomic_write_text
+from .training import loss_batches, summed_loss
 
 EVAL_FILE = "eval_easyvqa.jsonl"
 """The held-out questions of a sample corpus (``data_pipeline.sample_corpus``): what ``eval --data`` reads."""
@@ -116,13 +117,12 @@ def balanced_subset(records: list[dict], n: int | None) -> list[dict]:
 
 def _question_text(record: dict) -> str:
     turn = record["conversations"][0]
-    return turn.get("value", turn.get("content", "")).replace("<image>", "").strip()
+    return turn.get("value", turn.get("content", "")).replace(IMAGE_MARKER, "").strip()
 
 
 def question_set(cfg: EvalConfig) -> list[dict]:
     """The questions an evaluation under ``cfg`` answers: ``cfg.max_questions`` of ``cfg.questions``, the types in
     turn (``balanced_subset``)."""
-
     return balanced_subset(read_records(cfg.questions), cfg.max_questions)
 
 
@@ -170,9 +170,8 @@ def _features(model, images: list, batch_size: int) -> torch.Tensor:
 @torch.no_grad()
 def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfig) -> dict[str, Any]:
     """Greedy answers under every condition, scored by ``score_answers``; the protocol is recorded with them."""
-
     model.eval()
-    images = [open_rgb(image_root / r["image"]) for r in records]
+    images = [open_rgb(resolve_image(r["image"], image_root)) for r in records]
     feats = _features(model, images, cfg.batch_size)
     questions = prompt_questions(records, cfg.instruction)
     conditions = {"image": lambda f: f, **{c: CONTROLS[c] for c in cfg.controls}}
@@ -200,32 +199,26 @@ def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfi
 @torch.no_grad()
 def heldout_loss(model, records: list[dict], image_root: Path, cfg: EvalConfig) -> dict[str, Any]:
     """Assistant-token loss and perplexity on held-out conversations, with the image and under each control."""
-
     model.eval()
     dataset = ConversationDataset(records, model.formatter, model.vision.preprocess, image_root)
-    collate = Collator(model.tokenizer.pad_token_id)
-    batches = [collate([dataset[j] for j in range(i, min(i + cfg.batch_size, len(dataset)))])
-               for i in range(0, len(dataset), cfg.batch_size)]
+    batches = loss_batches(model, dataset, cfg.batch_size)
     feats = [model.image_features(b["pixel_values"].to(model.device)) for b in batches]
     all_feats = torch.cat(feats) if feats else torch.empty(0)
     out: dict[str, Any] = {"n": len(dataset), "skipped": dict(dataset.skipped)}
     for name, transform in {"image": lambda f: f, **{c: CONTROLS[c] for c in cfg.controls}}.items():
-        cond = transform(all_feats).split([f.shape[0] for f in feats]) if feats else []
-        total, tokens = 0.0, 0
-        for b, f in zip(batches, cond):
-            o = model(b["input_ids"].to(model.device), b["attention_mask"].to(model.device),
-                      labels=b["labels"].to(model.device), image_features=f)
-            total, tokens = total + float(o.loss_sum), tokens + o.num_tokens
+        # a control acts on the whole set (shuffled: another conversation's image), then per batch again
+        cond = list(transform(all_feats).split([f.shape[0] for f in feats])) if feats else []
+        total, tokens = summed_loss(model, batches, image_features=cond)
         loss = total / max(tokens, 1) if tokens else float("nan")
         out[name] = {"loss": loss, "perplexity": math.exp(loss) if tokens else float("nan")}
     return out
 
 
 def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
-
     root = Path(cfg.images)
     questions = question_set(cfg)
-    result: dict[str, Any] = {"questions": cfg.questions, "answers": answer_accuracy(model, questions, root, cfg)}
+    result: dict[str, Any] = {"questions": cfg.questions, "images": cfg.images,
+                              "answers": answer_accuracy(model, questions, root, cfg)}
     if cfg.val:
         result["heldout"] = heldout_loss(model, read_records(cfg.val)[: cfg.max_val_samples], root, cfg)
     acc, em = result["answers"]["accuracy"], result["answers"]["exact_match"]
@@ -236,11 +229,9 @@ def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
 
 def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, out: str | Path | None = None) -> dict[str, Any]:
     """Load a checkpoint (safetensors + JSON), evaluate it, optionally write ``eval.json``."""
-
     model = load_vlm(checkpoint)
     result = {"checkpoint": str(checkpoint), **evaluate(model, cfg)}
     if out:
-
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=2))
     return result

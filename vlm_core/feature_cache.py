@@ -30,8 +30,9 @@ import torch
 from .config import VisionConfig, VLMConfig
 from .errors import DataError
 from .hashing import json_digest
+from .images import resolve_image
 from .projectors import build_projector
-from .vision import build_vision_tower, encoder_geometry
+from .vision import build_vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +84,9 @@ class FeatureEncoder:
     """The frozen encoder plus the projector's parameter-free selection, without the LLM."""
 
     def __init__(self, cfg: VLMConfig):
-
         self.cfg = cfg
         self.vision = build_vision_tower(cfg.vision)
-        geom = encoder_geometry(cfg.vision, self.vision.model.config)
-        self.projector = build_projector(cfg.projector, geom, LLM_WIDTH_FOR_SELECTION)
+        self.projector = build_projector(cfg.projector, self.vision.geometry, LLM_WIDTH_FOR_SELECTION)
 
     def inputs(self) -> dict[str, Any]:
         return key_inputs(self.cfg.vision, self.vision, self.projector)
@@ -146,7 +145,6 @@ class FeatureCache:
     def verify(self, images: Iterable[str], image_root: str | Path | None) -> int:
         """Every image is in the cache and unchanged since it was encoded (size and mtime); returns how many were
         checked. Raises ``FeatureCacheError`` naming the first missing / changed image and how many there are."""
-        root = Path(image_root) if image_root else None
         sizes, mtimes = self.table.column("size").to_pylist(), self.table.column("mtime_ns").to_pylist()
         missing, changed, n = [], [], 0
         for image in dict.fromkeys(images):
@@ -155,9 +153,8 @@ class FeatureCache:
             if i is None:
                 missing.append(image)
                 continue
-            path = Path(image) if root is None or Path(image).is_absolute() else root / image
             try:
-                if image_stat(path) != (sizes[i], mtimes[i]):
+                if image_stat(resolve_image(image, image_root or None)) != (sizes[i], mtimes[i]):
                     changed.append(image)
             except OSError:
                 changed.append(image)

@@ -51,6 +51,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr (PIL inverts Adobe CMYK JPEGs on load)
 
 
+def resolve_image(image: str | Path, root: str | Path | None) -> Path:
+    """Where a record's ``image`` is: an absolute path as it is, a relative one under ``root`` (the dataset's image
+    folder, ``--images``; None: relative to the working directory). The one rule every reader of records uses."""
+    path = Path(image)
+    return path if path.is_absolute() or root is None else Path(root) / path
+
+
 def open_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """The image at ``path`` as an upright RGB picture (first frame of an animation); ``ImageError`` otherwise."""
     path = Path(path)

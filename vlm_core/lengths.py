@@ -105,7 +105,6 @@ def image_token_count(cfg: VLMConfig) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _image_tokens(vision_json: str, projector_json: str) -> int:
-
     projector = build_projector(ProjectorConfig(**json.loads(projector_json)),
                                 encoder_geometry(VisionConfig(**json.loads(vision_json))), LLM_WIDTH_FOR_SELECTION)
     return projector.num_tokens
@@ -113,7 +112,6 @@ def _image_tokens(vision_json: str, projector_json: str) -> int:
 
 def formatter_for(cfg: VLMConfig) -> ConversationFormatter:
     """The formatter a trial of ``cfg`` builds, with the tokenizer only (no LLM weights)."""
-
     tokenizer = load_tokenizer(cfg.lm)
     image_token, _ = resolve_image_token(tokenizer, cfg.lm.image_token)
     return ConversationFormatter(tokenizer, image_token, cfg.format, image_token_count(cfg))
@@ -138,7 +136,6 @@ def lengths_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-
     p = argparse.ArgumentParser(description="Token-length distribution of records under a preset's formatter.")
     p.add_argument("--preset", default="local")
     p.add_argument("--records", required=True, help=".json / .jsonl / .parquet records")

@@ -22,7 +22,7 @@ from .config import VLMConfig
 from .conversation import IGNORE_INDEX, ConversationFormatter
 from .language_model import ImageToken, build_language_model
 from .projectors import Projector, build_projector
-from .vision import VisionTower, build_vision_tower, encoder_geometry
+from .vision import VisionTower, build_vision_tower
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ class VisionLanguageModel(nn.Module):
         """Narrated construction: encoder → LM → projector built from their declared widths."""
         vision = build_vision_tower(cfg.vision)
         lm, tokenizer, image_token = build_language_model(cfg.lm, dtype=dtype)
-        geom = encoder_geometry(cfg.vision, vision.model.config)
-        projector = build_projector(cfg.projector, geom, lm.config.hidden_size)
+        projector = build_projector(cfg.projector, vision.geometry, lm.config.hidden_size)
         log.info("built VLM: vision %s (%d layers, %d patches, dim %d) → %s (%d → %d, %d tokens) → LM %s",
                  cfg.vision.source, vision.num_layers, vision.num_patches, vision.embed_dim, cfg.projector.name,
                  projector.in_dim, lm.config.hidden_size, projector.num_tokens, cfg.lm.source)

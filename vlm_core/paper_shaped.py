@@ -46,7 +46,7 @@ from .config import VLMConfig
 from .language_model import PAD_CANDIDATES, resolve_image_token
 from .model import VisionLanguageModel
 from .outputs import build_once
-from .projectors import EncoderGeometry, build_projector
+from .projectors import build_projector
 from .vision import VisionTower
 
 log = logging.getLogger(__name__)
@@ -353,9 +353,7 @@ def build_vlm_in_memory(paper: VLMConfig, lm_layers: int | None = None, seed: in
     vision = VisionTower(build_clip_vision(seed, device=device), None, cfg.vision)
     lm = build_llama(lm_layers, seed, device, attn_implementation=attn_implementation)
     lm.config.pad_token_id = tok.pad_token_id
-    geom = EncoderGeometry(vision.embed_dim, vision.num_layers, vision.num_patches, cfg.vision.feature_layer,
-                           cfg.vision.drop_cls)
-    projector = build_projector(cfg.projector, geom, lm.config.hidden_size).to(device)
+    projector = build_projector(cfg.projector, vision.geometry, lm.config.hidden_size).to(device)
     return VisionLanguageModel(cfg, vision, projector, lm, tok, image_token)
 
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from .checkpoint import export_weights
 from .config import TrainConfig, VLMConfig
 from .data import ConversationDataset, read_records, split_records
+from .devices import pick_device
 from .faults import Faults
 from .feature_cache import FeatureCache, model_cache_key
 from .model import VisionLanguageModel
@@ -45,10 +44,6 @@ class DataSpec:
     read instead of running the encoder. Refused unless its key matches the model and its images are unchanged."""
 
 
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def load_datasets(model: VisionLanguageModel, data: DataSpec, seed: int = 0):
     records = read_records(data.train)
     if data.val:
@@ -57,7 +52,6 @@ def load_datasets(model: VisionLanguageModel, data: DataSpec, seed: int = 0):
         train_records, val_records = split_records(records, data.val_fraction, seed)
     features = None
     if data.features:
-
         features = FeatureCache.open(data.features, model_cache_key(model))
         n = features.verify([r["image"] for r in train_records + val_records if isinstance(r, dict) and
                              isinstance(r.get("image"), str)], data.images)

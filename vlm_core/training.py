@@ -177,24 +177,42 @@ def _forward(model, batch):
                  pixel_values=batch.get("pixel_values"), image_features=batch.get("image_features"))
 
 
+def loss_batches(model, dataset: ConversationDataset, batch_size: int, limit: int | None = None) -> list[dict]:
+    """The first ``limit`` samples of ``dataset`` (all when None), collated into batches of ``batch_size``."""
+    n = len(dataset) if limit is None else min(len(dataset), limit)
+    collate = Collator(model.tokenizer.pad_token_id)
+    return [collate([dataset[i] for i in range(start, min(start + batch_size, n))])
+            for start in range(0, n, batch_size)]
+
+
 @torch.no_grad()
-def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: TrainConfig | None = None) -> float:
-    """Token-weighted mean loss over ``dataset`` (its first ``cfg.max_val_samples`` samples when set)."""
-    n = len(dataset) if cfg is None or cfg.max_val_samples is None else min(len(dataset), cfg.max_val_samples)
-    if n == 0:
-        return float("nan")
+def summed_loss(model, batches: list[dict], cfg: TrainConfig | None = None,
+                image_features: list[torch.Tensor] | None = None) -> tuple[float, int]:
+    """(sum of the assistant-token losses, number of those tokens) over collated ``batches``, in eval mode and the
+    run's precision; ``image_features`` (one tensor per batch) replaces each batch's own image input (the
+    evaluation's text-only controls). The one held-out loss: validation during training and ``vlm-sweep eval``."""
     device = model.device
     was_training = model.training
     model.eval()
-    collate = Collator(model.tokenizer.pad_token_id)
     total, tokens = 0.0, 0
-    for start in range(0, n, batch_size):
-        batch = _to(collate([dataset[i] for i in range(start, min(start + batch_size, n))]), device)
+    for i, batch in enumerate(batches):
+        batch = _to(batch, device)
+        if image_features is not None:
+            batch = {**batch, "pixel_values": None, "image_features": image_features[i].to(device)}
         with autocast(cfg or TrainConfig(), device):
             out = _forward(model, batch)
         total += out.loss_sum.item()
         tokens += out.num_tokens
     model.train(was_training)
+    return total, tokens
+
+
+def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: TrainConfig | None = None) -> float:
+    """Token-weighted mean loss over ``dataset`` (its first ``cfg.max_val_samples`` samples when set)."""
+    batches = loss_batches(model, dataset, batch_size, None if cfg is None else cfg.max_val_samples)
+    if not batches:
+        return float("nan")
+    total, tokens = summed_loss(model, batches, cfg)
     return total / max(tokens, 1)
 
 

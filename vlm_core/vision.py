@@ -40,17 +40,21 @@ class VisionTower(nn.Module):
         self.model.eval()
 
     @property
+    def geometry(self) -> EncoderGeometry:
+        """What a projector is built from (width, depth, patches, main layer): see :func:`encoder_geometry`."""
+        return encoder_geometry(self.cfg, self.model.config)
+
+    @property
     def embed_dim(self) -> int:
-        return self.model.config.hidden_size
+        return self.geometry.embed_dim
 
     @property
     def num_layers(self) -> int:
-        return self.model.config.num_hidden_layers
+        return self.geometry.num_layers
 
     @property
     def num_patches(self) -> int:
-        c = self.model.config
-        return (c.image_size // c.patch_size) ** 2
+        return self.geometry.num_patches
 
     @property
     def image_size(self) -> int:
@@ -144,7 +148,6 @@ def build_vision_tower(cfg: VisionConfig) -> VisionTower:
             processor = _image_processor(model.config.image_size)
     n_layers = model.config.num_hidden_layers
     if not -(n_layers + 1) <= cfg.feature_layer <= n_layers:
-
         raise ConfigError(f"vision.feature_layer: {cfg.feature_layer} is out of range for an encoder "
                           f"with {n_layers} layers (hidden_states has {n_layers + 1} entries)")
     return VisionTower(model, processor, cfg)
