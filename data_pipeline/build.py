@@ -17,7 +17,7 @@ pool that took every CPU stalled the read for ever.
 
 Each intermediate is keyed by a hash of everything that produced it and reused by a rerun, which then says
 so. Outputs are replaced atomically, never appended to, so reruns never duplicate rows. Every dropped row is
-in ``rejected.jsonl`` with its line, id, stage and reason, and counted in ``manifest.json``.
+in ``rejected.jsonl`` with its line, id, step (its ``stage`` field) and reason, and counted in ``manifest.json``.
 
 **Repeated embedded texts.** ``--embed.text`` (``human`` by default: the study's choice; ``assistant``;
 ``both``) picks what is embedded. In ShareGPT4V's caption files every human turn is one of ~10 fixed prompts,
@@ -51,7 +51,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,7 @@ def _key(*parts: Any) -> str:
     return json_digest(list(parts), 16)
 
 
-# ---------------------------------------------------------------------------------------------- stage UDFs
+# ------------------------------------------------------------------------------------- pipeline step UDFs
 def read_shards_batch(batch: dict[str, Any]) -> dict[str, list]:
     """``map_batches`` over shard descriptors → validated rows (rejections included, with a reason)."""
     rows = []
@@ -136,7 +136,7 @@ def filter_batch(batch: dict[str, Any], prefix: str, check_images: bool, image_r
     return FilterBatch(prefix, check_images, image_root)(batch)
 
 
-class TranslateStage:
+class TranslateStep:
     """Wraps ``translate.TranslateBatch``: failed translations become rejections with their reason."""
 
     def __init__(self, cfg_dict: dict, cache_dir: str):
@@ -185,7 +185,7 @@ def _ray_write(ds, target: Path) -> None:
     import ray.data
 
     with atomic_dir(target) as tmp:
-        # half a CPU: the stage's actors keep theirs, and a write needing a whole one would wait forever on 2 cores
+        # half a CPU: the step's actors keep theirs, and a write needing a whole one would wait forever on 2 cores
         ds.write_parquet(str(tmp.resolve()), filename_provider=_part_names(), ray_remote_args={"num_cpus": 0.5},
                          mode=ray.data.SaveMode.OVERWRITE)  # a fresh temp folder: nothing to overwrite but our own
 
@@ -218,7 +218,7 @@ def _rejected_rows(path: Path) -> list[dict]:
 
 
 def _duplicate_rows(dataset) -> list[dict]:
-    """Rows (otherwise kept) whose id an earlier line already has: stage ``dedupe``, reason naming that line."""
+    """Rows (otherwise kept) whose id an earlier line already has: step ``dedupe``, reason naming that line."""
     import pyarrow.compute as pc
 
     kept = dataset.to_table(columns=["id", "line"], filter=pc.field("reason") == "")
@@ -263,7 +263,7 @@ def _fit_sample_ids(ids: list[str], n: int, seed: int) -> set[str]:
 
 @dataclass
 class ActorPlan:
-    """Ray resources of each stage, sized so that the read tasks always keep a share of the CPUs."""
+    """Ray resources of each pipeline step, sized so that the read tasks always keep a share of the CPUs."""
 
     read_cpus: float
     translate_actors: int
@@ -399,17 +399,100 @@ def localized_models(cfg: BuildConfig):
 
 
 # -------------------------------------------------------------------------------------------------- build
-def build(cfg: BuildConfig) -> dict[str, Any]:
-    """Run the pipeline; returns the manifest (also written to ``OUT/manifest.json``)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-    import ray
-    from ray.data.expressions import col
+@dataclass
+class BuildRun:
+    """What the steps of one ``build`` share: its config and folders, and what they record for the manifest."""
 
+    cfg: BuildConfig
+    out: Path
+    work: Path
+    source: Path
+    src_hash: str
+    jsonl: Path
+    """The source as JSONL (a JSON list is converted once into ``work``)."""
+    source_errors: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+    """Steps whose output a rerun reused."""
+    warnings: list[str] = field(default_factory=list)
+    """Also logged; kept in the manifest."""
+
+    def warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.warnings.append(message)
+
+
+@dataclass
+class EmbeddedRows:
+    """Step 1's output: every source row validated, filtered, translated and embedded (rejections kept)."""
+
+    folder: Path
+    n_read: int
+    reasons: Counter
+    embed_model: str
+    embed_revision: str | None
+    translate_cfg: Any
+    translator_id: str
+    plan: ActorPlan
+
+
+@dataclass
+class KeptRows:
+    """Step 2's output: the rows that passed every check, duplicates of an earlier id set aside."""
+
+    dataset: Any  # pyarrow.dataset over the embedded rows
+    filter: Any  # pyarrow expression selecting the kept rows
+    duplicates: list[dict]
+    repetition: dict[str, Any]
+
+
+def build(cfg: BuildConfig) -> dict[str, Any]:
+    """Run the pipeline, step by step; returns the manifest (also written to ``OUT/manifest.json``)."""
     t_start = time.perf_counter()
-    out = Path(cfg.out)
-    source = Path(cfg.source)
+    run = start_run(cfg)
+    resources = init_ray()
+    rows = embed_rows(run, resources)                       # 1  read, validate, filter, translate, embed
+    kept = keep_rows(run, rows)                             # 2  duplicates, repetition of the embedded texts
+    space, space_ref, fit_ids, dim = fit_space_on_sample(run, kept)   # 3  UMAP + clusters
+    ids, clusters = assign_clusters(run, rows, kept, space_ref)       # 4  every row's cluster
+    variants = sample_and_write_variants(run, kept, ids, clusters)    # 5  variants, common held-out set
+    write_rejected(run, rows, kept)
+    plot_title = write_space(run, space)
+    manifest = {
+        "source": {"path": str(run.source.resolve()), "sha256": run.src_hash,
+                   "format": "json" if run.jsonl != run.source else "jsonl", "read_errors": run.source_errors},
+        "counts": rejection_counts(rows, len(ids)),
+        "rejected_by_reason": dict(sorted(rows.reasons.items(), key=lambda kv: -kv[1])),
+        "variants": variants,
+        "clusters": {"method": space.method, "k": space.k, "silhouette_by_k": space.silhouette,
+                     "per_cluster_all": cluster_counts(clusters), "fit_sample": len(fit_ids)},
+        "embedding": {"model": cfg.embed.model or rows.embed_model, "revision": cfg.embed.revision,
+                      "folder": rows.embed_model if Path(rows.embed_model).expanduser().is_dir() else None,
+                      "packaged": cfg.embed.model is None, "dim": dim, "text": cfg.embed.text,
+                      "text_description": f"{TEXT_LABELS[cfg.embed.text]} (English), {IMAGE_MARKER} removed",
+                      **{k: kept.repetition[k] for k in ("distinct_texts", "distinct_fraction", "top10_share",
+                                                         "top_texts")},
+                      "repeated": repeated_texts(kept.repetition)},
+        "translation": {"translator": cfg.translate.name, "id": rows.translator_id, "model": cfg.translate.model,
+                        "revision": getattr(cfg.translate, "revision", None),
+                        "folder": rows.translate_cfg.model if rows.translate_cfg.model and
+                        Path(rows.translate_cfg.model).expanduser().is_dir() else None},
+        "plot": {"path": "umap.png", "title": plot_title},
+        "warnings": run.warnings,
+        "params": cfg.to_dict(), "seed": cfg.seed, "versions": _versions(),
+        "ray_plan": rows.plan.__dict__, "reused_stages": run.reused,
+        "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
+        "wall_s": round(time.perf_counter() - t_start, 2), "ray_resources": resources,
+    }
+    atomic_write_text(run.out / "manifest.json", json.dumps(manifest, indent=2, default=str))
+    if run.reused:
+        print(f"reused finished steps: {', '.join(run.reused)} (delete {run.work} to recompute)")
+    return manifest
+
+
+def start_run(cfg: BuildConfig) -> BuildRun:
+    """Check the inputs and the output folder (before Ray starts); a JSON-list source becomes JSONL once."""
+    out, source = Path(cfg.out), Path(cfg.source)
     if not source.is_file():
         raise SourceError(f"source file {source} does not exist; pass --source with a ShareGPT4V .json or .jsonl")
     if not Path(cfg.images).is_dir():
@@ -418,46 +501,45 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     check_output_dir(out, 0, "data build --out")
     work = out / "_work"
     work.mkdir(exist_ok=True)
-    timings: dict[str, float] = {}
-    reused: list[str] = []
-    warnings: list[str] = []  # also logged; kept in the manifest
-
     src_hash = file_sha256(source)
-    source_errors: list[str] = []
+    run = BuildRun(cfg, out, work, source, src_hash, source)
     if _is_json_list(source):
-        jsonl = work / f"source-{src_hash[:16]}.jsonl"
-        if not jsonl.is_file():
-            n, err = json_list_to_jsonl(source, jsonl)
-            (work / f"{jsonl.name}.error").write_text(err or "")
-        err_file = work / f"{jsonl.name}.error"
+        run.jsonl = work / f"source-{src_hash[:16]}.jsonl"
+        err_file = work / f"{run.jsonl.name}.error"
+        if not run.jsonl.is_file():
+            _, err = json_list_to_jsonl(source, run.jsonl)
+            err_file.write_text(err or "")
         if err_file.is_file() and err_file.read_text():
-            source_errors.append(err_file.read_text())
-            log.error("%s", source_errors[-1])
-    else:
-        jsonl = source
-    shards = plan_shards(jsonl, cfg.shard_lines)
-    resources = init_ray()
+            run.source_errors.append(err_file.read_text())
+            log.error("%s", run.source_errors[-1])
+    return run
 
-    # ---- A+B: one streaming pass: read + validate + filter (tasks) → translate → embed (actor pools) → write
-    t0 = time.perf_counter()
+
+def embed_rows(run: BuildRun, resources: dict[str, float]) -> EmbeddedRows:
+    """Step 1, one streaming pass: read + validate + filter (tasks) → translate → embed (actor pools) → Parquet in
+    ``_work/rows-<key>``, keyed by everything that produced it (a rerun with the same inputs reuses it)."""
+    import ray
+
+    cfg, t0 = run.cfg, time.perf_counter()
     embed_model, embed_revision, translate_cfg = localized_models(cfg)  # before any config reaches an actor
     translator_id = build_translator(translate_cfg).id if cfg.translate.name != "none" else "none"
-    key = _key(src_hash, cfg.image_prefix, cfg.check_images, str(Path(cfg.images).resolve()), translator_id,
+    key = _key(run.src_hash, cfg.image_prefix, cfg.check_images, str(Path(cfg.images).resolve()), translator_id,
                embed_model, embed_revision, cfg.embed.text, "rows-v2")
-    rows_dir = work / f"rows-{key}"
+    folder = run.work / f"rows-{key}"
     plan = plan_actors(cfg, resources)
-    if _done(rows_dir):
-        reused.append("rows")
-        log.info("reusing validated, translated and embedded rows from %s", rows_dir)
+    if _done(folder):
+        run.reused.append("rows")
+        log.info("reusing validated, translated and embedded rows from %s", folder)
     else:
+        shards = plan_shards(run.jsonl, cfg.shard_lines)
         ds = ray.data.from_items([{"path": s.path, "start": s.start, "end": s.end, "first_line": s.first_line}
                                   for s in shards], override_num_blocks=max(1, len(shards)))
         ds = ds.map_batches(read_shards_batch, batch_size=1, num_cpus=plan.read_cpus)
         ds = ds.map_batches(filter_batch, fn_args=(cfg.image_prefix, cfg.check_images, cfg.images),
                             num_cpus=plan.read_cpus)
         if plan.translate_actors:
-            ds = ds.map_batches(TranslateStage, fn_constructor_args=(
-                translate_cfg.to_dict(), str((work / "translation_cache").resolve())),
+            ds = ds.map_batches(TranslateStep, fn_constructor_args=(
+                translate_cfg.to_dict(), str((run.work / "translation_cache").resolve())),
                 batch_size=cfg.translate.batch_size, compute=ray.data.ActorPoolStrategy(size=plan.translate_actors),
                 num_cpus=plan.translate_cpus, num_gpus=plan.translate_gpus)
         threads = None if plan.embed_gpus else max(1, math.ceil(plan.embed_cpus))  # 1.5 CPUs → 2 threads
@@ -466,137 +548,149 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
                             batch_size=cfg.embed.batch_size,
                             compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),
                             num_cpus=plan.embed_cpus, num_gpus=plan.embed_gpus)
-        _ray_write(ds, rows_dir)
-        _write_done(rows_dir, {"key": key})
-    n_read, reasons = _reason_counts(rows_dir)
-    timings["read_validate_translate_embed_s"] = time.perf_counter() - t0
-    embedded = rows_dir
+        _ray_write(ds, folder)
+        _write_done(folder, {"key": key})
+    n_read, reasons = _reason_counts(folder)
+    run.timings["read_validate_translate_embed_s"] = time.perf_counter() - t0
+    return EmbeddedRows(folder, n_read, reasons, embed_model, embed_revision, translate_cfg, translator_id, plan)
 
-    # ---- C: fit UMAP + clusters on a bounded sample
-    t0 = time.perf_counter()
-    emb_ds = pads.dataset(embedded, format="parquet")
-    duplicates = _duplicate_rows(emb_ds)  # later copies of an id: quarantined, the first copy is kept
+
+def keep_rows(run: BuildRun, rows: EmbeddedRows) -> KeptRows:
+    """Step 2: later copies of an id are quarantined (``dedupe``; the first copy is kept), and the repetition of
+    the embedded texts is measured (a warning when they are mostly repeats)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(rows.folder, format="parquet")
+    duplicates = _duplicate_rows(dataset)
     if duplicates:
-        reasons.update(f"dedupe: {reason_group(d['reason'])}" for d in duplicates)
-        warnings.append(f"{len(duplicates)} rows repeat an id already seen (e.g. {duplicates[0]['id']} at line "
-                        f"{duplicates[0]['line']}); quarantined as 'dedupe'")
-        log.warning("%s", warnings[-1])
-    dup_lines = [d["line"] for d in duplicates]
-    ok_filter = (pc.field("reason") == "") & ~pc.field("line").isin(dup_lines)
-    repetition = repetition_stats(emb_ds, ok_filter, cfg.embed.text)
-    if (warning := repetition_warning(repetition, cfg.embed.text)):
-        log.warning("%s", warning)
-        warnings.append(warning)
-    ids = emb_ds.to_table(columns=["id"], filter=ok_filter)["id"].to_pylist()
+        rows.reasons.update(f"dedupe: {reason_group(d['reason'])}" for d in duplicates)
+        run.warn(f"{len(duplicates)} rows repeat an id already seen (e.g. {duplicates[0]['id']} at line "
+                 f"{duplicates[0]['line']}); quarantined as 'dedupe'")
+    keep = (pc.field("reason") == "") & ~pc.field("line").isin([d["line"] for d in duplicates])
+    repetition = repetition_stats(dataset, keep, run.cfg.embed.text)
+    if (warning := repetition_warning(repetition, run.cfg.embed.text)):
+        run.warn(warning)
+    return KeptRows(dataset, keep, duplicates, repetition)
+
+
+def fit_space_on_sample(run: BuildRun, kept: KeptRows):
+    """Step 3: UMAP + clustering fitted on a bounded, order-independent sample, in one Ray task. Returns the
+    fitted space, its object ref (for the assigning actors), the fit sample's ids and the embedding width."""
+    import pyarrow.compute as pc
+    import ray
+
+    cfg, t0 = run.cfg, time.perf_counter()
+    ids = kept.dataset.to_table(columns=["id"], filter=kept.filter)["id"].to_pylist()
     fit_ids = _fit_sample_ids(ids, cfg.umap.fit_sample, cfg.seed)
-    fit_table = emb_ds.to_table(columns=["id", "embedding"], filter=ok_filter & pc.field("id").isin(list(fit_ids)))
+    fit_table = kept.dataset.to_table(columns=["id", "embedding"],
+                                      filter=kept.filter & pc.field("id").isin(list(fit_ids)))
     fit_table = fit_table.sort_by("id")  # the fit must not depend on how the rows were laid out in files
     fit_emb = np.stack(fit_table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
     space_ref = ray.remote(fit_space).options(num_cpus=1).remote(
         fit_emb, cfg.umap, cfg.cluster, cfg.seed, fit_table["id"].to_pylist())
     space = ray.get(space_ref)
-    timings["fit_s"] = time.perf_counter() - t0
+    run.timings["fit_s"] = time.perf_counter() - t0
+    return space, space_ref, fit_ids, int(fit_emb.shape[1])
 
-    # ---- D: assign every row, sample, write
+
+def assign_clusters(run: BuildRun, rows: EmbeddedRows, kept: KeptRows, space_ref) -> tuple[list[str], list[int]]:
+    """Step 4: every kept row's cluster, by one order-stable actor (UMAP's transform depends on batching)."""
+    import ray
+    from ray.data.expressions import col
+
     t0 = time.perf_counter()
-    assigned = (ray.data.read_parquet(str(embedded.resolve()), num_cpus=0.5)
+    assigned = (ray.data.read_parquet(str(rows.folder.resolve()), num_cpus=0.5)
                 .select_columns(["id", "line", "embedding", "reason"])
                 .filter(expr=col("reason") == "", num_cpus=0.5)
-                .map_batches(AssignBatch, fn_constructor_args=([space_ref],), batch_size=cfg.umap.transform_batch,
+                .map_batches(AssignBatch, fn_constructor_args=([space_ref],), batch_size=run.cfg.umap.transform_batch,
                              compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)  # one: order-stable
                 .select_columns(["id", "line", "cluster"])
                 .to_pandas())
-    assigned = assigned[~assigned["line"].isin(dup_lines)]
-    timings["assign_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    all_ids, all_clusters = assigned["id"].tolist(), assigned["cluster"].astype(int).tolist()
-    cluster_of = dict(zip(all_ids, all_clusters))
-    variants_info: dict[str, Any] = {}
+    assigned = assigned[~assigned["line"].isin([d["line"] for d in kept.duplicates])]
+    run.timings["assign_s"] = time.perf_counter() - t0
+    return assigned["id"].tolist(), assigned["cluster"].astype(int).tolist()
+
+
+def sample_and_write_variants(run: BuildRun, kept: KeptRows, ids: list[str], clusters: list[int]) -> dict[str, Any]:
+    """Step 5: each variant sampled (``random``: uniform; ``umap``: equal per cluster) and written: its train split
+    and the common held-out set (:func:`common_heldout`), each folder replaced whole. Returns the manifest's
+    ``variants``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cfg, t0 = run.cfg, time.perf_counter()
+    cluster_of = dict(zip(ids, clusters))
+    info: dict[str, Any] = {}
     drawn: dict[str, tuple[Any, Any]] = {}  # variant -> (its sampled rows, which hash into val)
     for v in cfg.variants:
         if v.kind == "random":
-            chosen, per_cluster = sample_random(all_ids, v.size, cfg.seed, v.name), None
+            chosen, per_cluster = sample_random(ids, v.size, cfg.seed, v.name), None
         else:
-            chosen, per_cluster = sample_per_cluster(all_ids, all_clusters, v.size, cfg.seed, v.name)
+            chosen, per_cluster = sample_per_cluster(ids, clusters, v.size, cfg.seed, v.name)
         columns = ["id", "image", "conversations", "n_turns", "line"] + \
             (["conversations_en"] if cfg.translate.name != "none" else [])
-        table = emb_ds.to_table(columns=columns, filter=ok_filter & pc.field("id").isin(chosen))
+        table = kept.dataset.to_table(columns=columns, filter=kept.filter & pc.field("id").isin(chosen))
         table = table.append_column("cluster", pa.array([cluster_of[i] for i in table["id"].to_pylist()],
                                                         pa.int64()))
         table = table.sort_by([("id", "ascending"), ("line", "ascending")])
         is_val = pa.array([is_validation(i, cfg.val_fraction, cfg.seed) for i in table["id"].to_pylist()])
         drawn[v.name] = table, is_val
-        variants_info[v.name] = {"kind": v.kind, "size": v.size, "sampled": table.num_rows,
-                                 "val_own": int(pc.sum(is_val).as_py() or 0),
-                                 "per_cluster": per_cluster or cluster_counts(table["cluster"].to_pylist())}
+        info[v.name] = {"kind": v.kind, "size": v.size, "sampled": table.num_rows,
+                        "val_own": int(pc.sum(is_val).as_py() or 0),
+                        "per_cluster": per_cluster or cluster_counts(table["cluster"].to_pylist())}
     heldout = common_heldout([t.filter(m) for t, m in drawn.values()])
     for name, (table, is_val) in drawn.items():
-        vdir = out / name
+        vdir = run.out / name
         if vdir.exists():
             shutil.rmtree(vdir)  # replaced whole: a rerun never leaves stale or duplicated files
         vdir.mkdir(parents=True)
         train_t = table.filter(pc.invert(is_val))
         _write_parquet_atomic(train_t, vdir / "train-00000.parquet")
         _write_parquet_atomic(heldout, vdir / "val-00000.parquet")
-        variants_info[name] = {**variants_info[name], "train": train_t.num_rows, "val": heldout.num_rows}
-    timings["sample_write_s"] = time.perf_counter() - t0
+        info[name] = {**info[name], "train": train_t.num_rows, "val": heldout.num_rows}
+    run.timings["sample_write_s"] = time.perf_counter() - t0
+    return info
 
-    # ---- rejected rows, artifacts, plot, manifest
-    rejected = _rejected_rows(rows_dir) + duplicates
+
+def write_rejected(run: BuildRun, rows: EmbeddedRows, kept: KeptRows) -> None:
+    """``rejected.jsonl``: every dropped row with its line, id, step (the ``stage`` field), reason and a prefix of
+    its raw text, in line order; unreadable parts of the source last."""
+    rejected = _rejected_rows(rows.folder) + kept.duplicates
     rejected.sort(key=lambda r: (r["line"], r["stage"]))
-    with atomic_path(out / "rejected.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
+    with atomic_path(run.out / "rejected.jsonl") as tmp, tmp.open("w", encoding="utf-8") as f:
         for r in rejected:
             f.write(json.dumps({"line": r["line"], "id": r["id"], "stage": r["stage"], "reason": r["reason"],
                                 "image": r["image"], "raw": r["conversations"][:300]}, ensure_ascii=False) + "\n")
-        for e in source_errors:
+        for e in run.source_errors:
             f.write(json.dumps({"line": None, "id": None, "stage": "read", "reason": e}) + "\n")
-    artifacts = out / "artifacts"
-    artifacts.mkdir(exist_ok=True)
+
+
+def write_space(run: BuildRun, space) -> str:
+    """The fitted UMAP + clusterer (``artifacts/``, for reuse) and the plot of the fit sample with the umap
+    variants' rows ringed; returns the plot's title."""
     import joblib
 
+    cfg = run.cfg
+    artifacts = run.out / "artifacts"
+    artifacts.mkdir(exist_ok=True)
     joblib.dump({"umap": space.umap, "clusterer": space.clusterer, "k": space.k, "method": space.method},
                 artifacts / "umap_clusters.joblib")
+    sampled_umap = {i for v in cfg.variants if v.kind == "umap" for i in _variant_ids(run.out / v.name)}
+    title = (f"UMAP of {TEXT_LABELS[cfg.embed.text]} ({model_label(cfg.embed.model)})\n"
+             f"{len(space.sample_ids)} fit rows, {space.method} k={space.k}")
+    plot_umap(space, sampled_umap, run.out / "umap.png", title=title)
+    return title
 
-    sampled_umap = {i for v in cfg.variants if v.kind == "umap"
-                    for i in _variant_ids(out / v.name)}
-    plot_title = (f"UMAP of {TEXT_LABELS[cfg.embed.text]} ({model_label(cfg.embed.model)})\n"
-                  f"{len(space.sample_ids)} fit rows, {space.method} k={space.k}")
-    plot_umap(space, sampled_umap, out / "umap.png", title=plot_title)
 
-    by_stage = Counter()
-    for r, c in reasons.items():
-        by_stage[r.split(":")[0]] += c
-    manifest = {
-        "source": {"path": str(source.resolve()), "sha256": src_hash, "format": "json" if jsonl != source else "jsonl",
-                   "read_errors": source_errors},
-        "counts": {"read": n_read, **{f"rejected_{st}": by_stage.get(st, 0)
-                                      for st in ("validate", "filter", "image", "translate", "dedupe")},
-                   "rejected_total": sum(reasons.values()), "embedded": len(all_ids)},
-        "rejected_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
-        "variants": variants_info,
-        "clusters": {"method": space.method, "k": space.k, "silhouette_by_k": space.silhouette,
-                     "per_cluster_all": cluster_counts(all_clusters), "fit_sample": len(fit_ids)},
-        "embedding": {"model": cfg.embed.model or embed_model, "revision": cfg.embed.revision,
-                      "folder": embed_model if Path(embed_model).expanduser().is_dir() else None,
-                      "packaged": cfg.embed.model is None, "dim": int(fit_emb.shape[1]), "text": cfg.embed.text,
-                      "text_description": f"{TEXT_LABELS[cfg.embed.text]} (English), {IMAGE_MARKER} removed",
-                      **{k: repetition[k] for k in ("distinct_texts", "distinct_fraction", "top10_share",
-                                                    "top_texts")},
-                      "repeated": repeated_texts(repetition)},
-        "translation": {"translator": cfg.translate.name, "id": translator_id, "model": cfg.translate.model,
-                        "revision": getattr(cfg.translate, "revision", None),
-                        "folder": translate_cfg.model if translate_cfg.model and
-                        Path(translate_cfg.model).expanduser().is_dir() else None},
-        "plot": {"path": "umap.png", "title": plot_title},
-        "warnings": warnings,
-        "params": cfg.to_dict(), "seed": cfg.seed, "versions": _versions(),
-        "ray_plan": plan.__dict__, "reused_stages": reused, "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "wall_s": round(time.perf_counter() - t_start, 2), "ray_resources": resources,
-    }
-    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, default=str))
-    if reused:
-        print(f"reused finished stages: {', '.join(reused)} (delete {work} to recompute)")
-    return manifest
+def rejection_counts(rows: EmbeddedRows, embedded: int) -> dict[str, int]:
+    """The manifest's ``counts``: rows read, rejected per step and in all, and embedded (kept)."""
+    by_step = Counter()
+    for r, c in rows.reasons.items():
+        by_step[r.split(":")[0]] += c
+    return {"read": rows.n_read, **{f"rejected_{st}": by_step.get(st, 0)
+                                    for st in ("validate", "filter", "image", "translate", "dedupe")},
+            "rejected_total": sum(rows.reasons.values()), "embedded": embedded}
 
 
 def _variant_ids(vdir: Path) -> list[str]:

@@ -40,15 +40,15 @@ from vlm_core.runner import DataSpec
 from .matrix import TrialSpec, get_grid
 from .profiles import BACKENDS, TrialResources, check_fits, trial_resources
 from .report import LENGTHS_FILE, write_report
-from .scheduling import DECISIONS_FILE, RecordingASHA, read_decisions, rung_milestones
-from .statuses import STATUS_NON_FINITE
+from .results import TrialResult, read_trials, record_lineage
+from .scheduling import DECISIONS_FILE, RecordingASHA, rung_milestones
+from .statuses import METRIC, MODE
 from .tracking import MODES as WANDB_MODES
 from .tracking import wandb_callbacks
 from .trial import remove_workdirs, resources_dict, run_trial, trial_configs
 
 log = logging.getLogger(__name__)
 
-METRIC, MODE = "val_loss", "min"  # the one place they are set
 
 
 @dataclass
@@ -299,8 +299,10 @@ def concurrent_fit(planned: list[PlannedTrial], cluster: dict[str, Any]) -> int:
     return max(1, min(counts)) if counts else 1
 
 
-def _run_stage(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], storage: Path, scheduler=None,
-               fit_count: int = 1):
+def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], storage: Path, scheduler=None,
+                    fit_count: int = 1) -> list[TrialResult]:
+    """Run (or resume) training stage ``stage``'s trials as one Tune experiment in ``storage/stage<N>``; returns
+    their results, or raises ``SweepInterrupted`` when some are unfinished."""
     import ray.tune
 
     name = f"stage{stage}"
@@ -332,28 +334,13 @@ def _run_stage(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], stora
     left = remove_workdirs([r.metrics["trial_id"] for r in grid if r.metrics and r.metrics.get("trial_id")])
     if left:
         log.info("removed %d scratch folders of stopped trials", left)
-    unfinished = unfinished_trials(grid, storage / name)
+    results = read_trials(storage / name, stage)
+    unfinished = [t.config_id for t in results if not t.done]
     if unfinished:
-        raise SweepInterrupted(f"stage {stage} was interrupted with {len(unfinished)} of {len(grid)} trials "
+        raise SweepInterrupted(f"stage {stage} was interrupted with {len(unfinished)} of {len(results)} trials "
                                f"unfinished ({', '.join(unfinished)}; state saved in {storage / name}); rerun the "
                                f"same command with --resume true")
-    return grid
-
-
-def unfinished_trials(grid, stage_dir: Path) -> list[str]:
-    """Config ids of trials that neither failed, nor ran all their epochs, nor stopped on a non-finite loss, nor
-    were stopped by ASHA. After Ctrl-C, Tune marks the trials it cut short as terminated, so the status alone
-    cannot tell."""
-    stopped = {d["trial"] for d in read_decisions(stage_dir / DECISIONS_FILE) if d["decision"] == "stop"}
-    out = []
-    for result in grid:
-        cid = result.config["trial"]["config_id"]
-        m = result.metrics or {}
-        done = m.get("epoch") is not None and m.get("epochs_planned") is not None and \
-            m["epoch"] >= m["epochs_planned"]
-        if not (result.error or done or m.get("status") == STATUS_NON_FINITE or cid in stopped):
-            out.append(cid)
-    return out
+    return results
 
 
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
@@ -396,10 +383,10 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     if 1 in stages:
         fit = concurrent_fit(planned[1], resources)
         running = min(cfg.max_concurrent or fit, len(planned[1]))
-        grid = _run_stage(cfg, 1, [_param(cfg, p, storage, None, data, caches) for p in spread_cpus(planned[1],
-                          _largest_node_cpus(), running)], storage, fit_count=fit)
-        summary["stages"][1] = summarize(grid)
-        lineage = record_lineage(summary["stages"][1], lineage)
+        results = _run_experiment(cfg, 1, [_param(cfg, p, storage, None, data, caches) for p in spread_cpus(
+            planned[1], _largest_node_cpus(), running)], storage, fit_count=fit)
+        summary["stages"][1] = [t.summary() for t in results]
+        lineage = record_lineage(results, lineage)
         atomic_write_text(lineage_file, json.dumps(lineage, indent=2))
     if 2 in stages:
         max_t = max(p.spec.epochs for p in planned[2])
@@ -424,68 +411,8 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             params.append({**_param(cfg, p, storage, parent["checkpoint"], data, caches), "asha": asha_param})
         asha = RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
                              reduction_factor=cfg.asha.reduction_factor)
-        grid = _run_stage(cfg, 2, params, storage, scheduler=asha)
-        summary["stages"][2] = summarize(grid)
+        summary["stages"][2] = [t.summary() for t in _run_experiment(cfg, 2, params, storage, scheduler=asha)]
     atomic_write_text(storage / "trials.json", json.dumps(summary, indent=2, default=str))
 
     summary["report"] = write_report(storage)
     return {"lineage": lineage, **summary}
-
-
-def best_checkpoint(result) -> tuple[str | None, float | None]:
-    """(path, val_loss) of a trial's best checkpoint still on storage. Train V2 forwards each checkpoint to Tune
-    as a ``checkpoint_path`` metric and keeps only the best (by ``val_loss``); after a restore it may keep an
-    earlier checkpoint of equal score instead of the newer one, so only reported paths that exist count."""
-    df = result.metrics_dataframe
-    if df is None or "checkpoint_path" not in df:
-        return None, None
-    kept = df[[isinstance(p, str) and Path(p).is_dir() for p in df["checkpoint_path"]]]
-    if kept.empty:
-        return None, None
-    if METRIC not in kept or kept[METRIC].isna().all():  # no validation data: the last epoch's checkpoint
-        return kept.iloc[-1]["checkpoint_path"], None
-    best = kept.loc[kept[METRIC].idxmin()]
-    return best["checkpoint_path"], float(best[METRIC])
-
-
-def record_lineage(rows: list[dict[str, Any]], lineage: dict[str, Any]) -> dict[str, Any]:
-    """config id → best stage-1 checkpoint (by validation loss) and its metrics, from ``summarize``'s rows."""
-    lineage = dict(lineage)
-    for row in rows:
-        entry = {"checkpoint": row["best_checkpoint"], "best_val_loss": row["best_checkpoint_val_loss"],
-                 "epochs": row["epochs_run"], "trial_path": row["path"]}
-        if row["error"] or row["best_checkpoint"] is None:
-            entry["error"] = row["error"] or "no checkpoint reported"
-        if row.get("status") == STATUS_NON_FINITE:
-            entry["status"] = STATUS_NON_FINITE  # its best checkpoint (if any) predates the divergence
-        lineage[row["config_id"]] = entry
-    return lineage
-
-
-def summarize(grid) -> list[dict[str, Any]]:
-    """One row per trial: its best checkpoint still on storage, losses, epochs, status. The lineage (stage 1)
-    and the evaluation (stage 2) both read these rows."""
-    rows = []
-    for result in grid:
-        m = result.metrics or {}
-        df = result.metrics_dataframe
-        epochs_run = m.get("epoch")
-        planned = m.get("epochs_planned")
-        ckpt, ckpt_loss = best_checkpoint(result)
-        trial = result.config["trial"]
-        non_finite = m.get("status") == STATUS_NON_FINITE
-        losses = df[METRIC][df[METRIC] < float("inf")] if df is not None and METRIC in df else None
-        stopped = bool(planned and epochs_run is not None and epochs_run < planned and not result.error)
-        status = ("error" if result.error else STATUS_NON_FINITE if non_finite else "stopped_early" if stopped
-                  else "finished")
-        rows.append({"config_id": trial["config_id"], "dataset": trial["spec"]["dataset"], "status": status,
-                     "best_checkpoint": ckpt, "best_checkpoint_val_loss": ckpt_loss,
-                     "error": str(result.error)[:500] if result.error else m.get("message") if non_finite else None,
-                     "best_val_loss": float(losses.min()) if losses is not None and len(losses) else None,
-                     "epochs_run": epochs_run, "epochs_planned": planned,
-                     "stopped_early": stopped and not non_finite,
-                     "tokens_per_s": m.get("tokens_per_s"), "samples_per_s": m.get("samples_per_s"),
-                     "path": result.path})
-    return rows
-
-

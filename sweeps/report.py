@@ -25,89 +25,12 @@ from typing import Any
 
 import pandas as pd
 
-from vlm_core.config import ConfigError
 from vlm_core.lengths import lengths_table
 from vlm_core.outputs import atomic_write_text
 
+from .results import AXES, experiment_dirs, read_sweep, trial_table
 from .scheduling import DECISIONS_FILE, read_decisions
-from .statuses import STATUS_NON_FINITE
-
-METRIC = "val_loss"
-AXES = ("dataset", "dense", "chat", "scheduler", "epochs", "batch_size")
-STAGES = (1, 2)
-TABLE_COLUMNS = ["stage", "paper_id", "config_id", "dataset", "dense", "chat", "scheduler", "epochs", "batch_size",
-                 "profile", "status", "best_val_loss", "best_epoch", "final_train_loss", "epochs_run",
-                 "stopped_by_asha", "asha_rung", "steps", "samples_seen", "wall_s", "tokens_per_s", "samples_per_s",
-                 "pad_fraction", "parent", "error"]
-
-
-def stage_dirs(experiment: str | Path) -> dict[int, Path]:
-    root = Path(experiment)
-    found = {s: root / f"stage{s}" for s in STAGES if (root / f"stage{s}").is_dir()}
-    if not found:
-        raise ConfigError(f"report: {root} holds no stage1/ or stage2/ Tune experiment; pass the --out folder of "
-                          f"`vlm-sweep sweep`")
-    return found
-
-
-def load_stage(stage_dir: Path):
-    """The stage's ``ExperimentAnalysis`` (trials, their configs, statuses and per-epoch results)."""
-    from ray.tune import ExperimentAnalysis
-
-    return ExperimentAnalysis(str(Path(stage_dir).resolve()))  # Ray wants an absolute path or a URI
-
-
-def trial_table(experiment: str | Path) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(one row per trial, config id → its per-epoch results), over every stage found."""
-    rows, curves = [], {}
-    for stage, sdir in stage_dirs(experiment).items():
-        analysis = load_stage(sdir)
-        decisions = {d["trial"]: d for d in read_decisions(sdir / DECISIONS_FILE) if d["decision"] == "stop"}
-        dfs = analysis.trial_dataframes
-        for trial in analysis.trials:
-            conf = trial.config["trial"]
-            spec, cid = conf["spec"], conf["config_id"]
-            df = dfs.get(trial.trial_id)
-            df = df if df is not None and not df.empty and "epoch" in df else pd.DataFrame(columns=["epoch"])
-            curves[cid] = df
-            finite = df[METRIC].replace([math.inf, -math.inf], math.nan) if METRIC in df else None
-            has_val = finite is not None and finite.notna().any()
-            best = df.loc[finite.idxmin()] if has_val else None
-            last = df.iloc[-1] if len(df) else None
-            non_finite = last is not None and last.get("status") == STATUS_NON_FINITE
-            epochs_run = int(last["epoch"]) if last is not None else 0
-            stop = decisions.get(cid)
-            steps = int(last["step"]) if last is not None and "step" in df and pd.notna(last["step"]) else 0
-            train_cfg = conf.get("worker", {}).get("train", {})
-            per_step = int(train_cfg.get("batch_size", spec["batch_size"])) * int(train_cfg.get("grad_accum", 1))
-            rows.append({
-                "stage": stage, "paper_id": spec.get("paper_id"), "config_id": cid,
-                **{a: spec[a] for a in AXES}, "profile": spec["profile"],
-                "status": STATUS_NON_FINITE.upper() if non_finite else trial.status,
-                "best_val_loss": float(best[METRIC]) if best is not None else math.nan,
-                "best_epoch": int(best["epoch"]) if best is not None else None,
-                "final_train_loss": float(last["train_loss"]) if last is not None and "train_loss" in df else math.nan,
-                "epochs_run": epochs_run, "stopped_by_asha": stop is not None,
-                "asha_rung": stop["rung"] if stop else None,
-                "steps": steps, "samples_seen": steps * per_step,  # optimizer steps trained, samples through them
-                "wall_s": float(last["time_total_s"]) if last is not None and "time_total_s" in df else math.nan,
-                **{k: float(df[k].mean()) if k in df and len(df) else math.nan
-                   for k in ("tokens_per_s", "samples_per_s", "pad_fraction")},
-                "parent": spec.get("parent"), "error": last["message"] if non_finite else _error_text(trial)})
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    for col in ("paper_id", "best_epoch", "asha_rung", "steps", "samples_seen"):
-        table[col] = table[col].astype("Int64")  # integers with gaps, not floats
-    return table.sort_values(["stage", "paper_id", "config_id"], na_position="last").reset_index(drop=True), curves
-
-
-def _error_text(trial) -> str | None:
-    if trial.status != "ERROR":
-        return None
-    err = getattr(trial, "error_file", None) or ""
-    path = Path(trial.path) / "error.txt"
-    text = path.read_text() if path.is_file() else str(err)
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "error (no message)"
+from .statuses import METRIC
 
 
 def by_axis(table: pd.DataFrame) -> pd.DataFrame:
@@ -210,7 +133,7 @@ def token_length_section(experiment: Path, level: str) -> list[str]:
 def write_report(experiment: str | Path) -> dict[str, Any]:
     """Write report.md, trials.csv, loss_curves.png and by_axis.png into ``experiment``; return a summary."""
     root = Path(experiment)
-    table, curves = trial_table(root)
+    table, curves = trial_table(read_sweep(root))
     table.to_csv(root / "trials.csv", index=False)
     axis_table = by_axis(table)
     figures = [plot_loss_curves(table, curves, root), plot_by_axis(table, root)]
@@ -230,7 +153,7 @@ def write_report(experiment: str | Path) -> dict[str, Any]:
         lines += [markdown_table(shown), ""]
     if len(axis_table):
         lines += ["## Best val loss by ablation axis", "", markdown_table(axis_table), ""]
-    sdirs = stage_dirs(root)
+    sdirs = experiment_dirs(root)
     if 2 in sdirs:
         decisions = read_decisions(sdirs[2] / DECISIONS_FILE)
         lines += ["## ASHA (stage 2)", ""]

@@ -48,6 +48,8 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from vlm_core.hashing import json_digest
 
+from .statuses import METRIC
+
 log = logging.getLogger(__name__)
 
 DECISIONS_FILE = "asha_decisions.jsonl"
@@ -132,7 +134,7 @@ def _lookup(records: dict, identity: tuple[str | None, str | None], rung: Any) -
 
 
 def resume_decision(asha: dict[str, Any] | None, metrics: dict[str, Any],
-                    metric: str = "val_loss") -> tuple[str, dict[str, Any]] | None:
+                    metric: str = METRIC) -> tuple[str, dict[str, Any]] | None:
     """What a stage-2 trial resuming from a checkpoint with ``metrics`` does before it trains on, from the decisions
     in ``asha["decisions_file"]`` of this trial (``asha["trial"]``, ``asha["config_hash"]``):
 

@@ -1,8 +1,11 @@
-"""What a trial's ``status`` metric says (the last report of every trial carries one).
+"""What every trial reports: the metric the sweep ranks trials by, and what the ``status`` metric of a trial's
+last report says. Tune's search, ASHA, Train's checkpoint choice, the lineage and the reports all read these.
 
-    python -c "from sweeps.statuses import STATUS_NON_FINITE; print(STATUS_NON_FINITE)"
+    python -c "from sweeps.statuses import METRIC, MODE, STATUS_NON_FINITE; print(METRIC, MODE, STATUS_NON_FINITE)"
 """
 
+METRIC, MODE = "val_loss", "min"
+"""The one place they are set: validation loss on the common held-out set, lower is better."""
 STATUS_RUNNING = "running"
 """Sent with every epoch's report."""
 STATUS_NON_FINITE = "non_finite_loss"

@@ -19,7 +19,8 @@ from vlm_core.answers import SHORT_ANSWER_INSTRUCTION
 from vlm_core.images import resolve_image
 from vlm_core.outputs import atomic_write_text
 
-from .report import AXES, markdown_table, token_length_section
+from .report import markdown_table, token_length_section
+from .results import AXES
 from .scheduling import DECISIONS_FILE, read_decisions
 
 

@@ -30,7 +30,7 @@ from vlm_core.training import NonFiniteLoss
 from .matrix import TrialSpec
 from .profiles import TrialResources
 from .scheduling import config_digest, resume_decision, wait_for_decision
-from .statuses import STATUS_NON_FINITE, STATUS_RUNNING
+from .statuses import METRIC, STATUS_NON_FINITE, STATUS_RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def train_worker(config: dict[str, Any]) -> None:
         # A clear end, not a crash: Train would retry a crash from the last checkpoint and diverge the same way.
         # val_loss inf ranks the trial last for ASHA and for the best-checkpoint choice.
         log.error("trial stopped: %s", e)
-        ray.train.report({"epoch": e.epoch, "step": e.step, "val_loss": float("inf"), "train_loss": float("nan"),
+        ray.train.report({"epoch": e.epoch, "step": e.step, METRIC: float("inf"), "train_loss": float("nan"),
                           "epochs_planned": epochs_planned, "status": STATUS_NON_FINITE, "message": str(e)})
     finally:  # every reported checkpoint is already in the run's storage; a stage-2 workdir holds GBs
         shutil.rmtree(workdir, ignore_errors=True)
@@ -191,7 +191,7 @@ def run_trial(config: dict[str, Any]) -> None:
             # killed before its experiment state was saved): a rerun of the same config finds its checkpoints
             name=train_run_name(config["config_id"], config["worker"]),
             storage_path=config["storage_path"],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                          checkpoint_score_order="min"),
             failure_config=ray.train.FailureConfig(max_failures=config["max_failures"],
                                                    controller_failure_limit=0),

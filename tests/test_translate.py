@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 
 from data_pipeline.translate import (
-    DICTD_B64,
-    IMAGE_MARKER,
     DictionaryNotFoundError,
     TranslateBatch,
     Translation,
@@ -28,7 +26,8 @@ from data_pipeline.translate import (
     dictd_b64_decode,
     translate_conversations,
 )
-from vlm_core.config import ConfigError
+from data_pipeline.translate.dictionary import DICTD_B64
+from vlm_core.config import IMAGE_MARKER, ConfigError
 
 REAL_DICTIONARY = Path("/usr/share/dictd/freedict-eng-ind")
 

@@ -258,6 +258,121 @@ def fit_feature_norm(model, train_set: ConversationDataset, max_images: int = 12
     return len(idx)
 
 
+@dataclass
+class EpochTally:
+    """What one epoch (or the part of it this run trains) adds up, for its report."""
+
+    start: float
+    loss: float = 0.0  # summed over trainable tokens
+    tokens: int = 0  # trainable tokens
+    seen_tokens: int = 0  # real (unpadded) tokens through the model
+    seen_samples: int = 0
+    padded_tokens: int = 0  # positions computed, padding included
+
+
+class _Loop:
+    """The optimizer, the LR schedule and the position (step, epoch, micro-batch) of one training run: restored
+    from a checkpoint or seeded (:meth:`restore`), advanced one optimizer step at a time (:meth:`optimizer_step`),
+    and closed per epoch with its metrics, validation and checkpoint (:meth:`end_epoch`)."""
+
+    def __init__(self, model, cfg: TrainConfig, train_set: ConversationDataset, out_dir: Path,
+                 faults: Faults | None):
+        self.model, self.cfg, self.train_set, self.out_dir, self.faults = model, cfg, train_set, out_dir, faults
+        self.device = model.device
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch, self.total_steps = plan_steps(len(train_set), cfg)
+        self.micro_per_epoch = min(math.ceil(len(train_set) / cfg.batch_size), steps_per_epoch * cfg.grad_accum)
+        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, self.total_steps, cfg.warmup_ratio)
+        self.collate = Collator(model.tokenizer.pad_token_id)
+        self.lengths = [len(ex.encoded.input_ids) for ex in train_set.examples]
+        self.step, self.epoch, self.micro_done = 0, 0, 0  # micro_done: micro-batches of `epoch` consumed
+
+    def restore(self, resume_from: str | Path | None) -> None:
+        """Continue exactly where ``resume_from`` stopped (weights, optimizer, schedule, RNG, position), or seed a
+        fresh run."""
+        if resume_from is None:
+            torch.manual_seed(self.cfg.seed)
+            random.seed(self.cfg.seed)
+            return
+        state = load_training_state(resume_from)
+        if state["total_steps"] != self.total_steps:
+            raise ValueError(f"cannot resume {resume_from}: it planned {state['total_steps']} steps, this config "
+                             f"plans {self.total_steps}; resume with the config it was started with")
+        load_projector(self.model, resume_from)
+        if self.cfg.stage == 2:
+            load_lm_weights(self.model, resume_from)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        self.step, self.epoch, self.micro_done = state["step"], state["epoch"], state["micro_done"]
+        log.info("resumed from %s at step %d/%d (epoch %d, micro-batch %d)", resume_from, self.step,
+                 self.total_steps, self.epoch, self.micro_done)
+
+    def checkpoint(self, name: str, metrics: dict[str, Any]) -> Path:
+        training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                          "rng": _rng_state(), "step": self.step, "epoch": self.epoch, "micro_done": self.micro_done,
+                          "total_steps": self.total_steps}
+        return save_checkpoint(self.model, self.out_dir / "checkpoints" / name, stage=self.cfg.stage, step=self.step,
+                               epoch=self.epoch + self.micro_done / self.micro_per_epoch,
+                               metrics=metrics, training_state=training_state)
+
+    def optimizer_step(self, group: list[list[int]], n_micro: int, tally: EpochTally) -> StepLog:
+        """One optimizer step over the micro-batches ``group`` (``grad_accum`` of them, fewer at an epoch's end),
+        the loss normalised by the trainable tokens of the whole step."""
+        cfg, device, t0 = self.cfg, self.device, time.perf_counter()
+        batches = [_to(self.collate([self.train_set[i] for i in idx]), device) for idx in group]
+        window_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        step_loss, step_seen = 0.0, 0
+        for batch in batches:
+            with autocast(cfg, device):
+                out = _forward(self.model, batch)
+            if self.faults is not None and self.faults.poison_loss(self.step):
+                out.loss_sum = out.loss_sum * float("nan")
+            if not torch.isfinite(out.loss_sum):
+                raise NonFiniteLoss(f"non-finite loss at step {self.step} (epoch {self.epoch}); lower train.lr or "
+                                    f"check the data of samples {batch['ids']}", self.step,
+                                    self.epoch + self.micro_done / n_micro)
+            (out.loss_sum / max(window_tokens, 1)).backward()
+            step_loss += out.loss_sum.item()
+            step_seen += int(out.attention_mask.sum())
+            tally.padded_tokens += out.attention_mask.numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.micro_done += len(group)
+        tally.loss += step_loss
+        tally.tokens += window_tokens
+        tally.seen_tokens += step_seen
+        tally.seen_samples += sum(len(idx) for idx in group)
+        return StepLog(self.step, self.epoch, step_loss / max(window_tokens, 1), lr, float(grad_norm), step_seen,
+                       time.perf_counter() - t0)
+
+    def end_epoch(self, n_micro: int, tally: EpochTally, val_set: ConversationDataset | None
+                  ) -> tuple[dict[str, Any], Path]:
+        """The epoch's (or the cut-short run's) metrics, validation loss and checkpoint (``epoch-NNN`` when the
+        epoch is complete, the older ones pruned; ``latest`` otherwise)."""
+        cfg = self.cfg
+        epoch_done = self.micro_done >= n_micro
+        elapsed = max(time.perf_counter() - tally.start, 1e-9)
+        metrics = {"epoch": self.epoch + 1 if epoch_done else self.epoch + self.micro_done / n_micro,
+                   "step": self.step, "train_loss": tally.loss / max(tally.tokens, 1),
+                   "lr": self.scheduler.get_last_lr()[0],
+                   "tokens_per_s": tally.seen_tokens / elapsed, "samples_per_s": tally.seen_samples / elapsed,
+                   "pad_fraction": 1 - tally.seen_tokens / max(tally.padded_tokens, 1)}
+        if val_set is not None and cfg.val_every_epoch:
+            metrics["val_loss"] = evaluate_loss(self.model, val_set, cfg.batch_size, cfg)
+        if epoch_done:
+            self.epoch, self.micro_done = self.epoch + 1, 0
+        ckpt = self.checkpoint(f"epoch-{self.epoch:03d}" if epoch_done else "latest", metrics)
+        if epoch_done:
+            _prune_checkpoints(ckpt)
+        return metrics, ckpt
+
+
 def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: ConversationDataset | None,
           out_dir: str | Path, *, resume_from: str | Path | None = None,
           on_step: Callable[[StepLog], None] | None = None,
@@ -266,7 +381,6 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
     ``faults`` (tests only, ``vlm_core.faults``) kills the process or poisons the loss at a given step."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = model.device
     if len(train_set) == 0:
         raise ValueError("the training set is empty (every record was skipped? see the warnings above)")
 
@@ -275,113 +389,33 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
         read_meta(cfg.init_checkpoint)
         load_projector(model, cfg.init_checkpoint)
         log.info("stage 2 starts from the projector of %s", cfg.init_checkpoint)
-
     if resume_from is None:
         fit_feature_norm(model, train_set)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch, total_steps = plan_steps(len(train_set), cfg)
-    micro_per_epoch = min(math.ceil(len(train_set) / cfg.batch_size), steps_per_epoch * cfg.grad_accum)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps, cfg.warmup_ratio)
-    collate = Collator(model.tokenizer.pad_token_id)
-    lengths = [len(ex.encoded.input_ids) for ex in train_set.examples]
-
-    step, epoch, micro_done = 0, 0, 0  # micro_done: micro-batches of `epoch` already consumed
-    if resume_from is not None:
-        state = load_training_state(resume_from)
-        if state["total_steps"] != total_steps:
-            raise ValueError(f"cannot resume {resume_from}: it planned {state['total_steps']} steps, this config "
-                             f"plans {total_steps}; resume with the config it was started with")
-        load_projector(model, resume_from)
-        if cfg.stage == 2:
-            load_lm_weights(model, resume_from)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        step, epoch, micro_done = state["step"], state["epoch"], state["micro_done"]
-        log.info("resumed from %s at step %d/%d (epoch %d, micro-batch %d)", resume_from, step, total_steps,
-                 epoch, micro_done)
-    else:
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-
-    def checkpoint(name: str, metrics: dict[str, Any]) -> Path:
-        training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "rng": _rng_state(), "step": step, "epoch": epoch, "micro_done": micro_done,
-                          "total_steps": total_steps}
-        return save_checkpoint(model, out_dir / "checkpoints" / name, stage=cfg.stage, step=step,
-                               epoch=epoch + micro_done / micro_per_epoch,
-                               metrics=metrics, training_state=training_state)
-
-    result = TrainResult(steps=step, epochs_completed=epoch, total_steps=total_steps)
-    metrics_log = (out_dir / "metrics.jsonl").open("a")
+    loop = _Loop(model, cfg, train_set, out_dir, faults)
+    loop.restore(resume_from)
+    result = TrainResult(steps=loop.step, epochs_completed=loop.epoch, total_steps=loop.total_steps)
     model.train()
-    try:
-        while step < total_steps and epoch < cfg.epochs:
-            micro_batches = epoch_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
-            micro_batches = micro_batches[:micro_per_epoch]
-            epoch_start, epoch_loss, epoch_tokens, seen_tokens = time.perf_counter(), 0.0, 0, 0
-            seen_samples, padded_tokens = 0, 0
-            while micro_done < len(micro_batches) and step < total_steps:
-                t0 = time.perf_counter()
-                group = micro_batches[micro_done:micro_done + cfg.grad_accum]
-                batches = [_to(collate([train_set[i] for i in idx]), device) for idx in group]
-                window_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-                step_loss, step_seen = 0.0, 0
-                for batch in batches:
-                    with autocast(cfg, device):
-                        out = _forward(model, batch)
-                    if faults is not None and faults.poison_loss(step):
-                        out.loss_sum = out.loss_sum * float("nan")
-                    if not torch.isfinite(out.loss_sum):
-                        raise NonFiniteLoss(f"non-finite loss at step {step} (epoch {epoch}); lower train.lr or "
-                                            f"check the data of samples {batch['ids']}", step,
-                                            epoch + micro_done / len(micro_batches))
-                    (out.loss_sum / max(window_tokens, 1)).backward()
-                    step_loss += out.loss_sum.item()
-                    step_seen += int(out.attention_mask.sum())
-                    padded_tokens += out.attention_mask.numel()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                lr = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                micro_done += len(group)
-                epoch_loss += step_loss
-                epoch_tokens += window_tokens
-                seen_tokens += step_seen
-                seen_samples += sum(len(idx) for idx in group)
-                rec = StepLog(step, epoch, step_loss / max(window_tokens, 1), lr, float(grad_norm), step_seen,
-                              time.perf_counter() - t0)
+    with (out_dir / "metrics.jsonl").open("a") as metrics_log:
+        while loop.step < loop.total_steps and loop.epoch < cfg.epochs:
+            micro_batches = epoch_batches(loop.lengths, cfg.batch_size, cfg.seed, loop.epoch, cfg.group_by_length)
+            micro_batches = micro_batches[:loop.micro_per_epoch]
+            tally = EpochTally(time.perf_counter())
+            while loop.micro_done < len(micro_batches) and loop.step < loop.total_steps:
+                group = micro_batches[loop.micro_done:loop.micro_done + cfg.grad_accum]
+                rec = loop.optimizer_step(group, len(micro_batches), tally)
                 metrics_log.write(json.dumps(asdict(rec)) + "\n")
                 metrics_log.flush()
-                if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0:
-                    checkpoint("latest", {"step": step})
+                if cfg.checkpoint_every_steps and loop.step % cfg.checkpoint_every_steps == 0:
+                    loop.checkpoint("latest", {"step": loop.step})
                 if on_step:
                     on_step(rec)
                 if faults is not None:
-                    faults.after_step(step)
-            epoch_done = micro_done >= len(micro_batches)
-            metrics = {"epoch": epoch + 1 if epoch_done else epoch + micro_done / len(micro_batches),
-                       "step": step, "train_loss": epoch_loss / max(epoch_tokens, 1),
-                       "lr": scheduler.get_last_lr()[0],
-                       "tokens_per_s": seen_tokens / max(time.perf_counter() - epoch_start, 1e-9),
-                       "samples_per_s": seen_samples / max(time.perf_counter() - epoch_start, 1e-9),
-                       "pad_fraction": 1 - seen_tokens / max(padded_tokens, 1)}
-            if val_set is not None and cfg.val_every_epoch:
-                metrics["val_loss"] = evaluate_loss(model, val_set, cfg.batch_size, cfg)
-            if epoch_done:
-                epoch, micro_done = epoch + 1, 0
-            ckpt = checkpoint(f"epoch-{epoch:03d}" if epoch_done else "latest", metrics)
-            if epoch_done:
-                _prune_checkpoints(ckpt)
+                    faults.after_step(loop.step)
+            metrics, ckpt = loop.end_epoch(len(micro_batches), tally, val_set)
             result.epoch_metrics.append(metrics)
-            result.checkpoint, result.steps, result.epochs_completed = ckpt, step, epoch
+            result.checkpoint, result.steps, result.epochs_completed = ckpt, loop.step, loop.epoch
             log.info("epoch %s: %s", metrics["epoch"], {k: round(v, 5) for k, v in metrics.items()})
             if on_epoch:
                 on_epoch(metrics, ckpt)
-    finally:
-        metrics_log.close()
     return result
