@@ -46,7 +46,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import shutil
 import sys
 import time
@@ -61,103 +60,29 @@ from vlm_core.config import IMAGE_MARKER
 from vlm_core.data import is_validation
 from vlm_core.hashing import file_sha256, json_digest, seeded_digest
 from vlm_core.hub import assets_dir, localize
-from vlm_core.images import image_problem, resolve_image
 from vlm_core.outputs import atomic_dir, atomic_path, atomic_write_text, check_output_dir
 from vlm_core.ray_env import init_ray
 
 from .config import BuildConfig
-from .embed import EMBED_TEXTS, TEXT_LABELS, EmbedBatch, embedded_text, model_label, resolve_model
+from .embed import TEXT_LABELS, EmbedBatch, model_label, resolve_model
 from .plot import plot_umap
 from .records import (
-    Shard,
     SourceError,
     _is_json_list,
     json_list_to_jsonl,
     plan_shards,
-    read_shard,
-    rows_to_batch,
 )
 from .reduce import AssignBatch, fit_space
+from .repetition import repeated_texts, repetition_stats, repetition_warning
+from .row_steps import TranslateStep, filter_batch, read_shards_batch, reason_group
 from .sampling import cluster_counts, sample_per_cluster, sample_random
-from .translate import TranslateBatch, build_translator
+from .translate import build_translator
 
 log = logging.getLogger(__name__)
 DONE = "_DONE"
 
-REPEAT_TOP10_SHARE = 0.5
-"""Warn when the 10 most common embedded texts hold at least this share of the embedded rows (and at least half
-the rows repeat another row's text, so that a corpus of 20 rows or fewer, all distinct, does not warn)."""
-REPEAT_DISTINCT_FRACTION = 0.05
-"""... or when fewer than this share of the embedded rows have a text of their own (each text repeated 20×
-on average: many templates spread evenly, which the top-10 share alone would miss)."""
-TOP_TEXTS = 10
-TOP_TEXT_CHARS = 80
-
-
 def _key(*parts: Any) -> str:
     return json_digest(list(parts), 16)
-
-
-# ------------------------------------------------------------------------------------- pipeline step UDFs
-def read_shards_batch(batch: dict[str, Any]) -> dict[str, list]:
-    """``map_batches`` over shard descriptors → validated rows (rejections included, with a reason)."""
-    rows = []
-    for path, start, end, first in zip(batch["path"], batch["start"], batch["end"], batch["first_line"]):
-        rows.extend(read_shard(Shard(str(path), int(start), int(end), int(first))))
-    return rows_to_batch(rows)
-
-
-class FilterBatch:
-    """Image-prefix filter and, optionally, an image check; failing rows get a reason (never dropped here)."""
-
-    def __init__(self, prefix: str, check_images: bool, image_root: str):
-        self.prefix, self.check, self.root = prefix, check_images, Path(image_root)
-
-    def _image_problem(self, rel: str) -> str | None:
-        # decoded in full, as training will: truncated files fail here
-        return image_problem(resolve_image(rel, self.root))
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        reasons, stages = list(batch["reason"]), list(batch["stage"])
-        for i, image in enumerate(batch["image"]):
-            if reasons[i]:
-                continue
-            if self.prefix and not str(image).startswith(self.prefix):
-                reasons[i], stages[i] = f"image path not under {self.prefix!r}", "filter"
-            elif self.check and (problem := self._image_problem(str(image))):
-                reasons[i], stages[i] = problem, "image"
-        batch = dict(batch)
-        batch["reason"], batch["stage"] = reasons, stages
-        return batch
-
-
-def filter_batch(batch: dict[str, Any], prefix: str, check_images: bool, image_root: str) -> dict[str, Any]:
-    """Task form of ``FilterBatch`` (fuses with the read task: no actor holding a CPU)."""
-    return FilterBatch(prefix, check_images, image_root)(batch)
-
-
-class TranslateStep:
-    """Wraps ``translate.TranslateBatch``: failed translations become rejections with their reason."""
-
-    def __init__(self, cfg_dict: dict, cache_dir: str):
-        self.inner = TranslateBatch(cfg_dict, cache_dir)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        english = list(batch["conversations"])
-        reasons, stages = list(batch["reason"]), list(batch["stage"])
-        todo = [i for i, r in enumerate(reasons) if not r]  # rows rejected upstream pass through untouched
-        conversations = list(english)
-        if todo:
-            out = self.inner({"conversations": [english[i] for i in todo]})
-            for j, i in enumerate(todo):
-                if out["translation_ok"][j]:
-                    conversations[i] = out["conversations"][j]
-                else:
-                    reasons[i], stages[i] = f"translation failed: {out['translation_error'][j]}", "translate"
-        result = dict(batch)
-        result["conversations"], result["conversations_en"] = conversations, english
-        result["reason"], result["stage"] = reasons, stages
-        return result
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -200,12 +125,6 @@ def _reason_counts(path: Path) -> tuple[int, Counter]:
     counts = Counter(f"{s}: {reason_group(r)}" for r, s in zip(rejected["reason"].to_pylist(),
                                                                 rejected["stage"].to_pylist()))
     return total, counts
-
-
-def reason_group(reason: str) -> str:
-    """A reason without its row-specific details (paths, positions, numbers), for counting by kind."""
-    head = re.split(r" \(|: /", reason)[0]
-    return re.sub(r"\d+(\.\d+)?", "N", head)
 
 
 def _rejected_rows(path: Path) -> list[dict]:
@@ -308,75 +227,6 @@ def _write_parquet_atomic(table, path: Path) -> None:
 
     with atomic_path(path) as tmp:  # disk full, killed writer: the previous file (if any) stays, no half file
         pq.write_table(table, tmp)
-
-
-def repetition_stats(dataset, ok_filter, text: str, top: int = TOP_TEXTS) -> dict[str, Any]:
-    """How repeated the embedded texts are, from the ``embed_hash`` column of the embedded rows.
-
-    Memory: the int64 hash column (8 bytes a row: 8 MB at a million rows) plus Arrow's hash table in
-    ``value_counts`` (about 16 bytes per distinct text: at most 16 MB at a million); the texts themselves are
-    read only for the ``top`` hashes, batch by batch, stopping once each has one."""
-    import pyarrow.compute as pc
-
-    hashes = dataset.to_table(columns=["embed_hash"], filter=ok_filter)["embed_hash"]
-    n = len(hashes)
-    if n == 0:
-        return {"rows": 0, "distinct_texts": 0, "distinct_fraction": 0.0, "top10_share": 0.0, "top_texts": []}
-    vc = pc.value_counts(hashes)
-    values, counts = vc.field("values").to_numpy(), vc.field("counts").to_numpy()
-    order = np.lexsort((values, -counts))[:top]  # most common first; ties by hash, so the order is stable
-    top_hashes = [int(values[i]) for i in order]
-    wanted = {h: int(counts[i]) for h, i in zip(top_hashes, order)}
-    columns = {"human": ["human_text"], "assistant": ["assistant_text"]}.get(text, ["human_text", "assistant_text"])
-    found: dict[int, str] = {}
-    scanner = dataset.scanner(columns=["embed_hash"] + columns,
-                              filter=ok_filter & pc.field("embed_hash").isin(top_hashes), batch_size=1024)
-    for batch in scanner.to_batches():
-        cols = batch.to_pydict()
-        blank = [""] * batch.num_rows
-        for h, human, assistant in zip(cols["embed_hash"], cols.get("human_text", blank),
-                                       cols.get("assistant_text", blank)):
-            found.setdefault(h, embedded_text(human, assistant, text))
-        if len(found) == len(wanted):
-            break
-    distinct = len(values)
-    return {"rows": n, "distinct_texts": distinct, "distinct_fraction": round(distinct / n, 4),
-            "top10_share": round(float(np.sort(counts)[::-1][:10].sum()) / n, 4),
-            "top_texts": [{"text": _one_line(found.get(h, ""), TOP_TEXT_CHARS), "count": wanted[h]}
-                          for h in top_hashes]}
-
-
-def _one_line(text: str, limit: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def repeated_texts(stats: dict[str, Any]) -> bool:
-    """True when the embedded texts are mostly repeats (clusters would group the repeated texts, not content).
-
-    With ~10 fixed prompts over ShareGPT4V's 102k caption rows the top-10 share is ~100 % and 0.01 % of the texts
-    are distinct; the sample corpus's human turns (real easy-vqa questions, three a record) measure 4.1 % and
-    97.7 %, far from both thresholds."""
-    if not stats["rows"]:
-        return False
-    return ((stats["top10_share"] >= REPEAT_TOP10_SHARE and stats["distinct_fraction"] <= 0.5)
-            or stats["distinct_fraction"] < REPEAT_DISTINCT_FRACTION)
-
-
-def repetition_warning(stats: dict[str, Any], text: str) -> str | None:
-    """The warning ``data build`` logs (and keeps in the manifest) when :func:`repeated_texts`, else None."""
-    if not repeated_texts(stats):
-        return None
-
-    first = stats["top_texts"][0]
-    others = [t for t in EMBED_TEXTS if t != text]
-    return (f"the embedded texts ({TEXT_LABELS[text]}, --embed.text {text}) are mostly repeats: "
-            f"{stats['distinct_texts']} distinct texts in {stats['rows']} rows ({stats['distinct_fraction']:.1%}), "
-            f"and the 10 most common hold {stats['top10_share']:.1%} of the rows (the most common, "
-            f"{first['count']} rows: {first['text']!r}). UMAP and the clusters will group these repeated texts "
-            f"(e.g. fixed prompt templates), not the content; consider --embed.text {others[0]} or "
-            f"--embed.text {others[1]}. (Warned when the top-10 share is >= {REPEAT_TOP10_SHARE:.0%} with at least "
-            f"half the rows repeats, or fewer than {REPEAT_DISTINCT_FRACTION:.0%} of the texts are distinct.)")
 
 
 def localized_models(cfg: BuildConfig):

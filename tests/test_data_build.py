@@ -7,8 +7,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.build import REPEAT_TOP10_SHARE, build
+from data_pipeline.build import build
 from data_pipeline.config import BuildConfig, ClusterConfig, UmapConfig, VariantSpec
+from data_pipeline.repetition import REPEAT_TOP10_SHARE
 from data_pipeline.sampling import SamplingError
 
 VARIANTS = [VariantSpec("10kRandom", "random", 30), VariantSpec("20kUmap", "umap", 40)]

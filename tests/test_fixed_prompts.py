@@ -20,9 +20,10 @@ import pytest
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
 
-from data_pipeline.build import REPEAT_TOP10_SHARE, build
+from data_pipeline.build import build
 from data_pipeline.caption_fixture import CAPTION_FILE, CAPTION_PROMPTS, SCENES, write_caption_fixture
 from data_pipeline.config import BuildConfig, ClusterConfig, EmbedConfig, UmapConfig, VariantSpec
+from data_pipeline.repetition import REPEAT_TOP10_SHARE
 
 N_ROWS = 400
 K = 10

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipeline.build import FilterBatch, reason_group
+from data_pipeline.row_steps import FilterBatch, reason_group
 from vlm_core.data import ConversationDataset, DataError
 from vlm_core.images import ImageError, image_problem, open_rgb
 

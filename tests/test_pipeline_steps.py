@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from data_pipeline.build import FilterBatch
 from data_pipeline.config import ClusterConfig, UmapConfig
 from data_pipeline.records import json_list_to_jsonl, plan_shards, read_shard, validate_record
 from data_pipeline.reduce import AssignBatch, fit_space
+from data_pipeline.row_steps import FilterBatch
 from data_pipeline.sampling import SamplingError, allocate, sample_per_cluster, sample_random
 
 GOOD = {"id": "r1", "image": "coco/train2017/1.jpg",
@@ -149,7 +149,7 @@ def test_actor_plan_leaves_the_read_tasks_a_cpu_share(cpus, translator):
 
 
 def test_reasons_are_counted_by_kind_not_by_row():
-    from data_pipeline.build import reason_group
+    from data_pipeline.row_steps import reason_group
 
     assert reason_group("malformed JSON (Expecting value at column 5)") == "malformed JSON"
     assert reason_group("image not found: /data/coco/1.jpg") == reason_group("image not found: /data/coco/2.jpg")
@@ -167,8 +167,8 @@ def _stats(texts: list[str]) -> dict:
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    from data_pipeline.build import repetition_stats
     from data_pipeline.embed import text_hash
+    from data_pipeline.repetition import repetition_stats
 
     folder = tempfile.mkdtemp()
     n = len(texts)
@@ -180,7 +180,7 @@ def _stats(texts: list[str]) -> dict:
 
 
 def test_repetition_stats_count_distinct_texts_and_the_top10_share():
-    from data_pipeline.build import TOP_TEXT_CHARS, repeated_texts, repetition_warning
+    from data_pipeline.repetition import TOP_TEXT_CHARS, repeated_texts, repetition_warning
 
     prompts = [f"Describe image number {i} in great detail, please, naming every element you can see in it." for i in
                range(12)]
