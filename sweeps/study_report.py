@@ -94,12 +94,9 @@ def _protocol_sentence(evals: list[dict[str, Any]]) -> str:
     return "Prompt: " + "; ".join(one(*k) for k in seen) + "."
 
 
-def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any] | None]:
-    """The report's evaluation: per checkpoint held-out loss and answer scores under each condition — accuracy by
-    the field's rule (``acc_*``) beside strict exact match (``em_*``) — then the best config with its scores per
-    question type and its sample generations. Returns (Markdown lines, the best config's summary or None)."""
-    if not evals:
-        return [], None
+def _scores(evals: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per checkpoint: held-out loss and perplexity, ``acc_*`` / ``em_*`` per condition, the gain over
+    another question's image; best first (accuracy with the image, then the gain, then the held-out loss)."""
     conditions = list(dict.fromkeys(c for e in evals for c in e["answers"]["accuracy"]))
     rows = []
     for e in evals:
@@ -119,7 +116,58 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
             ev[f"acc_{c}"] = ev[f"em_{c}"] = math.nan
     ev["gain_vs_shuffled"] = ev["acc_image"] - ev["acc_shuffled"]
     # rank on the questions (shared by every trial, as is the common held-out set), then on the image's gain
-    ev = ev.sort_values(["acc_image", "gain_vs_shuffled", "val_loss"], ascending=[False, False, True])
+    return ev.sort_values(["acc_image", "gain_vs_shuffled", "val_loss"], ascending=[False, False, True])
+
+
+def _by_type_lines(answers: dict[str, Any]) -> list[str]:
+    """The best config's accuracy and exact match per question type and condition, and its unanswered yes/nos."""
+    by_type, em_by_type = answers["by_type"], answers.get("exact_match_by_type", {})
+    conds = list(by_type)
+    lines = ["| question type | questions | " + " | ".join(f"acc_{c} | em_{c}" for c in conds) + " |",
+             "|---|---|" + "---|---|" * len(conds)]
+
+    def rate(table: dict, c: str, t: str) -> str:
+        v = table.get(c, {}).get(t)
+        return "" if v is None else f"{v:.3f}"
+
+    for t, n in answers["type_counts"].items():
+        lines.append(f"| {t} | {n} | " + " | ".join(f"{rate(by_type, c, t)} | {rate(em_by_type, c, t)}"
+                                                    for c in conds) + " |")
+    if "unanswered" in answers:
+        lines += ["", "Yes/no questions answered with neither yes nor no as the first word (counted wrong): "
+                  + ", ".join(f"{CONDITION_NAMES.get(c, c)} {n}" for c, n in answers["unanswered"].items()) + "."]
+    return lines
+
+
+def _sample_lines(root: Path, evaluation: dict[str, Any], shown: list[str]) -> list[str]:
+    """The best config's sample generations under each condition shown, with their images and verdicts."""
+    answers = evaluation["answers"]
+
+    def answer_cell(s: dict, c: str) -> str:
+        mark = ("" if f"correct_{c}" not in s else
+                " ✓✓" if s.get(f"exact_{c}") else " ✓" if s[f"correct_{c}"] else " ✗")
+        return _cell(s.get(f"answer_{c}", "")) + mark
+
+    instruction = (answers.get("protocol") or {}).get("instruction")
+    lines = ["Sample generations (✓ right by the field's rule, ✓✓ also a strict exact match, ✗ wrong"
+             + ("; the prompt adds the instruction above to each question" if instruction else "") + "):", "",
+             "| image | question | expected | " + " | ".join(CONDITION_NAMES[c] for c in shown) + " |",
+             "|---|---|---|" + "---|" * len(shown)]
+    for s in answers["samples"]:
+        img = resolve_image(s["image"], _image_root(evaluation))
+        rel = _relative_figure(img, root) if img.resolve().is_relative_to(root.resolve()) else img
+        lines.append(f"| ![]({rel}) | {_cell(s['question'])} | {_cell(s['expected'])} | "
+                     + " | ".join(answer_cell(s, c) for c in shown) + " |")
+    return lines
+
+
+def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any] | None]:
+    """The report's evaluation: per checkpoint held-out loss and answer scores under each condition — accuracy by
+    the field's rule (``acc_*``) beside strict exact match (``em_*``) — then the best config with its scores per
+    question type and its sample generations. Returns (Markdown lines, the best config's summary or None)."""
+    if not evals:
+        return [], None
+    ev = _scores(evals)
     lines = ["## Evaluation (stage-2 checkpoints)", "",
              "Held-out loss on the common held-out set (the same rows for every trial); answers to the same held-out "
              "easy-vqa questions for every trial (equal shares of yes/no, colour and shape questions) with the "
@@ -152,37 +200,7 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
               + ", ".join(f"{CONDITION_NAMES[c]} {b[f'acc_{c}']:.3f}" for c in shown) + "; strict exact match "
               + ", ".join(f"{CONDITION_NAMES[c]} {b[f'em_{c}']:.3f}" for c in shown)
               + f" ({int(b['questions'])} questions).", ""]
-    by_type, em_by_type = answers["by_type"], answers.get("exact_match_by_type", {})
-    conds = list(by_type)
-    lines += ["| question type | questions | " + " | ".join(f"acc_{c} | em_{c}" for c in conds) + " |",
-              "|---|---|" + "---|---|" * len(conds)]
-
-    def rate(table: dict, c: str, t: str) -> str:
-        v = table.get(c, {}).get(t)
-        return "" if v is None else f"{v:.3f}"
-
-    for t, n in answers["type_counts"].items():
-        lines.append(f"| {t} | {n} | " + " | ".join(f"{rate(by_type, c, t)} | {rate(em_by_type, c, t)}"
-                                                    for c in conds) + " |")
-    if "unanswered" in answers:
-        lines += ["", "Yes/no questions answered with neither yes nor no as the first word (counted wrong): "
-                  + ", ".join(f"{CONDITION_NAMES.get(c, c)} {n}" for c, n in answers["unanswered"].items()) + "."]
-
-    def answer_cell(s: dict, c: str) -> str:
-        mark = ("" if f"correct_{c}" not in s else
-                " ✓✓" if s.get(f"exact_{c}") else " ✓" if s[f"correct_{c}"] else " ✗")
-        return _cell(s.get(f"answer_{c}", "")) + mark
-
-    instruction = (answers.get("protocol") or {}).get("instruction")
-    lines += ["", "Sample generations (✓ right by the field's rule, ✓✓ also a strict exact match, ✗ wrong"
-              + ("; the prompt adds the instruction above to each question" if instruction else "") + "):", "",
-              "| image | question | expected | " + " | ".join(CONDITION_NAMES[c] for c in shown) + " |",
-              "|---|---|---|" + "---|" * len(shown)]
-    for s in answers["samples"]:
-        img = resolve_image(s["image"], _image_root(e))
-        rel = _relative_figure(img, root) if img.resolve().is_relative_to(root.resolve()) else img
-        lines.append(f"| ![]({rel}) | {_cell(s['question'])} | {_cell(s['expected'])} | "
-                     + " | ".join(answer_cell(s, c) for c in shown) + " |")
+    lines += _by_type_lines(answers) + [""] + _sample_lines(root, e, shown)
     lines += ["", "Chat with it:", "", "```bash", chat_command(b["checkpoint"], best["sample_image"],
                                                               best["sample_question"]), "```", ""]
     return lines, best
