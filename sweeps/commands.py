@@ -17,7 +17,7 @@ from .study import StudyConfig, run_main_job
 
 def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19", paper_ids: list[int] | None = None,
             n_train_images: int = 600, random_size: int = 300, umap_size: int = 400, eval_questions: int | None = None,
-            dense_groups: int | None = None, wandb: str = "auto") -> dict:
+            dense_groups: int | None = None, num_workers: int | None = None, wandb: str = "auto") -> dict:
     """The whole study on the embedded default: corpus → data build → stage-1 and stage-2 sweeps → eval → report.
 
     Args:
@@ -32,11 +32,14 @@ def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19"
         eval_questions: Held-out easy-vqa questions per stage-2 checkpoint (default 36; local-long 150).
         dense_groups: G of the dense-connector trials: DCI averages G contiguous groups of the encoder's hidden
             states (default: the preset's, 4).
+        num_workers: Ray Train workers (data-parallel ranks) per trial; N workers make the update one makes
+            (default: the hardware profile's, 1).
         wandb: auto (online with a key, else offline), offline, online, disabled.
     """
     return run_main_job(StudyConfig(preset=preset, out=out, grid=grid, paper_ids=paper_ids,
                                     n_train_images=n_train_images, random_size=random_size, umap_size=umap_size,
-                                    eval_questions=eval_questions, dense_groups=dense_groups, wandb=wandb))
+                                    eval_questions=eval_questions, dense_groups=dense_groups,
+                                    num_workers=num_workers, wandb=wandb))
 
 
 def sweep_cmd(config: SweepConfig) -> dict:

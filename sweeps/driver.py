@@ -38,7 +38,7 @@ from vlm_core.ray_env import init_ray
 from vlm_core.runner import DataSpec
 
 from .matrix import TrialSpec, get_grid
-from .profiles import BACKENDS, TrialResources, check_fits, trial_resources
+from .profiles import BACKENDS, PROFILES, TrialResources, check_fits, trial_resources
 from .report import LENGTHS_FILE, write_report
 from .results import TrialResult, read_trials, record_lineage
 from .scheduling import DECISIONS_FILE, RecordingASHA, rung_milestones
@@ -119,6 +119,12 @@ class SweepConfig:
     """An assets folder (``vlm-sweep assets download --preset paper --to DIR``, on shared storage): hub models it
     holds at their pinned revision load from it, so trial workers never download them (default:
     ``$VLM_SWEEP_ASSETS``)."""
+    num_workers: int | None = None
+    """Ray Train workers per trial: data-parallel ranks training one model (gloo on CPU, NCCL on GPU), each optimizer
+    step's global batch split across them, so N workers make the update one makes (default: the hardware
+    profile's, 1). Fractional-GPU backends refuse more than one (NCCL needs whole devices)."""
+    stage2_num_workers: int | None = None
+    """Workers per stage-2 trial (default: ``num_workers``)."""
     dense_groups: int | None = None
     """G of the dense-connector trials: DCI averages G contiguous groups of the encoder's hidden states (default:
     the preset's, 4; see vlm_core.projectors)."""
@@ -142,6 +148,8 @@ class SweepConfig:
         check_field(self.min_free_gb is None or self.min_free_gb >= 0, "min_free_gb", "must be >= 0")
         check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
         check_field(self.dense_groups is None or self.dense_groups >= 1, "dense_groups", "must be >= 1")
+        for name in ("num_workers", "stage2_num_workers"):
+            check_field(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1")
         check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
                     "must be >= 1")
         check_field(not self.paper_ids or self.grid == "paper19", "paper_ids", "only applies to --grid paper19")
@@ -165,14 +173,16 @@ def plan(cfg: SweepConfig, stage: int) -> list[PlannedTrial]:
         trials = [t for t in trials if t.paper_id in cfg.paper_ids]
     if cfg.limit:
         trials = trials[: cfg.limit]
-    return [PlannedTrial(t, trial_resources(t.profile, backend)) for t in trials]
+    workers = (cfg.stage2_num_workers or cfg.num_workers) if stage == 2 else cfg.num_workers
+    return [PlannedTrial(t, trial_resources(t.profile, backend, workers or PROFILES[t.profile].num_workers))
+            for t in trials]
 
 
 def format_plan(planned: list[PlannedTrial]) -> str:
-    lines = [f"{'trial':44} {'profile':9} {'resources per worker':32} notes"]
+    lines = [f"{'trial':44} {'profile':9} {'workers':7} {'resources per worker':32} notes"]
     for p in planned:
-        lines.append(f"{p.spec.config_id:44} {p.spec.profile:9} {json.dumps(p.resources.resources_per_worker):32} "
-                     f"{'; '.join(p.resources.notes)}")
+        lines.append(f"{p.spec.config_id:44} {p.spec.profile:9} {p.resources.num_workers:<7} "
+                     f"{json.dumps(p.resources.resources_per_worker):32} {'; '.join(p.resources.notes)}")
     return "\n".join(lines)
 
 

@@ -32,6 +32,8 @@ class HardwareProfile:
     """CPUs per worker on GPU backends (data loading, tokenisation)."""
     gradient_checkpointing: bool = False
     """The tightest budget trains with activation checkpointing."""
+    num_workers: int = 1
+    """Ray Train workers (data-parallel ranks) a trial of this profile gets unless the sweep says otherwise."""
 
 
 PROFILES: Registry[HardwareProfile] = Registry("profile", "hardware profile", {p.name: p for p in (

@@ -61,6 +61,8 @@ class StudyConfig:
     ``study.eval_val_samples``: 8; local-long: 16)."""
     dense_groups: int | None = None
     """G of the dense-connector trials (default: the preset's, 4)."""
+    num_workers: int | None = None
+    """Ray Train workers (data-parallel ranks) per trial (default: the hardware profile's, 1)."""
     wandb: str = "auto"
     min_free_gb: float | None = None
     """Refuse to start unless ``out`` and the temp folder have this much free space (GiB; default per preset:
@@ -104,7 +106,7 @@ def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any
          f"{sweep_dir}{' — finished trials are kept' if resume else ''}")
     return run_sweep(SweepConfig(data=str(out / "data"), images=str(corpus / "images"), preset=cfg.preset,
                                  grid=cfg.grid, paper_ids=cfg.paper_ids, stage="all", out=str(sweep_dir),
-                                 dense_groups=cfg.dense_groups,
+                                 dense_groups=cfg.dense_groups, num_workers=cfg.num_workers,
                                  resume=resume, wandb=cfg.wandb, min_free_gb=cfg.min_free_gb))
 
 

@@ -30,7 +30,7 @@ from vlm_core.training import NonFiniteLoss
 from .matrix import TrialSpec
 from .profiles import TrialResources
 from .scheduling import config_digest, resume_decision, wait_for_decision
-from .statuses import METRIC, STATUS_NON_FINITE, STATUS_RUNNING
+from .statuses import METRIC, MODE, STATUS_NON_FINITE, STATUS_RUNNING
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class StoppedAtRung(Exception):
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train worker: rebuild the configs, resume if Train restarted us, train, report every epoch."""
     import ray.train
+    import ray.train.torch
     import torch
 
     model_cfg = VLMConfig.from_dict(config["model"])
@@ -116,9 +117,10 @@ def train_worker(config: dict[str, Any]) -> None:
 
     reported = []
 
-    def on_epoch(metrics: dict[str, Any], ckpt_dir: Path) -> None:
+    def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
+        # every worker reports (a collective); rank 0 alone holds the checkpoint (the ranks' weights are the same)
         report = {**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)))
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
         reported.append(metrics)
         if metrics["epoch"] < epochs_planned and wait_for_decision(config.get("asha"), metrics["epoch"]) == "stop":
             raise StoppedAtRung(metrics["epoch"])  # ASHA stopped it here: no further epoch, no later checkpoint
@@ -126,7 +128,7 @@ def train_worker(config: dict[str, Any]) -> None:
     faults = from_config(config.get("faults"), config.get("run_name", ""))
     try:
         run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
-                  write_final=False, faults=faults)
+                  write_final=False, faults=faults, device=ray.train.torch.get_device())
         if not reported and resume_dir is not None and not replayed:
             # restored from the last checkpoint of a run that had already finished (its driver died before Tune
             # recorded the end): nothing left to train, so say its final result again for this trial
@@ -192,7 +194,7 @@ def run_trial(config: dict[str, Any]) -> None:
             name=train_run_name(config["config_id"], config["worker"]),
             storage_path=config["storage_path"],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
-                                                         checkpoint_score_order="min"),
+                                                         checkpoint_score_order=MODE),
             failure_config=ray.train.FailureConfig(max_failures=config["max_failures"],
                                                    controller_failure_limit=0),
             callbacks=[TuneReportCallback()]),

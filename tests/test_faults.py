@@ -90,10 +90,13 @@ def _data(variants, corpus) -> DataSpec:
                     val=str(variants / "20kUmap" / "val-00000.parquet"))
 
 
-def test_a_killed_train_worker_restarts_from_its_checkpoint_and_the_lr_continues(ray_local, tiny_cfg, variants,
-                                                                                   corpus, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_killed_train_worker_restarts_from_its_checkpoint_and_the_lr_continues(workers, ray_local, tiny_cfg,
+                                                                                   variants, corpus, tmp_path):
     """A worker dies (``os._exit``) mid-epoch 2; Ray Train restarts it from the epoch-1 checkpoint and the run ends
-    with the same optimizer steps, the same LR at every epoch and the same losses as a run never interrupted."""
+    with the same optimizer steps, the same LR at every epoch and the same losses as a run never interrupted. With
+    two data-parallel workers the one that dies first takes the group down; the restarted pair resumes together,
+    and both runs equal the one-process reference (the global batch is the same)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -108,7 +111,7 @@ def test_a_killed_train_worker_restarts_from_its_checkpoint_and_the_lr_continues
         train_worker,
         train_loop_config={"model": tiny_cfg.to_dict(), "train": train.to_dict(), "data": data.__dict__,
                            "run_name": "killed", "faults": {"kill_at_step": 6, "once_marker": str(marker)}},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name="killed", storage_path=str(tmp_path / "storage"),
                                        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=None),
                                        failure_config=ray.train.FailureConfig(max_failures=1)))
@@ -120,6 +123,42 @@ def test_a_killed_train_worker_restarts_from_its_checkpoint_and_the_lr_continues
         assert got["epoch"] == want["epoch"] and got["lr"] == pytest.approx(want["lr"], rel=1e-9)  # no jump back
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
         assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+
+
+def test_a_non_finite_loss_on_one_of_two_workers_ends_the_run_cleanly(ray_local, tiny_cfg, variants, corpus,
+                                                                         tmp_path):
+    """NaN on rank 1 alone: both workers stop at that step (no rank left waiting in an all-reduce), report the
+    non-finite status, and Train ends the run instead of retrying it."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from sweeps.trial import train_worker
+
+    train = TrainConfig(stage=1, epochs=3, batch_size=4, lr=1e-3)
+    reports = tmp_path / "reports.jsonl"
+
+    class RecordReports(ray.train.UserCallback):  # every worker's report, as the controller receives them
+        def after_report(self, run_context, metrics, checkpoint):
+            with open(reports, "a") as f:
+                f.write(json.dumps(metrics, default=str) + "\n")
+
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"model": tiny_cfg.to_dict(), "train": train.to_dict(),
+                           "data": _data(variants, corpus).__dict__, "run_name": "nan",
+                           "faults": {"nan_loss_at_step": 5, "rank": 1}},
+        scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name="nan", storage_path=str(tmp_path / "storage"), callbacks=[RecordReports()],
+                                       failure_config=ray.train.FailureConfig(max_failures=1)))
+    result = trainer.fit()  # returns: no rank hangs in a collective
+    assert result.error is None  # a clear end, not a crash Train would retry
+    said = [json.loads(line) for line in reports.read_text().splitlines()]
+    assert [[r["status"] for r in s] for s in said] == [["running", "running"], ["non_finite_loss"] * 2]
+    assert [r["step"] for r in said[-1]] == [5, 5] and [r["epoch"] for r in said[-1]] == [1.25, 1.25]
+    rank0, rank1 = said[-1]
+    assert "non-finite loss at step 5 (epoch 1)" in rank0["message"] and "on another rank" in rank0["message"]
+    assert "check the data of samples" in rank1["message"]
+    assert rank0["val_loss"] == math.inf
 
 
 def test_a_diverging_trial_stops_with_a_clear_status_and_the_sweep_finishes(ray_local, variants, corpus, tmp_path,

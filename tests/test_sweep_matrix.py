@@ -125,3 +125,20 @@ def test_trials_running_alone_on_cpus_get_the_node_s_cores():
     assert [p.spec for p in alone] == [p.spec for p in planned]
     gpu = plan(SweepConfig(data="d", images="i", preset="paper", stage="2"), 2)
     assert [p.resources for p in spread_cpus(gpu, 16, 1)] == [p.resources for p in gpu]  # GPU requests untouched
+
+
+def test_num_workers_reaches_each_stage_s_trials_and_fractions_refuse_more_than_one():
+    from sweeps.driver import SweepConfig, format_plan, plan
+
+    cfg = SweepConfig(data="d", images="i", preset="tiny", paper_ids=[3], num_workers=2, stage2_num_workers=3)
+    assert [p.resources.num_workers for p in plan(cfg, 1)] == [2]
+    assert [p.resources.num_workers for p in plan(cfg, 2)] == [3]
+    assert plan(cfg, 1)[0].resources.total() == {"CPU": 2}  # the cluster check sees both workers
+    assert " 2       " in format_plan(plan(cfg, 1))  # --dry_run shows the workers
+    assert [p.resources.num_workers for p in plan(SweepConfig(data="d", images="i", paper_ids=[3]), 1)] == [1]
+    gpu = SweepConfig(data="d", images="i", preset="tiny", paper_ids=[1], num_workers=2, backend="a100-40g")
+    with pytest.raises(ConfigError, match="cannot run 2 workers: fractional GPUs are logical and break "
+                                          "multi-worker NCCL"):
+        plan(gpu, 1)  # row 1: a100-10g, a quarter of a 40 GB card
+    with pytest.raises(ConfigError, match="num_workers: must be >= 1"):
+        SweepConfig(data="d", images="i", num_workers=0)

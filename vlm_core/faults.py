@@ -34,12 +34,15 @@ class Faults:
     """The loss of this optimizer step (counted from 0) becomes NaN."""
     only: str | None = None
     """Apply only to runs whose name contains this (a sweep trial's config id); None: every run."""
+    rank: int | None = None
+    """In a data-parallel run, poison the loss on this rank only; None: on every rank."""
 
     def applies_to(self, run_name: str) -> bool:
         return self.only is None or self.only in run_name
 
-    def poison_loss(self, step: int) -> bool:
-        return self.nan_loss_at_step is not None and step == self.nan_loss_at_step
+    def poison_loss(self, step: int, rank: int = 0) -> bool:
+        return (self.nan_loss_at_step is not None and step == self.nan_loss_at_step
+                and (self.rank is None or rank == self.rank))
 
     def after_step(self, step: int) -> None:
         if self.kill_at_step is None or step != self.kill_at_step:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from .checkpoint import export_weights
 from .config import TrainConfig, VLMConfig
 from .data import ConversationDataset, read_records, split_records
@@ -65,16 +67,18 @@ def load_datasets(model: VisionLanguageModel, data: DataSpec, seed: int = 0):
 
 def run_stage(model_cfg: VLMConfig, train_cfg: TrainConfig, data: DataSpec, out: str | Path, *,
               resume_from: str | Path | None = None, on_step: Callable[[StepLog], None] | None = None,
-              on_epoch: Callable[[dict[str, Any], Path], None] | None = None,
-              write_final: bool = True, faults: Faults | None = None) -> tuple[TrainResult, Path | None]:
+              on_epoch: Callable[[dict[str, Any], Path | None], None] | None = None,
+              write_final: bool = True, faults: Faults | None = None,
+              device: torch.device | None = None) -> tuple[TrainResult, Path | None]:
     """Train one stage; returns the result and ``out/final`` (the last checkpoint's weights, no optimizer),
-    or None with ``write_final=False`` (Ray Train keeps its own reported checkpoints)."""
+    or None with ``write_final=False`` (Ray Train keeps its own reported checkpoints). ``device``: where this process
+    trains (default :func:`vlm_core.devices.pick_device`; a Ray Train worker passes the GPU Ray gave it). In a
+    ``torch.distributed`` group every rank calls this and they train one model together (see ``training.train``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.json").write_text(json.dumps(
         {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": data.__dict__}, indent=2))
-    device = pick_device()
-    model = VisionLanguageModel.build(model_cfg).to(device)
+    model = VisionLanguageModel.build(model_cfg).to(device or pick_device())
     train_set, val_set = load_datasets(model, data, train_cfg.seed)
     log.info("data: %d train / %d val samples (%d skipped)", len(train_set), len(val_set),
              sum(train_set.skipped.values()) + sum(val_set.skipped.values()))

@@ -33,6 +33,7 @@ from .checkpoint import load_lm_weights, load_projector, load_training_state, re
 from .config import TrainConfig
 from .conversation import IGNORE_INDEX
 from .data import Collator, ConversationDataset
+from .distributed import World, all_sum, any_rank, current_world, reduce_gradients, shard
 from .errors import NonFiniteLoss
 from .faults import Faults
 from .schedules import build_scheduler
@@ -177,12 +178,14 @@ def _forward(model, batch):
                  pixel_values=batch.get("pixel_values"), image_features=batch.get("image_features"))
 
 
-def loss_batches(model, dataset: ConversationDataset, batch_size: int, limit: int | None = None) -> list[dict]:
-    """The first ``limit`` samples of ``dataset`` (all when None), collated into batches of ``batch_size``."""
+def loss_batches(model, dataset: ConversationDataset, batch_size: int, limit: int | None = None,
+                 world: World = World()) -> list[dict]:
+    """The first ``limit`` samples of ``dataset`` (all when None) — this rank's share of them in a data-parallel
+    run — collated into batches of ``batch_size``."""
     n = len(dataset) if limit is None else min(len(dataset), limit)
+    mine = shard(range(n), world)
     collate = Collator(model.tokenizer.pad_token_id)
-    return [collate([dataset[i] for i in range(start, min(start + batch_size, n))])
-            for start in range(0, n, batch_size)]
+    return [collate([dataset[i] for i in mine[start:start + batch_size]]) for start in range(0, len(mine), batch_size)]
 
 
 @torch.no_grad()
@@ -207,12 +210,16 @@ def summed_loss(model, batches: list[dict], cfg: TrainConfig | None = None,
     return total, tokens
 
 
-def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: TrainConfig | None = None) -> float:
-    """Token-weighted mean loss over ``dataset`` (its first ``cfg.max_val_samples`` samples when set)."""
-    batches = loss_batches(model, dataset, batch_size, None if cfg is None else cfg.max_val_samples)
-    if not batches:
+def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: TrainConfig | None = None,
+                  world: World = World()) -> float:
+    """Token-weighted mean loss over ``dataset`` (its first ``cfg.max_val_samples`` samples when set); in a
+    data-parallel run each rank scores its share and the sums are reduced, so every rank gets the same value."""
+    limit = None if cfg is None else cfg.max_val_samples
+    if (len(dataset) if limit is None else min(len(dataset), limit)) == 0:
         return float("nan")
-    total, tokens = summed_loss(model, batches, cfg)
+    batches = loss_batches(model, dataset, batch_size, limit, world)
+    total, tokens = summed_loss(model, batches, cfg) if batches else (0.0, 0)
+    total, tokens = all_sum([total, tokens], world)
     return total / max(tokens, 1)
 
 
@@ -279,6 +286,7 @@ class _Loop:
                  faults: Faults | None):
         self.model, self.cfg, self.train_set, self.out_dir, self.faults = model, cfg, train_set, out_dir, faults
         self.device = model.device
+        self.world = current_world()
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch, self.total_steps = plan_steps(len(train_set), cfg)
@@ -309,7 +317,10 @@ class _Loop:
         log.info("resumed from %s at step %d/%d (epoch %d, micro-batch %d)", resume_from, self.step,
                  self.total_steps, self.epoch, self.micro_done)
 
-    def checkpoint(self, name: str, metrics: dict[str, Any]) -> Path:
+    def checkpoint(self, name: str, metrics: dict[str, Any]) -> Path | None:
+        """Rank 0 writes the checkpoint (every rank holds the same weights and state); other ranks get None."""
+        if not self.world.is_main:
+            return None
         training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                           "rng": _rng_state(), "step": self.step, "epoch": self.epoch, "micro_done": self.micro_done,
                           "total_steps": self.total_steps}
@@ -319,24 +330,35 @@ class _Loop:
 
     def optimizer_step(self, group: list[list[int]], n_micro: int, tally: EpochTally) -> StepLog:
         """One optimizer step over the micro-batches ``group`` (``grad_accum`` of them, fewer at an epoch's end),
-        the loss normalised by the trainable tokens of the whole step."""
-        cfg, device, t0 = self.cfg, self.device, time.perf_counter()
-        batches = [_to(self.collate([self.train_set[i] for i in idx]), device) for idx in group]
-        window_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        step_loss, step_seen = 0.0, 0
+        the loss normalised by the trainable tokens of the whole step. In a data-parallel run each micro-batch is
+        split across the ranks (:mod:`vlm_core.distributed`), the token count and the gradients are summed over
+        them, and every rank makes the same update."""
+        cfg, device, world, t0 = self.cfg, self.device, self.world, time.perf_counter()
+        mine = [part for part in (shard(idx, world) for idx in group) if part]
+        batches = [_to(self.collate([self.train_set[i] for i in idx]), device) for idx in mine]
+        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        window_tokens = int(all_sum([local_tokens], world)[0])
+        step_loss, step_seen, padded, bad = 0.0, 0, 0, None
         for batch in batches:
             with autocast(cfg, device):
                 out = _forward(self.model, batch)
-            if self.faults is not None and self.faults.poison_loss(self.step):
+            if self.faults is not None and self.faults.poison_loss(self.step, world.rank):
                 out.loss_sum = out.loss_sum * float("nan")
             if not torch.isfinite(out.loss_sum):
-                raise NonFiniteLoss(f"non-finite loss at step {self.step} (epoch {self.epoch}); lower train.lr or "
-                                    f"check the data of samples {batch['ids']}", self.step,
-                                    self.epoch + self.micro_done / n_micro)
+                bad = batch["ids"]
+                break
             (out.loss_sum / max(window_tokens, 1)).backward()
             step_loss += out.loss_sum.item()
             step_seen += int(out.attention_mask.sum())
-            tally.padded_tokens += out.attention_mask.numel()
+            padded += out.attention_mask.numel()
+        if any_rank(bad is not None, world):  # every rank stops here, at the same step: none waits in a collective
+            where = f"check the data of samples {bad}" if bad is not None else "on another rank"
+            raise NonFiniteLoss(f"non-finite loss at step {self.step} (epoch {self.epoch}); lower train.lr or "
+                                f"{where}", self.step, self.epoch + self.micro_done / n_micro)
+        reduce_gradients(self.params, world)
+        step_loss, step_seen, padded = all_sum([step_loss, step_seen, padded], world)
+        step_seen, padded = int(step_seen), int(padded)
+        tally.padded_tokens += padded
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm or float("inf"))
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
@@ -352,9 +374,9 @@ class _Loop:
                        time.perf_counter() - t0)
 
     def end_epoch(self, n_micro: int, tally: EpochTally, val_set: ConversationDataset | None
-                  ) -> tuple[dict[str, Any], Path]:
+                  ) -> tuple[dict[str, Any], Path | None]:
         """The epoch's (or the cut-short run's) metrics, validation loss and checkpoint (``epoch-NNN`` when the
-        epoch is complete, the older ones pruned; ``latest`` otherwise)."""
+        epoch is complete, the older ones pruned; ``latest`` otherwise; rank 0 only, None on the others)."""
         cfg = self.cfg
         epoch_done = self.micro_done >= n_micro
         elapsed = max(time.perf_counter() - tally.start, 1e-9)
@@ -364,11 +386,11 @@ class _Loop:
                    "tokens_per_s": tally.seen_tokens / elapsed, "samples_per_s": tally.seen_samples / elapsed,
                    "pad_fraction": 1 - tally.seen_tokens / max(tally.padded_tokens, 1)}
         if val_set is not None and cfg.val_every_epoch:
-            metrics["val_loss"] = evaluate_loss(self.model, val_set, cfg.batch_size, cfg)
+            metrics["val_loss"] = evaluate_loss(self.model, val_set, cfg.batch_size, cfg, self.world)
         if epoch_done:
             self.epoch, self.micro_done = self.epoch + 1, 0
         ckpt = self.checkpoint(f"epoch-{self.epoch:03d}" if epoch_done else "latest", metrics)
-        if epoch_done:
+        if epoch_done and ckpt is not None:
             _prune_checkpoints(ckpt)
         return metrics, ckpt
 
@@ -376,9 +398,13 @@ class _Loop:
 def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: ConversationDataset | None,
           out_dir: str | Path, *, resume_from: str | Path | None = None,
           on_step: Callable[[StepLog], None] | None = None,
-          on_epoch: Callable[[dict[str, Any], Path], None] | None = None, faults: Faults | None = None) -> TrainResult:
+          on_epoch: Callable[[dict[str, Any], Path | None], None] | None = None,
+          faults: Faults | None = None) -> TrainResult:
     """Train ``model`` for one stage. Checkpoints go to ``out_dir/checkpoints/``; step logs to ``metrics.jsonl``.
-    ``faults`` (tests only, ``vlm_core.faults``) kills the process or poisons the loss at a given step."""
+    In an initialised ``torch.distributed`` group every rank calls this on the same data and they train one model
+    together (:mod:`vlm_core.distributed`); rank 0 writes the checkpoints and the log (``on_epoch`` gets the
+    checkpoint there, None on the other ranks). ``faults`` (tests only, ``vlm_core.faults``) kills the process or
+    poisons the loss at a given step."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train_set) == 0:
@@ -396,7 +422,7 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
     loop.restore(resume_from)
     result = TrainResult(steps=loop.step, epochs_completed=loop.epoch, total_steps=loop.total_steps)
     model.train()
-    with (out_dir / "metrics.jsonl").open("a") as metrics_log:
+    with (out_dir / "metrics.jsonl").open("a") if loop.world.is_main else nullcontext() as metrics_log:
         while loop.step < loop.total_steps and loop.epoch < cfg.epochs:
             micro_batches = epoch_batches(loop.lengths, cfg.batch_size, cfg.seed, loop.epoch, cfg.group_by_length)
             micro_batches = micro_batches[:loop.micro_per_epoch]
@@ -404,8 +430,9 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
             while loop.micro_done < len(micro_batches) and loop.step < loop.total_steps:
                 group = micro_batches[loop.micro_done:loop.micro_done + cfg.grad_accum]
                 rec = loop.optimizer_step(group, len(micro_batches), tally)
-                metrics_log.write(json.dumps(asdict(rec)) + "\n")
-                metrics_log.flush()
+                if metrics_log is not None:
+                    metrics_log.write(json.dumps(asdict(rec)) + "\n")
+                    metrics_log.flush()
                 if cfg.checkpoint_every_steps and loop.step % cfg.checkpoint_every_steps == 0:
                     loop.checkpoint("latest", {"step": loop.step})
                 if on_step:
