@@ -81,6 +81,9 @@ def train_worker(config: dict[str, Any]) -> None:
     train_cfg = TrainConfig.from_dict(config["train"])
     data = DataSpec(**config["data"])
     epochs_planned = train_cfg.epochs
+    device = ray.train.torch.get_device()  # this worker's GPU (Train may show a node's workers all of them), or CPU
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives run on the current device: each rank on its own
     if config.get("cuda_memory_fraction") and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(config["cuda_memory_fraction"])
     workdir = Path(tempfile.mkdtemp(prefix=config.get("workdir_prefix", "vlm-trial-")))
@@ -128,7 +131,7 @@ def train_worker(config: dict[str, Any]) -> None:
     faults = from_config(config.get("faults"), config.get("run_name", ""))
     try:
         run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
-                  write_final=False, faults=faults, device=ray.train.torch.get_device())
+                  write_final=False, faults=faults, device=device)
         if not reported and resume_dir is not None and not replayed:
             # restored from the last checkpoint of a run that had already finished (its driver died before Tune
             # recorded the end): nothing left to train, so say its final result again for this trial
