@@ -48,11 +48,21 @@ def count(stage: int, batch: int, tokens: int) -> dict:
             "flops_per_token": fc.get_total_flops() / (batch * tokens)}
 
 
-def memory_gb(stage: int, batch: int, tokens: int, params: int, checkpointing: bool) -> float:
+def lora_params(rank: int = 16) -> int:
+    """LoRA's trainable parameters on every linear layer of Llama-3.2-1B (the default ``train.lora``): r × (in + out)
+    per adapted layer."""
+    h, inter, layers = LLAMA32_1B["hidden_size"], LLAMA32_1B["intermediate_size"], LLAMA32_1B["num_hidden_layers"]
+    kv = h * LLAMA32_1B["num_key_value_heads"] // LLAMA32_1B["num_attention_heads"]
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, inter), (h, inter), (inter, h)]  # q k v o gate up down
+    return rank * layers * sum(i + o for i, o in shapes)
+
+
+def memory_gb(stage: int, batch: int, tokens: int, params: int, checkpointing: bool, lora: bool = False) -> float:
     h, layers, heads, vocab = (LLAMA32_1B[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                          "vocab_size"))
-    weights = 4 * params  # fp32 master weights, bf16 autocast
-    trainable = params if stage == 2 else 0  # the projector's few M are left out
+    weights = 4 * params + (4 * lora_params() if lora else 0)  # fp32 weights (+ the adapters), bf16 autocast
+    # the projector's few M are left out; LoRA: gradients and AdamW moments for the adapters only
+    trainable = (lora_params() if lora else params) if stage == 2 else 0
     optimizer = trainable * (4 + 8)  # grads + AdamW's two moments
     per_layer = tokens * batch * h * (34 + 5 * heads * tokens / h)  # bytes, 16-bit activations
     acts = (2 * tokens * batch * h * layers if checkpointing else per_layer * layers)
@@ -60,8 +70,10 @@ def memory_gb(stage: int, batch: int, tokens: int, params: int, checkpointing: b
     return (weights + optimizer + acts + logits) / 2**30
 
 
-PLAN = [("stage 1, batch 12", 1, 12, "a100-37g", False), ("stage 1, batch 8", 1, 8, "a100-26g", False),
-        ("stage 1, batch 8, checkpointing", 1, 8, "a100-10g", True), ("stage 2, batch 3", 2, 3, "a100-28g", False)]
+PLAN = [("stage 1, batch 12", 1, 12, "a100-37g", False, False), ("stage 1, batch 8", 1, 8, "a100-26g", False, False),
+        ("stage 1, batch 8, checkpointing", 1, 8, "a100-10g", True, False),
+        ("stage 2, batch 3", 2, 3, "a100-28g", False, False),
+        ("stage 2, batch 3, LoRA r=16", 2, 3, "a100-28g", False, True)]
 
 
 def main() -> list[dict]:
@@ -70,13 +82,15 @@ def main() -> list[dict]:
     ap.add_argument("--mfu", type=float, default=0.35)
     args, _ = ap.parse_known_args()
     rows = []
-    for name, stage, batch, profile, ckpt in PLAN:
-        c = count(stage, batch, args.tokens)
+    for name, stage, batch, profile, ckpt, lora in PLAN:
+        # LoRA back-propagates through every layer (input gradients) but computes no weight gradient for the frozen
+        # LLM: counted as a frozen LLM (the adapters' own FLOPs are ~1 % of a layer's)
+        c = count(1 if lora else stage, batch, args.tokens)
         flops = c["flops_per_step"] * (4 / 3 if ckpt else 1)  # recomputing the forward once more
         rows.append({"run": name, "profile": profile, "gflop_per_token": round(c["flops_per_token"] / 1e9, 2),
                      "encoder_share": round(c["encoder_flops_per_step"] / c["flops_per_step"], 4),
                      "step_s": round(flops / (A100_BF16 * args.mfu), 3),
-                     "memory_gb": round(memory_gb(stage, batch, args.tokens, c["lm_params"], ckpt), 1)})
+                     "memory_gb": round(memory_gb(stage, batch, args.tokens, c["lm_params"], ckpt, lora), 1)})
     print(f"{args.tokens} tokens per sample, MFU {args.mfu}:")
     for r in rows:
         print(f"  {r['run']:32} {r['profile']:9} {r['gflop_per_token']:6} GFLOP/token  encoder "

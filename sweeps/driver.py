@@ -83,7 +83,8 @@ class SweepConfig:
     preset: str = "local"
     """Model preset: ``tiny``, ``local`` (CPU, offline) or ``paper`` (TinyCLIP + Llama-3.2-1B on A100s)."""
     grid: str = "paper19"
-    """``paper19`` (the study's 19 + 6 runs) or ``full`` (the Cartesian grid)."""
+    """``paper19`` (the study's 19 + 6 runs), ``lora`` (the same, its 6 continuations with LoRA) or ``full`` (the
+    Cartesian grid, continued both ways)."""
     stage: str = "all"
     """``1``, ``2`` or ``all``."""
     out: str = "runs/sweep"
@@ -152,7 +153,8 @@ class SweepConfig:
             check_field(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1")
         check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
                     "must be >= 1")
-        check_field(not self.paper_ids or self.grid == "paper19", "paper_ids", "only applies to --grid paper19")
+        check_field(not self.paper_ids or self.grid in ("paper19", "lora"), "paper_ids",
+                    "only applies to --grid paper19 or lora")
         check_field(self.wandb in WANDB_MODES, "wandb", f"{self.wandb!r} is not one of {', '.join(WANDB_MODES)}")
 
 

@@ -1,9 +1,13 @@
 """The study's experiment matrices, as data: the 19 stage-1 runs, the 6 stage-2 continuations, the full grid.
 
 Every trial has a stable id (its position-free description) and a readable name, e.g.
-``s1-20kUmap-nodense-raw-linear-e3-b12``; stage-2 trials name the stage-1 config they continue.
+``s1-20kUmap-nodense-raw-linear-e3-b12``; stage-2 trials name the stage-1 config they continue, and a stage-2 trial
+that tunes the LLM with LoRA ends in ``-lora``. Grids: ``paper19`` (the study: 19 runs, 6 continuations with the
+LLM fully tuned), ``lora`` (the same 19, the 6 continuations with LoRA), ``full`` (the Cartesian grid, every
+stage-1 config continued both ways).
 
     python -m sweeps.matrix paper19        # prints the table
+    python -m sweeps.matrix lora
     python -m sweeps.matrix full
 """
 
@@ -38,12 +42,14 @@ class TrialSpec:
     lr: float = LR
     paper_id: int | None = None
     parent: str | None = None  # stage 2: the config id of the stage-1 run it continues
+    lm_tuning: str = "full"  # stage 2: the whole LLM, or LoRA adapters on it
 
     @property
     def config_id(self) -> str:
         """Stable, readable id: the same config always has the same id, in any matrix."""
         return (f"s{self.stage}-{self.dataset}-{'dense' if self.dense else 'nodense'}-"
-                f"{'chat' if self.chat else 'raw'}-{self.scheduler}-e{self.epochs}-b{self.batch_size}")
+                f"{'chat' if self.chat else 'raw'}-{self.scheduler}-e{self.epochs}-b{self.batch_size}"
+                f"{'-lora' if self.lm_tuning == 'lora' else ''}")
 
     @property
     def axes(self) -> dict[str, Any]:
@@ -88,15 +94,21 @@ def paper19_stage1() -> list[TrialSpec]:
             for i, d, dense, chat, sched, ep, bs, prof in PAPER19_TABLE]
 
 
-def continuation(parent: TrialSpec) -> TrialSpec:
-    """Stage 2 of a stage-1 config: same dataset / dense / chat / scheduler, 3 epochs, batch 3."""
+def continuation(parent: TrialSpec, lm_tuning: str = "full") -> TrialSpec:
+    """Stage 2 of a stage-1 config: same dataset / dense / chat / scheduler, 3 epochs, batch 3; the LLM tuned fully
+    or with LoRA."""
     return TrialSpec(2, parent.dataset, parent.dense, parent.chat, parent.scheduler, STAGE2_EPOCHS, STAGE2_BATCH,
-                     STAGE2_PROFILE, paper_id=parent.paper_id, parent=parent.config_id)
+                     STAGE2_PROFILE, paper_id=parent.paper_id, parent=parent.config_id, lm_tuning=lm_tuning)
 
 
-def paper19_stage2() -> list[TrialSpec]:
+def paper19_stage2(lm_tuning: str = "full") -> list[TrialSpec]:
     by_id = {t.paper_id: t for t in paper19_stage1()}
-    return [continuation(by_id[i]) for i in STAGE2_CONTINUES]
+    return [continuation(by_id[i], lm_tuning) for i in STAGE2_CONTINUES]
+
+
+def lora_stage2() -> list[TrialSpec]:
+    """The study's six continuations with LoRA instead of full tuning."""
+    return paper19_stage2("lora")
 
 
 def full_stage1() -> list[TrialSpec]:
@@ -106,11 +118,13 @@ def full_stage1() -> list[TrialSpec]:
 
 
 def full_stage2() -> list[TrialSpec]:
-    """Every stage-1 config of the grid continued (dataset × dense × chat × scheduler × epochs × batch)."""
-    return [continuation(t) for t in full_stage1()]
+    """Every stage-1 config of the grid continued (dataset × dense × chat × scheduler × epochs × batch), the LLM
+    tuned fully and with LoRA."""
+    return [continuation(t, tuning) for t in full_stage1() for tuning in ("full", "lora")]
 
 
-GRIDS = {"paper19": (paper19_stage1, paper19_stage2), "full": (full_stage1, full_stage2)}
+GRIDS = {"paper19": (paper19_stage1, paper19_stage2), "lora": (paper19_stage1, lora_stage2),
+         "full": (full_stage1, full_stage2)}
 
 
 def get_grid(name: str, stage: int) -> list[TrialSpec]:

@@ -56,7 +56,7 @@ def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: s
     batch = min(spec.batch_size, scale.batch_size_cap) if scale.batch_size_cap else spec.batch_size
     lr = (scale.stage1_lr if spec.stage == 1 else scale.stage2_lr) or spec.lr
     epochs = max(1, spec.epochs // scale.stage1_epoch_divisor) if spec.stage == 1 else spec.epochs
-    train = TrainConfig(stage=spec.stage, epochs=epochs, batch_size=batch, lr=lr,
+    train = TrainConfig(stage=spec.stage, epochs=epochs, batch_size=batch, lr=lr, lm_tuning=spec.lm_tuning,
                         scheduler=spec.scheduler, init_checkpoint=init_checkpoint,
                         gradient_checkpointing=gradient_checkpointing,
                         max_steps_per_epoch=scale.max_steps_per_epoch, max_val_samples=scale.max_val_samples)

@@ -34,7 +34,21 @@ def test_full_grid_is_the_cartesian_product_and_contains_the_paper_runs():
     assert len(full) == 2 * 2 * 2 * 2 * 3 * 3 == len({t.config_id for t in full})
     full_ids = {t.config_id for t in full}
     assert {t.config_id for t in get_grid("paper19", 1)} <= full_ids
-    assert len(get_grid("full", 2)) == len(full)
+    s2 = get_grid("full", 2)  # every stage-1 config continued with the LLM tuned fully and with LoRA
+    assert len(s2) == 2 * len(full) and [t.lm_tuning for t in s2[:2]] == ["full", "lora"]
+
+
+def test_the_lora_grid_runs_the_six_continuations_with_lora():
+    from sweeps.trial import trial_configs
+    from vlm_core.presets import preset
+
+    s1, s2 = get_grid("lora", 1), get_grid("lora", 2)
+    assert [t.config_id for t in s1] == [t.config_id for t in get_grid("paper19", 1)]
+    assert [t.config_id for t in s2] == [t.config_id + "-lora" for t in get_grid("paper19", 2)]
+    assert {t.parent for t in s2} == {t.parent for t in get_grid("paper19", 2)}  # the same stage-1 checkpoints
+    _, train = trial_configs(s2[0], "tiny", preset("tiny").scale, init_checkpoint="ckpt")
+    assert train.lm_tuning == "lora" and train.stage == 2
+    assert all(t.lm_tuning == "full" for t in get_grid("paper19", 2))
 
 
 def test_unknown_grid_is_named():

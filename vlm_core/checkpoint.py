@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from .config import VLMConfig
 from .errors import CheckpointError
 from .hashing import file_sha256
+from .lora import ADAPTER_DIR, is_lora, load_adapters, save_adapters
 from .model import VisionLanguageModel
 from .outputs import atomic_dir
 from .projectors import selects_layers
@@ -45,18 +46,23 @@ TRAINING_STATE = "training_state.pt"
 
 def save_checkpoint(model, path: str | Path, *, stage: int, step: int, epoch: float,
                     metrics: dict[str, Any] | None = None, training_state: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint folder atomically. Stage 1 saves the projector; stage 2 also the LLM + tokenizer."""
+    """Write a checkpoint folder atomically. Stage 1 saves the projector; stage 2 also the LLM + tokenizer, or with
+    LoRA only the LLM's adapters (``lm_adapter/``)."""
     path = Path(path)
     with atomic_dir(path) as tmp:
         (tmp / VLM_CONFIG).write_text(model.cfg.to_json())
         projector_state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
         save_file(projector_state, tmp / PROJECTOR_FILE, metadata={"projector": model.cfg.projector.name})
-        if stage == 2:
+        lora = stage == 2 and is_lora(model.lm)
+        if lora:  # the adapters alone: the base LLM is rebuilt from the config
+            save_adapters(model, tmp / ADAPTER_DIR)
+        elif stage == 2:
             model.lm.save_pretrained(tmp / LM_DIR, safe_serialization=True)
             model.tokenizer.save_pretrained(tmp / LM_DIR)
         files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*.safetensors"))}
         meta = {"format_version": 1, "stage": stage, "step": step, "epoch": epoch, "metrics": metrics or {},
-                "files": files, "projector_selection": model.projector.selection()}
+                "files": files, "projector_selection": model.projector.selection(),
+                "lm_tuning": "lora" if lora else "full" if stage == 2 else None}
         if training_state is not None:
             torch.save(training_state, tmp / TRAINING_STATE)
             meta["training_state_sha256"] = file_sha256(tmp / TRAINING_STATE)
@@ -169,6 +175,8 @@ def load_vlm(path: str | Path, verify: bool = True, trust_remote_code: bool = Fa
     read_meta(path, verify=verify)
     model = VisionLanguageModel.build(load_vlm_config(path, trust_remote_code))
     load_projector(model, path)
+    if (Path(path) / ADAPTER_DIR).is_dir():  # LoRA: the base LLM from the config, its adapters from here
+        load_adapters(model, Path(path) / ADAPTER_DIR)
     return model
 
 
@@ -184,7 +192,10 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
 
 
 def load_lm_weights(model, path: str | Path) -> None:
-    """Load a stage-2 checkpoint's LLM weights (every safetensors shard) into ``model.lm``."""
+    """Load a stage-2 checkpoint's LLM weights (every safetensors shard; with LoRA its adapters) into ``model.lm``."""
+    if (Path(path) / ADAPTER_DIR).is_dir():
+        load_adapters(model, Path(path) / ADAPTER_DIR, trainable=True)
+        return
     shards = sorted((Path(path) / LM_DIR).glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path}: no {LM_DIR}/*.safetensors; not a stage-2 checkpoint")

@@ -177,6 +177,33 @@ class VLMConfig:
         return from_dict(cls, d)
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+"""Llama's attention and MLP projections: LoRA on every linear layer of the decoder (QLoRA's finding: adapting
+all of them matches full fine-tuning better than attention alone)."""
+LM_TUNINGS = ("full", "lora")
+
+
+@dataclass
+class LoraSpec:
+    """Low-rank adapters on the LLM (stage 2 with ``train.lm_tuning: lora``), through peft."""
+
+    rank: int = 16
+    """Rank r of each adapter (A: r × in, B: out × r)."""
+    alpha: int = 32
+    """Scale: the adapter's output is multiplied by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input."""
+    target_modules: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    """Names of the LLM's linear layers that get an adapter."""
+
+    def __post_init__(self) -> None:
+        check_field(self.rank >= 1, "train.lora.rank", "must be >= 1")
+        check_field(self.alpha > 0, "train.lora.alpha", "must be > 0")
+        check_field(0 <= self.dropout < 1, "train.lora.dropout", "must be in [0, 1)")
+        check_field(bool(self.target_modules) and all(isinstance(m, str) and m for m in self.target_modules),
+                    "train.lora.target_modules", "must name at least one module, e.g. q_proj")
+
+
 @dataclass
 class TrainConfig:
     """One training run (one stage of one config)."""
@@ -216,6 +243,11 @@ class TrainConfig:
     trainable modules (the projector; the LLM in stage 2) always stay fp32."""
     init_checkpoint: str | None = None
     """Stage 2: the stage-1 checkpoint whose projector starts this run."""
+    lm_tuning: str = "full"
+    """Stage 2: how the LLM trains: ``full`` (every weight) or ``lora`` (low-rank adapters, ``train.lora``; the base
+    LLM stays frozen, and checkpoints hold only the adapters and the projector)."""
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    """``lm_tuning: lora``: the adapters."""
     val_every_epoch: bool = True
     """Compute validation loss after every epoch."""
     max_val_samples: int | None = None
@@ -242,6 +274,10 @@ class TrainConfig:
         check_field(0 <= self.warmup_ratio < 1, "train.warmup_ratio", "must be in [0, 1)")
         check_field(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0")
         SCHEDULES.check(self.scheduler)
+        check_field(self.lm_tuning in LM_TUNINGS, "train.lm_tuning",
+                    f"{self.lm_tuning!r} is not one of {', '.join(LM_TUNINGS)}")
+        check_field(self.lm_tuning == "full" or self.stage == 2, "train.lm_tuning",
+                    "lora tunes the LLM, which only stage 2 trains; use it with train.stage 2")
         check_field(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision",
                "must be 'auto', 'bf16' or 'no'")
         check_field(self.frozen_dtype in ("auto", "bf16", "fp32"), "train.frozen_dtype",

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError
+from .lora import merged_lm
 from .outputs import atomic_dir
 
 EXPORTABLE = {"mlp2x_gelu": "gelu", "linear": "linear"}
@@ -34,7 +35,8 @@ def to_llava(model):
     if model.cfg.projector.feature_norm != "none":
         raise ConfigError(f"projector.feature_norm: {model.cfg.projector.feature_norm!r} (per-token statistics) has "
                           f"no LLaVA equivalent; export supports feature_norm 'none'")
-    text_config = model.lm.config
+    lm = merged_lm(model)  # LoRA: the adapters merged into the LLM's weights
+    text_config = lm.config
     config = LlavaConfig(
         vision_config=model.vision.model.config.to_dict(), text_config=text_config.to_dict(),
         image_token_index=model.image_token.id, image_seq_length=model.num_image_tokens,
@@ -43,8 +45,8 @@ def to_llava(model):
         multimodal_projector_bias=True, tie_word_embeddings=bool(text_config.tie_word_embeddings))
     llava = LlavaForConditionalGeneration(config).to(torch.float32).eval()
     llava.model.vision_tower.load_state_dict(model.vision.model.state_dict())
-    llava.model.language_model.load_state_dict(model.lm.model.state_dict())
-    llava.lm_head.load_state_dict(model.lm.lm_head.state_dict())
+    llava.model.language_model.load_state_dict(lm.model.state_dict())
+    llava.lm_head.load_state_dict(lm.lm_head.state_dict())
     proj = llava.model.multi_modal_projector
     with torch.no_grad():
         if name == "mlp2x_gelu":

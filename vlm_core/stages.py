@@ -1,7 +1,8 @@
 """What each training stage trains, in one explicit function.
 
-``stage1``: the projector only (alignment). ``stage2``: projector + LLM (instruction tuning). The vision
-encoder is frozen in every stage.
+``stage1``: the projector only (alignment). ``stage2``: projector + LLM (instruction tuning); with LoRA
+(``train.lm_tuning: lora``) the LLM's adapters only, its base weights frozen. The vision encoder is frozen in every
+stage.
 
     python -c "from vlm_core.stages import freeze_for_stage; help(freeze_for_stage)"
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import logging
 
 from torch import nn
+
+from .lora import is_lora
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,9 @@ def freeze_for_stage(model: nn.Module, stage: int) -> dict[str, dict[str, int]]:
     for name in MODULES:
         module = getattr(model, name)
         module.requires_grad_(name in trainable)
+        if name == "lm" and name in trainable and is_lora(module):
+            for pname, p in module.named_parameters():
+                p.requires_grad_("lora_" in pname)  # the adapters; the base LLM stays frozen
         counts[name] = {"trainable": sum(p.numel() for p in module.parameters() if p.requires_grad),
                         "total": sum(p.numel() for p in module.parameters())}
         log.info("stage %d: %-9s %12s / %12s parameters trainable", stage, name,

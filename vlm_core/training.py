@@ -36,6 +36,7 @@ from .data import Collator, ConversationDataset
 from .distributed import World, all_sum, any_rank, current_world, reduce_gradients, shard
 from .errors import NonFiniteLoss
 from .faults import Faults
+from .lora import add_adapters, is_lora
 from .schedules import build_scheduler
 from .stages import MODULES, TRAINABLE_BY_STAGE, freeze_for_stage
 
@@ -162,6 +163,8 @@ def enable_gradient_checkpointing(lm) -> None:
 def prepare_for_stage(model, cfg: TrainConfig) -> dict[str, dict[str, int]]:
     """What ``train`` does to the model before building its optimizer: freeze for the stage, hold the frozen
     modules in their dtype, checkpoint activations if asked. Returns ``freeze_for_stage``'s counts."""
+    if cfg.stage == 2 and cfg.lm_tuning == "lora" and not is_lora(model.lm):
+        add_adapters(model, cfg.lora, cfg.seed)
     counts = freeze_for_stage(model, cfg.stage)
     cast_frozen_modules(model, cfg, model.device)
     if cfg.gradient_checkpointing:
