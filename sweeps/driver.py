@@ -392,13 +392,14 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     caches = _feature_caches(cfg, every, storage) if cfg.feature_cache else {}
     lineage_file = storage / "lineage.json"
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
+    results: dict[int, list[TrialResult]] = {}
     if 1 in stages:
         fit = concurrent_fit(planned[1], resources)
         running = min(cfg.max_concurrent or fit, len(planned[1]))
-        results = _run_experiment(cfg, 1, [_param(cfg, p, storage, None, data, caches) for p in spread_cpus(
+        results[1] = _run_experiment(cfg, 1, [_param(cfg, p, storage, None, data, caches) for p in spread_cpus(
             planned[1], _largest_node_cpus(), running)], storage, fit_count=fit)
-        summary["stages"][1] = [t.summary() for t in results]
-        lineage = record_lineage(results, lineage)
+        summary["stages"][1] = [t.summary() for t in results[1]]
+        lineage = record_lineage(summary["stages"][1], lineage)
         atomic_write_text(lineage_file, json.dumps(lineage, indent=2))
     if 2 in stages:
         max_t = max(p.spec.epochs for p in planned[2])
@@ -423,8 +424,9 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             params.append({**_param(cfg, p, storage, parent["checkpoint"], data, caches), "asha": asha_param})
         asha = RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
                              reduction_factor=cfg.asha.reduction_factor)
-        summary["stages"][2] = [t.summary() for t in _run_experiment(cfg, 2, params, storage, scheduler=asha)]
+        results[2] = _run_experiment(cfg, 2, params, storage, scheduler=asha)
+        summary["stages"][2] = [t.summary() for t in results[2]]
     atomic_write_text(storage / "trials.json", json.dumps(summary, indent=2, default=str))
 
-    summary["report"] = write_report(storage)
+    summary["report"] = write_report(storage, results)  # the stages this run read are not read again
     return {"lineage": lineage, **summary}

@@ -28,7 +28,7 @@ import pandas as pd
 from vlm_core.lengths import lengths_table
 from vlm_core.outputs import atomic_write_text
 
-from .results import AXES, experiment_dirs, read_sweep, trial_table
+from .results import AXES, TrialResult, experiment_dirs, read_sweep, trial_table
 from .scheduling import DECISIONS_FILE, read_decisions
 from .statuses import METRIC
 
@@ -130,10 +130,10 @@ def token_length_section(experiment: Path, level: str) -> list[str]:
             "no answer is trained without its end of turn.", "", lengths_table(rows), ""]
 
 
-def write_report(experiment: str | Path) -> dict[str, Any]:
+def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | None = None) -> dict[str, Any]:
     """Write report.md, trials.csv, loss_curves.png and by_axis.png into ``experiment``; return a summary."""
     root = Path(experiment)
-    table, curves = trial_table(read_sweep(root))
+    table, curves = trial_table(read_sweep(root, known))
     table.to_csv(root / "trials.csv", index=False)
     axis_table = by_axis(table)
     figures = [plot_loss_curves(table, curves, root), plot_by_axis(table, root)]

@@ -237,9 +237,13 @@ def read_trials(experiment_dir: str | Path, stage: int) -> list[TrialResult]:
     return out
 
 
-def read_sweep(sweep_dir: str | Path) -> dict[int, list[TrialResult]]:
-    """Every trial of every training stage found under a sweep's ``--out`` folder."""
-    return {stage: read_trials(edir, stage) for stage, edir in experiment_dirs(sweep_dir).items()}
+def read_sweep(sweep_dir: str | Path, known: dict[int, list[TrialResult]] | None = None
+               ) -> dict[int, list[TrialResult]]:
+    """Every trial of every training stage found under a sweep's ``--out`` folder; the stages in ``known`` (just
+    read by the driver) are not read again."""
+    known = known or {}
+    return {stage: known[stage] if stage in known else read_trials(edir, stage)
+            for stage, edir in experiment_dirs(sweep_dir).items()}
 
 
 def trial_table(results: dict[int, list[TrialResult]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
@@ -252,16 +256,16 @@ def trial_table(results: dict[int, list[TrialResult]]) -> tuple[pd.DataFrame, di
     return table.sort_values(["stage", "paper_id", "config_id"], na_position="last").reset_index(drop=True), curves
 
 
-def record_lineage(results: list[TrialResult], lineage: dict[str, Any]) -> dict[str, Any]:
-    """config id → best stage-1 checkpoint (by validation loss) and its metrics."""
+def record_lineage(rows: list[dict[str, Any]], lineage: dict[str, Any]) -> dict[str, Any]:
+    """config id → best stage-1 checkpoint (by validation loss) and its metrics, from the trials'
+    :meth:`TrialResult.summary` rows."""
     lineage = dict(lineage)
-    for t in results:
-        row = t.summary()
+    for row in rows:
         entry = {"checkpoint": row["best_checkpoint"], "best_val_loss": row["best_checkpoint_val_loss"],
                  "epochs": row["epochs_run"], "trial_path": row["path"]}
         if row["error"] or row["best_checkpoint"] is None:
             entry["error"] = row["error"] or "no checkpoint reported"
-        if t.non_finite:
+        if row["status"] == STATUS_NON_FINITE:
             entry["status"] = STATUS_NON_FINITE  # its best checkpoint (if any) predates the divergence
-        lineage[t.config_id] = entry
+        lineage[row["config_id"]] = entry
     return lineage

@@ -9,7 +9,6 @@ loop (tests/test_sweep.py).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -38,7 +37,6 @@ def _run(rank: int, size: int, init_file: str, model_dict: dict, train_dict: dic
     """One rank (or the whole run when ``size`` is 1): train, then save what the test compares."""
     torch.set_num_threads(1)
     if size > 1:
-        os.environ["LOCAL_RANK"] = str(rank)
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=size)
     try:
         model = VisionLanguageModel.build(VLMConfig.from_dict(model_dict))

@@ -19,7 +19,6 @@ normalisation is the global token count rather than DDP's mean over ranks.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence, TypeVar
 
@@ -35,7 +34,6 @@ class World:
 
     rank: int = 0
     size: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -51,8 +49,7 @@ def current_world() -> World:
     GPU), or a single process."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return World()
-    rank = dist.get_rank()
-    return World(rank, dist.get_world_size(), int(os.environ.get("LOCAL_RANK", rank)))
+    return World(dist.get_rank(), dist.get_world_size())
 
 
 def shard(items: Sequence[T], world: World) -> list[T]:

@@ -217,13 +217,10 @@ def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: Tra
                   world: World = World()) -> float:
     """Token-weighted mean loss over ``dataset`` (its first ``cfg.max_val_samples`` samples when set); in a
     data-parallel run each rank scores its share and the sums are reduced, so every rank gets the same value."""
-    limit = None if cfg is None else cfg.max_val_samples
-    if (len(dataset) if limit is None else min(len(dataset), limit)) == 0:
-        return float("nan")
-    batches = loss_batches(model, dataset, batch_size, limit, world)
+    batches = loss_batches(model, dataset, batch_size, None if cfg is None else cfg.max_val_samples, world)
     total, tokens = summed_loss(model, batches, cfg) if batches else (0.0, 0)
-    total, tokens = all_sum([total, tokens], world)
-    return total / max(tokens, 1)
+    total, tokens, samples = all_sum([total, tokens, sum(len(b["ids"]) for b in batches)], world)
+    return total / max(tokens, 1) if samples else float("nan")
 
 
 def _prune_checkpoints(newest: Path) -> None:

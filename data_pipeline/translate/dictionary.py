@@ -2,8 +2,7 @@
 ``dict-freedict-eng-ind`` (dictd format). Crude, but it needs nothing from the network; a text whose words are
 mostly unknown *fails* (``min_coverage``) instead of coming back half English.
 
-    python -c "from data_pipeline.translate import TranslatorConfig, build_translator as b; \\
-print(b(TranslatorConfig(name='dictionary')).translate(['A red cat sits on the table.']))"
+    python -c "from data_pipeline.translate.dictionary import dictd_b64_decode; print(dictd_b64_decode('B'))"
 """
 
 from __future__ import annotations
