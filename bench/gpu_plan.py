@@ -57,13 +57,22 @@ def lora_params(rank: int = 16) -> int:
     return rank * layers * sum(i + o for i, o in shapes)
 
 
-def memory_gb(stage: int, batch: int, tokens: int, params: int, checkpointing: bool, lora: bool = False) -> float:
+def memory_gb(stage: int, batch: int, tokens: int, params: int, checkpointing: bool, lora: bool = False,
+              shards: int = 1) -> float:
+    """Per GPU. ``shards``: FSDP over that many GPUs (``train.sharding: fsdp``, the global ``batch`` split over them):
+    each holds 1/N of the fp32 weights, gradients and AdamW state, plus the bf16 gather of the root unit (the tied
+    embeddings, held through the whole forward and backward) and of two decoder layers (the current and the
+    prefetched one)."""
     h, layers, heads, vocab = (LLAMA32_1B[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                          "vocab_size"))
     weights = 4 * params + (4 * lora_params() if lora else 0)  # fp32 weights (+ the adapters), bf16 autocast
     # the projector's few M are left out; LoRA: gradients and AdamW moments for the adapters only
     trainable = (lora_params() if lora else params) if stage == 2 else 0
     optimizer = trainable * (4 + 8)  # grads + AdamW's two moments
+    if shards > 1:
+        layer = (params - vocab * h) / layers
+        weights, optimizer = weights / shards + 2 * (vocab * h + 2 * layer), optimizer / shards
+        batch = batch / shards
     per_layer = tokens * batch * h * (34 + 5 * heads * tokens / h)  # bytes, 16-bit activations
     acts = (2 * tokens * batch * h * layers if checkpointing else per_layer * layers)
     logits = batch * tokens * vocab * (2 + 4 + 4)  # bf16 logits, their fp32 copy and its gradient
@@ -74,6 +83,8 @@ PLAN = [("stage 1, batch 12", 1, 12, "a100-37g", False, False), ("stage 1, batch
         ("stage 1, batch 8, checkpointing", 1, 8, "a100-10g", True, False),
         ("stage 2, batch 3", 2, 3, "a100-28g", False, False),
         ("stage 2, batch 3, LoRA r=16", 2, 3, "a100-28g", False, True)]
+FSDP_PLAN = [("stage 2, batch 4, FSDP over 2 GPUs", 2, 4, "2 × a100-28g", 2),
+             ("stage 2, batch 4, FSDP over 4 GPUs", 2, 4, "4 × a100-28g", 4)]
 
 
 def main() -> list[dict]:
@@ -91,9 +102,16 @@ def main() -> list[dict]:
                      "encoder_share": round(c["encoder_flops_per_step"] / c["flops_per_step"], 4),
                      "step_s": round(flops / (A100_BF16 * args.mfu), 3),
                      "memory_gb": round(memory_gb(stage, batch, args.tokens, c["lm_params"], ckpt, lora), 1)})
+    for name, stage, batch, profile, shards in FSDP_PLAN:  # each GPU computes 1/N of the global batch
+        c = count(stage, batch, args.tokens)
+        rows.append({"run": name, "profile": profile, "gflop_per_token": round(c["flops_per_token"] / 1e9, 2),
+                     "encoder_share": round(c["encoder_flops_per_step"] / c["flops_per_step"], 4),
+                     "step_s": round(c["flops_per_step"] / shards / (A100_BF16 * args.mfu), 3),
+                     "memory_gb": round(memory_gb(stage, batch, args.tokens, c["lm_params"], False, shards=shards),
+                                        1)})
     print(f"{args.tokens} tokens per sample, MFU {args.mfu}:")
     for r in rows:
-        print(f"  {r['run']:32} {r['profile']:9} {r['gflop_per_token']:6} GFLOP/token  encoder "
+        print(f"  {r['run']:36} {r['profile']:12} {r['gflop_per_token']:6} GFLOP/token  encoder "
               f"{100 * r['encoder_share']:.2f}% of the step  ~{r['step_s']} s/step  ~{r['memory_gb']} GB")
     return rows
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from data_pipeline.features import build_feature_cache
 from vlm_core.checkpoint import CheckpointError, check_projector_selection, read_meta
-from vlm_core.config import ConfigError, check_field
+from vlm_core.config import SHARDINGS, ConfigError, check_field
 from vlm_core.data import read_records
 from vlm_core.errors import VlmSweepError
 from vlm_core.faults import from_env as faults_from_env
@@ -126,6 +126,10 @@ class SweepConfig:
     profile's, 1). Fractional-GPU backends refuse more than one (NCCL needs whole devices)."""
     stage2_num_workers: int | None = None
     """Workers per stage-2 trial (default: ``num_workers``)."""
+    stage2_sharding: str = "none"
+    """Stage-2 trials that tune the whole LLM: ``none`` (each worker holds the whole model) or ``fsdp`` (its weights,
+    gradients and AdamW state split over the trial's workers: an LLM too large for one GPU trains, with the same
+    update; needs ``stage2_num_workers`` >= 2 to shard anything). LoRA trials are never sharded."""
     dense_groups: int | None = None
     """G of the dense-connector trials: DCI averages G contiguous groups of the encoder's hidden states (default:
     the preset's, 4; see vlm_core.projectors)."""
@@ -149,6 +153,8 @@ class SweepConfig:
         check_field(self.min_free_gb is None or self.min_free_gb >= 0, "min_free_gb", "must be >= 0")
         check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
         check_field(self.dense_groups is None or self.dense_groups >= 1, "dense_groups", "must be >= 1")
+        check_field(self.stage2_sharding in SHARDINGS, "stage2_sharding",
+                    f"{self.stage2_sharding!r} is not one of {', '.join(SHARDINGS)}")
         for name in ("num_workers", "stage2_num_workers"):
             check_field(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1")
         check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
@@ -246,7 +252,7 @@ def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: st
     if cfg.max_steps_per_epoch:
         scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
     model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing,
-                                 cfg.assets, cfg.dense_groups)
+                                 cfg.assets, cfg.dense_groups, cfg.stage2_sharding)
     features = (caches or {}).get((p.spec.dataset, model.projector.name))
     worker = {"model": model.to_dict(), "train": train.to_dict(),
               "data": {**data[p.spec.dataset], "features": features}}

@@ -40,10 +40,11 @@ FORMAT_FOR_CHAT = {False: "raw", True: "chat"}
 
 def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: str | None = None,
                   gradient_checkpointing: bool = False, assets: str | None = None,
-                  dense_groups: int | None = None) -> tuple[VLMConfig, TrainConfig]:
+                  dense_groups: int | None = None, stage2_sharding: str = "none") -> tuple[VLMConfig, TrainConfig]:
     """The model and training configs of one trial of the matrix. With ``assets`` (an assets folder), hub models
     the folder holds at their pinned revision are loaded from it (the config names the folder); ``dense_groups``
-    sets the dense connector's G (default: the preset's)."""
+    sets the dense connector's G (default: the preset's); ``stage2_sharding`` applies to stage-2 trials that tune
+    the whole LLM (stage 1 trains only the projector; LoRA's base LLM is frozen)."""
     model = get_preset(preset)
     for part in (model.vision, model.lm):
         part.source = localize(part.source, part.revision, assets)
@@ -56,7 +57,9 @@ def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: s
     batch = min(spec.batch_size, scale.batch_size_cap) if scale.batch_size_cap else spec.batch_size
     lr = (scale.stage1_lr if spec.stage == 1 else scale.stage2_lr) or spec.lr
     epochs = max(1, spec.epochs // scale.stage1_epoch_divisor) if spec.stage == 1 else spec.epochs
+    sharding = stage2_sharding if spec.stage == 2 and spec.lm_tuning == "full" else "none"
     train = TrainConfig(stage=spec.stage, epochs=epochs, batch_size=batch, lr=lr, lm_tuning=spec.lm_tuning,
+                        sharding=sharding,
                         scheduler=spec.scheduler, init_checkpoint=init_checkpoint,
                         gradient_checkpointing=gradient_checkpointing,
                         max_steps_per_epoch=scale.max_steps_per_epoch, max_val_samples=scale.max_val_samples)

@@ -156,3 +156,18 @@ def test_num_workers_reaches_each_stage_s_trials_and_fractions_refuse_more_than_
         plan(gpu, 1)  # row 1: a100-10g, a quarter of a 40 GB card
     with pytest.raises(ConfigError, match="num_workers: must be >= 1"):
         SweepConfig(data="d", images="i", num_workers=0)
+
+
+def test_stage2_sharding_reaches_fully_tuned_stage2_trials_only():
+    from sweeps.driver import SweepConfig
+    from sweeps.matrix import continuation
+    from sweeps.trial import trial_configs
+    from vlm_core.presets import preset
+
+    scale = preset("tiny").scale
+    stage1 = get_grid("paper19", 1)[0]
+    shardings = {t.config_id: trial_configs(t, "tiny", scale, stage2_sharding="fsdp")[1].sharding
+                 for t in (stage1, continuation(stage1), continuation(stage1, "lora"))}
+    assert list(shardings.values()) == ["none", "fsdp", "none"], shardings
+    with pytest.raises(ConfigError, match="stage2_sharding: 'zero3' is not one of none, fsdp"):
+        SweepConfig(data="d", images="i", stage2_sharding="zero3")

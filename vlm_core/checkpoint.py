@@ -45,19 +45,28 @@ TRAINING_STATE = "training_state.pt"
 
 
 def save_checkpoint(model, path: str | Path, *, stage: int, step: int, epoch: float,
-                    metrics: dict[str, Any] | None = None, training_state: dict[str, Any] | None = None) -> Path:
+                    metrics: dict[str, Any] | None = None, training_state: dict[str, Any] | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a checkpoint folder atomically. Stage 1 saves the projector; stage 2 also the LLM + tokenizer, or with
-    LoRA only the LLM's adapters (``lm_adapter/``)."""
+    LoRA only the LLM's adapters (``lm_adapter/``). ``weights``: the model's full state dict when ``model`` itself
+    holds shards (``vlm_core.sharding.full_weights``); the files are the same either way."""
     path = Path(path)
     with atomic_dir(path) as tmp:
         (tmp / VLM_CONFIG).write_text(model.cfg.to_json())
-        projector_state = {k: v.detach().contiguous().cpu() for k, v in model.projector.state_dict().items()}
+        projector_state = (model.projector.state_dict() if weights is None else
+                           {k.removeprefix("projector."): v for k, v in weights.items() if k.startswith("projector.")})
+        projector_state = {k: v.detach().contiguous().cpu() for k, v in projector_state.items()}
         save_file(projector_state, tmp / PROJECTOR_FILE, metadata={"projector": model.cfg.projector.name})
         lora = stage == 2 and is_lora(model.lm)
         if lora:  # the adapters alone: the base LLM is rebuilt from the config
             save_adapters(model, tmp / ADAPTER_DIR)
         elif stage == 2:
-            model.lm.save_pretrained(tmp / LM_DIR, safe_serialization=True)
+            lm_state = None
+            if weights is not None:
+                lm_state = {k.removeprefix("lm."): v for k, v in weights.items() if k.startswith("lm.")}
+                if model.lm.config.tie_word_embeddings:
+                    lm_state.pop("lm_head.weight", None)  # the input embeddings' (save_pretrained drops it too)
+            model.lm.save_pretrained(tmp / LM_DIR, state_dict=lm_state, safe_serialization=True)
             model.tokenizer.save_pretrained(tmp / LM_DIR)
         files = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*.safetensors"))}
         meta = {"format_version": 1, "stage": stage, "step": step, "epoch": epoch, "metrics": metrics or {},

@@ -181,6 +181,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 """Llama's attention and MLP projections: LoRA on every linear layer of the decoder (QLoRA's finding: adapting
 all of them matches full fine-tuning better than attention alone)."""
 LM_TUNINGS = ("full", "lora")
+SHARDINGS = ("none", "fsdp")
 
 
 @dataclass
@@ -248,6 +249,10 @@ class TrainConfig:
     LLM stays frozen, and checkpoints hold only the adapters and the projector)."""
     lora: LoraSpec = field(default_factory=LoraSpec)
     """``lm_tuning: lora``: the adapters."""
+    sharding: str = "none"
+    """Stage 2 with several workers: ``none`` (every worker holds the whole model: data parallel) or ``fsdp`` (the
+    LLM's weights, gradients and AdamW state split over the workers, one decoder layer gathered at a time: an LLM
+    too large for one GPU trains; the same update; see ``vlm_core.sharding``)."""
     val_every_epoch: bool = True
     """Compute validation loss after every epoch."""
     max_val_samples: int | None = None
@@ -278,6 +283,12 @@ class TrainConfig:
                     f"{self.lm_tuning!r} is not one of {', '.join(LM_TUNINGS)}")
         check_field(self.lm_tuning == "full" or self.stage == 2, "train.lm_tuning",
                     "lora tunes the LLM, which only stage 2 trains; use it with train.stage 2")
+        check_field(self.sharding in SHARDINGS, "train.sharding",
+                    f"{self.sharding!r} is not one of {', '.join(SHARDINGS)}")
+        check_field(self.sharding == "none" or self.stage == 2, "train.sharding",
+                    "fsdp shards the LLM that stage 2 trains; stage 1 trains only the projector (use none)")
+        check_field(self.sharding == "none" or self.lm_tuning == "full", "train.sharding",
+                    "fsdp shards a fully tuned LLM; LoRA's frozen base LLM is not sharded (use train.sharding none)")
         check_field(self.mixed_precision in ("auto", "bf16", "no"), "train.mixed_precision",
                "must be 'auto', 'bf16' or 'no'")
         check_field(self.frozen_dtype in ("auto", "bf16", "fp32"), "train.frozen_dtype",

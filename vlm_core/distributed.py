@@ -79,7 +79,7 @@ def any_rank(flag: bool, world: World) -> bool:
 def reduce_gradients(params: Sequence[torch.nn.Parameter], world: World) -> None:
     """Sum every parameter's gradient over the ranks, in one flat all-reduce; a missing gradient (a rank with no
     sample in this step) counts as zeros."""
-    if not world.parallel:
+    if not world.parallel or not params:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads]).to(_device())

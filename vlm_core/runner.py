@@ -78,10 +78,10 @@ def run_stage(model_cfg: VLMConfig, train_cfg: TrainConfig, data: DataSpec, out:
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_config.json").write_text(json.dumps(
         {"model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "data": data.__dict__}, indent=2))
-    model = VisionLanguageModel.build(model_cfg).to(device or pick_device())
+    model = VisionLanguageModel.build(model_cfg)  # train() moves it to the device (sharded first under fsdp)
     train_set, val_set = load_datasets(model, data, train_cfg.seed)
     log.info("data: %d train / %d val samples (%d skipped)", len(train_set), len(val_set),
              sum(train_set.skipped.values()) + sum(val_set.skipped.values()))
     result = train(model, train_cfg, train_set, val_set, out, resume_from=resume_from, on_step=on_step,
-                   on_epoch=on_epoch, faults=faults)
+                   on_epoch=on_epoch, faults=faults, device=device or pick_device())
     return result, export_weights(result.checkpoint, out / "final") if write_final else None

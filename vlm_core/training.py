@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import sharding
 from .checkpoint import load_lm_weights, load_projector, load_training_state, read_meta, save_checkpoint
 from .config import TrainConfig
 from .conversation import IGNORE_INDEX
@@ -160,13 +161,14 @@ def enable_gradient_checkpointing(lm) -> None:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-def prepare_for_stage(model, cfg: TrainConfig) -> dict[str, dict[str, int]]:
+def prepare_for_stage(model, cfg: TrainConfig, device: torch.device | None = None) -> dict[str, dict[str, int]]:
     """What ``train`` does to the model before building its optimizer: freeze for the stage, hold the frozen
-    modules in their dtype, checkpoint activations if asked. Returns ``freeze_for_stage``'s counts."""
+    modules in their dtype (for ``device``, where it will train: default where it is), checkpoint activations if
+    asked. Returns ``freeze_for_stage``'s counts."""
     if cfg.stage == 2 and cfg.lm_tuning == "lora" and not is_lora(model.lm):
         add_adapters(model, cfg.lora, cfg.seed)
     counts = freeze_for_stage(model, cfg.stage)
-    cast_frozen_modules(model, cfg, model.device)
+    cast_frozen_modules(model, cfg, device or model.device)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model.lm)
     return counts
@@ -217,8 +219,13 @@ def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: Tra
                   world: World = World()) -> float:
     """Token-weighted mean loss over ``dataset`` (its first ``cfg.max_val_samples`` samples when set); in a
     data-parallel run each rank scores its share and the sums are reduced, so every rank gets the same value."""
-    batches = loss_batches(model, dataset, batch_size, None if cfg is None else cfg.max_val_samples, world)
+    limit = None if cfg is None else cfg.max_val_samples
+    batches = loss_batches(model, dataset, batch_size, limit, world)
     total, tokens = summed_loss(model, batches, cfg) if batches else (0.0, 0)
+    if sharding.is_sharded(model):  # FSDP: every rank runs as many forwards as rank 0; these count nothing
+        n = len(dataset) if limit is None else min(len(dataset), limit)
+        extra = sharding.lockstep_batches(n, batch_size, world) - len(batches)
+        summed_loss(model, loss_batches(model, dataset, 1, 1) * extra, cfg)
     total, tokens, samples = all_sum([total, tokens, sum(len(b["ids"]) for b in batches)], world)
     return total / max(tokens, 1) if samples else float("nan")
 
@@ -287,7 +294,10 @@ class _Loop:
         self.model, self.cfg, self.train_set, self.out_dir, self.faults = model, cfg, train_set, out_dir, faults
         self.device = model.device
         self.world = current_world()
+        self.sharded = sharding.is_sharded(model)  # FSDP (vlm_core.sharding): ranks run every forward in lockstep
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # gradients FSDP does not reduce itself (all of them in a data-parallel run, none when sharded)
+        self.replicated = [p for p in self.params if not hasattr(p, "full_tensor")]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps_per_epoch, self.total_steps = plan_steps(len(train_set), cfg)
         self.micro_per_epoch = min(math.ceil(len(train_set) / cfg.batch_size), steps_per_epoch * cfg.grad_accum)
@@ -307,10 +317,7 @@ class _Loop:
         if state["total_steps"] != self.total_steps:
             raise ValueError(f"cannot resume {resume_from}: it planned {state['total_steps']} steps, this config "
                              f"plans {self.total_steps}; resume with the config it was started with")
-        load_projector(self.model, resume_from)
-        if self.cfg.stage == 2:
-            load_lm_weights(self.model, resume_from)
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharding.restore_optimizer_state(self.model, self.optimizer, state["optimizer"])  # weights: train() did
         self.scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
         self.step, self.epoch, self.micro_done = state["step"], state["epoch"], state["micro_done"]
@@ -318,15 +325,18 @@ class _Loop:
                  self.total_steps, self.epoch, self.micro_done)
 
     def checkpoint(self, name: str, metrics: dict[str, Any]) -> Path | None:
-        """Rank 0 writes the checkpoint (every rank holds the same weights and state); other ranks get None."""
+        """Rank 0 writes the checkpoint (every rank holds the same weights and state; a sharded run's are gathered
+        to rank 0 first, which every rank joins); other ranks get None."""
+        weights = sharding.full_weights(self.model) if self.sharded else None
+        optimizer = sharding.gather_optimizer_state(self.model, self.optimizer)
         if not self.world.is_main:
             return None
-        training_state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+        training_state = {"optimizer": optimizer, "scheduler": self.scheduler.state_dict(),
                           "rng": _rng_state(), "step": self.step, "epoch": self.epoch, "micro_done": self.micro_done,
                           "total_steps": self.total_steps}
         return save_checkpoint(self.model, self.out_dir / "checkpoints" / name, stage=self.cfg.stage, step=self.step,
                                epoch=self.epoch + self.micro_done / self.micro_per_epoch,
-                               metrics=metrics, training_state=training_state)
+                               metrics=metrics, training_state=training_state, weights=weights)
 
     def optimizer_step(self, group: list[list[int]], n_micro: int, tally: EpochTally) -> StepLog:
         """One optimizer step over the micro-batches ``group`` (``grad_accum`` of them, fewer at an epoch's end),
@@ -334,28 +344,38 @@ class _Loop:
         split across the ranks (:mod:`vlm_core.distributed`), the token count and the gradients are summed over
         them, and every rank makes the same update."""
         cfg, device, world, t0 = self.cfg, self.device, self.world, time.perf_counter()
-        mine = [part for part in (shard(idx, world) for idx in group) if part]
-        batches = [_to(self.collate([self.train_set[i] for i in idx]), device) for idx in mine]
-        local_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+        work = []  # (this rank's samples of a micro-batch, weight)
+        for idx in group:
+            part = shard(idx, world)
+            if part:
+                work.append((part, 1))
+            elif self.sharded:  # FSDP: every rank runs every forward; this one (a sample of the micro-batch) counts 0
+                work.append((idx[:1], 0))
+        batches = [(_to(self.collate([self.train_set[i] for i in idx]), device), w) for idx, w in work]
+        local_tokens = sum(w * int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, w in batches)
         window_tokens = int(all_sum([local_tokens], world)[0])
         step_loss, step_seen, padded, bad = 0.0, 0, 0, None
-        for batch in batches:
+        for k, (batch, weight) in enumerate(batches):
+            if self.sharded:  # reduce-scatter the gradients once, after the step's last backward
+                self.model.set_requires_gradient_sync(k == len(batches) - 1)
             with autocast(cfg, device):
                 out = _forward(self.model, batch)
             if self.faults is not None and self.faults.poison_loss(self.step, world.rank):
                 out.loss_sum = out.loss_sum * float("nan")
-            if not torch.isfinite(out.loss_sum):
+            finite = bool(torch.isfinite(out.loss_sum))
+            if not finite:
                 bad = batch["ids"]
-                break
-            (out.loss_sum / max(window_tokens, 1)).backward()
-            step_loss += out.loss_sum.item()
-            step_seen += int(out.attention_mask.sum())
-            padded += out.attention_mask.numel()
+            if (any_rank(not finite, world) if self.sharded else not finite):
+                break  # sharded: every rank breaks here, before a backward the others would wait in
+            (out.loss_sum * weight / max(window_tokens, 1)).backward()
+            step_loss += weight * out.loss_sum.item()
+            step_seen += weight * int(out.attention_mask.sum())
+            padded += weight * out.attention_mask.numel()
         if any_rank(bad is not None, world):  # every rank stops here, at the same step: none waits in a collective
             where = f"check the data of samples {bad}" if bad is not None else "on another rank"
             raise NonFiniteLoss(f"non-finite loss at step {self.step} (epoch {self.epoch}); lower train.lr or "
                                 f"{where}", self.step, self.epoch + self.micro_done / n_micro)
-        reduce_gradients(self.params, world)
+        reduce_gradients(self.replicated, world)
         step_loss, step_seen, padded = all_sum([step_loss, step_seen, padded], world)
         step_seen, padded = int(step_seen), int(padded)
         tally.padded_tokens += padded
@@ -370,8 +390,8 @@ class _Loop:
         tally.tokens += window_tokens
         tally.seen_tokens += step_seen
         tally.seen_samples += sum(len(idx) for idx in group)
-        return StepLog(self.step, self.epoch, step_loss / max(window_tokens, 1), lr, float(grad_norm), step_seen,
-                       time.perf_counter() - t0)
+        return StepLog(self.step, self.epoch, step_loss / max(window_tokens, 1), lr,
+                       sharding.grad_norm_value(grad_norm), step_seen, time.perf_counter() - t0)
 
     def end_epoch(self, n_micro: int, tally: EpochTally, val_set: ConversationDataset | None
                   ) -> tuple[dict[str, Any], Path | None]:
@@ -399,22 +419,31 @@ def train(model, cfg: TrainConfig, train_set: ConversationDataset, val_set: Conv
           out_dir: str | Path, *, resume_from: str | Path | None = None,
           on_step: Callable[[StepLog], None] | None = None,
           on_epoch: Callable[[dict[str, Any], Path | None], None] | None = None,
-          faults: Faults | None = None) -> TrainResult:
+          faults: Faults | None = None, device: torch.device | None = None) -> TrainResult:
     """Train ``model`` for one stage. Checkpoints go to ``out_dir/checkpoints/``; step logs to ``metrics.jsonl``.
     In an initialised ``torch.distributed`` group every rank calls this on the same data and they train one model
     together (:mod:`vlm_core.distributed`); rank 0 writes the checkpoints and the log (``on_epoch`` gets the
-    checkpoint there, None on the other ranks). ``faults`` (tests only, ``vlm_core.faults``) kills the process or
-    poisons the loss at a given step."""
+    checkpoint there, None on the other ranks). ``device``: where to train (default: where ``model`` is); a run with
+    ``cfg.sharding: fsdp`` shards the model there (:mod:`vlm_core.sharding`), so it may be built on the CPU. ``faults``
+    (tests only, ``vlm_core.faults``) kills the process or poisons the loss at a given step."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if len(train_set) == 0:
         raise ValueError("the training set is empty (every record was skipped? see the warnings above)")
 
-    prepare_for_stage(model, cfg)
+    device = device or model.device
+    prepare_for_stage(model, cfg, device)
     if cfg.stage == 2 and cfg.init_checkpoint and resume_from is None:
         read_meta(cfg.init_checkpoint)
         load_projector(model, cfg.init_checkpoint)
         log.info("stage 2 starts from the projector of %s", cfg.init_checkpoint)
+    if resume_from is not None:  # the weights before sharding; the optimizer, schedule and position in restore()
+        load_projector(model, resume_from)
+        if cfg.stage == 2:
+            load_lm_weights(model, resume_from)
+    gather_bf16 = device.type == "cuda" and uses_bf16_autocast(cfg, device)
+    if not sharding.shard_model(model, cfg, current_world(), device, gather_bf16):
+        model.to(device)
     if resume_from is None:
         fit_feature_norm(model, train_set)
 
