@@ -1,9 +1,12 @@
-"""A Ray Tune + Train trial vs the same training in-process: what scheduling one trial costs, in seconds.
+"""What a sweep trial costs beyond its training, in seconds, on each runner, side by side.
 
-Runs one stage-1 trial of the study (``--preset``, its first paper19 row) through ``run_sweep`` (Tune → Train
-→ one worker) on an already started local Ray, and the same configs through ``run_stage`` in this process.
+Runs the study's first ``--trials`` stage-1 configs (``--preset``) one at a time through ``run_sweep`` on a local
+Ray — once with ``--runner auto`` (the CPU backend's trials train in the Tune trial itself, Tune reusing its
+process), once with ``--runner train`` (Tune → Train controller → one worker per trial) — and the same configs
+through ``run_stage`` in this process. Per-trial fixed cost = (sweep wall − in-process wall) / trials: the sweep's
+own start (Tune, the token-length pass) is spread over its trials.
 
-    python bench/trial_overhead.py --preset tiny
+    python bench/trial_overhead.py --preset tiny --trials 3
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from pathlib import Path
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--runners", default="auto,train", help="comma-separated --runner values")
     args, _ = ap.parse_known_args()
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -43,26 +48,31 @@ def main() -> dict:
                 pq.write_table(pa.table({"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
                                          "conversations": [json.dumps(r["conversations"]) for r in rows]}),
                                tmp / "data" / name / f"{split}-00000.parquet")
-        cfg = SweepConfig(data=str(tmp / "data"), images=str(corpus / "images"), preset=args.preset, stage="1",
-                          limit=1, out=str(tmp / "sweep"), wandb="disabled", feature_cache=False)
-        spec = plan(cfg, 1)[0].spec
-        model, train = trial_configs(spec, args.preset, preset(args.preset).scale)
-        data = DataSpec(train=str(tmp / "data" / spec.dataset / "train-00000.parquet"), images=str(corpus / "images"),
-                        val=str(tmp / "data" / spec.dataset / "val-00000.parquet"))
-        t0 = time.perf_counter()
-        run_stage(model, train, data, tmp / "inprocess", write_final=False)
-        inproc = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        run_sweep(cfg)
-        trial = time.perf_counter() - t0
-    r = {"preset": args.preset, "config": spec.config_id, "epochs": train.epochs,
-         "steps_per_epoch": train.max_steps_per_epoch, "in_process_s": round(inproc, 1),
-         "tune_train_trial_s": round(trial, 1), "overhead_s": round(trial - inproc, 1),
-         "ratio": round(trial / inproc, 2)}
-    print(f"{r['config']} ({r['epochs']} epochs × {r['steps_per_epoch']} steps): in-process {r['in_process_s']} s, "
-          f"as a Tune + Train trial {r['tune_train_trial_s']} s → +{r['overhead_s']} s ({r['ratio']}×)")
+        base = dict(data=str(tmp / "data"), images=str(corpus / "images"), preset=args.preset, stage="1",
+                    limit=args.trials, max_concurrent=1, wandb="disabled", feature_cache=False)
+        specs = [p.spec for p in plan(SweepConfig(**base), 1)]
+        inproc = 0.0
+        for k, spec in enumerate(specs):
+            model, train = trial_configs(spec, args.preset, preset(args.preset).scale)
+            data = DataSpec(train=str(tmp / "data" / spec.dataset / "train-00000.parquet"),
+                            images=str(corpus / "images"), val=str(tmp / "data" / spec.dataset / "val-00000.parquet"))
+            t0 = time.perf_counter()
+            run_stage(model, train, data, tmp / f"inprocess-{k}", write_final=False)
+            inproc += time.perf_counter() - t0
+        walls = {}
+        for runner in args.runners.split(","):
+            t0 = time.perf_counter()
+            run_sweep(SweepConfig(**base, runner=runner, out=str(tmp / f"sweep-{runner}")))
+            walls[runner] = time.perf_counter() - t0
+    n = len(specs)
+    r = {"preset": args.preset, "trials": n, "configs": [s.config_id for s in specs], "in_process_s": round(inproc, 1),
+         "runners": {name: {"sweep_s": round(w, 1), "fixed_cost_per_trial_s": round((w - inproc) / n, 1)}
+                     for name, w in walls.items()}}
+    print(f"{n} stage-1 trials of {args.preset}, one at a time; in-process {r['in_process_s']} s in all")
+    for name, row in r["runners"].items():
+        print(f"  --runner {name:5}: sweep {row['sweep_s']} s → {row['fixed_cost_per_trial_s']} s per trial beyond "
+              f"its training")
     return r
-
 
 if __name__ == "__main__":
     print(json.dumps(main()))

@@ -40,6 +40,7 @@ import yaml
 import data_pipeline.commands
 import vlm_core.commands
 from vlm_core.errors import VlmSweepError
+from vlm_core.logs import configure_logging
 from vlm_core.presets import get_preset
 
 from . import commands as sweep_commands
@@ -70,10 +71,7 @@ OS_ERRNOS = {errno.EACCES: "permission denied", errno.EPERM: "not permitted", er
 def _setup_env() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=os.environ.get("VLM_SWEEP_LOG", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "filelock", "transformers.modeling_utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
 
 
 def _preset_in_config(value: str) -> str | None:

@@ -1,11 +1,17 @@
-"""One Tune trial = one Ray Train ``TorchTrainer`` run of ``vlm_core``'s training loop (the Train V2 pattern).
+"""One Tune trial = one run of ``vlm_core``'s training loop, on one of two runners.
 
-``run_trial`` is the Tune *function* trainable; it builds a ``TorchTrainer`` whose workers run
-``train_worker``. Workers rebuild the typed configs from the dict on their first line, resume from
-``ray.train.get_checkpoint()`` when Train restarts them after a failure (in stage 2 first saying again a rung's
-result that ASHA never saw, see sweeps/scheduling.py), and report ``epoch``, ``train_loss``,
-``val_loss``, ``lr`` and tokens/s with a checkpoint every epoch; ``TuneReportCallback`` forwards those reports
-to Tune (so ASHA can stop the trial).
+``run_trial`` is the Tune *function* trainable. With the ``train`` runner (GPUs, several workers, and any trial
+with ``--runner train``) it builds a Ray Train ``TorchTrainer`` (the Train V2 pattern) whose workers run
+``train_worker``; ``TuneReportCallback`` forwards their reports to Tune (so ASHA can stop the trial), Train keeps
+the checkpoints and restarts failed workers. With the ``tune`` runner (the CPU backend's one-worker trials, by
+default) ``train_worker`` runs in the Tune trial itself: no Train controller and worker processes to start (about
+8 s a trial here, see BENCHMARKS.md), Tune reuses the trial processes (``reuse_actors``), restarts a failed trial
+(``FailureConfig``), and :class:`TuneSession` keeps the checkpoints where and as Train keeps them.
+
+Either way ``train_worker`` rebuilds the typed configs from the dict on its first line, resumes from the newest
+checkpoint of the run when restarted after a failure (in stage 2 first saying again a rung's result that ASHA never
+saw, see sweeps/scheduling.py), and reports ``epoch``, ``train_loss``, ``val_loss``, ``lr`` and tokens/s with a
+checkpoint every epoch.
 
     python -c "from sweeps.trial import trial_configs; help(trial_configs)"
 """
@@ -14,15 +20,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlm_core.checkpoint import newest_usable, read_meta
+from vlm_core.checkpoint import CheckpointError, newest_usable, read_meta
 from vlm_core.config import TrainConfig, VLMConfig
 from vlm_core.faults import from_config
 from vlm_core.hub import localize
+from vlm_core.logs import configure_logging
+from vlm_core.outputs import atomic_dir
 from vlm_core.presets import Scale, get_preset
 from vlm_core.runner import DataSpec, run_stage
 from vlm_core.training import NonFiniteLoss
@@ -74,26 +84,115 @@ class StoppedAtRung(Exception):
         self.rung = rung
 
 
-def train_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: rebuild the configs, resume if Train restarted us, train, report every epoch."""
-    import ray.train
-    import ray.train.torch
+class TrainSession:
+    """``train_worker`` in a Ray Train worker: Train gives the device, keeps the reported checkpoints (the best by
+    ``val_loss``) and hands the newest back to a restarted worker."""
+
+    def device(self):
+        import ray.train.torch
+
+        return ray.train.torch.get_device()  # this worker's GPU (Train may show a node's workers all of them), or CPU
+
+    def resume_point(self, workdir: Path) -> tuple[Path | None, str | None]:
+        """(a local copy of the checkpoint to resume from, its path on storage), or (None, None)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None, None
+        return Path(checkpoint.to_directory(str(workdir / "resume"))), checkpoint.path
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir))
+                         if checkpoint_dir else None)
+
+    def report_kept(self, metrics: dict[str, Any], local: Path, path: str | None) -> None:
+        """Say again the result of the checkpoint this run resumed from (Train keeps it again)."""
+        self.report(metrics, local)
+
+
+class TuneSession:
+    """``train_worker`` in the Tune trial itself (the ``tune`` runner: one CPU worker). Checkpoints are kept as
+    Train keeps them: copied into the trial's stable run folder (``<storage>/train/<train run name>/checkpoint_N``,
+    which a rerun of the same config after a lost driver finds again), the newest and the best by ``val_loss``
+    kept, each reported to Tune as the ``checkpoint_path`` metric (what ``sweeps.results`` reads); a trial Tune
+    restarts after a failure resumes from the newest usable one."""
+
+    def __init__(self, run_dir: Path, cpus: float = 1) -> None:
+        self.run_dir, self.cpus = Path(run_dir), cpus
+
+    def device(self):
+        import torch
+
+        torch.set_num_threads(max(1, int(self.cpus)))  # a reused trial process may have run another trial
+        return torch.device("cpu")
+
+    def _kept(self) -> list[Path]:
+        return sorted(self.run_dir.glob("checkpoint_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+
+    def resume_point(self, workdir: Path) -> tuple[Path | None, str | None]:
+        kept = self._kept()
+        if not kept:
+            return None, None
+        newest = newest_usable(kept) or kept[-1]  # an unusable one is refused by name by train_worker
+        return newest, str(newest)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
+        import ray.tune
+
+        if checkpoint_dir is None:
+            ray.tune.report(metrics)
+            return
+        kept = self._kept()
+        dest = self.run_dir / f"checkpoint_{int(kept[-1].name.rsplit('_', 1)[1]) + 1 if kept else 0:06d}"
+        with atomic_dir(dest) as tmp:
+            shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
+        self._prune(dest)
+        ray.tune.report({**metrics, "checkpoint_path": str(dest)})
+
+    def report_kept(self, metrics: dict[str, Any], local: Path, path: str | None) -> None:
+        """Say again the result of the checkpoint this run resumed from (already in the run folder)."""
+        import ray.tune
+
+        ray.tune.report({**metrics, "checkpoint_path": path})
+
+    def _prune(self, newest: Path) -> None:
+        """Keep ``newest`` and the best by ``val_loss`` (Train's ``num_to_keep=1`` by the metric, plus the newest
+        for restarts)."""
+        def score(p: Path) -> float:
+            try:
+                value = read_meta(p, verify=False)["metrics"].get(METRIC)
+            except (CheckpointError, OSError, ValueError, KeyError):
+                return math.inf
+            return math.inf if value is None or math.isnan(value) else value
+
+        kept = self._kept()
+        best = min(kept, key=score)
+        for p in kept:
+            if p not in (newest, best):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | None = None) -> None:
+    """One training run of a trial: rebuild the configs, resume if restarted after a failure, train, report every
+    epoch (through ``session``: a Ray Train worker's by default)."""
     import torch
 
+    session = session or TrainSession()
     model_cfg = VLMConfig.from_dict(config["model"])
     train_cfg = TrainConfig.from_dict(config["train"])
     data = DataSpec(**config["data"])
     epochs_planned = train_cfg.epochs
-    device = ray.train.torch.get_device()  # this worker's GPU (Train may show a node's workers all of them), or CPU
+    device = session.device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives run on the current device: each rank on its own
     if config.get("cuda_memory_fraction") and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(config["cuda_memory_fraction"])
     workdir = Path(tempfile.mkdtemp(prefix=config.get("workdir_prefix", "vlm-trial-")))
-    resume_dir = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # a restart after a failure: continue where the last report left off
-        resume_dir = Path(checkpoint.to_directory(str(workdir / "resume")))
+    resume_dir, resume_path = session.resume_point(workdir)
+    if resume_dir is not None:  # a restart after a failure: continue where the last report left off
         log.info("resuming from %s", resume_dir)
 
     if resume_dir is not None and newest_usable([resume_dir]) is None:
@@ -113,8 +212,8 @@ def train_worker(config: dict[str, Any]) -> None:
             kind, said = replay
             log.info("resumed at epoch %s: reporting the result of epoch %s again (%s ASHA rung)", last["epoch"],
                      said["epoch"], kind)
-            ray.train.report({**said, "epochs_planned": epochs_planned, "status": STATUS_RUNNING,
-                              **({"checkpoint_path": checkpoint.path} if said is last else {})})
+            session.report({**said, "epochs_planned": epochs_planned, "status": STATUS_RUNNING,
+                            **({"checkpoint_path": resume_path} if said is last else {})})
             replayed = True
             if kind == "stopped" or wait_for_decision(config["asha"], said["epoch"]) == "stop":
                 # ASHA stopped this trial before the restore (or now, on the result said again): it trains no more
@@ -125,8 +224,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
         # every worker reports (a collective); rank 0 alone holds the checkpoint (the ranks' weights are the same)
-        report = {**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir else None)
+        session.report({**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}, ckpt_dir)
         reported.append(metrics)
         if metrics["epoch"] < epochs_planned and wait_for_decision(config.get("asha"), metrics["epoch"]) == "stop":
             raise StoppedAtRung(metrics["epoch"])  # ASHA stopped it here: no further epoch, no later checkpoint
@@ -138,16 +236,16 @@ def train_worker(config: dict[str, Any]) -> None:
         if not reported and resume_dir is not None and not replayed:
             # restored from the last checkpoint of a run that had already finished (its driver died before Tune
             # recorded the end): nothing left to train, so say its final result again for this trial
-            ray.train.report({**last, "epochs_planned": epochs_planned, "status": STATUS_RUNNING},
-                             checkpoint=ray.train.Checkpoint.from_directory(str(resume_dir)))
+            session.report_kept({**last, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}, resume_dir,
+                                resume_path)
     except StoppedAtRung as e:
         log.info("stopped by ASHA at rung %s", e.rung)
     except NonFiniteLoss as e:
         # A clear end, not a crash: Train would retry a crash from the last checkpoint and diverge the same way.
         # val_loss inf ranks the trial last for ASHA and for the best-checkpoint choice.
         log.error("trial stopped: %s", e)
-        ray.train.report({"epoch": e.epoch, "step": e.step, METRIC: float("inf"), "train_loss": float("nan"),
-                          "epochs_planned": epochs_planned, "status": STATUS_NON_FINITE, "message": str(e)})
+        session.report({"epoch": e.epoch, "step": e.step, METRIC: float("inf"), "train_loss": float("nan"),
+                        "epochs_planned": epochs_planned, "status": STATUS_NON_FINITE, "message": str(e)})
     finally:  # every reported checkpoint is already in the run's storage; a stage-2 workdir holds GBs
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -174,8 +272,22 @@ def train_run_name(config_id: str, worker: dict[str, Any]) -> str:
     return f"train-{config_id}-{config_digest(worker)}"
 
 
+TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
+RUNNERS = ("auto", "train")
+"""``--runner``: ``auto`` runs the CPU backend's one-worker trials in the Tune trial itself and the rest (GPUs,
+several workers) through a ``TorchTrainer``; ``train`` runs every trial through a ``TorchTrainer``."""
+
+
+def runs_in_tune(res: TrialResources, runner: str = "auto") -> bool:
+    """Whether a trial with ``res`` runs its loop in the Tune trial itself (the ``tune`` runner): one worker, CPUs
+    only, and ``runner`` ``auto``."""
+    return (runner == "auto" and res.num_workers == 1 and not res.use_gpu
+            and set(res.resources_per_worker) <= {"CPU", "memory"})
+
+
 def run_trial(config: dict[str, Any]) -> None:
-    """Tune function trainable: one ``TorchTrainer`` with this trial's resources and a stable run name."""
+    """Tune function trainable: the trial's loop in this process (``tune`` runner), or one ``TorchTrainer`` with
+    this trial's resources and a stable run name (``train`` runner)."""
     import ray.train
     import ray.tune
     from ray.train.torch import TorchTrainer
@@ -184,13 +296,22 @@ def run_trial(config: dict[str, Any]) -> None:
     config = config["trial"]  # the grid_search entry: everything this trial needs
     res = TrialResources(**config["resources"])
     trial_id = ray.tune.get_context().get_trial_id()
+    loop_config = {**config["worker"], "cuda_memory_fraction": res.cuda_memory_fraction,
+                   "workdir_prefix": workdir_prefix(trial_id), "run_name": config["config_id"],
+                   # stage 2: where ASHA records its rung decisions (see sweeps/scheduling.py)
+                   "asha": {**config["asha"], "trial": config["config_id"],
+                            "config_hash": config_digest(config["worker"])} if config.get("asha") else None}
+    run_dir = Path(config["storage_path"]) / train_run_name(config["config_id"], config["worker"])
+    if config.get("in_tune"):
+        configure_logging()  # this process's lines (resumes, ASHA replays, epochs) reach the driver's console
+        train_worker(loop_config, TuneSession(run_dir, res.resources_per_worker.get("CPU", 1)))
+        return
+    # Train's controller learns of each report, and of the run's end, when it next polls its workers (Ray's default:
+    # every 2 s); TorchTrainer passes this on to the controller and the workers
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={**config["worker"], "cuda_memory_fraction": res.cuda_memory_fraction,
-                           "workdir_prefix": workdir_prefix(trial_id), "run_name": config["config_id"],
-                           # stage 2: where ASHA records its rung decisions (see sweeps/scheduling.py)
-                           "asha": {**config["asha"], "trial": config["config_id"],
-                                    "config_hash": config_digest(config["worker"])} if config.get("asha") else None},
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=res.resources_per_worker,
                                                accelerator_type=res.accelerator_type),

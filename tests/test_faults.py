@@ -161,6 +161,37 @@ def test_a_non_finite_loss_on_one_of_two_workers_ends_the_run_cleanly(ray_local,
     assert rank0["val_loss"] == math.inf
 
 
+def test_a_trial_killed_on_the_tune_runner_restarts_from_its_checkpoint_and_the_lr_continues(
+        ray_local, variants, corpus, tmp_path, monkeypatch):
+    """The CPU backend's trials train in the Tune trial itself (``--runner auto``): the trial's process dies
+    (``os._exit``) after step 5 of 12; Tune restarts the trial, which resumes from its newest kept checkpoint
+    (epoch 2's) and ends with the uninterrupted run's steps, LR and losses at every epoch."""
+    from sweeps.driver import SweepConfig, run_sweep
+    from vlm_core.config import VLMConfig
+
+    marker = tmp_path / "killed"
+    monkeypatch.setenv("VLM_SWEEP_FAULTS", json.dumps({"kill_at_step": 5, "once_marker": str(marker),
+                                                       "only": S1_UMAP}))
+    out = tmp_path / "killed-sweep"
+    result = run_sweep(SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="1",
+                                   paper_ids=[3], out=str(out), wandb="disabled", max_failures=1))
+    assert marker.is_file()  # the trial's process was killed once ...
+    row = {r["config_id"]: r for r in result["stages"][1]}[S1_UMAP]
+    assert row["status"] == "finished" and row["epochs_run"] == 6 and row["error"] is None
+    trial = json.loads((out / "stage1" / S1_UMAP / "params.json").read_text())["trial"]
+    assert trial["in_tune"]  # ... on the tune runner
+    worker = trial["worker"]
+    reference, _ = run_stage(VLMConfig.from_dict(worker["model"]), TrainConfig.from_dict(worker["train"]),
+                             DataSpec(**worker["data"]), tmp_path / "reference", write_final=False)
+    said = [json.loads(line) for line in (out / "stage1" / S1_UMAP / "result.json").read_text().splitlines()]
+    assert [r["step"] for r in said] == [2, 4, 6, 8, 10, 12]  # epochs 1-2, then 3-6 after the restart
+    for got, want in zip(said, reference.epoch_metrics):
+        assert got["epoch"] == want["epoch"] and got["lr"] == pytest.approx(want["lr"], rel=1e-9)
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4)
+        assert got["val_loss"] == pytest.approx(want["val_loss"], rel=1e-4)
+    assert Path(row["best_checkpoint"]).parent == out / "train" / Path(row["best_checkpoint"]).parent.name
+
+
 def test_a_diverging_trial_stops_with_a_clear_status_and_the_sweep_finishes(ray_local, variants, corpus, tmp_path,
                                                                              monkeypatch):
     from sweeps.driver import SweepConfig, run_sweep

@@ -210,14 +210,17 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(variant
            "--max_concurrent", "1", "--max_steps_per_epoch", "20", "--wandb", "disabled", "--out", str(out)]
     # its own local Ray (as a user's killed driver has): independent of what earlier tests left in the shared one
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # trial 2 slowed down (0.5 s a step, ~20 s in all): a tiny trial on the tune runner ends within seconds
+    env["VLM_SWEEP_FAULTS"] = json.dumps({"sleep_after_step_s": 0.5, "only": S1_RANDOM})
     log_file = (tmp_path / "sweep.log").open("w")  # a file, not a pipe: Tune's tables would fill a pipe and block
     proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     first, second = out / "stage1" / S1_UMAP, out / "stage1" / S1_RANDOM
     deadline = time.time() + 400
-    # Interrupt once trial 2 (which starts after trial 1 ends: one at a time) has written a checkpoint. Train
-    # writes checkpoints straight to storage; Tune's result.json there is only synced now and then.
+    # Interrupt once trial 2 (which starts after trial 1 ends: one at a time) has written a checkpoint and trial 1's
+    # results are on storage. Checkpoints go straight to storage; Tune writes a trial's result.json as the driver
+    # processes its results, which may come after the next trial has started.
     while time.time() < deadline and proc.poll() is None:
-        if list((out / "train").glob(f"train-{S1_RANDOM}-*/checkpoint_*")):
+        if list((out / "train").glob(f"train-{S1_RANDOM}-*/checkpoint_*")) and len(_results(first)) == 6:
             break
         time.sleep(0.2)
     time.sleep(1)  # let the report that came with the checkpoint reach Tune (an epoch of 20 steps takes longer)

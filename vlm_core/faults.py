@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ class Faults:
     """Apply only to runs whose name contains this (a sweep trial's config id); None: every run."""
     rank: int | None = None
     """In a data-parallel run, poison the loss on this rank only; None: on every rank."""
+    sleep_after_step_s: float | None = None
+    """After every optimizer step the process sleeps this long (a slow node), so a test can interrupt a run that
+    would otherwise end within a second."""
 
     def applies_to(self, run_name: str) -> bool:
         return self.only is None or self.only in run_name
@@ -45,6 +49,8 @@ class Faults:
                 and (self.rank is None or rank == self.rank))
 
     def after_step(self, step: int) -> None:
+        if self.sleep_after_step_s:
+            time.sleep(self.sleep_after_step_s)
         if self.kill_at_step is None or step != self.kill_at_step:
             return
         if self.once_marker:
