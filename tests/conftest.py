@@ -135,20 +135,13 @@ WANDB_SECRET = "vlm-sweep-test-key-0123456789abcdef0123456789abcdef"
 """A user's W&B key in the environment during ``two_stage_sweep``: it must never land in a file."""
 
 
-@pytest.fixture(scope="session")
-def two_stage_sweep(ray_local, variants, corpus, tmp_path_factory):
-    """The tiny two-stage sweep of paper rows 3 and 9 (stage 2: 20kUmap continues, ASHA stops 10kRandom at rung
-    1), run once in-process with wandb offline: (config, result, out folder). tests/test_sweep.py reads it, and
-    tests/test_stage2_resume.py takes it as the uninterrupted reference (its lineage and its rung decisions).
-    Tests must not change its lineage, checkpoints or rung decisions (the report files, trials.csv and
-    token_lengths.json are rewritten by some)."""
+def _two_stage_sweep(variants, corpus, out: Path, runner: str):
     import tempfile
 
     from sweeps.driver import SweepConfig, run_sweep
 
-    out = tmp_path_factory.mktemp("sweep") / "tiny-study"
     cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all",
-                      paper_ids=[3, 9], out=str(out), wandb="offline")
+                      paper_ids=[3, 9], out=str(out), wandb="offline", runner=runner)
     before = set(Path(tempfile.gettempdir()).glob("vlm-trial-*"))
     previous = os.environ.get("WANDB_API_KEY")
     os.environ["WANDB_API_KEY"] = WANDB_SECRET
@@ -163,6 +156,23 @@ def two_stage_sweep(ray_local, variants, corpus, tmp_path_factory):
     return cfg, result, out
 
 
+@pytest.fixture(scope="session")
+def two_stage_sweep(ray_local, variants, corpus, tmp_path_factory):
+    """The tiny two-stage sweep of paper rows 3 and 9 (stage 2: 20kUmap continues, ASHA stops 10kRandom at rung
+    1), run once in-process with wandb offline on the default runner (CPU trials train in the Tune trial itself):
+    (config, result, out folder). tests/test_sweep.py reads it, and tests/test_stage2_resume.py takes it as the
+    uninterrupted reference (its lineage and its rung decisions). Tests must not change its lineage, checkpoints
+    or rung decisions (the report files, trials.csv and token_lengths.json are rewritten by some)."""
+    return _two_stage_sweep(variants, corpus, tmp_path_factory.mktemp("sweep") / "tiny-study", "auto")
+
+
+@pytest.fixture(scope="session")
+def two_stage_sweep_train(ray_local, variants, corpus, tmp_path_factory):
+    """The same sweep with ``--runner train``: every trial through a Ray Train ``TorchTrainer`` (the GPU and
+    multi-worker path), so tests/test_sweep.py checks each behaviour on both runners."""
+    return _two_stage_sweep(variants, corpus, tmp_path_factory.mktemp("sweep-train") / "tiny-study", "train")
+
+
 @pytest.fixture(scope="module")
 def spm_marian(tmp_path_factory):
     """A real MarianTokenizer on sentencepiece models trained on the fly, with a random-weight MarianMTModel
@@ -170,3 +180,39 @@ def spm_marian(tmp_path_factory):
     from tests.test_translate import build_spm_marian
 
     return build_spm_marian(tmp_path_factory.mktemp("spm-marian"))
+
+
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+"""Ray's per-node agents: they hold no CPUs or memory of the cluster, and when their node dies with a SIGKILLed
+driver they exit only after Ray's hard-coded 60 s attempt to report it to the dead GCS (measured: 62 s)."""
+
+
+def sigkill_driver(proc, what: str = "the driver") -> None:
+    """SIGKILL a sweep driver (a preempted head, the OOM killer) and check that its own local Ray goes with it: its
+    GCS, raylet, workers and actors exit within 90 s; Ray's two agents (:data:`RAY_AGENTS`), the only processes
+    allowed to linger, are killed here instead of waited for."""
+    import signal
+
+    import psutil
+
+    ray_procs = psutil.Process(proc.pid).children(recursive=True)
+    assert any("raylet" in " ".join(p.cmdline()) for p in ray_procs)  # the driver's own local Ray
+    names = {}
+    for p in ray_procs:
+        try:
+            names[p.pid] = " ".join(p.cmdline())
+        except psutil.Error:
+            names[p.pid] = ""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    agents = [p for p in ray_procs if names[p.pid].startswith(RAY_AGENTS)]
+    _, alive = psutil.wait_procs([p for p in ray_procs if p not in agents], timeout=90)
+    leftovers = [names[p.pid] for p in alive]
+    for p in alive + agents:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    assert leftovers == [], f"Ray processes outlived the killed driver ({what})"
+

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from sweeps.scheduling import (
     resume_decision,
     wait_for_decision,
 )
+from tests.conftest import sigkill_driver
 
 S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
 EXPECTED = {(S2_UMAP, 1, "continue"), (S2_UMAP, 2, "continue"), (S2_RANDOM, 1, "stop")}
@@ -84,23 +84,12 @@ def _as_if_killed_before_tune_saved(stage_dir: Path, config_id: str) -> None:
 
 def _kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 400) -> None:
     """SIGKILL the driver as soon as ``ready()`` holds, and check its local Ray went with it."""
-    import psutil
-
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.05)
     assert proc.poll() is None, f"the sweep ended before it could be interrupted ({what})"
     assert ready(), f"timed out waiting for: {what}"
-    ray_procs = psutil.Process(proc.pid).children(recursive=True)
-    assert any("raylet" in " ".join(p.cmdline()) for p in ray_procs)  # the driver's own local Ray
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    _, alive = psutil.wait_procs(ray_procs, timeout=90)
-    leftovers = [p.pid for p in alive]
-    for p in alive:
-        p.kill()
-    assert leftovers == [], f"Ray processes outlived the killed driver ({what})"
+    sigkill_driver(proc, what)
 
 
 @pytest.mark.timeout(1200, func_only=True)  # the shared reference sweep is set up outside it

@@ -1,5 +1,6 @@
-"""A real (tiny) two-stage sweep through Ray Tune + Ray Train on CPU: lineage, ASHA stopping a trial, the
-report, wandb offline runs, the analysis notebook, refusing to overwrite, and resuming an interrupted sweep.
+"""A real (tiny) two-stage sweep through Ray Tune (+ Ray Train) on CPU, on both runners: lineage, ASHA stopping a
+trial, the report, wandb offline runs, the analysis notebook, refusing to overwrite, and resuming an interrupted
+sweep.
 
     pytest -q tests/test_sweep.py
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,6 +21,7 @@ from sweeps.driver import SweepConfig, run_sweep
 from sweeps.scheduling import read_decisions
 from sweeps.tracking import DENSE_PROJECT, PROJECT
 from tests.conftest import WANDB_SECRET as SECRET
+from tests.conftest import sigkill_driver
 from vlm_core.checkpoint import read_meta
 from vlm_core.config import ConfigError
 
@@ -29,10 +30,11 @@ S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-noden
 S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
 
 
-@pytest.fixture(scope="module")
-def sweep(two_stage_sweep):
-    """(config, result, out) of the tiny two-stage sweep (tests/conftest.py, shared with test_stage2_resume.py)."""
-    return two_stage_sweep
+@pytest.fixture(scope="module", params=["auto", "train"])
+def sweep(request):
+    """(config, result, out) of the tiny two-stage sweep (tests/conftest.py) on each runner: ``auto`` (the CPU
+    trials train in the Tune trial itself; shared with test_stage2_resume.py) and ``train`` (a TorchTrainer each)."""
+    return request.getfixturevalue("two_stage_sweep" if request.param == "auto" else "two_stage_sweep_train")
 
 
 def test_the_wandb_key_is_written_nowhere(sweep):
@@ -198,16 +200,17 @@ def _results(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
 
 
-def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(variants, corpus, tmp_path):
+@pytest.mark.parametrize("runner", ["auto", "train"])
+def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(runner, variants, corpus, tmp_path):
     """The driver is SIGKILLed mid-sweep (a preempted head node, the OOM killer): no handler runs, nothing is
     saved on the way out. Its local Ray goes with it, and ``--resume true`` finishes the sweep from what Tune and
-    Train had written: the finished trial is not rerun, the cut one continues from its checkpoint."""
-    import psutil
-
+    the trials had written: the finished trial is not rerun, the cut one continues from its checkpoint. On both
+    runners (the trial's loop in the Tune trial, or in a TorchTrainer's worker)."""
     out = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--data", str(variants), "--images",
            str(corpus / "images"), "--preset", "tiny", "--stage", "1", "--paper_ids", "[3, 9]",
-           "--max_concurrent", "1", "--max_steps_per_epoch", "20", "--wandb", "disabled", "--out", str(out)]
+           "--max_concurrent", "1", "--max_steps_per_epoch", "20", "--wandb", "disabled", "--out", str(out),
+           "--runner", runner]
     # its own local Ray (as a user's killed driver has): independent of what earlier tests left in the shared one
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # trial 2 slowed down (0.5 s a step, ~20 s in all): a tiny trial on the tune runner ends within seconds
@@ -225,17 +228,8 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(variant
         time.sleep(0.2)
     time.sleep(1)  # let the report that came with the checkpoint reach Tune (an epoch of 20 steps takes longer)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    ray_procs = psutil.Process(proc.pid).children(recursive=True)
-    assert any("raylet" in " ".join(p.cmdline()) for p in ray_procs)  # the driver's own local Ray
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    sigkill_driver(proc)  # Ray's processes share the driver's fate: nothing is left holding the machine's CPUs
     log_file.close()
-    assert proc.returncode == -signal.SIGKILL
-    _, alive = psutil.wait_procs(ray_procs, timeout=90)  # Ray's processes share the driver's fate ...
-    leftovers = [p.pid for p in alive]
-    for p in alive:
-        p.kill()
-    assert leftovers == []  # ... so nothing is left holding the machine's CPUs
     done_before = _results(first)
     assert [r["epoch"] for r in done_before] == [1, 2, 3, 4, 5, 6]
 
