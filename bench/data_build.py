@@ -68,7 +68,7 @@ def generate(path: Path, rows: int, seed: int = 0) -> None:
             f.write(json.dumps({"id": f"g{i:07d}", "image": f"{prefix}/{i:012d}.jpg", "conversations": turns}) + "\n")
 
 
-def compare_embedding(texts: list[str], batch_size: int) -> dict:
+def compare_embedding(texts: list[str], batch_size: int, rows_per_call: int) -> dict:
     import numpy as np
     import ray
 
@@ -81,7 +81,7 @@ def compare_embedding(texts: list[str], batch_size: int) -> dict:
     t0 = time.perf_counter()
     ds = ray.data.from_items([{"human_text": t, "reason": ""} for t in texts])
     n = ds.map_batches(EmbedBatch, fn_constructor_args=(None, batch_size, max(1, math.ceil(plan.embed_cpus))),
-                       batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),
+                       batch_size=rows_per_call, compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),
                        num_cpus=plan.embed_cpus).count()
     ray_s = time.perf_counter() - t0
     import torch
@@ -95,7 +95,8 @@ def compare_embedding(texts: list[str], batch_size: int) -> dict:
     return {"rows": len(texts), "ray_data_s": round(ray_s, 1), "plain_encode_s": round(plain_s, 1),
             "ray_rows_per_s": round(len(texts) / ray_s, 1), "plain_rows_per_s": round(len(texts) / plain_s, 1),
             "ray_over_plain_time": round(ray_s / plain_s, 2), "embed_actors": plan.embed_actors,
-            "embed_cpus_per_actor": plan.embed_cpus, "plain_threads": torch.get_num_threads()}
+            "embed_cpus_per_actor": plan.embed_cpus, "plain_threads": torch.get_num_threads(),
+            "rows_per_call": rows_per_call}
 
 
 def main() -> None:
@@ -104,6 +105,9 @@ def main() -> None:
     ap.add_argument("--compare_rows", type=int, default=20_000)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-data"))
     ap.add_argument("--batch_size", type=int, default=128)
+    ap.add_argument("--rows_per_call", type=int, default=4096, help="--embed.rows_per_call")
+    ap.add_argument("--compare_only", action="store_true",
+                    help="only the embedding comparison, on the generated rows' first human turns")
     args = ap.parse_args()
     from data_pipeline.build import build
     from data_pipeline.config import BuildConfig, EmbedConfig, VariantSpec
@@ -116,6 +120,19 @@ def main() -> None:
     images = args.out / "images"
     images.mkdir(exist_ok=True)
     init_ray()
+    if args.compare_only:
+        texts = []
+        with src.open() as f:
+            for line in f:
+                try:
+                    texts.append(json.loads(line)["conversations"][0]["value"].replace("<image>\n", ""))
+                except (ValueError, KeyError):
+                    continue
+                if len(texts) == args.compare_rows:
+                    break
+        result = {"embedding": compare_embedding(texts, args.batch_size, args.rows_per_call)}
+        print(json.dumps(result))
+        return
     mon = RssMonitor()
     mon.start()
     t0 = time.perf_counter()
@@ -123,7 +140,7 @@ def main() -> None:
     manifest = build(BuildConfig(source=str(src), images=str(images), out=str(args.out / "data"),
                                  variants=[VariantSpec("10kRandom", "random", size_r),
                                            VariantSpec("20kUmap", "umap", size_u)],
-                                 embed=EmbedConfig(batch_size=args.batch_size),
+                                 embed=EmbedConfig(batch_size=args.batch_size, rows_per_call=args.rows_per_call),
                                  check_images=False))  # generated rows name images that are not there
     wall = time.perf_counter() - t0
     mon.stop_flag.set()
@@ -137,7 +154,7 @@ def main() -> None:
 
     rows_dir = next((args.out / "data" / "_work").glob("rows-*"))
     texts = pads.dataset(rows_dir, format="parquet").head(args.compare_rows, columns=["human_text"])
-    result["embedding"] = compare_embedding(texts["human_text"].to_pylist(), args.batch_size)
+    result["embedding"] = compare_embedding(texts["human_text"].to_pylist(), args.batch_size, args.rows_per_call)
     print(json.dumps(result, indent=2))
     (args.out / "bench_result.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))  # last line: for bench/run_all.py

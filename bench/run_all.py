@@ -38,7 +38,7 @@ def main() -> None:
         "padding": run("padding.py", "--batch_size", "8", "--rows", "200" if q else "600"),
         "feature_cache": run("feature_cache.py", "--steps", "3" if q else "8", "--batch_size", "4"),
         "loop_overhead": run("loop_overhead.py", "--steps", "3" if q else "6", "--rounds", "1" if q else "2"),
-        "trial_overhead": run("trial_overhead.py", "--preset", "tiny"),
+        "trial_overhead": run("trial_overhead.py", "--preset", "tiny", "--trials", "3"),
         "embedding": run("data_build.py", "--rows", "2000" if q else "5000", "--compare_rows",
                          "500" if q else "2000", "--out", "/tmp/bench-data-run-all"),
         "gpu_plan": run("gpu_plan.py", "--tokens", "400", "--mfu", "0.35"),
@@ -62,9 +62,9 @@ def main() -> None:
           f"{1 if q else 2}`)\n\nvlm_core step {lo['ours_median_s']} s vs plain loop {lo['plain_median_s']} s "
           f"(median of {lo['steps_each']}): **{lo['ratio']}×**")
     t = res["trial_overhead"]
-    print(f"\n### Trial overhead (`python bench/trial_overhead.py --preset tiny`)\n\n`{t['config']}` "
-          f"({t['epochs']} epochs × {t['steps_per_epoch']} steps): in-process {t['in_process_s']} s, as a Tune + "
-          f"Train trial {t['tune_train_trial_s']} s: **+{t['overhead_s']} s** ({t['ratio']}×)")
+    print(f"\n### Trial overhead (`python bench/trial_overhead.py --preset tiny --trials 3`)\n\n{t['trials']} "
+          f"trials, in-process {t['in_process_s']} s in all; per trial beyond its training: "
+          + ", ".join(f"`--runner {name}` **{row['fixed_cost_per_trial_s']} s**" for name, row in t["runners"].items()))
     e = res["embedding"]["embedding"]
     print(f"\n### Embedding (`python bench/data_build.py --rows {2000 if q else 5000} --compare_rows "
           f"{500 if q else 2000}`)\n\n{e['rows']} human turns: Ray Data {e['ray_data_s']} s "

@@ -395,7 +395,7 @@ def embed_rows(run: BuildRun, resources: dict[str, float]) -> EmbeddedRows:
         threads = None if plan.embed_gpus else max(1, math.ceil(plan.embed_cpus))  # 1.5 CPUs → 2 threads
         ds = ds.map_batches(EmbedBatch, fn_constructor_args=(embed_model, cfg.embed.batch_size, threads,
                                                              cfg.embed.text, embed_revision),
-                            batch_size=cfg.embed.batch_size,
+                            batch_size=cfg.embed.rows_per_call,
                             compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),
                             num_cpus=plan.embed_cpus, num_gpus=plan.embed_gpus)
         _ray_write(ds, folder)

@@ -54,7 +54,12 @@ class EmbedConfig:
     files every human turn is one of ~10 fixed prompts, so ``human`` clusters prompt templates: ``data build``
     warns when the embedded texts are mostly repeats; ``assistant`` clusters the captions."""
     batch_size: int = 128
-    """Rows per embedding batch."""
+    """Texts per forward pass of the embedding model."""
+    rows_per_call: int = 4096
+    """Rows handed to each embedding actor call (Ray Data's batch). sentence-transformers sorts one call's texts by
+    length before cutting them into ``batch_size`` batches, so a call of a few thousand rows pads about as little
+    as one plain ``encode`` over everything (measured in BENCHMARKS.md); a call of ``batch_size`` rows pads much
+    more."""
     actors: int | None = None
     """Embedding actors. Default: one per GPU, else CPUs - 1 (so read tasks keep a CPU), at least 1."""
 
@@ -68,6 +73,8 @@ class EmbedConfig:
 
         self.revision = default_revision(self.model, self.revision)  # a hub id the project pins gets its pin
         check_field(self.batch_size >= 1, "embed.batch_size", "must be >= 1")
+        check_field(self.rows_per_call >= self.batch_size, "embed.rows_per_call",
+                    f"{self.rows_per_call} must be >= embed.batch_size ({self.batch_size})")
         check_field(self.actors is None or self.actors >= 1, "embed.actors", "must be >= 1")
 
 

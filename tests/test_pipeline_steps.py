@@ -222,8 +222,23 @@ def test_embed_batch_embeds_the_chosen_text_and_hashes_it():
     assert EmbedBatch(None, 8)({"human_text": ["hi"], "reason": [""]})["embedding"].shape == (1, 384)
 
 
+def test_an_embedding_does_not_depend_on_how_many_rows_share_the_call():
+    """``embed.rows_per_call`` only changes how texts are grouped (and padded) on the way through the model."""
+    from data_pipeline.embed import EmbedBatch
+
+    texts = ["a red circle", "Is there a blue triangle in the image, next to the green square?", "no",
+             "What colour is the shape?", "yes", "Describe the image in detail, naming every shape and its colour.",
+             "a", "Which shape is it?"]
+    embed = EmbedBatch(None, 2)
+    whole = embed({"human_text": texts, "reason": [""] * 8})["embedding"]
+    parts = [embed({"human_text": texts[i:i + 3], "reason": [""] * len(texts[i:i + 3])})["embedding"]
+             for i in range(0, 8, 3)]
+    assert np.allclose(whole, np.concatenate(parts), atol=1e-5)
+
+
 @pytest.mark.parametrize("kw, field", [({"text": "gpt"}, "embed.text"), ({"revision": ""}, "embed.revision"),
-                                       ({"model": " x"}, "embed.model"), ({"batch_size": 0}, "embed.batch_size")])
+                                       ({"model": " x"}, "embed.model"), ({"batch_size": 0}, "embed.batch_size"),
+                                       ({"rows_per_call": 64}, "embed.rows_per_call")])
 def test_embed_config_names_the_bad_field(kw, field):
     from data_pipeline.config import EmbedConfig
     from vlm_core.config import ConfigError
