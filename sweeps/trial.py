@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from vlm_core.checkpoint import CheckpointError, newest_usable, read_meta
+from vlm_core.checkpoint import keep_newest_and_best, newest_usable, read_meta
 from vlm_core.config import TrainConfig, VLMConfig
 from vlm_core.faults import from_config
 from vlm_core.hub import localize
@@ -113,6 +112,10 @@ class TrainSession:
         self.report(metrics, local)
 
 
+def _index(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("_", 1)[1])
+
+
 class TuneSession:
     """``train_worker`` in the Tune trial itself (the ``tune`` runner: one CPU worker). Checkpoints are kept as
     Train keeps them: copied into the trial's stable run folder (``<storage>/train/<train run name>/checkpoint_N``,
@@ -130,7 +133,8 @@ class TuneSession:
         return torch.device("cpu")
 
     def _kept(self) -> list[Path]:
-        return sorted(self.run_dir.glob("checkpoint_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+        """The kept checkpoints, oldest first (``checkpoint_N``: N counts the reports with a checkpoint)."""
+        return sorted(self.run_dir.glob("checkpoint_*"), key=_index)
 
     def resume_point(self, workdir: Path) -> tuple[Path | None, str | None]:
         kept = self._kept()
@@ -146,10 +150,11 @@ class TuneSession:
             ray.tune.report(metrics)
             return
         kept = self._kept()
-        dest = self.run_dir / f"checkpoint_{int(kept[-1].name.rsplit('_', 1)[1]) + 1 if kept else 0:06d}"
+        dest = self.run_dir / f"checkpoint_{_index(kept[-1]) + 1 if kept else 0:06d}"
         with atomic_dir(dest) as tmp:
             shutil.copytree(checkpoint_dir, tmp, dirs_exist_ok=True)
-        self._prune(dest)
+        # as Train keeps them (num_to_keep=1 by the metric), plus the newest for restarts
+        keep_newest_and_best(self._kept(), dest, METRIC)
         ray.tune.report({**metrics, "checkpoint_path": str(dest)})
 
     def report_kept(self, metrics: dict[str, Any], local: Path, path: str | None) -> None:
@@ -158,21 +163,6 @@ class TuneSession:
 
         ray.tune.report({**metrics, "checkpoint_path": path})
 
-    def _prune(self, newest: Path) -> None:
-        """Keep ``newest`` and the best by ``val_loss`` (Train's ``num_to_keep=1`` by the metric, plus the newest
-        for restarts)."""
-        def score(p: Path) -> float:
-            try:
-                value = read_meta(p, verify=False)["metrics"].get(METRIC)
-            except (CheckpointError, OSError, ValueError, KeyError):
-                return math.inf
-            return math.inf if value is None or math.isnan(value) else value
-
-        kept = self._kept()
-        best = min(kept, key=score)
-        for p in kept:
-            if p not in (newest, best):
-                shutil.rmtree(p, ignore_errors=True)
 
 
 def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | None = None) -> None:

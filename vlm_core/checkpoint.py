@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 from pathlib import Path
@@ -77,6 +78,26 @@ def save_checkpoint(model, path: str | Path, *, stage: int, step: int, epoch: fl
             meta["training_state_sha256"] = file_sha256(tmp / TRAINING_STATE)
         (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
     return path
+
+
+def keep_newest_and_best(candidates, newest: Path, metric: str = "val_loss") -> Path:
+    """Remove every checkpoint folder of ``candidates`` except ``newest`` and the best by ``metric`` (as recorded in
+    its ``checkpoint.json``; a missing or unreadable value ranks as inf, NaN after everything; ties: the first).
+    Returns the best. The one retention rule of the training loop's epochs and of a sweep trial's run folder."""
+    def score(p: Path) -> tuple[bool, float]:
+        try:
+            value = json.loads((Path(p) / CHECKPOINT_META).read_text()).get("metrics", {}).get(metric)
+        except (OSError, ValueError):
+            value = None
+        value = math.inf if value is None else float(value)
+        return math.isnan(value), value
+
+    candidates = [Path(p) for p in candidates]
+    best = min(candidates, key=score) if candidates else newest
+    for p in candidates:
+        if p not in (newest, best):
+            shutil.rmtree(p, ignore_errors=True)
+    return best
 
 
 def read_meta(path: str | Path, verify: bool = True) -> dict[str, Any]:

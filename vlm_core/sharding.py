@@ -21,7 +21,7 @@ sharding and the optimizer state with ``set_optimizer_state_dict``.
 
 LoRA (``lm_tuning: lora``) is not sharded: its frozen base LLM in bf16 is what LoRA exists to fit on one GPU.
 
-    pytest -q tests/test_sharding.py
+    pytest -q tests/test_distributed.py
 """
 
 from __future__ import annotations
@@ -94,8 +94,11 @@ def _options():
     return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def full_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The sharded model's full state dict on rank 0 (CPU tensors; empty on the other ranks). Every rank calls it."""
+def full_weights(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """A sharded model's full state dict on rank 0 (CPU tensors; empty on the other ranks; every rank calls it);
+    None for an unsharded model, whose modules hold their whole weights."""
+    if not is_sharded(model):
+        return None
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     return get_model_state_dict(model, options=_options())
@@ -125,8 +128,9 @@ def restore_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, 
 
 
 def optimizer_state_by_name(state: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """An optimizer state dict keyed by parameter name (:func:`full_optimizer_state`'s layout); ``state`` may be
-    either layout (``torch.optim``'s own keys parameters by position: ``names[i]`` is the i-th)."""
+    """An optimizer state dict keyed by parameter name (:func:`gather_optimizer_state`'s layout for a sharded
+    model); ``state`` may be either layout (``torch.optim``'s own keys parameters by position: ``names[i]`` is the
+    i-th)."""
     if all(isinstance(p, str) for g in state["param_groups"] for p in g["params"]):
         return state
     return {"state": {names[i]: v for i, v in state["state"].items()},

@@ -30,7 +30,14 @@ from typing import Any, Callable
 import torch
 
 from . import sharding
-from .checkpoint import load_lm_weights, load_projector, load_training_state, read_meta, save_checkpoint
+from .checkpoint import (
+    keep_newest_and_best,
+    load_lm_weights,
+    load_projector,
+    load_training_state,
+    read_meta,
+    save_checkpoint,
+)
 from .config import TrainConfig
 from .conversation import IGNORE_INDEX
 from .data import Collator, ConversationDataset
@@ -232,16 +239,8 @@ def evaluate_loss(model, dataset: ConversationDataset, batch_size: int, cfg: Tra
 
 def _prune_checkpoints(newest: Path) -> None:
     """Keep the newest epoch checkpoint and the best one by validation loss; drop the rest and ``latest``."""
-    root = newest.parent
-    scored = []
-    for p in root.glob("epoch-*"):
-        meta = json.loads((p / "checkpoint.json").read_text()) if (p / "checkpoint.json").is_file() else {}
-        scored.append((meta.get("metrics", {}).get("val_loss", float("inf")), p))
-    best = min(scored, key=lambda t: (math.isnan(t[0]), t[0]))[1] if scored else newest
-    for _, p in scored:
-        if p not in (newest, best):
-            shutil.rmtree(p, ignore_errors=True)
-    shutil.rmtree(root / "latest", ignore_errors=True)
+    keep_newest_and_best(sorted(newest.parent.glob("epoch-*")), newest)
+    shutil.rmtree(newest.parent / "latest", ignore_errors=True)
 
 
 def fit_feature_norm(model, train_set: ConversationDataset, max_images: int = 128, batch_size: int = 32) -> int:
@@ -327,7 +326,7 @@ class _Loop:
     def checkpoint(self, name: str, metrics: dict[str, Any]) -> Path | None:
         """Rank 0 writes the checkpoint (every rank holds the same weights and state; a sharded run's are gathered
         to rank 0 first, which every rank joins); other ranks get None."""
-        weights = sharding.full_weights(self.model) if self.sharded else None
+        weights = sharding.full_weights(self.model)
         optimizer = sharding.gather_optimizer_state(self.model, self.optimizer)
         if not self.world.is_main:
             return None
