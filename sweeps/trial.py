@@ -28,6 +28,7 @@ from typing import Any
 
 from vlm_core.checkpoint import keep_newest_and_best, newest_usable, read_meta
 from vlm_core.config import TrainConfig, VLMConfig
+from vlm_core.devices import cap_cuda_memory
 from vlm_core.faults import from_config
 from vlm_core.hub import localize
 from vlm_core.logs import configure_logging
@@ -178,8 +179,7 @@ def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | N
     device = session.device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives run on the current device: each rank on its own
-    if config.get("cuda_memory_fraction") and torch.cuda.is_available():
-        torch.cuda.set_per_process_memory_fraction(config["cuda_memory_fraction"])
+    cap_cuda_memory(config.get("cuda_memory_fraction"), device if device.type == "cuda" else None)
     workdir = Path(tempfile.mkdtemp(prefix=config.get("workdir_prefix", "vlm-trial-")))
     resume_dir, resume_path = session.resume_point(workdir)
     if resume_dir is not None:  # a restart after a failure: continue where the last report left off

@@ -2,7 +2,7 @@
 sentence-transformers and the packaged SmolLM2 blocked) and writes finite figures; ``TrainConfig.frozen_dtype``
 holds frozen modules in bf16 where asked and leaves CPU runs in fp32.
 
-    pytest -q tests/test_gpu_step.py            # CPU, ~45 s (the benchmark: 2 LLM layers, batch 1, 1 step)
+    pytest -q tests/test_gpu_step.py            # CPU, ~75 s (the benchmark: 2 LLM layers, batch 1, 1 step; packing x2)
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def test_gpu_step_runs_with_only_torch_and_transformers_and_writes_finite_figure
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", RUN_BLOCKED, "--device", "cpu", "--lm_layers", "2", "--steps", "1", "--warmup", "0",
-         "--quick", "--profiles", "a100-10g,a100-28g", "--out", str(out)],
+         "--quick", "--profiles", "a100-10g,a100-28g", "--pack", "2", "--pack_profiles", "a100-10g",
+         "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=880)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     blocked = json.loads(proc.stdout.split("BLOCKED-IMPORTS ", 1)[1])
@@ -77,6 +78,18 @@ def test_gpu_step_runs_with_only_torch_and_transformers_and_writes_finite_figure
     assert s1["gradient_checkpointing"] and s1["dtypes"]["projector"] == "float32"
     assert s1["trainable_by_module"]["lm"] == 0 and s2["trainable_by_module"]["lm"] > 3e8
     assert s2["flops_per_token"] > 1.3 * s1["flops_per_token"]  # stage 2 also computes the LLM's weight gradients
+    # fractional packing: one trial alone, then two in their own processes whose timed steps overlap
+    alone, packed = result["packing"]
+    assert (alone["trials"], packed["trials"]) == (1, 2) and alone["speedup_vs_alone"] == 1.0
+    for row in (alone, packed):
+        assert row["profile"] == "a100-10g" and row["completed"] == row["trials"]
+        assert row["aggregate_samples_per_s"] > 0 and row["fraction"] is None  # no cap without CUDA
+        detail = row["trials_detail"]
+        assert sorted(d["rank"] for d in detail) == list(range(row["trials"]))
+        assert all(d["error"] is None and len(d["step_s_all"]) == 1 and d["samples"] == 1 for d in detail)
+        assert all(math.isfinite(x) for d in detail for x in d["losses"])
+    a, b = packed["trials_detail"]
+    assert a["timed_start"] < b["timed_end"] and b["timed_start"] < a["timed_end"]  # they ran at the same time
 
 
 def test_frozen_dtype_auto_is_bf16_only_on_cuda_with_autocast():
