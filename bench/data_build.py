@@ -82,7 +82,7 @@ def compare_embedding(texts: list[str], batch_size: int, rows_per_call: int) -> 
     ds = ray.data.from_items([{"human_text": t, "reason": ""} for t in texts])
     n = ds.map_batches(EmbedBatch, fn_constructor_args=(None, batch_size, max(1, math.ceil(plan.embed_cpus))),
                        batch_size=rows_per_call, compute=ray.data.ActorPoolStrategy(size=plan.embed_actors),
-                       num_cpus=plan.embed_cpus).count()
+                       num_cpus=plan.embed_cpus).materialize().count()  # the embeddings held, as encode's
     ray_s = time.perf_counter() - t0
     import torch
 

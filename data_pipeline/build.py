@@ -7,7 +7,8 @@ output folder must be shared storage):
        ─► translate (actor pool) ─► embed --embed.text (actor pool)           _work/rows-<key>/
     2  repetition of the embedded texts (hash counts) ─► warn when mostly repeats     manifest.json
     3  UMAP + clustering fitted on a bounded sample, in one task              artifacts/
-    4  transform + assign every row (fixed batches, order kept) ─► sample variants ─► write
+       (the plot's 2-d UMAP of the same sample in a second task, at the same time)
+    4  transform + assign every row, in one task (file order, fixed batches) ─► sample variants ─► write
        (train: a variant's records whose id hashes into train; val: the common held-out set, the same rows for
        every variant — see :func:`common_heldout`)
 
@@ -72,7 +73,7 @@ from .records import (
     json_list_to_jsonl,
     plan_shards,
 )
-from .reduce import AssignBatch, fit_space
+from .reduce import assign_rows, fit_plot_layout, fit_space
 from .repetition import repeated_texts, repetition_stats, repetition_warning
 from .row_steps import TranslateStep, filter_batch, read_shards_batch, reason_group
 from .sampling import cluster_counts, sample_per_cluster, sample_random
@@ -298,13 +299,16 @@ class KeptRows:
 
 def build(cfg: BuildConfig) -> dict[str, Any]:
     """Run the pipeline, step by step; returns the manifest (also written to ``OUT/manifest.json``)."""
+    import ray
+
     t_start = time.perf_counter()
     run = start_run(cfg)
     resources = init_ray()
     rows = embed_rows(run, resources)                       # 1  read, validate, filter, translate, embed
     kept = keep_rows(run, rows)                             # 2  duplicates, repetition of the embedded texts
-    space, space_ref, fit_ids, dim = fit_space_on_sample(run, kept)   # 3  UMAP + clusters
-    ids, clusters = assign_clusters(run, rows, kept, space_ref)       # 4  every row's cluster
+    space, space_ref, plot_ref, fit_ids, dim = fit_space_on_sample(run, kept)   # 3  UMAP + clusters
+    ids, clusters = assign_clusters(run, rows, kept, space_ref)                 # 4  every row's cluster
+    space.sample_coords_2d = ray.get(plot_ref)                                  #    the plot's 2-d layout
     variants = sample_and_write_variants(run, kept, ids, clusters)    # 5  variants, common held-out set
     write_rejected(run, rows, kept)
     plot_title = write_space(run, space)
@@ -425,8 +429,9 @@ def keep_rows(run: BuildRun, rows: EmbeddedRows) -> KeptRows:
 
 
 def fit_space_on_sample(run: BuildRun, kept: KeptRows):
-    """Step 3: UMAP + clustering fitted on a bounded, order-independent sample, in one Ray task. Returns the
-    fitted space, its object ref (for the assigning actors), the fit sample's ids and the embedding width."""
+    """Step 3: UMAP + clustering fitted on a bounded, order-independent sample, in one Ray task; the plot's 2-d
+    layout of the same sample in a second task at the same time. Returns the fitted space, its object ref (for
+    the assigning task), the plot layout's ref, the fit sample's ids and the embedding width."""
     import pyarrow.compute as pc
     import ray
 
@@ -437,29 +442,26 @@ def fit_space_on_sample(run: BuildRun, kept: KeptRows):
                                       filter=kept.filter & pc.field("id").isin(list(fit_ids)))
     fit_table = fit_table.sort_by("id")  # the fit must not depend on how the rows were laid out in files
     fit_emb = np.stack(fit_table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+    emb_ref = ray.put(fit_emb)
     space_ref = ray.remote(fit_space).options(num_cpus=1).remote(
-        fit_emb, cfg.umap, cfg.cluster, cfg.seed, fit_table["id"].to_pylist())
+        emb_ref, cfg.umap, cfg.cluster, cfg.seed, fit_table["id"].to_pylist(), plot=False)
+    plot_ref = ray.remote(fit_plot_layout).options(num_cpus=1).remote(emb_ref, cfg.umap, cfg.seed)
     space = ray.get(space_ref)
     run.timings["fit_s"] = time.perf_counter() - t0
-    return space, space_ref, fit_ids, int(fit_emb.shape[1])
+    return space, space_ref, plot_ref, fit_ids, int(fit_emb.shape[1])
 
 
 def assign_clusters(run: BuildRun, rows: EmbeddedRows, kept: KeptRows, space_ref) -> tuple[list[str], list[int]]:
-    """Step 4: every kept row's cluster, by one order-stable actor (UMAP's transform depends on batching)."""
+    """Step 4: every kept row's cluster, by one Ray task reading the rows in file order (UMAP's transform depends
+    on batching: :func:`data_pipeline.reduce.assign_rows`)."""
     import ray
-    from ray.data.expressions import col
 
     t0 = time.perf_counter()
-    assigned = (ray.data.read_parquet(str(rows.folder.resolve()), num_cpus=0.5)
-                .select_columns(["id", "line", "embedding", "reason"])
-                .filter(expr=col("reason") == "", num_cpus=0.5)
-                .map_batches(AssignBatch, fn_constructor_args=([space_ref],), batch_size=run.cfg.umap.transform_batch,
-                             compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1)  # one: order-stable
-                .select_columns(["id", "line", "cluster"])
-                .to_pandas())
-    assigned = assigned[~assigned["line"].isin([d["line"] for d in kept.duplicates])]
+    assigned = ray.get(ray.remote(assign_rows).options(num_cpus=1).remote(space_ref, str(rows.folder.resolve())))
+    duplicate_lines = {d["line"] for d in kept.duplicates}
+    keep = [i for i, line in enumerate(assigned["line"]) if line not in duplicate_lines]
     run.timings["assign_s"] = time.perf_counter() - t0
-    return assigned["id"].tolist(), assigned["cluster"].astype(int).tolist()
+    return [assigned["id"][i] for i in keep], [assigned["cluster"][i] for i in keep]
 
 
 def sample_and_write_variants(run: BuildRun, kept: KeptRows, ids: list[str], clusters: list[int]) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""UMAP + clustering: fitted once on a bounded sample, applied to every row in parallel.
+"""UMAP + clustering: fitted once on a bounded sample, then applied to every row in one ordered pass.
 
-``fit_space`` runs in one Ray task (UMAP and clustering are global); ``AssignBatch`` is the ``map_batches``
-UDF that transforms fixed-size batches (UMAP's transform depends on batching, so the batch size is pinned and
-order preserved) and assigns each row to a cluster. k for k-means is either given or the candidate with the
-best silhouette score on the fit sample; HDBSCAN clusters the sample and other rows take the label of their
-nearest sample point (HDBSCAN has no out-of-sample predict).
+``fit_space`` (UMAP n-d and the clusterer) and ``fit_plot_layout`` (the 2-d UMAP of the plot) run as two Ray tasks at
+once (UMAP and clustering are global); ``assign_rows`` is the Ray task that reads the embedded rows' Parquet in file
+order and transforms them in fixed batches of ``transform_batch`` (UMAP's transform depends on batching, so batch
+size and order are pinned), assigning each row to a cluster. k for k-means is either given or the candidate with the
+best silhouette score on the fit sample; HDBSCAN clusters the sample and other rows take the label of their nearest
+sample point (HDBSCAN has no out-of-sample predict). UMAP's numba kernels come from numba's disk cache
+(``kernel_cache``), not compiled again in each task's process.
 
     python -c "import numpy as np; from data_pipeline.reduce import fit_space; from data_pipeline.config import \
 UmapConfig, ClusterConfig; s = fit_space(np.random.rand(300, 16).astype('f4'), UmapConfig(n_components=4), \
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .config import ClusterConfig, UmapConfig
+from .kernel_cache import cache_umap_kernels
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +46,23 @@ class FittedSpace:
 def _umap(n_components: int, cfg: UmapConfig, seed: int, n_rows: int):
     import umap
 
+    cache_umap_kernels()  # compiled kernels from disk, not compiled again in this process
+
     # init="pca": the default spectral init is not reproducible under a fixed random_state (measured: three
     # fits of the same 50 rows gave three layouts); PCA init gave identical layouts every time.
     return umap.UMAP(n_components=n_components, n_neighbors=min(cfg.n_neighbors, max(2, n_rows - 1)),
                      min_dist=cfg.min_dist, metric="cosine", random_state=seed, n_jobs=1, init="pca")
 
 
+def fit_plot_layout(embeddings: np.ndarray, umap_cfg: UmapConfig, seed: int) -> np.ndarray:
+    """The fit sample's 2-d UMAP coordinates, for the plot only (``FittedSpace.sample_coords_2d``)."""
+    return _umap(2, umap_cfg, seed, len(embeddings)).fit_transform(embeddings)
+
+
 def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: ClusterConfig, seed: int,
-              sample_ids: list[str] | None = None) -> FittedSpace:
-    """Fit UMAP (n-d and 2-d for the plot) and the clusterer on ``embeddings`` (the fit sample)."""
+              sample_ids: list[str] | None = None, plot: bool = True) -> FittedSpace:
+    """Fit UMAP (n-d) and the clusterer on ``embeddings`` (the fit sample), and the plot's 2-d layout unless
+    ``plot`` is False (the build fits that in a task of its own, at the same time: :func:`fit_plot_layout`)."""
     from sklearn.cluster import HDBSCAN, KMeans
     from sklearn.metrics import silhouette_score
     from sklearn.neighbors import KNeighborsClassifier
@@ -61,7 +72,7 @@ def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: Cluster
         raise ValueError(f"only {n} rows to fit UMAP/clustering; at least 5 are needed")
     reducer = _umap(umap_cfg.n_components, umap_cfg, seed, n)
     coords = reducer.fit_transform(embeddings)
-    coords_2d = _umap(2, umap_cfg, seed, n).fit_transform(embeddings)
+    coords_2d = fit_plot_layout(embeddings, umap_cfg, seed) if plot else None
     scores: dict[int, float] = {}
     if cluster_cfg.method == "kmeans":
         if cluster_cfg.k is not None:
@@ -85,24 +96,37 @@ def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: Cluster
                        np.asarray(labels), umap_cfg.n_components, umap_cfg.transform_batch)
 
 
-class AssignBatch:
-    """``map_batches`` UDF: ``embedding`` → ``umap`` (n-d) and ``cluster`` for rows without a reason."""
+def assign(space: FittedSpace, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One batch of rows: their n-d UMAP coordinates and clusters."""
+    coords = space.umap.transform(np.asarray(embeddings, dtype=np.float32)).astype(np.float32)
+    return coords, np.asarray(space.clusterer.predict(coords), dtype=np.int64)
 
-    def __init__(self, space_ref: list):
-        import ray
 
-        # an ObjectRef passed directly in fn_constructor_args arrives unresolved: it travels in a list
-        self.space: FittedSpace = ray.get(space_ref[0]) if not isinstance(space_ref[0], FittedSpace) \
-            else space_ref[0]
+def assign_rows(space: FittedSpace, folder: str) -> dict[str, list]:
+    """Every row of the rows Parquet in ``folder`` that has no ``reason``, assigned to a cluster: part files in name
+    order, rows in file order, transformed in consecutive batches of ``space.transform_batch`` rows (the last one
+    shorter), so the same files give the same batches and clusters on every run. Returns ``id``, ``line`` and
+    ``cluster`` lists in that order."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        emb = np.asarray(batch["embedding"], dtype=np.float32)
-        ok = np.array([not r for r in batch["reason"]], dtype=bool)
-        coords = np.zeros((len(emb), self.space.n_components), dtype=np.float32)
-        clusters = np.full(len(emb), -2, dtype=np.int64)  # -2: not assigned (rejected row)
-        if ok.any():
-            coords[ok] = self.space.umap.transform(emb[ok]).astype(np.float32)
-            clusters[ok] = self.space.clusterer.predict(coords[ok])
-        batch = dict(batch)
-        batch["umap"], batch["cluster"] = coords, clusters
-        return batch
+    cache_umap_kernels()
+    size = space.transform_batch
+    out: dict[str, list] = {"id": [], "line": [], "cluster": []}
+    carry = None
+    fragments = sorted(pads.dataset(folder, format="parquet").get_fragments(), key=lambda f: f.path)
+    for fragment in fragments:
+        table = fragment.to_table(columns=["id", "line", "embedding"], filter=pc.field("reason") == "")
+        if not table.num_rows:
+            continue
+        out["id"] += table["id"].to_pylist()
+        out["line"] += table["line"].to_pylist()
+        emb = np.stack(table["embedding"].to_numpy(zero_copy_only=False)).astype(np.float32)
+        emb = emb if carry is None else np.concatenate([carry, emb])
+        whole = len(emb) // size * size
+        for i in range(0, whole, size):
+            out["cluster"] += assign(space, emb[i:i + size])[1].tolist()
+        carry = emb[whole:]
+    if carry is not None and len(carry):
+        out["cluster"] += assign(space, carry)[1].tolist()
+    return out

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from data_pipeline.config import ClusterConfig, UmapConfig
 from data_pipeline.records import json_list_to_jsonl, plan_shards, read_shard, validate_record
-from data_pipeline.reduce import AssignBatch, fit_space
+from data_pipeline.reduce import assign, assign_rows, fit_space
 from data_pipeline.row_steps import FilterBatch
 from data_pipeline.sampling import SamplingError, allocate, sample_per_cluster, sample_random
 
@@ -126,9 +128,22 @@ def test_umap_clusters_separate_blobs_and_assignment_matches(tmp_path):
     assert space.k == 3 and set(space.silhouette) == {2, 3, 5}
     # every true blob maps to one cluster
     assert all(len(set(space.sample_labels[truth == t].tolist())) == 1 for t in range(3))
-    out = AssignBatch([space])({"embedding": emb[:40], "reason": [""] * 39 + ["rejected"]})
-    assert out["umap"].shape == (40, 4) and out["cluster"][-1] == -2
-    assert (out["cluster"][:39] == space.sample_labels[:39]).mean() > 0.9
+    coords, clusters = assign(space, emb[:40])
+    assert coords.shape == (40, 4) and (clusters == space.sample_labels[:40]).mean() > 0.9
+    # the build's pass over the rows' Parquet: rows with a reason skipped, file order kept, batches of
+    # transform_batch rows whatever the files' sizes (3 files of 50 / 7 / 123 rows, batches of 64)
+    space.transform_batch = 64
+    reasons = ["" if i % 9 else "validate: bad" for i in range(180)]
+    table = pa.table({"id": [f"r{i:03d}" for i in range(180)], "line": list(range(180)), "reason": reasons,
+                      "embedding": list(emb)})
+    for name, (a, b) in {"part-000002.parquet": (57, 180), "part-000000.parquet": (0, 50),
+                         "part-000001.parquet": (50, 57)}.items():
+        pq.write_table(table.slice(a, b - a), tmp_path / name)
+    out = assign_rows(space, str(tmp_path))
+    kept = [i for i in range(180) if reasons[i] == ""]
+    assert out["line"] == kept and out["id"] == [f"r{i:03d}" for i in kept]
+    by_batch = np.concatenate([assign(space, emb[kept][i:i + 64])[1] for i in range(0, len(kept), 64)])
+    assert out["cluster"] == by_batch.tolist()
 
 
 @pytest.mark.parametrize("cpus", [2, 4, 16])
