@@ -20,6 +20,11 @@ signatures and dataclasses (jsonargparse), never written by hand.
 e.g. ``--preset local --model.projector.name dense_connector --model.format.mode raw``. A ``preset:`` key in a
 ``--config FILE`` counts as well (the last one given, flag or file, wins).
 
+Flags are typed as people type them: ``--check-images`` and ``--check_images`` are the same flag (dashes and
+underscores both work, in every part of a dotted name: ``--train.max-steps``), and a yes/no option is a switch:
+``--dry-run`` alone means ``--dry_run true``, ``--no-feature-cache`` means ``--feature_cache false`` (an explicit
+``true`` / ``false`` after the flag still works). ``vlm-sweep --version`` prints the version and the pinned stack.
+
 Every error the project raises on purpose derives from ``vlm_core.errors.VlmSweepError`` and already names what is
 wrong and the fix: it is printed in one line, without a traceback, with exit code 2; so are the OS errors that are
 the machine's state (a missing file, no space, no permission).
@@ -30,6 +35,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import platform
 import sys
 import typing
 from pathlib import Path
@@ -123,7 +129,9 @@ def build_parser(argv: list[str]):
     from jsonargparse import ArgumentParser, set_parsing_settings
 
     set_parsing_settings(docstring_parse_attribute_docstrings=True)  # field docstrings become --help text
-    parser = ArgumentParser(prog="vlm-sweep", description="LLaVA-style visual instruction tuning sweeps on Ray.")
+    parser = ArgumentParser(prog="vlm-sweep", description="LLaVA-style visual instruction tuning sweeps on Ray. "
+                            "Flags take dashes or underscores; yes/no flags are switches (--dry-run, "
+                            "--no-feature-cache). vlm-sweep --version: the version and the pinned stack.")
     subs = parser.add_subcommands(dest="command")
     preset = preset_from_argv(argv)
     for name, fn in COMMANDS.items():
@@ -136,6 +144,76 @@ def build_parser(argv: list[str]):
             group_subs.add_subcommand(name, _command_parser(f"{group} {name}", fn, preset),
                                       help=fn.__doc__.split("\n")[0])
     return parser
+
+
+BOOL_VALUES = ("true", "false")
+"""What may follow a yes/no flag as its value; anything else after it (another flag, a positional) makes it a
+switch."""
+
+
+def _command_parser_of(parser, argv: list[str]):
+    """The parser of the command ``argv`` names (a group's command included), or None before one is named."""
+    current, found = parser, None
+    for token in argv:
+        action = getattr(current, "_subcommands_action", None)
+        if action is None or token.startswith("-"):
+            continue
+        if token in action._name_parser_map:
+            current = found = action._name_parser_map[token]
+    return found
+
+
+def _is_bool(action) -> bool:
+    hint = getattr(action, "_typehint", None)
+    return action.type is bool or hint is bool or hint == typing.Optional[bool]
+
+
+def conventional_argv(parser, argv: list[str]) -> list[str]:
+    """``argv`` in the form jsonargparse parses: option names with underscores (``--dry-run`` → ``--dry-run``,
+    ``--train.max-steps`` → ``--train.max-steps``; values untouched), a yes/no flag given alone followed by
+    ``true`` (``--resume`` → ``--resume``), ``--no-X`` of a yes/no flag X as ``--X false``. Everything after a
+    bare ``--`` is left as it is."""
+    command = _command_parser_of(parser, argv)
+    actions = command._actions if command is not None else []
+    options = {o for a in actions for o in a.option_strings}
+    switches = {o for a in actions if _is_bool(a) for o in a.option_strings if o.startswith("--")}
+    out: list[str] = []
+    for i, token in enumerate(argv):
+        if token == "--":
+            return out + argv[i:]
+        if not token.startswith("--") or token == "--":
+            out.append(token)
+            continue
+        name, eq, value = token.partition("=")
+        name = "--" + name[2:].replace("-", "_")
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if not eq and name not in options and name.startswith("--no_") and f"--{name[5:]}" in switches:
+            out += [f"--{name[5:]}", "false"]
+        elif not eq and name in switches and (following is None or following.lower() not in BOOL_VALUES):
+            out += [name, "true"]
+        else:
+            out.append(name + eq + value)
+    return out
+
+
+def version_text() -> str:
+    """``vlm-sweep --version``: this package's version, Python's, and each pinned dependency's installed version
+    (with the pin beside it where they differ)."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    lines = [f"vlm-sweep {version('vlm-sweep')} (Python {platform.python_version()})"]
+    for requirement in requires("vlm-sweep") or []:
+        if "extra ==" in requirement:  # the test extra is not the stack
+            continue
+        name, _, pin = requirement.partition("==")
+        name, pin = name.split("[")[0].strip(), pin.split(";")[0].strip()
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            installed = "not installed"
+        same = installed.split("+")[0] == pin  # 2.13.0+cpu is the 2.13.0 pin's CPU build
+        lines.append(f"  {name:22} {installed}" + ("" if same else f"   (pinned {pin or 'unpinned'})"))
+    return "\n".join(lines)
 
 
 def _dispatch(parser, argv: list[str]) -> Any:
@@ -154,9 +232,13 @@ def _dispatch(parser, argv: list[str]) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["--version"], ["-V"]):
+        print(version_text())
+        return 0
     _setup_env()
     try:
-        _dispatch(build_parser(argv), argv)
+        parser = build_parser(argv)
+        _dispatch(parser, conventional_argv(parser, argv))
     except VlmSweepError as e:
         print(f"vlm-sweep: error: {e}", file=sys.stderr)
         return 2

@@ -6,10 +6,10 @@ it continues, under ASHA (``time_attr="epoch"``). Results live under ``--out`` (
 ``stage1/``, ``stage2/`` (Tune experiments), ``lineage.json``, ``trials.json`` and the report (``report.md``,
 ``trials.csv``, ``loss_curves.png``, ``by_axis.png``; see sweeps/report.py). Each trial is one W&B run
 (offline unless a key is configured; see sweeps/tracking.py). Interrupted (Ctrl-C, a lost driver)? Rerun the
-same command with ``--resume true``: finished trials are kept, unfinished ones continue.
+same command with ``--resume``: finished trials are kept, unfinished ones continue.
 
     vlm-sweep sweep --data data --preset local --grid paper19 --stage all          # CPU, the local preset
-    vlm-sweep sweep --data data --preset local --grid paper19 --stage 1 --dry_run true
+    vlm-sweep sweep --data data --preset local --grid paper19 --stage 1 --dry-run
     RAY_ADDRESS=auto vlm-sweep sweep --data /shared/data --preset paper --backend a100-40g --out /shared/runs
 """
 
@@ -342,7 +342,7 @@ def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], 
 
     name = f"stage{stage}"
     if (storage / name).exists() and not cfg.resume:
-        raise ConfigError(f"{storage / name} already holds a stage-{stage} experiment; pass --resume true to "
+        raise ConfigError(f"{storage / name} already holds a stage-{stage} experiment; pass --resume to "
                           f"continue it (finished trials are kept), or choose another --out")
     # A trial that drives a TorchTrainer reserves nothing itself: the trainer reserves the real resources in its own
     # placement group (idle drivers holding CPUs would starve their own Train workers); Ray needs a non-empty
@@ -378,7 +378,7 @@ def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], 
     if unfinished:
         raise SweepInterrupted(f"stage {stage} was interrupted with {len(unfinished)} of {len(results)} trials "
                                f"unfinished ({', '.join(unfinished)}; state saved in {storage / name}); rerun the "
-                               f"same command with --resume true")
+                               f"same command with --resume")
     return results
 
 

@@ -5,7 +5,7 @@ epochs, below ``max_t``), whether it continues or stops; it keeps no record a us
 subclass appends one JSON line per decision (trial, rung, its ``val_loss``, continue/stop, the values the rung
 held before, and ``config_hash``), which ``vlm-sweep report`` turns into the "stopped by ASHA at rung N" column.
 
-The file is also the scheduler's memory across a lost driver. ``Tuner.restore`` (``--resume true``) brings back
+The file is also the scheduler's memory across a lost driver. ``Tuner.restore`` (``--resume``) brings back
 trials, but not ASHA's rungs (Tune never saves a scheduler's state), and a SIGKILLed driver may have decided a
 rung that its last saved experiment state does not show yet. So a decision is keyed by the trial's stable
 identity, its config id and ``config_hash`` (the hash that also names its Train run; Tune may re-create a trial

@@ -14,7 +14,7 @@ Steps, each reused when its output already exists (rerun the same command to con
 
     vlm-sweep run --preset local                               # the README's first command
     vlm-sweep run --preset local-long --out runs/long          # one lineage, trained longer (36 min)
-    vlm-sweep run --preset tiny --n_train_images 60 --paper_ids '[3, 9]' --out runs/smoke   # a minute or two
+    vlm-sweep run --preset tiny --n-train-images 60 --paper-ids '[3, 9]' --out runs/smoke   # a minute or two
 """
 
 from __future__ import annotations

@@ -110,6 +110,55 @@ def test_a_config_file_sets_options_and_later_flags_override_it(tmp_path):
     assert "stage 1: 1 trials" in r.stdout and "s1-20kUmap-nodense-raw-linear-e6-b12" in r.stdout
 
 
+def test_flags_take_dashes_and_yes_no_flags_are_switches(tmp_path):
+    # as people type them: a dashed dotted name, a switch given alone, and --no-X; the same plan as the
+    # underscore / explicit-value form
+    r = vlm_sweep("sweep", "--data", "d", "--images", "i", "--preset", "tiny", "--paper-ids", "[3]", "--stage", "1",
+                  "--dry-run", "--no-feature-cache")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "stage 1: 1 trials" in r.stdout and "s1-20kUmap-nodense-raw-linear-e6-b12" in r.stdout
+    old = vlm_sweep("sweep", "--data", "d", "--images", "i", "--preset", "tiny", "--paper_ids", "[3]", "--stage", "1",
+                    "--dry_run", "true", "--feature_cache", "false")
+    assert old.returncode == 0 and old.stdout == r.stdout
+    # a switch left out is off: without --dry-run the same command starts a sweep (and fails on the missing data)
+    r = vlm_sweep("sweep", "--data", str(tmp_path / "nope"), "--images", "i", "--preset", "tiny", "--paper-ids", "[3]",
+                  "--stage", "1", "--out", str(tmp_path / "s"))
+    assert r.returncode != 0 and "stage 1: 1 trials" not in r.stdout
+
+
+def test_conventional_argv_rewrites_only_option_names_and_switches():
+    from sweeps.cli import build_parser, conventional_argv
+
+    def conv(*argv):
+        return conventional_argv(build_parser(list(argv)), list(argv))
+
+    assert conv("sweep", "--dry-run", "--resume", "--data", "my-data") == [
+        "sweep", "--dry_run", "true", "--resume", "true", "--data", "my-data"]  # values keep their dashes
+    assert conv("sweep", "--dry-run", "false", "--resume=true") == ["sweep", "--dry_run", "false", "--resume=true"]
+    assert conv("sweep", "--no-feature-cache", "--no_resume") == [
+        "sweep", "--feature_cache", "false", "--resume", "false"]
+    assert conv("train", "--train.max-steps", "3", "--train.group-by-length") == [
+        "train", "--train.max_steps", "3", "--train.group_by_length", "true"]
+    assert conv("data", "build", "--check-images", "--source", "s") == [
+        "data", "build", "--check_images", "true", "--source", "s"]
+    assert conv("sweep", "--data", "d", "--", "--dry-run") == ["sweep", "--data", "d", "--", "--dry-run"]
+    assert conv("--help") == ["--help"]
+
+
+def test_version_prints_the_version_and_the_pinned_stack():
+    from importlib.metadata import version
+
+    r = vlm_sweep("--version")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"vlm-sweep {version('vlm-sweep')} (Python ")
+    listed = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    for pkg in ("torch", "ray", "transformers", "sentence-transformers", "umap-learn", "wandb"):
+        assert listed[pkg] == version(pkg)
+    assert "pytest" not in listed  # the test extra is not the stack
+    assert not [line for line in lines[1:] if "pinned" in line and "torch" not in line]  # installed = pinned
+
+
 def test_an_unreachable_ray_address_is_named_in_seconds(tmp_path):
     import socket
     import time

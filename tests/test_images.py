@@ -67,7 +67,7 @@ def test_broken_images_are_refused_by_name_with_the_fix(tmp_path):
              "text.jpg": "not a readable image", "missing.jpg": "image not found",
              "big.png": "image too large (60×50 = 0.003 megapixels, over the 0.002 MP cap"}
     for name, problem in cases.items():
-        with pytest.raises(ImageError, match="data build --check_images true") as err:
+        with pytest.raises(ImageError, match="data build --check-images") as err:
             open_rgb(tmp_path / name, max_pixels=2000)
         assert str(tmp_path / name) in str(err.value) and problem in str(err.value), str(err.value)
         assert image_problem(tmp_path / name, max_pixels=2000).startswith(err.value.problem)

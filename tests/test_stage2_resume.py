@@ -1,4 +1,4 @@
-"""Stage 2 survives its driver: a sweep driver SIGKILLed while stage 2 runs under ASHA resumes (``--resume true``)
+"""Stage 2 survives its driver: a sweep driver SIGKILLed while stage 2 runs under ASHA resumes (``--resume``)
 to the same rung decisions as an uninterrupted run, each recorded once in ``asha_decisions.jsonl`` and the report.
 
 The sweep is the tiny two-stage one of tests/test_sweep.py (paper rows 3 and 9): stage 2 runs the 20kUmap

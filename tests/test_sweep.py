@@ -171,7 +171,7 @@ def test_one_offline_wandb_run_per_trial_in_the_study_project(sweep):
 
 def test_rerunning_into_a_finished_experiment_needs_resume(sweep):
     cfg, _, _ = sweep
-    with pytest.raises(ConfigError, match="already holds a stage-1 experiment; pass --resume true"):
+    with pytest.raises(ConfigError, match="already holds a stage-1 experiment; pass --resume to"):
         run_sweep(cfg)
 
 
@@ -203,7 +203,7 @@ def _results(trial_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("runner", ["auto", "train"])
 def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(runner, variants, corpus, tmp_path):
     """The driver is SIGKILLed mid-sweep (a preempted head node, the OOM killer): no handler runs, nothing is
-    saved on the way out. Its local Ray goes with it, and ``--resume true`` finishes the sweep from what Tune and
+    saved on the way out. Its local Ray goes with it, and ``--resume`` finishes the sweep from what Tune and
     the trials had written: the finished trial is not rerun, the cut one continues from its checkpoint. On both
     runners (the trial's loop in the Tune trial, or in a TorchTrainer's worker)."""
     out = tmp_path / "interrupted"

@@ -4,7 +4,7 @@ Flax / ONNX weights, into ``DIR/<owner>--<name>/<revision>/`` with a manifest ``
 it with ``--assets DIR`` or ``VLM_SWEEP_ASSETS=DIR`` (see ``vlm_core/hub.py``).
 
     vlm-sweep assets download --preset paper --to DIR     # the preset's hub models (+ translator) into DIR
-    vlm-sweep assets download --preset paper --to DIR --translator false
+    vlm-sweep assets download --preset paper --to DIR --no-translator
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ The key is a sha256 of everything that decides the features: the vision config (
 its files' names, sizes and mtimes), the layer selection and the image processor's settings. A cache whose key
 differs from the model's, or whose images changed or are missing, raises ``FeatureCacheError``: never used
 silently. ``data_pipeline.features.build_feature_cache`` builds it on Ray Data; the sweep does so before its
-trials (``--feature_cache false`` encodes on the fly instead).
+trials (``--no-feature-cache`` encodes on the fly instead).
 
     python -c "from vlm_core.feature_cache import FeatureEncoder; from vlm_core.presets import get_preset; \
 print(FeatureEncoder(get_preset('tiny')).key())"
@@ -127,13 +127,13 @@ class FeatureCache:
         meta_file = folder / META_FILE
         if not meta_file.is_file() or not (folder / FEATURES_FILE).is_file():
             raise FeatureCacheError(f"{folder}: not a feature cache (no {META_FILE} / {FEATURES_FILE}); rebuild it "
-                                    f"(the sweep does so itself) or run with --feature_cache false")
+                                    f"(the sweep does so itself) or run with --no-feature-cache")
         meta = json.loads(meta_file.read_text())
         if expected_key is not None and meta.get("key") != expected_key:
             raise FeatureCacheError(
                 f"{folder}: built for another encoder, layer selection or preprocessing (its key {meta.get('key')}, "
                 f"this model needs {expected_key}); rebuild it (the sweep does so itself) or run with "
-                f"--feature_cache false")
+                f"--no-feature-cache")
         table = pa.ipc.open_file(pa.memory_map(str(folder / FEATURES_FILE))).read_all()
         index = {img: i for i, img in enumerate(table.column("image").to_pylist())}
         return cls(folder, meta, table, index)
@@ -162,7 +162,7 @@ class FeatureCache:
             what = (f"{len(missing)} images are not in it (first: {missing[0]})" if missing else
                     f"{len(changed)} images changed since they were encoded (first: {changed[0]})")
             raise FeatureCacheError(f"{self.folder}: stale feature cache: {what}; rebuild it (the sweep does so "
-                                    f"itself) or run with --feature_cache false")
+                                    f"itself) or run with --no-feature-cache")
         return n
 
     def get(self, image: str) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Third-party image folders hold everything: CMYK JPEGs, greyscale and 16-bit PNGs, palette GIFs with transparency,
 animated GIF / WebP, truncated downloads, zero-byte placeholders and multi-gigapixel scans. ``open_rgb`` turns each
 into the RGB picture a CLIP processor expects, or raises ``ImageError`` naming the file, the problem and the fix;
-``image_problem`` is the same check as a reason string (``data build --check_images`` quarantines with it).
+``image_problem`` is the same check as a reason string (``data build --check-images`` quarantines with it).
 
     python -c "from vlm_core.images import open_rgb; print(open_rgb('corpus/images/coco/000000.jpg').size)"
 """
@@ -23,7 +23,7 @@ MAX_PIXELS = 64_000_000
 BACKGROUND = (255, 255, 255)
 """Transparent pixels are composited onto white (the page most transparent images were made for)."""
 
-FIX = "replace or remove the file, or rebuild the data with `vlm-sweep data build --check_images true` to quarantine it"
+FIX = "replace or remove the file, or rebuild the data with `vlm-sweep data build --check-images` to quarantine it"
 
 
 class ImageError(DataError):

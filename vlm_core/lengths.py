@@ -3,7 +3,7 @@
 For every record: its full length in LLM tokens (text tokens + the projector's image tokens) under the exact
 ``ConversationFormatter`` a trial builds (tokenizer, chat or raw template, image tokens), and what
 ``format.max_length`` does to it: kept whole, cut to whole turns (``turns_dropped``), or dropped (its first
-answer does not fit). The sweep prints this table in ``--dry_run``, writes it to ``token_lengths.json`` and
+answer does not fit). The sweep prints this table in ``--dry-run``, writes it to ``token_lengths.json`` and
 shows it in its report and the study report, so no sample is cut silently.
 
     python -m vlm_core.lengths --preset paper-shaped --records fixture/sharegpt4v_instruct_gpt4-vision_cap100k.json

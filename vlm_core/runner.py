@@ -4,7 +4,7 @@ This is what a Ray Train worker calls and what ``vlm-sweep train`` runs in-proce
 written into the run folder first (``run_config.json``) so that every run says exactly what it was.
 
     vlm-sweep train --preset tiny --data corpus/sharegpt4v_sample.jsonl --images corpus/images \
-        --train.max_steps 4 --out runs/smoke
+        --train.max-steps 4 --out runs/smoke
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ Progress leaves through two callbacks: ``on_step(StepLog)`` after every optimize
 ``on_epoch(metrics, checkpoint_dir)`` after every epoch (Ray Train workers forward the latter to
 ``ray.train.report``).
 
-    vlm-sweep train --preset tiny --train.max_steps 4      # CPU smoke run through this loop
+    vlm-sweep train --preset tiny --train.max-steps 4      # CPU smoke run through this loop
 """
 
 from __future__ import annotations
