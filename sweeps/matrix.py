@@ -46,9 +46,13 @@ class TrialSpec:
 
     @property
     def config_id(self) -> str:
-        """Stable, readable id: the same config always has the same id, in any matrix."""
+        """Stable, readable id: the same config always has the same id, in any matrix. A stage-2 run is also its
+        parent, so its id names the parent's epochs and batch (``...-e3-b3-from-e9-b8``): the full grid continues
+        nine stage-1 configs per dataset / dense / chat / scheduler, whose continuations would otherwise share
+        one id (and one Tune trial name)."""
+        parent = f"-from-{_epochs_and_batch(self.parent)}" if self.stage == 2 and self.parent else ""
         return (f"s{self.stage}-{self.dataset}-{'dense' if self.dense else 'nodense'}-"
-                f"{'chat' if self.chat else 'raw'}-{self.scheduler}-e{self.epochs}-b{self.batch_size}"
+                f"{'chat' if self.chat else 'raw'}-{self.scheduler}-e{self.epochs}-b{self.batch_size}{parent}"
                 f"{'-lora' if self.lm_tuning == 'lora' else ''}")
 
     @property
@@ -58,6 +62,11 @@ class TrialSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "config_id": self.config_id}
+
+
+def _epochs_and_batch(stage1_id: str) -> str:
+    """``e9-b8`` of a stage-1 config id (its last two fields, as ``TrialSpec.config_id`` writes them)."""
+    return "-".join(stage1_id.split("-")[-2:])
 
 
 # The seed study's stage-1 table (shared/architecture.md §2): id, dataset, dense, chat, scheduler, epochs, batch,
@@ -136,10 +145,10 @@ def get_grid(name: str, stage: int) -> list[TrialSpec]:
 
 
 def format_table(trials: list[TrialSpec]) -> str:
-    head = f"{'paper':>5}  {'config id':44} {'profile':9} {'continues'}"
+    head = f"{'paper':>5}  {'config id':50} {'profile':9} {'continues'}"
     lines = [head, "-" * len(head)]
     for t in trials:
-        lines.append(f"{t.paper_id or '':>5}  {t.config_id:44} {t.profile:9} {t.parent or ''}")
+        lines.append(f"{t.paper_id or '':>5}  {t.config_id:50} {t.profile:9} {t.parent or ''}")
     return "\n".join(lines)
 
 

@@ -42,7 +42,8 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
     trials = (out / "sweep" / "trials.csv").read_text().splitlines()
     assert len(trials) == 1 + 4  # header + 2 stage-1 + 2 stage-2 trials
     evals = sorted((out / "eval").glob("*.json"))
-    assert [p.stem for p in evals] == ["s2-10kRandom-nodense-raw-linear-e3-b3", "s2-20kUmap-nodense-raw-linear-e3-b3"]
+    assert [p.stem for p in evals] == ["s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8",
+                                       "s2-20kUmap-nodense-raw-linear-e3-b3-from-e6-b12"]
     for p in evals:
         e = json.loads(p.read_text())
         assert e["answers"]["n"] == 8 and all(0 <= a <= 1 for a in e["answers"]["accuracy"].values())

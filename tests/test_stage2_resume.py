@@ -41,7 +41,8 @@ from sweeps.scheduling import (
 )
 from tests.conftest import sigkill_driver
 
-S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
+S2_UMAP = "s2-20kUmap-nodense-raw-linear-e3-b3-from-e6-b12"
+S2_RANDOM = "s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8"
 EXPECTED = {(S2_UMAP, 1, "continue"), (S2_UMAP, 2, "continue"), (S2_RANDOM, 1, "stop")}
 
 

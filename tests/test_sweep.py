@@ -27,7 +27,8 @@ from vlm_core.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
-S2_UMAP, S2_RANDOM = "s2-20kUmap-nodense-raw-linear-e3-b3", "s2-10kRandom-nodense-raw-linear-e3-b3"
+S2_UMAP = "s2-20kUmap-nodense-raw-linear-e3-b3-from-e6-b12"
+S2_RANDOM = "s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8"
 
 
 @pytest.fixture(scope="module", params=["auto", "train"])
@@ -141,7 +142,7 @@ def test_report_table_csv_and_plots(sweep):
     assert all(r["format"] == "raw, 16 image tokens" and 0 < r["p50"] <= r["max"] for r in lengths)
     assert "## Token lengths (measured before the trials)" in md and "| 20kUmap | raw, 16 image tokens |" in md
     for needle in (S1_UMAP, S2_RANDOM, "## Best val loss by ablation axis", "## ASHA (stage 2)",
-                   "| s2-10kRandom-nodense-raw-linear-e3-b3 | 1 |", "![loss_curves](loss_curves.png)"):
+                   "| s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8 | 1 |", "![loss_curves](loss_curves.png)"):
         assert needle in md
     for png in ("loss_curves.png", "by_axis.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / png).stat().st_size > 10_000

@@ -36,6 +36,14 @@ def test_full_grid_is_the_cartesian_product_and_contains_the_paper_runs():
     assert {t.config_id for t in get_grid("paper19", 1)} <= full_ids
     s2 = get_grid("full", 2)  # every stage-1 config continued with the LLM tuned fully and with LoRA
     assert len(s2) == 2 * len(full) and [t.lm_tuning for t in s2[:2]] == ["full", "lora"]
+    # each continuation its own id (they name Tune trials, folders and ASHA records): 288, not 32
+    assert len({t.config_id for t in s2}) == len(s2)
+    assert {t.config_id for t in get_grid("paper19", 2)} <= {t.config_id for t in s2}  # the same config, same id
+    by_parent = {(t.parent, t.lm_tuning): t.config_id for t in s2}
+    assert by_parent[("s1-20kUmap-nodense-chat-cosine-e9-b8", "full")] == (
+        "s2-20kUmap-nodense-chat-cosine-e3-b3-from-e9-b8")
+    assert by_parent[("s1-20kUmap-nodense-chat-cosine-e9-b8", "lora")] == (
+        "s2-20kUmap-nodense-chat-cosine-e3-b3-from-e9-b8-lora")
 
 
 def test_the_lora_grid_runs_the_six_continuations_with_lora():
