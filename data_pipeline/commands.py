@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vlm_core.logs import start_console
+
 from .build import build
 from .config import BuildConfig
 from .sample_corpus import write_sample_corpus
@@ -32,6 +34,7 @@ def sample_corpus_cmd(out: str = "corpus", n_train_images: int = 600, n_eval_que
 
 def data_build_cmd(config: BuildConfig) -> dict:
     """Prepare datasets on Ray Data: validate, filter, translate, embed, UMAP, cluster, sample, write."""
+    start_console(config.out, config.verbose)
     manifest = build(config)
     out = Path(config.out)
     print(json.dumps({"out": str(out), "counts": manifest["counts"], "variants": {

@@ -135,6 +135,9 @@ class BuildConfig:
     """Decode every kept image as training will (``vlm_core.images.open_rgb``) and quarantine, with a reason, the
     missing, empty, truncated, undecodable and oversized ones (``false`` skips the decode: faster on a trusted
     folder, but a bad image then stops training by name)."""
+    verbose: bool = False
+    """Ray's and Ray Data's own output (progress, every stage) and every INFO line on the console too (they always
+    go to ``OUT/logs/vlm-sweep.log``)."""
     translate: TranslatorConfig = field(default_factory=TranslatorConfig)
     """English → Indonesian translation (``none`` keeps English)."""
     embed: EmbedConfig = field(default_factory=EmbedConfig)

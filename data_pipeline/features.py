@@ -47,11 +47,12 @@ class EncodeImages:
 
 def _actor_plan() -> dict[str, Any]:
     import ray
+    import ray.data
 
     res = ray.cluster_resources()
     if res.get("GPU", 0) >= 1:
-        return {"num_gpus": 1, "concurrency": int(res["GPU"])}
-    return {"num_cpus": 1, "concurrency": max(1, int(res.get("CPU", 1)) // 2)}
+        return {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=int(res["GPU"]))}
+    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=max(1, int(res.get("CPU", 1)) // 2))}
 
 
 def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | Path, root: str | Path) -> Path:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from vlm_core.logs import start_console
+
 from .driver import SweepConfig, run_sweep
 from .report import write_report
 from .study import StudyConfig, run_main_job
@@ -17,7 +19,8 @@ from .study import StudyConfig, run_main_job
 
 def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19", paper_ids: list[int] | None = None,
             n_train_images: int = 600, random_size: int = 300, umap_size: int = 400, eval_questions: int | None = None,
-            dense_groups: int | None = None, num_workers: int | None = None, wandb: str = "auto") -> dict:
+            dense_groups: int | None = None, num_workers: int | None = None, wandb: str = "auto",
+            verbose: bool = False) -> dict:
     """The whole study on the embedded default: corpus → data build → stage-1 and stage-2 sweeps → eval → report.
 
     Args:
@@ -35,7 +38,10 @@ def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19"
         num_workers: Ray Train workers (data-parallel ranks) per trial; N workers make the update one makes
             (default: the hardware profile's, 1).
         wandb: auto (online with a key, else offline), offline, online, disabled.
+        verbose: Ray's, Tune's and Ray Data's own output and every INFO line on the console too (they always go to
+            OUT/logs/vlm-sweep.log); without it the console has one line per step and per trial event.
     """
+    start_console(out, verbose)
     return run_main_job(StudyConfig(preset=preset, out=out, grid=grid, paper_ids=paper_ids,
                                     n_train_images=n_train_images, random_size=random_size, umap_size=umap_size,
                                     eval_questions=eval_questions, dense_groups=dense_groups,
@@ -44,6 +50,8 @@ def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19"
 
 def sweep_cmd(config: SweepConfig) -> dict:
     """Run the ablation study on Ray Tune: stage 1, lineage, stage 2 under ASHA (see sweeps/driver.py)."""
+    if not config.dry_run:
+        start_console(config.out, config.verbose)
     result = run_sweep(config)
     print(json.dumps(result, indent=2, default=str))
     return result

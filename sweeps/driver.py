@@ -32,6 +32,7 @@ from vlm_core.errors import VlmSweepError
 from vlm_core.faults import from_env as faults_from_env
 from vlm_core.hub import ASSETS_ENV
 from vlm_core.lengths import formatter_for, formatter_key, lengths_table, measure
+from vlm_core.logs import event, is_verbose
 from vlm_core.outputs import GiB, atomic_write_text, check_output_dir
 from vlm_core.presets import Scale, available_presets, preset
 from vlm_core.ray_env import init_ray
@@ -46,6 +47,7 @@ from .statuses import METRIC, MODE
 from .tracking import MODES as WANDB_MODES
 from .tracking import wandb_callbacks
 from .trial import RUNNERS, remove_workdirs, resources_dict, run_trial, runs_in_tune, trial_configs
+from .trial_events import TrialEvents
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,9 @@ class SweepConfig:
     """Continue an interrupted sweep: finished trials are not rerun."""
     dry_run: bool = False
     """Print the trials, their profiles and the Ray resources they request; run nothing."""
+    verbose: bool = False
+    """Ray's, Tune's and Ray Data's own output and every INFO line on the console too (they always go to
+    ``OUT/logs/vlm-sweep.log``); without it the console has one line per trial event."""
     wandb: str = "auto"
     """W&B logging: ``auto`` (online with a key, else offline), ``offline``, ``online`` or ``disabled``."""
     min_free_gb: float | None = None
@@ -351,10 +356,11 @@ def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], 
     in_tune = bool(params) and all(p["in_tune"] for p in params)
     trainable = ray.tune.with_resources(run_trial, _trial_resources)
     if cfg.resume and ray.tune.Tuner.can_restore(str(storage / name)):
-        log.info("resuming %s from %s", name, storage / name)
+        event("stage %d · resuming its %d trials from %s", stage, len(params), storage / name)
         tuner = ray.tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     else:
         max_conc = cfg.asha.max_concurrent if stage == 2 else (cfg.max_concurrent or fit_count)
+        event("stage %d · %d trials, up to %d at a time", stage, len(params), max_conc)
         tuner = ray.tune.Tuner(
             trainable,
             param_space={"trial": ray.tune.grid_search(params)},
@@ -365,7 +371,9 @@ def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], 
             run_config=ray.tune.RunConfig(name=name, storage_path=str(storage),
                                           failure_config=ray.tune.FailureConfig(
                                               max_failures=cfg.max_failures if in_tune else 0),
-                                          callbacks=wandb_callbacks(cfg.wandb, f"{storage.name}-stage{stage}"),
+                                          callbacks=[*wandb_callbacks(cfg.wandb, f"{storage.name}-stage{stage}"),
+                                                     TrialEvents(stage, len(params))],
+                                          verbose=None if is_verbose() else 0,
                                           checkpoint_config=ray.tune.CheckpointConfig(
                                               num_to_keep=1, checkpoint_score_attribute=METRIC,
                                               checkpoint_score_order=MODE)))

@@ -32,6 +32,7 @@ from data_pipeline.build import build
 from data_pipeline.config import BuildConfig, VariantSpec
 from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
 from vlm_core.evaluation import EVAL_FILE, EvalConfig, evaluate_checkpoint, protocol, question_set
+from vlm_core.logs import event
 from vlm_core.outputs import atomic_write_text
 from vlm_core.presets import preset
 
@@ -70,7 +71,7 @@ class StudyConfig:
 
 
 def _say(msg: str) -> None:
-    print(f"[vlm-sweep run] {msg}", flush=True)
+    event("%s", msg)
 
 
 def prepare_corpus(cfg: StudyConfig, out: Path) -> Path:

@@ -17,6 +17,12 @@ ARGS = ["--preset", "tiny", "--n_train_images", "60", "--random_size", "30", "--
         "--paper_ids", "[3, 9]", "--eval_questions", "8", "--wandb", "offline"]
 
 
+MAX_CONSOLE_LINES = 30
+"""The first run's console (stdout + stderr) at most: 21 lines here (2026-12-06; 790 before the calm console)."""
+TRIALS = ("s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8",
+          "s2-20kUmap-nodense-raw-linear-e3-b3-from-e6-b12", "s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8")
+
+
 def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
                           env=env, timeout=900)
@@ -34,6 +40,19 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
     for step in ("corpus: writing", "data: building", "sweep: starting", "eval: s2-", "Report:", "best config:",
                  "chat with it: vlm-sweep chat --checkpoint"):
         assert step in first.stdout, step
+
+    # a calm console: one line per step and per trial event, each trial named once per event; Ray's, Tune's and
+    # Ray Data's output in OUT/logs (the log file, and a link to the Ray session's folder)
+    console = (first.stdout + first.stderr).splitlines()
+    assert len(console) <= MAX_CONSOLE_LINES, "\n".join(console)
+    for trial in TRIALS:
+        for kind in ("started", "finished|stopped"):
+            said = [line for line in console if any(f"· {trial} {k}" in line for k in kind.split("|"))]
+            assert len(said) == 1, (trial, kind, said)
+    log_text = (out / "logs" / "vlm-sweep.log").read_text()
+    assert "token lengths before the trials" in log_text and "stage 1 · " in log_text
+    assert (out / "logs" / "ray-session").is_symlink()
+    assert "Configuration for experiment" not in first.stdout  # Tune's own tables: in the log, not here
 
     # every artefact exists and is well formed
     manifest = json.loads((out / "data" / "manifest.json").read_text())
@@ -68,8 +87,9 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
 
     # the rerun reuses corpus, data, finished trials and evaluations instead of redoing them
     before = _result_lines(out)
-    second = _cli("run", *ARGS, "--out", str(out), env=env)
+    second = _cli("run", *ARGS, "--out", str(out), "--verbose", env=env)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "Configuration for experiment" in second.stdout  # --verbose: Tune's own output on the console again
     for step in ("corpus: reusing", "data: reusing", "finished trials are kept", "eval: reusing"):
         assert step in second.stdout, step
     assert "eval: s2-" not in second.stdout.replace("eval: reusing", "")

@@ -27,9 +27,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
+from pathlib import Path
 from typing import Any
 
 from .errors import RayUnreachable
+from .logs import calm_ray_console, is_verbose, log_folder
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,22 @@ def _join_failure(address: str, error: BaseException) -> str:
             f"(`ray get-auth-token` on the head prints it) and that the cluster is up (`ray status` on the head)")
 
 
+def link_session(folder: Path) -> None:
+    """``folder/ray-session``: a link to this Ray session's folder (its workers', actors' and trials' output), so
+    that what the calm console leaves out is one path away from the run's logs."""
+    import ray
+
+    try:
+        session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
+    except AttributeError:  # joined through Ray Client, or not started: nothing local to point to
+        return
+    link = folder / "ray-session"
+    folder.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(session, target_is_directory=True)
+
+
 def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
              resources: dict[str, float] | None = None) -> dict[str, Any]:
     """Initialise Ray once per process; returns the cluster's total resources."""
@@ -87,7 +106,7 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
         if address:
             probe_address(address)
             try:
-                ray.init(address=address, log_to_driver=True)
+                ray.init(address=address, log_to_driver=is_verbose())
             except (ConnectionError, RuntimeError, TimeoutError, ray.exceptions.AuthenticationError) as e:
                 raise RayUnreachable(_join_failure(address, e)) from e
         else:
@@ -104,7 +123,7 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
             try:
                 ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_bytes,
                          include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                         resources=resources, log_to_driver=True, logging_level=logging.WARNING)
+                         resources=resources, log_to_driver=is_verbose(), logging_level=logging.WARNING)
             finally:  # not inherited by this process's own subprocesses (another cluster's CLI, tests)
                 if previous is None:
                     os.environ.pop(API_SERVER_ENV, None)
@@ -112,5 +131,10 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
                     os.environ[API_SERVER_ENV] = previous
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # reproducible outputs (UMAP transform is order-sensitive)
-        ctx.enable_progress_bars = True
+        if log_folder() is not None:
+            link_session(log_folder())
+        # Ray Data's progress bars on a terminal (counts, ETA); off a terminal they are log lines: in the log file
+        ctx.enable_progress_bars = is_verbose() or sys.stderr.isatty()
+        ctx.print_on_execution_start = is_verbose()
+        calm_ray_console()
     return {k.lower(): v for k, v in ray.cluster_resources().items()}
