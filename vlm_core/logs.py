@@ -66,8 +66,12 @@ def _add(logger: logging.Logger, kind: str, handler: logging.Handler) -> None:
 
 def configure_logging() -> None:
     """Log at ``$VLM_SWEEP_LOG`` (default INFO): records to stderr (warnings only unless verbose), event lines to
-    stdout; chatty libraries quieter. Idempotent: this module's handlers are replaced, others' kept."""
+    stdout; chatty libraries quieter. Nothing is added where something else already handles the root logger (a
+    test runner, a notebook, an application embedding us): its handlers get every record, event lines included.
+    Idempotent: this module's own handlers are replaced."""
     root = logging.getLogger()
+    if any(getattr(h, _TAG, None) is None for h in root.handlers):
+        return
     root.setLevel(os.environ.get("VLM_SWEEP_LOG", "INFO"))
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter(FORMAT, datefmt="%H:%M:%S"))
