@@ -266,6 +266,8 @@ def pack_worker(spec: dict) -> None:
 
     device = torch.device(spec["device"])
     if device.type == "cuda":
+        if device.index is None:  # "cuda": torch.cuda.set_device needs an index
+            device = torch.device("cuda", 0)
         torch.cuda.set_device(device)
     else:
         torch.set_num_threads(spec["threads"])

@@ -5,8 +5,7 @@ once (UMAP and clustering are global); ``assign_rows`` is the Ray task that read
 order and transforms them in fixed batches of ``transform_batch`` (UMAP's transform depends on batching, so batch
 size and order are pinned), assigning each row to a cluster. k for k-means is either given or the candidate with the
 best silhouette score on the fit sample; HDBSCAN clusters the sample and other rows take the label of their nearest
-sample point (HDBSCAN has no out-of-sample predict). UMAP's numba kernels come from numba's disk cache
-(``kernel_cache``), not compiled again in each task's process.
+sample point (HDBSCAN has no out-of-sample predict).
 
     python -c "import numpy as np; from data_pipeline.reduce import fit_space; from data_pipeline.config import \
 UmapConfig, ClusterConfig; s = fit_space(np.random.rand(300, 16).astype('f4'), UmapConfig(n_components=4), \
@@ -22,7 +21,6 @@ from typing import Any
 import numpy as np
 
 from .config import ClusterConfig, UmapConfig
-from .kernel_cache import cache_umap_kernels
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +43,6 @@ class FittedSpace:
 
 def _umap(n_components: int, cfg: UmapConfig, seed: int, n_rows: int):
     import umap
-
-    cache_umap_kernels()  # compiled kernels from disk, not compiled again in this process
 
     # init="pca": the default spectral init is not reproducible under a fixed random_state (measured: three
     # fits of the same 50 rows gave three layouts); PCA init gave identical layouts every time.
@@ -110,7 +106,6 @@ def assign_rows(space: FittedSpace, folder: str) -> dict[str, list]:
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    cache_umap_kernels()
     size = space.transform_batch
     out: dict[str, list] = {"id": [], "line": [], "cluster": []}
     carry = None

@@ -32,7 +32,7 @@ from data_pipeline.build import build
 from data_pipeline.config import BuildConfig, VariantSpec
 from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
 from vlm_core.evaluation import EVAL_FILE, EvalConfig, evaluate_checkpoint, protocol, question_set
-from vlm_core.logs import event
+from vlm_core.logs import event, open_log
 from vlm_core.outputs import atomic_write_text
 from vlm_core.presets import preset
 
@@ -156,6 +156,7 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
         _say(f"preset {cfg.preset}: paper19 rows {cfg.paper_ids} only")
     out = Path(cfg.out).resolve()
     check_space(out, cfg.preset, cfg.min_free_gb, "run --out")
+    open_log()  # OUT passed its checks: the log file may be written
     t0 = time.perf_counter()
     corpus = prepare_corpus(cfg, out)
     manifest = prepare_data(cfg, corpus, out)

@@ -122,7 +122,8 @@ def test_a_driver_killed_in_stage2_resumes_to_the_same_asha_decisions(two_stage_
     assert checkpoints, "the stopped trial's checkpoint is on storage"
     _as_if_killed_before_tune_saved(s2, S2_RANDOM)
 
-    resumed = subprocess.run(cmd + ["--resume", "true"], env=env, capture_output=True, text=True, timeout=600)
+    # --verbose: the trials' own lines (the replay of the stopped rung) on the console, not only in OUT/logs
+    resumed = subprocess.run(cmd + ["--resume", "--verbose"], env=env, capture_output=True, text=True, timeout=600)
     log_file.close()
     said = resumed.stdout + resumed.stderr
     (tmp_path / "resume2.log").write_text(said)

@@ -23,6 +23,7 @@ def cap_cuda_memory(fraction: float | None, device: torch.device | None = None) 
     None); returns the cap in bytes, or None when there is nothing to cap (no fraction, a whole card, no CUDA)."""
     if not fraction or fraction >= 1 or not torch.cuda.is_available():
         return None
-    device = device if device is not None else torch.device("cuda", torch.cuda.current_device())
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    if device is None or device.index is None:  # "cuda" alone: the current device (torch wants an index)
+        device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.set_per_process_memory_fraction(float(fraction), device)
     return fraction * torch.cuda.get_device_properties(device).total_memory

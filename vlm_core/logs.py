@@ -17,6 +17,7 @@ process's output to the driver's console only with ``--verbose``.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ VERBOSE_ENV = "VLM_SWEEP_VERBOSE"
 LOG_FILE = "vlm-sweep.log"
 _TAG = "_vlm_sweep_handler"
 _folder: Path | None = None
+_pending: Path | None = None
 
 
 def is_verbose() -> bool:
@@ -122,10 +124,32 @@ def log_folder() -> Path | None:
 
 def start_console(out: str | Path, verbose: bool) -> Path:
     """What a long command (``run``, ``sweep``, ``data build``) does first: ``--verbose`` or not, and its log file
-    in ``OUT/logs/``; returns the file."""
+    ``OUT/logs/vlm-sweep.log`` (returned). The file opens only once the command's checks of ``OUT`` have passed
+    (:func:`open_log`: nothing is written to a folder a command refuses); records before that wait in memory."""
+    global _pending
     set_verbose(verbose)
-    path = log_to(Path(out) / "logs")
+    buffer = logging.handlers.MemoryHandler(capacity=1 << 30, flushLevel=logging.CRITICAL + 1)  # until open_log
+    for name in ("", EVENTS, "ray"):
+        _add(logging.getLogger(name), "file", buffer)
+    _pending = Path(out) / "logs"
+    path = _pending / LOG_FILE
     event("log: %s%s", path, "" if verbose else " (Ray's, Tune's and Ray Data's output too; --verbose shows it here)")
+    return path
+
+
+def open_log() -> Path | None:
+    """Open the log file :func:`start_console` named (the records so far first); returns it, or None when no command
+    asked for one. Called where a command starts its work (``init_ray``, the main job after its checks)."""
+    global _pending
+    if _pending is None:
+        return _folder / LOG_FILE if _folder else None
+    folder, _pending = _pending, None
+    waiting = [r for h in _own(logging.getLogger(), "file") if isinstance(h, logging.handlers.MemoryHandler)
+               for r in h.buffer]
+    path = log_to(folder)
+    target = _own(logging.getLogger(), "file")[0]
+    for record in waiting:
+        target.handle(record)
     return path
 
 

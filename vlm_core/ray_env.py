@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RayUnreachable
-from .logs import calm_ray_console, is_verbose, log_folder
+from .logs import calm_ray_console, is_verbose, log_folder, open_log
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
                     os.environ[API_SERVER_ENV] = previous
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # reproducible outputs (UMAP transform is order-sensitive)
+        open_log()  # the command's checks passed: its log file opens now
         if log_folder() is not None:
             link_session(log_folder())
         # Ray Data's progress bars on a terminal (counts, ETA); off a terminal they are log lines: in the log file
