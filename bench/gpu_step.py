@@ -286,8 +286,7 @@ def pack_worker(spec: dict) -> None:
     torch.manual_seed(spec["seed"])
     build_s, times, losses, error = None, [], [], None
     try:
-        args = argparse.Namespace(lm_layers=spec["lm_layers"], seed=spec["seed"])
-        model, build_s = build(args, device, build_llama3_tokenizer("bytes"))
+        model, build_s = build(spec["lm_layers"], spec["seed"], device, build_llama3_tokenizer("bytes"))
         prepare_for_stage(model, cfg)
         batch = make_batch(model, spec["batch"], spec["text_tokens"], device, spec["seed"] + spec["rank"])
         params = [q for q in model.parameters() if q.requires_grad]
@@ -385,12 +384,12 @@ def run_packing(args, device: torch.device) -> list[dict]:
     return rows
 
 
-def build(args, device: torch.device, tokenizer):
+def build(lm_layers: int | None, seed: int, device: torch.device, tokenizer):
     from vlm_core.paper_shaped import build_vlm_in_memory
     from vlm_core.presets import get_preset
 
     t0 = time.perf_counter()
-    model = build_vlm_in_memory(get_preset("paper"), args.lm_layers, args.seed, device, tokenizer=tokenizer)
+    model = build_vlm_in_memory(get_preset("paper"), lm_layers, seed, device, tokenizer=tokenizer)
     return model, time.perf_counter() - t0
 
 
@@ -448,7 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
         todo = [p for p in profiles if p.stage == stage]
         if not todo:
             continue
-        model, seconds = build(args, device, tokenizer)
+        model, seconds = build(args.lm_layers, args.seed, device, tokenizer)
         builds.append(seconds)
         for p in todo:
             try:

@@ -103,18 +103,17 @@ def set_verbose(verbose: bool) -> None:
     calm_ray_console()
 
 
-def log_to(folder: Path) -> Path:
+def log_to(folder: Path) -> logging.Handler:
     """Write every record of this process (ours at the root level, Ray's, Tune's, Ray Data's, the event lines)
-    to ``folder/vlm-sweep.log`` too, appending; returns the file."""
+    to ``folder/vlm-sweep.log`` too, appending; returns the file's handler."""
     global _folder
     folder.mkdir(parents=True, exist_ok=True)
     _folder = folder
-    path = folder / LOG_FILE
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT, datefmt=FILE_DATEFMT))
     for name in ("", EVENTS, "ray"):
         _add(logging.getLogger(name), "file", handler)
-    return path
+    return handler
 
 
 def log_folder() -> Path | None:
@@ -146,11 +145,10 @@ def open_log() -> Path | None:
     folder, _pending = _pending, None
     waiting = [r for h in _own(logging.getLogger(), "file") if isinstance(h, logging.handlers.MemoryHandler)
                for r in h.buffer]
-    path = log_to(folder)
-    target = _own(logging.getLogger(), "file")[0]
+    handler = log_to(folder)
     for record in waiting:
-        target.handle(record)
-    return path
+        handler.handle(record)
+    return folder / LOG_FILE
 
 
 def calm_ray_console() -> None:
