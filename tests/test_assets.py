@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from vlm_core.assets import minilm_path, smollm2_folder, smollm2_gguf_path
+from vlm_core.assets import efficientnet_lite0_folder, minilm_path, smollm2_folder, smollm2_gguf_path
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,8 @@ def test_assets_prepare_command_prints_the_packaged_assets(capsys):
     from sweeps.cli import main
 
     assert main(["assets", "prepare"]) == 0  # formerly plain `vlm-sweep assets`
-    assert json.loads(capsys.readouterr().out) == {"smollm2": str(smollm2_folder()), "minilm": str(minilm_path())}
+    assert json.loads(capsys.readouterr().out) == {"smollm2": str(smollm2_folder()), "minilm": str(minilm_path()),
+                                                   "efficientnet-lite0": str(efficientnet_lite0_folder())}
 
 
 def test_local_preset_builds_a_vlm_on_real_smollm2():

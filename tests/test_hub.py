@@ -49,12 +49,12 @@ def test_the_encoder_and_llm_load_their_pinned_revision_from_an_assets_folder(tm
 
     from vlm_core.config import LMConfig, VisionConfig
     from vlm_core.language_model import build_language_model, load_tokenizer
-    from vlm_core.vision import _image_processor, build_vision_tower
+    from vlm_core.vision import build_vision_tower, image_processor
 
     def save_clip(folder):
         CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, image_size=32, patch_size=16)).save_pretrained(folder)
-        _image_processor(32).save_pretrained(folder)
+        image_processor(32).save_pretrained(folder)
 
     root = _hub_layout(tmp_path, "owner/clip", "c" * 40, save_clip)
     llm_folder = tmp_path / "llm"

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_preset_has_one_complete_record():
-    assert available_presets() == ["local", "local-long", "paper", "paper-shaped", "paper-shaped-2l", "tiny"]
+    assert available_presets() == ["local", "local-cnn", "local-long", "local-long-cnn", "paper", "paper-shaped",
+                                   "paper-shaped-2l", "tiny"]
     for name in available_presets():
         record = preset(name)
         assert record.name == name and record.backend in BACKENDS and record.min_free_gb > 0
@@ -29,6 +30,11 @@ def test_every_preset_has_one_complete_record():
     assert (preset("paper").backend, preset("tiny").backend) == ("a100-40g", "cpu")
     assert preset("local-long").model() == get_preset("local") == get_preset("local")  # same models, fresh copies
     assert get_preset("local") is not get_preset("local")
+    assert preset("local-long-cnn").model() == get_preset("local-cnn")  # the CNN pair: same scales, other encoder
+    assert preset("local-long-cnn").scale == preset("local-long").scale
+    assert preset("local-cnn").scale == preset("local").scale
+    encoders = (get_preset("local-cnn").vision.encoder, get_preset("local").vision.encoder)
+    assert encoders == ("efficientnet_lite0", "clip")
 
 
 def test_an_unknown_preset_names_the_choices():

@@ -57,7 +57,7 @@ def _pickled_weights(src: Path) -> tuple[list[Path], dict | None]:
     raise AssetError(f"{src}: no pickled PyTorch weights to convert ({SINGLE_PICKLE}, or shards + {PICKLE_INDEX})")
 
 
-def _load_pickle(path: Path) -> dict[str, Any]:
+def load_pickle(path: Path) -> dict[str, Any]:
     """A state dict read with ``weights_only=True``: tensors and plain containers only, nothing executed."""
     import pickle
 
@@ -154,7 +154,7 @@ def convert_to_safetensors(src: str | Path, dst: str | Path) -> dict[str, Any]:
     written = []
     with atomic_dir(dst) as tmp:  # complete or absent; an empty dst is replaced
         for path in pickles:
-            state, n_cloned = _unshared(_load_pickle(path))
+            state, n_cloned = _unshared(load_pickle(path))
             out_name = _safetensors_name(path.name) if index is not None else "model.safetensors"
             save_file(state, str(tmp / out_name), metadata={"format": "pt"})
             weight_map.update(dict.fromkeys(state, out_name))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .asset_convert import convert_to_safetensors
 from .asset_download import download_assets
-from .assets import minilm_path, smollm2_folder
+from .assets import efficientnet_lite0_folder, minilm_path, smollm2_folder
 from .checkpoint import load_vlm, resume_point
 from .config import TrainConfig, VLMConfig
 from .errors import ConfigError
@@ -76,8 +76,10 @@ def export_cmd(checkpoint: str, out: str) -> str:
 
 
 def assets_prepare_cmd() -> None:
-    """Convert the packaged SmolLM2 GGUF once into the cache and print where the offline assets are."""
-    print(json.dumps({"smollm2": str(smollm2_folder()), "minilm": str(minilm_path())}, indent=2))
+    """Convert the packaged SmolLM2 GGUF and EfficientNet-Lite0 state dict once into the cache and print where the
+    offline assets are."""
+    print(json.dumps({"smollm2": str(smollm2_folder()), "efficientnet-lite0": str(efficientnet_lite0_folder()),
+                      "minilm": str(minilm_path())}, indent=2))
 
 
 def assets_convert_cmd(src: str, dst: str) -> dict:

@@ -34,17 +34,21 @@ def check_field(cond: bool, field_name: str, msg: str) -> None:
 
 @dataclass
 class VisionConfig:
-    """The frozen CLIP vision encoder."""
+    """The frozen vision encoder."""
 
+    encoder: str = "clip"
+    """Registered kind (``vlm_core.vision``): ``clip`` (a ``CLIPVisionModel``) or ``efficientnet_lite0`` (the
+    ImageNet-trained CNN, ``vlm_core.cnn_vision``)."""
     source: str = "tiny"
-    """``tiny`` (random-init CLIP of the sizes below), a hub id, or a local folder with CLIP weights."""
+    """``clip``: ``tiny`` (random-init CLIP of the sizes below), a hub id, or a local folder with CLIP weights.
+    ``efficientnet_lite0``: ``packaged`` (the weights a package ships) or a local folder of the converted form."""
     revision: str | None = None
     """Hub commit (or branch / tag) of ``source``, passed to every ``from_pretrained`` (weights, config, image
     processor); ignored for a local folder. The ``paper`` preset pins a commit that holds safetensors."""
     feature_layer: int = -2
     """Index into ``hidden_states`` of the main feature (LLaVA: -2, the penultimate layer)."""
     drop_cls: bool = True
-    """Drop the CLS token (LLaVA's ``default`` select strategy)."""
+    """Drop the CLS token (LLaVA's ``default`` select strategy); encoders without one (a CNN) ignore it."""
     pad_to_square: bool = True
     """LLaVA-1.5 style: pad the image to a square with the processor's mean colour before resizing."""
     image_size: int = 64
@@ -61,6 +65,9 @@ class VisionConfig:
     """``tiny`` only: seed of the random init, so every process builds the same encoder."""
 
     def __post_init__(self) -> None:
+        from .vision import VISION_ENCODERS  # lazily: vision imports this module
+
+        VISION_ENCODERS.check(self.encoder)
         check_field(bool(self.source), "vision.source", "must be 'tiny', a hub id or a local folder")
         check_field(self.feature_layer != 0, "vision.feature_layer", "0 is the patch embedding, not a layer output")
         for name in ("image_size", "patch_size", "hidden_size", "num_layers", "num_heads"):

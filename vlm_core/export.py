@@ -30,6 +30,9 @@ def to_llava(model):
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     name = model.cfg.projector.name
+    if model.cfg.vision.encoder != "clip":
+        raise ConfigError(f"vision.encoder: {model.cfg.vision.encoder!r} has no LLaVA equivalent (LLaVA's vision "
+                          f"tower is a CLIPVisionModel); export supports encoder 'clip'")
     if name not in EXPORTABLE:
         raise ConfigError(f"projector.name: {name!r} has no LLaVA equivalent; export supports {sorted(EXPORTABLE)}")
     if model.cfg.projector.feature_norm != "none":

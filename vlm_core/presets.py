@@ -10,6 +10,8 @@ size-agnostic; a preset only fills these in, and every command reads them from h
   too little between images for a projector to learn from them in a few hundred steps otherwise.
 * ``local-long`` — the ``local`` models; the sweep runs 24 steps of batch 8 per epoch instead of 1 of batch 2, and
   ``vlm-sweep run`` one lineage instead of the whole grid (36 min here; see README for what it shows).
+* ``local-cnn`` / ``local-long-cnn`` — ``local`` / ``local-long`` with the ImageNet-trained EfficientNet-Lite0
+  (``vlm_core.cnn_vision``, packaged weights: 49 tokens at 224 px) instead of the random-init CLIP.
 * ``paper`` — TinyCLIP-ViT-40M-32 + Llama-3.2-1B-Instruct (hub ids or local folders), as in the study.
 * ``paper-shaped`` / ``paper-shaped-2l`` — ``paper``'s architectures from their published configs with random
   weights (``vlm_core.paper_shaped``), the LLM at its 16 layers / cut to 2 (widths, vocabulary, special ids and
@@ -110,6 +112,15 @@ LOCAL_MODEL = VLMConfig(
     projector=ProjectorConfig(name="mlp2x_gelu", feature_norm="standardize"),
     lm=LMConfig(source="smollm2"),
     format=FormatConfig(mode="chat", max_length=384))
+# The ImageNet-trained EfficientNet-Lite0 (vlm_core.cnn_vision): a real pretrained encoder offline, 49 tokens at
+# 224 px. The main feature is hidden_states[-2], the last stage's output (320 channels; the head is a 1 x 1
+# convolution of it), LLaVA's penultimate choice; raw features as LLaVA (a pretrained encoder's features differ
+# between images, unlike a random one's).
+LOCAL_CNN_MODEL = VLMConfig(
+    vision=VisionConfig(encoder="efficientnet_lite0", source="packaged", drop_cls=False),
+    projector=ProjectorConfig(name="mlp2x_gelu"),
+    lm=LMConfig(source="smollm2"),
+    format=FormatConfig(mode="chat", max_length=384))
 PAPER_MODEL = VLMConfig(
     vision=VisionConfig(source=TINYCLIP, revision=PINNED_REVISIONS[TINYCLIP]),
     projector=ProjectorConfig(name="mlp2x_gelu"),
@@ -119,25 +130,33 @@ PAPER_MODEL = VLMConfig(
     # room for the real file's tail beyond the fixture's 300 words. Batches pad to their own longest.
     format=FormatConfig(mode="chat", max_length=768))
 
+def _local(name: str, model: VLMConfig) -> Preset:
+    """The whole study within `vlm-sweep run`'s 20 minutes on 2 CPU cores: every epoch is one step of batch 2 and 4
+    val samples, stage 1 runs a third of its epochs (the machinery, not the study's conclusions: ~25 s of each
+    trial is Ray Train / Tune starting its actors). Evaluation: 36 questions (12 per type) and 8 held-out
+    conversations keep it within its 20 minutes (generation is ~75% of an evaluation). `local` left 9.3 GB of
+    checkpoints and results (six stage-2 trials of 1.6 GB each)."""
+    return Preset(name, _fixed(model), min_free_gb=12.0,
+                  scale=Scale(max_steps_per_epoch=1, batch_size_cap=2, max_val_samples=4, stage1_lr=1e-3,
+                              stage1_epoch_divisor=3))
+
+
+def _local_long(name: str, model: VLMConfig) -> Preset:
+    """One lineage (paper row 7: s1-20kUmap-nodense-chat-cosine-e9-b8 → its stage-2 continuation) trained longer,
+    24 steps of batch 8 per epoch (36 min measured), evaluated on more questions; see README for what it shows."""
+    return Preset(name, _fixed(model), min_free_gb=6.0,
+                  scale=Scale(max_steps_per_epoch=24, batch_size_cap=8, max_val_samples=16, stage1_lr=1e-3),
+                  study=StudySizes(paper_ids=(7,), eval_questions=150, eval_val_samples=16))
+
+
 _PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("tiny", _fixed(TINY_MODEL),
            scale=Scale(max_steps_per_epoch=2, batch_size_cap=2, stage1_lr=1e-3, stage2_lr=1e-3),
            min_free_gb=1.0),
-    # the whole study within `vlm-sweep run`'s 20 minutes on 2 CPU cores: every epoch is one step of batch 2 and 4
-    # val samples, stage 1 runs a third of its epochs (the machinery, not the study's conclusions: ~25 s of each
-    # trial is Ray Train / Tune starting its actors). Evaluation: 36 questions (12 per type) and 8 held-out
-    # conversations keep it within its 20 minutes (generation is ~75% of an evaluation). `local` left 9.3 GB of
-    # checkpoints and results (six stage-2 trials of 1.6 GB each).
-    Preset("local", _fixed(LOCAL_MODEL),
-           scale=Scale(max_steps_per_epoch=1, batch_size_cap=2, max_val_samples=4, stage1_lr=1e-3,
-                       stage1_epoch_divisor=3),
-           min_free_gb=12.0),
-    # one lineage (paper row 7: s1-20kUmap-nodense-chat-cosine-e9-b8 → its stage-2 continuation) trained longer,
-    # 24 steps of batch 8 per epoch (36 min measured), evaluated on more questions; see README for what it shows
-    Preset("local-long", _fixed(LOCAL_MODEL),
-           scale=Scale(max_steps_per_epoch=24, batch_size_cap=8, max_val_samples=16, stage1_lr=1e-3),
-           study=StudySizes(paper_ids=(7,), eval_questions=150, eval_val_samples=16),
-           min_free_gb=6.0),
+    _local("local", LOCAL_MODEL),
+    _local_long("local-long", LOCAL_MODEL),
+    _local("local-cnn", LOCAL_CNN_MODEL),  # the same two with the pretrained EfficientNet-Lite0
+    _local_long("local-long-cnn", LOCAL_CNN_MODEL),
     # paper's stage-2 checkpoints hold a 1B model with its optimizer state
     Preset("paper", _fixed(PAPER_MODEL), backend="a100-40g", min_free_gb=100.0),
     Preset("paper-shaped", _paper_shaped(None),  # Llama-3.2-1B's 16 layers (2.5 GB of bf16 weights in the cache)

@@ -56,10 +56,16 @@ class EncoderGeometry:
     num_patches: int
     feature_layer: int = -2
     drop_cls: bool = True
+    cls_token: bool = True
+    """Whether each hidden state starts with a CLS token (a ViT's does; a CNN's grid has none)."""
+
+    def __post_init__(self) -> None:
+        if self.drop_cls and not self.cls_token:
+            raise ValueError("EncoderGeometry: drop_cls needs an encoder with a CLS token")
 
     @property
     def num_tokens(self) -> int:
-        return self.num_patches + (0 if self.drop_cls else 1)
+        return self.num_patches + (1 if self.cls_token and not self.drop_cls else 0)
 
     def layer_index(self, i: int) -> int:
         """Normalise a (possibly negative) index into ``hidden_states`` (length ``num_layers + 1``)."""

@@ -1,25 +1,36 @@
-"""The frozen CLIP vision encoder and its image preprocessing.
+"""The frozen vision encoder and its image preprocessing, by registered kind (``vision.encoder``).
 
-``VisionTower`` exposes ``embed_dim``, ``num_patches`` and ``num_layers`` so that projectors are built from
-them (never from hard-coded sizes). It always runs frozen and in eval mode, and returns every hidden state
-(index 0 = embeddings after the pre-layernorm, index i = output of layer i).
+* ``clip`` — a ``CLIPVisionModel`` through transformers (TinyCLIP-ViT-40M in production; a random-init one of the
+  ``tiny`` sizes offline). ``hidden_states``: index 0 = the embeddings after the pre-layernorm, index i = the
+  output of layer i; each has a CLS token followed by the patch tokens.
+* ``efficientnet_lite0`` — the ImageNet-trained EfficientNet-Lite0 CNN (``vlm_core.cnn_vision``): its stage
+  outputs pooled to the final 7 × 7 grid at 224 px, i.e. 49 tokens as TinyCLIP-ViT-40M-32 gives (see there for
+  its layer definition).
+
+``VisionTower`` exposes ``geometry`` (width, depth, patch count, main layer: what projectors are built from, never
+hard-coded sizes), runs frozen and in eval mode, and returns every hidden state.
 
     python -c "from vlm_core.vision import build_vision_tower; from vlm_core.config import VisionConfig; \
-print(build_vision_tower(VisionConfig()).num_patches)"
+print(build_vision_tower(VisionConfig()).geometry)"
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from PIL import Image
 from torch import nn
 
-from .config import VisionConfig
+from .cnn_vision import EfficientNetLite0Encoder
 from .errors import ConfigError
 from .hub import load_files, load_weights
 from .projectors import EncoderGeometry
+from .registry import Registry
+
+if TYPE_CHECKING:  # config validates vision.encoder against the registry here, so it imports this module lazily
+    from .config import VisionConfig
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +39,41 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+class VisionEncoder(Protocol):
+    """One registered kind of encoder: how to read its architecture, load it, and run it."""
+
+    has_cls: bool
+    """Whether ``hidden_states`` start with a CLS token (``vision.drop_cls`` applies only then)."""
+
+    def architecture(self, cfg: VisionConfig) -> Any:
+        """The encoder's architecture config, without weights."""
+
+    def geometry(self, cfg: VisionConfig, arch: Any) -> EncoderGeometry:
+        """Width, depth and patch count of ``arch`` with the configured main layer."""
+
+    def load(self, cfg: VisionConfig) -> tuple[nn.Module, Any]:
+        """The model with its weights, and its image processor (a transformers one: ``images=`` → pixel values)."""
+
+    def hidden_states(self, model: nn.Module, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every hidden state as ``[B, tokens, width]``, index 0 first."""
+
+
 class VisionTower(nn.Module):
-    """A frozen ``CLIPVisionModel`` returning all hidden states."""
+    """A frozen encoder of any registered kind, returning all hidden states."""
 
     def __init__(self, model: nn.Module, image_processor, cfg: VisionConfig):
         super().__init__()
         self.model = model
         self.image_processor = image_processor
         self.cfg = cfg
+        self.encoder = VISION_ENCODERS[cfg.encoder]
         self.model.requires_grad_(False)
         self.model.eval()
 
     @property
     def geometry(self) -> EncoderGeometry:
         """What a projector is built from (width, depth, patches, main layer): see :func:`encoder_geometry`."""
-        return encoder_geometry(self.cfg, self.model.config)
+        return self.encoder.geometry(self.cfg, self.model.config)
 
     @property
     def embed_dim(self) -> int:
@@ -66,8 +97,7 @@ class VisionTower(nn.Module):
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         dtype = next(self.model.parameters()).dtype
-        out = self.model(pixel_values=pixel_values.to(dtype), output_hidden_states=True)
-        return out.hidden_states
+        return self.encoder.hidden_states(self.model, pixel_values.to(dtype))
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL images → ``[B, 3, H, W]`` pixel values (RGB, optional pad-to-square)."""
@@ -91,62 +121,79 @@ def expand_to_square(img: Image.Image, fill: tuple[int, ...]) -> Image.Image:
     return out
 
 
-def _tiny_config(cfg: VisionConfig):
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(
-        hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
-        projection_dim=cfg.hidden_size)
-
-
-def _tiny_clip(cfg: VisionConfig):
-    from transformers import CLIPVisionModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.init_seed)
-        return CLIPVisionModel(_tiny_config(cfg))
-
-
-def encoder_config(cfg: VisionConfig):
-    """The encoder's ``CLIPVisionConfig`` without its weights (a hub ``CLIPModel`` config gives its vision part)."""
-    if cfg.source == "tiny":
-        return _tiny_config(cfg)
-    from transformers import CLIPVisionConfig
-
-    return load_files(CLIPVisionConfig, cfg.source, cfg.revision, "vision.source")
-
-
-def encoder_geometry(cfg: VisionConfig, config=None) -> EncoderGeometry:
-    """What the projector is built from: width, depth and patch count of the encoder (``config``: its
-    ``CLIPVisionConfig``, read from ``cfg`` when not given) and the configured main layer."""
-    c = config if config is not None else encoder_config(cfg)
-    return EncoderGeometry(c.hidden_size, c.num_hidden_layers, (c.image_size // c.patch_size) ** 2,
-                           cfg.feature_layer, cfg.drop_cls)
-
-
-def _image_processor(size: int, mean=CLIP_MEAN, std=CLIP_STD):
-    # The PIL processor class: the default (fast) one needs torchvision, which the CPU torch wheel lacks.
+def image_processor(size: int, mean=CLIP_MEAN, std=CLIP_STD):
+    """A square ``size`` px processor (resize the short side, centre-crop, rescale to [0, 1], normalise). The PIL
+    class: the default (fast) one needs torchvision, which the CPU torch wheel lacks."""
     from transformers import CLIPImageProcessorPil
 
     return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                  image_mean=list(mean), image_std=list(std))
 
 
-def build_vision_tower(cfg: VisionConfig) -> VisionTower:
-    if cfg.source == "tiny":
-        model = _tiny_clip(cfg)
-        processor = _image_processor(cfg.image_size)
-    else:
+class ClipEncoder:
+    """``CLIPVisionModel``: ``tiny`` (random init of the config's sizes), a hub id or a local folder."""
+
+    has_cls = True
+
+    @staticmethod
+    def _tiny_config(cfg: VisionConfig):
+        from transformers import CLIPVisionConfig
+
+        return CLIPVisionConfig(
+            hidden_size=cfg.hidden_size, intermediate_size=4 * cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+            num_attention_heads=cfg.num_heads, image_size=cfg.image_size, patch_size=cfg.patch_size,
+            projection_dim=cfg.hidden_size)
+
+    def architecture(self, cfg: VisionConfig):
+        """The ``CLIPVisionConfig`` (a hub ``CLIPModel`` config gives its vision part)."""
+        if cfg.source == "tiny":
+            return self._tiny_config(cfg)
+        from transformers import CLIPVisionConfig
+
+        return load_files(CLIPVisionConfig, cfg.source, cfg.revision, "vision.source")
+
+    def geometry(self, cfg: VisionConfig, arch) -> EncoderGeometry:
+        return EncoderGeometry(arch.hidden_size, arch.num_hidden_layers, (arch.image_size // arch.patch_size) ** 2,
+                               cfg.feature_layer, cfg.drop_cls)
+
+    def load(self, cfg: VisionConfig):
         from transformers import CLIPImageProcessorPil, CLIPVisionModel
 
+        if cfg.source == "tiny":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.init_seed)
+                return CLIPVisionModel(self._tiny_config(cfg)), image_processor(cfg.image_size)
         model = load_weights(CLIPVisionModel, cfg.source, cfg.revision, "vision.source")
         try:
             processor = load_files(CLIPImageProcessorPil, cfg.source, cfg.revision, "vision.source")
         except OSError:
             log.warning("no preprocessor_config.json in %s; using CLIP defaults", cfg.source)
-            processor = _image_processor(model.config.image_size)
-    n_layers = model.config.num_hidden_layers
+            processor = image_processor(model.config.image_size)
+        return model, processor
+
+    def hidden_states(self, model, pixel_values):
+        return model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+
+
+VISION_ENCODERS: Registry[VisionEncoder] = Registry(
+    "vision.encoder", "vision encoder", {"clip": ClipEncoder(), "efficientnet_lite0": EfficientNetLite0Encoder()})
+
+
+def encoder_config(cfg: VisionConfig):
+    """The encoder's architecture config without its weights (CLIP: its ``CLIPVisionConfig``)."""
+    return VISION_ENCODERS[cfg.encoder].architecture(cfg)
+
+
+def encoder_geometry(cfg: VisionConfig, config=None) -> EncoderGeometry:
+    """What the projector is built from: width, depth and patch count of the encoder (``config``: its
+    architecture config, read from ``cfg`` when not given) and the configured main layer."""
+    encoder = VISION_ENCODERS[cfg.encoder]
+    return encoder.geometry(cfg, config if config is not None else encoder.architecture(cfg))
+
+
+def build_vision_tower(cfg: VisionConfig) -> VisionTower:
+    model, processor = VISION_ENCODERS[cfg.encoder].load(cfg)
+    n_layers = encoder_geometry(cfg, model.config).num_layers
     if not -(n_layers + 1) <= cfg.feature_layer <= n_layers:
         raise ConfigError(f"vision.feature_layer: {cfg.feature_layer} is out of range for an encoder "
                           f"with {n_layers} layers (hidden_states has {n_layers + 1} entries)")
