@@ -61,6 +61,7 @@ from vlm_core.config import IMAGE_MARKER
 from vlm_core.data import is_validation
 from vlm_core.hashing import file_sha256, json_digest, seeded_digest
 from vlm_core.hub import assets_dir, localize
+from vlm_core.logs import ProgressBar, event
 from vlm_core.outputs import atomic_dir, atomic_path, atomic_write_text, check_output_dir
 from vlm_core.ray_env import init_ray
 
@@ -304,12 +305,26 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     run = start_run(cfg)
     resources = init_ray()
+    bar = ProgressBar(5, "data build", "steps")
+
+    def done(step: int, what: str, timing: str | None = None) -> None:
+        took = f" ({run.timings[timing]:.0f} s)" if timing in run.timings else ""
+        event("data · step %d/5 %s%s", step, what, took)
+        bar.step(note=what)
+
     rows = embed_rows(run, resources)                       # 1  read, validate, filter, translate, embed
+    done(1, f"read {rows.n_read} rows, checked, filtered and embedded them", "read_validate_translate_embed_s")
     kept = keep_rows(run, rows)                             # 2  duplicates, repetition of the embedded texts
+    done(2, f"set aside {len(kept.duplicates)} repeated ids")
     space, space_ref, plot_ref, fit_ids, dim = fit_space_on_sample(run, kept)   # 3  UMAP + clusters
+    done(3, f"UMAP fitted on {len(fit_ids)} rows, {space.k} clusters", "fit_s")
     ids, clusters = assign_clusters(run, rows, kept, space_ref)                 # 4  every row's cluster
+    done(4, f"assigned {len(ids)} rows to clusters", "assign_s")
     space.sample_coords_2d = ray.get(plot_ref)                                  #    the plot's 2-d layout
     variants = sample_and_write_variants(run, kept, ids, clusters)    # 5  variants, common held-out set
+    done(5, "sampled and wrote " + ", ".join(f"{k} ({v['train']} train)" for k, v in variants.items()),
+         "sample_write_s")
+    bar.close()
     write_rejected(run, rows, kept)
     plot_title = write_space(run, space)
     manifest = {

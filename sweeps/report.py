@@ -9,7 +9,9 @@ Reads the Tune experiments under ``EXPERIMENT_DIR`` (``stage1/``, ``stage2/``) w
   decisions per rung, the stage-1 checkpoint each continuation started from;
 - ``trials.csv``: the same table, one row per trial;
 - ``loss_curves.png`` (val and train loss per epoch, per trial and stage) and ``by_axis.png`` (best val loss by
-  dataset / dense connector / chat template / warmup schedule / epochs / batch size).
+  dataset / dense connector / chat template / warmup schedule / epochs / batch size);
+- ``lineage.svg``: the stage-1 → stage-2 lineage with ASHA's decisions (``sweeps.html_report``);
+- ``report.html``: report.md as one self-contained page (figures inlined).
 
     vlm-sweep report runs/sweep
     python -m sweeps.report runs/sweep
@@ -28,6 +30,7 @@ import pandas as pd
 from vlm_core.lengths import lengths_table
 from vlm_core.outputs import atomic_write_text
 
+from .html_report import write_html, write_lineage_svg
 from .results import AXES, TrialResult, experiment_dirs, read_sweep, trial_table
 from .scheduling import DECISIONS_FILE, read_decisions
 from .statuses import METRIC
@@ -137,6 +140,10 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
     table.to_csv(root / "trials.csv", index=False)
     axis_table = by_axis(table)
     figures = [plot_loss_curves(table, curves, root), plot_by_axis(table, root)]
+    sdirs = experiment_dirs(root)
+    decisions = read_decisions(sdirs[2] / DECISIONS_FILE) if 2 in sdirs else []
+    lineage_figure = write_lineage_svg(table, decisions, root)
+    figures += [lineage_figure] if lineage_figure else []
     lineage = json.loads((root / "lineage.json").read_text()) if (root / "lineage.json").is_file() else {}
     lines = [f"# Sweep report: `{root.resolve()}`", ""]
     lines += token_length_section(root, "##")
@@ -153,9 +160,7 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
         lines += [markdown_table(shown), ""]
     if len(axis_table):
         lines += ["## Best val loss by ablation axis", "", markdown_table(axis_table), ""]
-    sdirs = experiment_dirs(root)
     if 2 in sdirs:
-        decisions = read_decisions(sdirs[2] / DECISIONS_FILE)
         lines += ["## ASHA (stage 2)", ""]
         if decisions:
             lines += ["Each row is one rung decision, in the order ASHA made it; `rung_before` is what the rung "
@@ -170,7 +175,8 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
         lines += ["## Stage-2 lineage", "", markdown_table(starts), ""]
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     atomic_write_text(root / "report.md", "\n".join(lines))
-    return {"report": str(root / "report.md"), "csv": str(root / "trials.csv"),
+    page = write_html(root / "report.md")
+    return {"report": str(root / "report.md"), "html": str(page), "csv": str(root / "trials.csv"),
             "figures": [str(f) for f in figures], "trials": int(len(table)),
             "stopped_by_asha": table.loc[table["stopped_by_asha"], "config_id"].tolist(),
             "errors": table.loc[table["status"] == "ERROR", "config_id"].tolist()}

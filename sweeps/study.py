@@ -9,11 +9,13 @@ Steps, each reused when its output already exists (rerun the same command to con
    → ``OUT/sweep`` (finished trials are kept on a rerun: ``--resume``);
 4. eval: every stage-2 trial's best checkpoint — held-out loss / perplexity and easy-vqa answer accuracy, with
    the image and under the text-only controls → ``OUT/eval/<trial>.json``;
-5. report: ``OUT/report.md`` (+ PNGs): data summary, both stages, loss curves, ASHA, evaluation with controls,
+5. report: ``OUT/report.md`` (+ PNGs) and ``OUT/report.html`` (the same as one self-contained page): data summary,
+   both stages, loss curves, the lineage diagram, ASHA, evaluation with controls,
    sample generations, the best config and how to chat with it.
 
     vlm-sweep run --preset local                               # the README's first command
     vlm-sweep run --preset local-long --out runs/long          # one lineage, trained longer (36 min)
+    vlm-sweep run --preset local-long-cnn --out runs/long-cnn  # the same with the pretrained CNN encoder
     vlm-sweep run --preset tiny --n-train-images 60 --paper-ids '[3, 9]' --out runs/smoke   # a minute or two
 """
 
@@ -166,7 +168,7 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
                                  wall_s=time.perf_counter() - t0)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     best = summary["best"]
-    _say(f"done in {summary['wall_s']:.0f} s. Report: {summary['report']}")
+    _say(f"done in {summary['wall_s']:.0f} s. Report: {summary['report']} (as a page: {summary['html']})")
     if best:
         acc, em, nan = best["accuracy"], best.get("exact_match", {}), float("nan")
         _say(f"best config: {best['config_id']} — val loss {best['val_loss']:.4f}; answer accuracy (yes/no by the "

@@ -1,4 +1,5 @@
-"""``vlm-sweep run``'s report (``OUT/report.md``): what the run's scale can show, the data, the sweep's stages, the
+"""``vlm-sweep run``'s report (``OUT/report.md``, and ``OUT/report.html``: the same as one self-contained page, see
+``sweeps.html_report``): what the run's scale can show, the data, the sweep's stages, the
 evaluation of every stage-2 checkpoint with its text-only controls, sample generations, the best config and the
 command to chat with it. The sweep's own report (every trial, ASHA, lineage) is ``sweeps.report``.
 
@@ -19,6 +20,7 @@ from vlm_core.answers import SHORT_ANSWER_INSTRUCTION
 from vlm_core.images import resolve_image
 from vlm_core.outputs import atomic_write_text
 
+from .html_report import write_html
 from .report import markdown_table, token_length_section
 from .results import AXES
 from .scheduling import DECISIONS_FILE, read_decisions
@@ -241,6 +243,8 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
     eval_lines, best = evaluation_section(root, evals)
     lines += eval_lines
     atomic_write_text(root / "report.md", "\n".join(lines))
-    return {"report": str(root / "report.md"), "sweep_report": sweep["report"], "trials": sweep["trials"],
+    page = write_html(root / "report.md")
+    return {"report": str(root / "report.md"), "html": str(page), "sweep_report": sweep["report"],
+            "trials": sweep["trials"],
             "stopped_by_asha": sweep["stopped_by_asha"], "errors": sweep["errors"], "best": best,
             "wall_s": wall_s}

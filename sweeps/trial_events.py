@@ -1,6 +1,7 @@
 """The console's line per trial event: a Tune callback that says when each trial starts, finishes (with its best
 val loss), is stopped by ASHA at a rung, stops on a non-finite loss, fails (its error and log), or restarts, each
-with the stage's count and a time-left estimate. Lines go through ``vlm_core.logs.event`` (stdout and the log file).
+with the stage's count and a time-left estimate. Lines go through ``vlm_core.logs.event`` (stdout and the log file);
+on an interactive console a progress bar of the stage's trials stays below them (``vlm_core.logs.ProgressBar``).
 
     python -c "from sweeps.trial_events import TrialEvents; print(TrialEvents(1, 19).counts())"
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from vlm_core.logs import event
+from vlm_core.logs import ProgressBar, event
 
 from .statuses import METRIC, STATUS_NON_FINITE
 
@@ -36,6 +37,7 @@ class TrialEvents(Callback):
         self.started: set[str] = set()
         self.ended: set[str] = set()
         self.best: dict[str, float] = {}
+        self.bar = ProgressBar(total, f"stage {stage}", "trials")
 
     def counts(self) -> dict[str, int]:
         return {"started": len(self.started), "ended": len(self.ended), "total": self.total}
@@ -74,6 +76,7 @@ class TrialEvents(Callback):
         else:
             what = f"finished, {best_text}"
         self._say(trial, f"{what} ({self._left()})")
+        self.bar.step(note=f"best so far {min(self.best.values()):.4f}" if self.best else None)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self.ended.add(_name(trial))
@@ -81,6 +84,10 @@ class TrialEvents(Callback):
         error = trial.get_error() if hasattr(trial, "get_error") else None
         reason = ([line for line in str(error or "").splitlines() if line.strip()] or ["see the log"])[-1].strip()
         self._say(trial, f"FAILED: {reason[:200]} (log: {where}; {self._left()})")
+        self.bar.step()
 
     def on_trial_recover(self, iteration: int, trials: list, trial, **info: Any) -> None:
         self._say(trial, "failed; restarting from its last checkpoint")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self.bar.close()

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .browser import render
+
 ARGS = ["--preset", "tiny", "--n_train_images", "60", "--random_size", "30", "--umap_size", "40",
         "--paper_ids", "[3, 9]", "--eval_questions", "8", "--wandb", "offline"]
 
@@ -79,8 +81,19 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
                     "Sample generations",
                     "vlm-sweep chat --checkpoint"):
         assert section in report, section
-    for fig in ("data/umap.png", "sweep/loss_curves.png", "sweep/by_axis.png"):
-        assert (out / fig).stat().st_size > 5_000, fig
+    for fig in ("data/umap.png", "sweep/loss_curves.png", "sweep/by_axis.png", "sweep/lineage.svg"):
+        assert (out / fig).stat().st_size > 2_000, fig
+    assert "![lineage](sweep/lineage.svg)" in report
+
+    # report.html, as headless Chromium shows it: the tables, every figure and sample image drawn from its own pixels
+    shown = render(out / "report.html", tmp_path / "browser")
+    md_rows = [line for line in report.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    md_tables = sum(1 for line in report.splitlines() if line.startswith("|---"))
+    assert (shown.tables, shown.rows) == (md_tables, len(md_rows)) and md_tables >= 8  # every table, every row
+    figures = [i["alt"] for i in shown.images if i["alt"]]
+    assert figures == ["umap", "loss_curves", "by_axis", "lineage"] and len(shown.images) > len(figures)  # + samples
+    assert all(i["decoded"] for i in shown.images) and shown.blank_images() == [] and shown.unlike_their_source() == []
+    assert (out / "sweep" / "report.html").is_file()
     summary = json.loads((out / "summary.json").read_text())
     best = summary["best"]
     assert best["config_id"] in {p.stem for p in evals} and Path(best["checkpoint"]).is_dir()

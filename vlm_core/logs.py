@@ -7,6 +7,10 @@ stdout, plus every warning and error. Everything else — our own INFO lines, Ra
 (``OUT/logs/ray-session`` points there). ``--verbose`` (:func:`set_verbose`) brings it all back to the console: our
 INFO lines, Ray's and Ray Data's progress, the trials' own output and W&B's banners, as before.
 
+On an interactive console (a terminal on stderr) each sweep stage and the data build also keep a progress bar
+(:class:`ProgressBar`: counts, rate and time left) below the event lines; a pipe, a file, CI and ``--verbose`` get
+the event lines only.
+
 A Tune trial that trains in itself logs through :func:`configure_logging` in its own process; Ray forwards that
 process's output to the driver's console only with ``--verbose``.
 
@@ -66,6 +70,45 @@ def _add(logger: logging.Logger, kind: str, handler: logging.Handler) -> None:
     logger.addHandler(handler)
 
 
+class _EventLine(logging.StreamHandler):
+    """The event lines' handler: written through ``tqdm.write``, so that a progress bar on the console is cleared
+    and redrawn below the line instead of being broken by it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # noqa: BLE001 - logging's own convention: report, never raise
+            self.handleError(record)
+
+
+class ProgressBar:
+    """A bar with counts, rate and time left (tqdm, on stderr) while a stage runs, shown only on an interactive
+    console without ``--verbose``; otherwise it does nothing (the event lines carry the counts and time left)."""
+
+    def __init__(self, total: int, desc: str, unit: str):
+        self.bar = None
+        if total > 0 and sys.stderr.isatty() and not is_verbose():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit=f" {unit}", file=sys.stderr, leave=False,
+                            dynamic_ncols=True, bar_format="{desc}: {bar} {n_fmt}/{total_fmt}{unit} "
+                            "[{elapsed} elapsed, ~{remaining} left]{postfix}")
+
+    def step(self, n: int = 1, note: str | None = None) -> None:
+        if self.bar is not None:
+            if note:
+                self.bar.set_postfix_str(note, refresh=False)
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def configure_logging() -> None:
     """Log at ``$VLM_SWEEP_LOG`` (default INFO): records to stderr (warnings only unless verbose), event lines to
     stdout; chatty libraries quieter. Nothing is added where something else already handles the root logger (a
@@ -82,7 +125,7 @@ def configure_logging() -> None:
     events = logging.getLogger(EVENTS)
     events.setLevel(logging.INFO)
     events.propagate = False  # its own console handler; the file gets it through log_to
-    line = logging.StreamHandler(sys.stdout)
+    line = _EventLine(sys.stdout)
     line.setFormatter(logging.Formatter(EVENT_FORMAT, datefmt="%H:%M:%S"))
     _add(events, "console", line)
     for noisy in QUIET:
