@@ -2,8 +2,8 @@
 regression, 3-fold cross-validated accuracy) of the shape's colour (8 kinds) and its shape (3 kinds) from each
 hidden state's tokens average-pooled to a 3 × 3 grid, on easy-vqa training images (no training of the encoder).
 
-    python bench/encoder_probe.py --preset local-cnn      # EfficientNet-Lite0 (packaged ImageNet weights)
-    python bench/encoder_probe.py --preset local          # the random-init CLIP
+    python bench/encoder_probe.py --preset local          # EfficientNet-Lite0 (packaged ImageNet weights)
+    python bench/encoder_probe.py --preset local-clip     # the random-init CLIP
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main() -> None:
     from sklearn.model_selection import cross_val_score
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", default="local-cnn")
+    p.add_argument("--preset", default="local")
     p.add_argument("--images", type=int, default=600)
     args = p.parse_args()
     torch.set_num_threads(2)

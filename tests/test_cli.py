@@ -244,7 +244,8 @@ def test_a_preset_named_in_a_config_file_gives_the_model_its_defaults(tmp_path, 
     assert preset_from_argv(argv) == "local"
     parsed = build_parser(argv).parse_args(argv)
     assert parsed.train.preset == "local" and parsed.train.train.epochs == 2
-    assert parsed.train.model.lm.source == "smollm2" and parsed.train.model.vision.image_size == 112  # local's
+    model = parsed.train.model
+    assert model.lm.source == "smollm2" and model.vision.encoder == "efficientnet_lite0"  # local's
     # the last one given wins, flag or file, as jsonargparse merges them
     later_flag = ["train", "--config", str(cfg), "--preset", "tiny", *TRAIN_ARGS]
     assert preset_from_argv(later_flag) == "tiny"

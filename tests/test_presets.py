@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_every_preset_has_one_complete_record():
-    assert available_presets() == ["local", "local-cnn", "local-long", "local-long-cnn", "paper", "paper-shaped",
+    assert available_presets() == ["local", "local-clip", "local-long", "local-long-clip", "paper", "paper-shaped",
                                    "paper-shaped-2l", "tiny"]
     for name in available_presets():
         record = preset(name)
@@ -30,10 +30,10 @@ def test_every_preset_has_one_complete_record():
     assert (preset("paper").backend, preset("tiny").backend) == ("a100-40g", "cpu")
     assert preset("local-long").model() == get_preset("local") == get_preset("local")  # same models, fresh copies
     assert get_preset("local") is not get_preset("local")
-    assert preset("local-long-cnn").model() == get_preset("local-cnn")  # the CNN pair: same scales, other encoder
-    assert preset("local-long-cnn").scale == preset("local-long").scale
-    assert preset("local-cnn").scale == preset("local").scale
-    encoders = (get_preset("local-cnn").vision.encoder, get_preset("local").vision.encoder)
+    assert preset("local-long-clip").model() == get_preset("local-clip")  # the CLIP pair: same scales, other encoder
+    assert preset("local-long-clip").scale == preset("local-long").scale
+    assert preset("local-clip").scale == preset("local").scale
+    encoders = (get_preset("local").vision.encoder, get_preset("local-clip").vision.encoder)
     assert encoders == ("efficientnet_lite0", "clip")
 
 

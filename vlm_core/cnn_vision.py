@@ -10,15 +10,15 @@ has no layers of one width, so its ``hidden_states`` are defined as
 
 each average-pooled to the final 7 × 7 grid (exact windows: every size is 7 times a power of two), flattened to
 ``[B, 49, C]`` in row-major order, and zero-padded on channels to the widest, 1280. So ``num_layers`` is 8, the
-main feature is ``vision.feature_layer`` of these (the ``local-cnn`` presets keep LLaVA's -2: the last stage's
+main feature is ``vision.feature_layer`` of these (the ``local`` presets keep LLaVA's -2: the last stage's
 output, of which the head is a 1 × 1 convolution and a ReLU6, so it holds everything the head does), and the
 dense connector's groups and picks (``vlm_core.projectors``) apply unchanged to indices 0..7: DCI averages
 pooled, zero-padded stage outputs within each group. No CLS token (``vision.drop_cls`` does not apply).
 
 What each state carries (a linear probe on 600 easy-vqa training images, 3 × 3-pooled tokens, 3-fold accuracy):
 colour of the shape 0.84 / 0.73 / 0.69 / 0.76 / 0.88 / 0.80 / 0.91 / **0.94** / 0.89 and its shape (3 kinds)
-0.67 / 0.52 / 0.84 / 0.88 / 0.99 / 1.00 / 1.00 / **1.00** / 1.00 for indices 0..8; the ``local`` preset's
-random-init CLIP reaches 0.62–0.69 and 0.44–0.50 at every layer.
+0.67 / 0.52 / 0.84 / 0.88 / 0.99 / 1.00 / 1.00 / **1.00** / 1.00 for indices 0..8; the random-init CLIP
+of ``local-clip`` reaches 0.62–0.69 and 0.44–0.50 at every layer.
 
 Preprocessing: pad to square (LLaVA), resize to 224, ``(x - 127) / 128`` per channel as TensorFlow's EfficientNet-Lite
 builder (``MEAN_RGB = 127``, ``STDDEV_RGB = 128``); the weights classify scikit-image's cat as an Egyptian cat

@@ -4,14 +4,16 @@ size-agnostic; a preset only fills these in, and every command reads them from h
 
 * ``tiny``  — random-init CLIP (64 px, 4 layers) + random 2-layer Llama with the real SmolLM2 tokenizer:
   unit tests and smoke runs, seconds per step on a CPU.
-* ``local`` — random-init CLIP (112 px, 49 patches, 8 layers, the TinyCLIP token count) + the real packaged
-  SmolLM2-135M-Instruct: the study scaled down to run on a laptop CPU with no hub access. Its projector
-  standardises the encoder's features (``feature_norm="standardize"``): a random-init encoder's features differ
-  too little between images for a projector to learn from them in a few hundred steps otherwise.
+* ``local`` — the ImageNet-trained EfficientNet-Lite0 (``vlm_core.cnn_vision``, packaged weights: 49 tokens at
+  224 px, TinyCLIP's count) + the real packaged SmolLM2-135M-Instruct: the study scaled down to run on a laptop
+  CPU with no hub access.
 * ``local-long`` — the ``local`` models; the sweep runs 24 steps of batch 8 per epoch instead of 1 of batch 2, and
-  ``vlm-sweep run`` one lineage instead of the whole grid (36 min here; see README for what it shows).
-* ``local-cnn`` / ``local-long-cnn`` — ``local`` / ``local-long`` with the ImageNet-trained EfficientNet-Lite0
-  (``vlm_core.cnn_vision``, packaged weights: 49 tokens at 224 px) instead of the random-init CLIP.
+  ``vlm-sweep run`` one lineage instead of the whole grid (33 min here; see README for what it shows).
+* ``local-clip`` / ``local-long-clip`` — ``local`` / ``local-long`` with the random-init CLIP they had before
+  2026-12-06 (112 px, 49 patches, 8 layers). Its projector standardises the encoder's features
+  (``feature_norm="standardize"``): a random-init encoder's features differ too little between images for a
+  projector to learn from them in a few hundred steps otherwise. With it ``local-long`` showed the image less
+  (README, "Presets").
 * ``paper`` — TinyCLIP-ViT-40M-32 + Llama-3.2-1B-Instruct (hub ids or local folders), as in the study.
 * ``paper-shaped`` / ``paper-shaped-2l`` — ``paper``'s architectures from their published configs with random
   weights (``vlm_core.paper_shaped``), the LLM at its 16 layers / cut to 2 (widths, vocabulary, special ids and
@@ -107,7 +109,7 @@ TINY_MODEL = VLMConfig(
     projector=ProjectorConfig(name="mlp2x_gelu"),
     lm=LMConfig(source="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
     format=FormatConfig(mode="chat", max_length=256))
-LOCAL_MODEL = VLMConfig(
+LOCAL_CLIP_MODEL = VLMConfig(
     vision=VisionConfig(source="tiny", image_size=112, patch_size=16, hidden_size=128, num_layers=8, num_heads=4),
     projector=ProjectorConfig(name="mlp2x_gelu", feature_norm="standardize"),
     lm=LMConfig(source="smollm2"),
@@ -116,7 +118,7 @@ LOCAL_MODEL = VLMConfig(
 # 224 px. The main feature is hidden_states[-2], the last stage's output (320 channels; the head is a 1 x 1
 # convolution of it), LLaVA's penultimate choice; raw features as LLaVA (a pretrained encoder's features differ
 # between images, unlike a random one's).
-LOCAL_CNN_MODEL = VLMConfig(
+LOCAL_MODEL = VLMConfig(
     vision=VisionConfig(encoder="efficientnet_lite0", source="packaged", drop_cls=False),
     projector=ProjectorConfig(name="mlp2x_gelu"),
     lm=LMConfig(source="smollm2"),
@@ -143,7 +145,7 @@ def _local(name: str, model: VLMConfig) -> Preset:
 
 def _local_long(name: str, model: VLMConfig) -> Preset:
     """One lineage (paper row 7: s1-20kUmap-nodense-chat-cosine-e9-b8 → its stage-2 continuation) trained longer,
-    24 steps of batch 8 per epoch (36 min measured), evaluated on more questions; see README for what it shows."""
+    24 steps of batch 8 per epoch (33 min measured), evaluated on more questions; see README for what it shows."""
     return Preset(name, _fixed(model), min_free_gb=6.0,
                   scale=Scale(max_steps_per_epoch=24, batch_size_cap=8, max_val_samples=16, stage1_lr=1e-3),
                   study=StudySizes(paper_ids=(7,), eval_questions=150, eval_val_samples=16))
@@ -155,8 +157,8 @@ _PRESETS: dict[str, Preset] = {p.name: p for p in [
            min_free_gb=1.0),
     _local("local", LOCAL_MODEL),
     _local_long("local-long", LOCAL_MODEL),
-    _local("local-cnn", LOCAL_CNN_MODEL),  # the same two with the pretrained EfficientNet-Lite0
-    _local_long("local-long-cnn", LOCAL_CNN_MODEL),
+    _local("local-clip", LOCAL_CLIP_MODEL),  # the same two with the random-init CLIP (before 2026-12-06)
+    _local_long("local-long-clip", LOCAL_CLIP_MODEL),
     # paper's stage-2 checkpoints hold a 1B model with its optimizer state
     Preset("paper", _fixed(PAPER_MODEL), backend="a100-40g", min_free_gb=100.0),
     Preset("paper-shaped", _paper_shaped(None),  # Llama-3.2-1B's 16 layers (2.5 GB of bf16 weights in the cache)
