@@ -9,8 +9,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from vlm_core.logs import start_console
+from vlm_core.logs import event, start_console
 
 from .driver import SweepConfig, run_sweep
 from .report import write_report
@@ -25,8 +26,7 @@ def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19"
 
     Args:
         preset: tiny (smoke runs), local (the whole grid, ~20 min on 2 cores), local-long (one lineage, trained
-            longer: 36 min), local-cnn / local-long-cnn (the same with the pretrained EfficientNet-Lite0 encoder),
-            paper (GPUs).
+            longer: 33 min), local-clip / local-long-clip (the same with a random-init CLIP), paper (GPUs).
         out: Output folder (rerun with the same one to reuse finished steps and trials).
         grid: paper19 (the study's 19 + 6 runs) or full.
         paper_ids: Run only these paper19 rows and their continuations (default: all; local-long: [7]).
@@ -54,7 +54,13 @@ def sweep_cmd(config: SweepConfig) -> dict:
     if not config.dry_run:
         start_console(config.out, config.verbose)
     result = run_sweep(config)
-    print(json.dumps(result, indent=2, default=str))
+    if config.dry_run or config.verbose:  # the plan, or everything
+        print(json.dumps(result, indent=2, default=str))
+    else:  # a line; every trial's summary is in OUT/trials.json
+        report = result["report"]
+        event("sweep: done, %d trials, %d stopped by ASHA, %d failed. Report: %s (as a page: %s); every trial: %s",
+              report["trials"], len(report["stopped_by_asha"]), len(report["errors"]), report["report"],
+              report["html"], Path(config.out).resolve() / "trials.json")
     return result
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -183,7 +184,8 @@ def test_tiny_sweep_submitted_as_a_ray_job(token_head, sweep_args):
     assert f"job '{job_id}' succeeded" in status, status[-1000:] + logs[-4000:]
     lineage = json.loads((out / "lineage.json").read_text())
     assert list(lineage) == [SWEEP_ID] and Path(lineage[SWEEP_ID]["checkpoint"]).is_dir()
-    assert (out / "report.md").is_file() and (out / "trials.csv").is_file()
+    assert (out / "report.md").is_file() and (out / "trials.csv").is_file() and (out / "report.html").is_file()
+    assert re.search(r"sweep: done, 1 trials, 0 stopped by ASHA, 0 failed\. Report: \S+report\.md", logs), logs[-3000:]
     # the job ran from the uploaded working dir, which .rayignore keeps small (no .venv, no outputs)
     assert "Uploading package" in log or "working_dir" in log
 
