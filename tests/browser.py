@@ -3,6 +3,7 @@ how many tables, images and SVG figures the page has after load, which images de
 each image's box can be checked for non-blank pixels.
 
     python -m tests.browser runs/main/report.html
+    python -m tests.browser runs/long/report.html --png docs/report-html.png --top 0 --height 1600   # README's
 """
 
 from __future__ import annotations
@@ -109,8 +110,32 @@ def render(page: Path, work: Path, max_height: int = 30000) -> Rendered:
     return Rendered(probe["tables"], probe["rows"], probe["images"], sources, Image.open(shot))
 
 
+def readme_screenshot(page: Path, png: Path, top: int, height: int, width: int = 900) -> Path:
+    """A small PNG of ``page`` from ``top`` px down, ``height`` px tall, scaled to ``width`` px (README's figure)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        shot = render(page, Path(tmp)).screenshot
+        part = shot.crop((0, top, shot.width, min(shot.height, top + height)))
+        part = part.resize((width, round(part.height * width / part.width)), Image.LANCZOS)
+        # an octree palette keeps the sample images' saturated colours (an adaptive one greys them)
+        part.quantize(colors=256, method=Image.Quantize.FASTOCTREE).save(png, optimize=True)
+    return png
+
+
 if __name__ == "__main__":
-    r = render(Path(sys.argv[1]), Path("/tmp/vlm-sweep-browser"))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="What headless Chromium renders of a report page.")
+    ap.add_argument("page", type=Path)
+    ap.add_argument("--png", type=Path, help="write a screenshot of part of the page here instead")
+    ap.add_argument("--top", type=int, default=0)
+    ap.add_argument("--height", type=int, default=1600)
+    args = ap.parse_args()
+    if args.png:
+        print(readme_screenshot(args.page, args.png, args.top, args.height))
+        sys.exit()
+    r = render(args.page, Path("/tmp/vlm-sweep-browser"))
     print(json.dumps({"tables": r.tables, "rows": r.rows, "images": len(r.images),
                       "undecoded": [i["alt"] for i in r.images if not i["decoded"]], "blank": r.blank_images(),
                       "unlike_their_source": r.unlike_their_source()},

@@ -20,7 +20,8 @@ ARGS = ["--preset", "tiny", "--n_train_images", "60", "--random_size", "30", "--
 
 
 MAX_CONSOLE_LINES = 30
-"""The first run's console (stdout + stderr) at most: 21 lines here (2026-12-06; 790 before the calm console)."""
+"""The first run's console (stdout + stderr) at most: 26 lines here (2026-12-06, the data build's 5 step lines
+included; 790 before the calm console)."""
 TRIALS = ("s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8",
           "s2-20kUmap-nodense-raw-linear-e3-b3-from-e6-b12", "s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8")
 
