@@ -23,8 +23,8 @@ from pathlib import Path
 def encoders() -> dict:
     from vlm_core.presets import get_preset
 
-    local = get_preset("local")
-    shaped = get_preset("local")
+    local = get_preset("local-clip")  # a random-init CLIP of the sizes below (`local` before 2026-12-06)
+    shaped = get_preset("local-clip")
     shaped.vision.image_size, shaped.vision.patch_size = 224, 32
     shaped.vision.hidden_size, shaped.vision.num_layers, shaped.vision.num_heads = 512, 12, 8
     return {"local": local, "tinyclip-shape": shaped}

@@ -1,5 +1,5 @@
-"""Does the projector learn to carry the image? Stage 1 of the ``local`` preset with and without
-``projector.feature_norm=standardize``, side by side, on the same data, seed and steps.
+"""Does the projector learn to carry the image? Stage 1 of the ``local-clip`` preset (``local`` before 2026-12-06)
+with and without ``projector.feature_norm=standardize``, side by side, on the same data, seed and steps.
 
 Trains the projector with the real training loop (frozen SmolLM2-135M, cosine schedule) and, every ``--every``
 steps, scores held-out easy-vqa colour and shape answers: the loss of the right answer given its own image vs
@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", required=True, help="sample-corpus folder (eval_easyvqa.jsonl + images/)")
     p.add_argument("--train", required=True, help="training records (a variant's train Parquet or a JSONL)")
-    p.add_argument("--preset", default="local")
+    p.add_argument("--preset", default="local-clip")  # the random-init CLIP the README's figures were measured on
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--every", type=int, default=20)
     p.add_argument("--batch_size", type=int, default=8)

@@ -23,11 +23,12 @@ def measure(batch_size: int, rows: int, pad_to: int = 512) -> dict:
     from vlm_core.language_model import load_tokenizer, resolve_image_token
     from vlm_core.presets import get_preset
     from vlm_core.training import epoch_batches
+    from vlm_core.vision import encoder_geometry
 
     cfg = get_preset("local")
     tok = load_tokenizer(cfg.lm)
     image_token, _ = resolve_image_token(tok, cfg.lm.image_token)
-    num_image_tokens = (cfg.vision.image_size // cfg.vision.patch_size) ** 2
+    num_image_tokens = encoder_geometry(cfg.vision).num_tokens
     fmt = ConversationFormatter(tok, image_token, FormatConfig(mode="chat", max_length=pad_to), num_image_tokens)
     with tempfile.TemporaryDirectory() as tmp:
         write_sample_corpus(Path(tmp), n_train_images=rows, n_eval_questions=1)
