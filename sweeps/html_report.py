@@ -94,7 +94,7 @@ def write_html(markdown_path: str | Path) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 # the lineage diagram
 
-BOX_W, BOX_H, GAP, COL_GAP, PAD = 400, 40, 10, 130, 20
+BOX_W, BOX_H, GAP, COL_GAP, PAD = 440, 40, 10, 110, 20
 STATUS_STYLE = {"best": ("#e6f4ea", "#2e7d32", ""), "done": ("#ffffff", "#3b6ea8", ""),
                 "asha": ("#f1f3f5", "#868e96", "6 4"), "error": ("#fdecea", "#c62828", "")}
 
@@ -114,8 +114,8 @@ def _fmt(v) -> str:
 
 def lineage_svg(table: pd.DataFrame, decisions: list[dict] | None = None) -> str | None:
     """Stage-1 parents (left) → the stage-2 trials that started from their best checkpoint (right): best val loss
-    of each, ASHA's decision at each rung, and how each trial ended (the best stage-2 trial green, stopped by ASHA
-    grey and dashed, failed red). None when the sweep has no stage 2."""
+    of each, ASHA's decision at each rung, and how each trial ended (the lowest stage-2 val loss green, stopped by
+    ASHA grey and dashed, failed red). None when the sweep has no stage 2."""
     s2 = table[table["stage"] == 2]
     if s2.empty:
         return None
@@ -166,8 +166,8 @@ def lineage_svg(table: pd.DataFrame, decisions: list[dict] | None = None) -> str
         if rungs.get(cid):
             detail += " · " + ", ".join(rungs[cid])
         parts.append(_box(x2, child_y[cid], cid, detail, kind))
-    parts.append(f'<text x="{PAD}" y="{height - PAD + 4}" font-size="11" fill="#495057">green: the best '
-                 f'stage-2 trial · grey, dashed: stopped by ASHA · red: failed · rK: ASHA\'s decision at rung K '
+    parts.append(f'<text x="{PAD}" y="{height - PAD + 4}" font-size="11" fill="#495057">green: the lowest '
+                 f'stage-2 val loss · grey, dashed: stopped by ASHA · red: failed · rK: ASHA\'s decision at rung K '
                  f'(epoch K)</text>')
     parts.append("</svg>")
     return "\n".join(parts)
