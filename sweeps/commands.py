@@ -26,7 +26,7 @@ def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19"
 
     Args:
         preset: tiny (smoke runs), local (the whole grid, ~20 min on 2 cores), local-long (one lineage, trained
-            longer: 33 min), local-clip / local-long-clip (the same with a random-init CLIP), paper (GPUs).
+            longer: 22 min), local-clip / local-long-clip (the same with a random-init CLIP), paper (GPUs).
         out: Output folder (rerun with the same one to reuse finished steps and trials).
         grid: paper19 (the study's 19 + 6 runs) or full.
         paper_ids: Run only these paper19 rows and their continuations (default: all; local-long: [7]).

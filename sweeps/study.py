@@ -14,7 +14,7 @@ Steps, each reused when its output already exists (rerun the same command to con
    sample generations, the best config and how to chat with it.
 
     vlm-sweep run --preset local                               # the README's first command
-    vlm-sweep run --preset local-long --out runs/long          # one lineage, trained longer (33 min)
+    vlm-sweep run --preset local-long --out runs/long          # one lineage, trained longer (22 min)
     vlm-sweep run --preset tiny --n-train-images 60 --paper-ids '[3, 9]' --out runs/smoke   # a minute or two
 """
 
