@@ -10,7 +10,8 @@ import json
 import pytest
 import torch
 
-from vlm_core.assets import efficientnet_lite0_folder, minilm_path, smollm2_folder, smollm2_gguf_path
+from vlm_core.assets import minilm_path, smollm2_folder, smollm2_gguf_path
+from vlm_core.cnn_vision import packaged_folder as efficientnet_lite0_folder
 
 pytestmark = pytest.mark.slow
 

@@ -37,9 +37,9 @@ def test_the_registry_names_its_encoders_and_rejects_others_by_field():
 def test_the_packaged_weights_are_imagenet_trained_and_cached_as_safetensors(tower):
     from skimage import data
 
-    from vlm_core.assets import efficientnet_lite0_folder
+    from vlm_core.cnn_vision import packaged_folder
 
-    folder = efficientnet_lite0_folder()
+    folder = packaged_folder()
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]  # no pickle kept
     cat = Image.fromarray(data.chelsea())  # 451 x 300: padded to a square, resized to 224
     with torch.no_grad():

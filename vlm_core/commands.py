@@ -17,8 +17,9 @@ from pathlib import Path
 
 from .asset_convert import convert_to_safetensors
 from .asset_download import download_assets
-from .assets import efficientnet_lite0_folder, minilm_path, smollm2_folder
+from .assets import minilm_path, smollm2_folder
 from .checkpoint import load_vlm, resume_point
+from .cnn_vision import packaged_folder as efficientnet_lite0_folder
 from .config import TrainConfig, VLMConfig
 from .errors import ConfigError
 from .evaluation import EVAL_FILE, EvalConfig, evaluate_checkpoint

@@ -26,6 +26,7 @@ from torch import nn
 from .cnn_vision import EfficientNetLite0Encoder
 from .errors import ConfigError
 from .hub import load_files, load_weights
+from .image_processors import image_processor
 from .projectors import EncoderGeometry
 from .registry import Registry
 
@@ -33,11 +34,6 @@ if TYPE_CHECKING:  # config validates vision.encoder against the registry here, 
     from .config import VisionConfig
 
 log = logging.getLogger(__name__)
-
-# CLIP's normalisation constants (OpenAI), used by the tiny random-init encoder's processor.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class VisionEncoder(Protocol):
     """One registered kind of encoder: how to read its architecture, load it, and run it."""
@@ -119,15 +115,6 @@ def expand_to_square(img: Image.Image, fill: tuple[int, ...]) -> Image.Image:
     out = Image.new(img.mode, (side, side), fill)
     out.paste(img, ((side - w) // 2, (side - h) // 2))
     return out
-
-
-def image_processor(size: int, mean=CLIP_MEAN, std=CLIP_STD):
-    """A square ``size`` px processor (resize the short side, centre-crop, rescale to [0, 1], normalise). The PIL
-    class: the default (fast) one needs torchvision, which the CPU torch wheel lacks."""
-    from transformers import CLIPImageProcessorPil
-
-    return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                 image_mean=list(mean), image_std=list(std))
 
 
 class ClipEncoder:
