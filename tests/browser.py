@@ -8,6 +8,7 @@ each image's box can be checked for non-blank pixels.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -46,14 +47,19 @@ class Rendered:
     """Each ``<img>``'s full ``src``, in page order (the probe keeps only their first characters)."""
     screenshot: Image.Image
 
+    @functools.cached_property
+    def _pixels(self) -> np.ndarray:
+        return np.asarray(self.screenshot.convert("RGB"), dtype=np.float32)
+
     def _region(self, img: dict) -> np.ndarray:
         x, y, w, h = img["box"]
-        return np.asarray(self.screenshot.convert("RGB"), dtype=np.float32)[y:y + h, x:x + w]
+        return self._pixels[y:y + h, x:x + w]
 
     def blank_images(self, min_std: float = 2.0) -> list[str]:
         """The images whose box on the screenshot is one flat colour (drawn as nothing)."""
-        return [img["alt"] or img["src"] for img in self.images
-                if self._region(img).size == 0 or float(self._region(img).std(axis=(0, 1)).max()) < min_std]
+        regions = [(img, self._region(img)) for img in self.images]
+        return [img["alt"] or img["src"] for img, region in regions
+                if region.size == 0 or float(region.std(axis=(0, 1)).max()) < min_std]
 
     def unlike_their_source(self, max_mean_diff: float = 20.0) -> list[str]:
         """The raster images whose box on the screenshot does not show their own pixels (mean absolute difference

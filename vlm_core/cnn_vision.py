@@ -165,8 +165,6 @@ def _folder(cfg: VisionConfig) -> Path:
 class EfficientNetLite0Encoder:
     """Registry entry ``efficientnet_lite0`` (see the module docstring)."""
 
-    has_cls = False
-
     def architecture(self, cfg: VisionConfig) -> CnnArchitecture:
         return CnnArchitecture() if cfg.source == PACKAGED else CnnArchitecture.read(_folder(cfg))
 

@@ -38,9 +38,6 @@ log = logging.getLogger(__name__)
 class VisionEncoder(Protocol):
     """One registered kind of encoder: how to read its architecture, load it, and run it."""
 
-    has_cls: bool
-    """Whether ``hidden_states`` start with a CLS token (``vision.drop_cls`` applies only then)."""
-
     def architecture(self, cfg: VisionConfig) -> Any:
         """The encoder's architecture config, without weights."""
 
@@ -120,8 +117,6 @@ def expand_to_square(img: Image.Image, fill: tuple[int, ...]) -> Image.Image:
 class ClipEncoder:
     """``CLIPVisionModel``: ``tiny`` (random init of the config's sizes), a hub id or a local folder."""
 
-    has_cls = True
-
     @staticmethod
     def _tiny_config(cfg: VisionConfig):
         from transformers import CLIPVisionConfig
@@ -164,11 +159,6 @@ class ClipEncoder:
 
 VISION_ENCODERS: Registry[VisionEncoder] = Registry(
     "vision.encoder", "vision encoder", {"clip": ClipEncoder(), "efficientnet_lite0": EfficientNetLite0Encoder()})
-
-
-def encoder_config(cfg: VisionConfig):
-    """The encoder's architecture config without its weights (CLIP: its ``CLIPVisionConfig``)."""
-    return VISION_ENCODERS[cfg.encoder].architecture(cfg)
 
 
 def encoder_geometry(cfg: VisionConfig, config=None) -> EncoderGeometry:
