@@ -111,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     from data_pipeline.build import build
     from data_pipeline.config import BuildConfig, EmbedConfig, VariantSpec
-    from vlm_core.ray_env import init_ray
+    from vlm_core.base.ray_env import init_ray
 
     args.out.mkdir(parents=True, exist_ok=True)
     src = args.out / "source.jsonl"

@@ -37,9 +37,9 @@ def main() -> dict:
 
     from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
     from sweeps.trial import train_worker
+    from vlm_core.base.ray_env import init_ray
     from vlm_core.config import TrainConfig
     from vlm_core.presets import get_preset
-    from vlm_core.ray_env import init_ray
 
     init_ray()
     rows = {}

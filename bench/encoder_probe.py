@@ -35,8 +35,8 @@ def pooled_states(preset: str, paths: list[str], batch: int = 50) -> list[np.nda
     """Each hidden state's patch tokens pooled to 3 × 3, flattened: ``[images, 9 · width]`` per state."""
     from PIL import Image
 
+    from vlm_core.model.vision.encoder import build_vision_tower
     from vlm_core.presets import get_preset
-    from vlm_core.vision import build_vision_tower
 
     tower = build_vision_tower(get_preset(preset).vision)
     side = int(tower.num_patches ** 0.5)

@@ -35,7 +35,7 @@ def measure(name, cfg, steps: int, batch_size: int, corpus: Path, work: Path) ->
 
     from data_pipeline.features import build_feature_cache
     from vlm_core.config import TrainConfig
-    from vlm_core.runner import DataSpec, run_stage
+    from vlm_core.training.runner import DataSpec, run_stage
 
     records = work / "records.parquet"
     images = pq.read_table(records, columns=["image"]).column("image").to_pylist()
@@ -67,8 +67,8 @@ def main() -> list[dict]:
     import pyarrow.parquet as pq
 
     from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
-    from vlm_core.data import read_records
-    from vlm_core.ray_env import init_ray
+    from vlm_core.base.ray_env import init_ray
+    from vlm_core.data.dataset import read_records
 
     init_ray()
     rows = []

@@ -25,7 +25,7 @@ import torch
 def heldout_by_type(model, records: list[dict], types: list[str], image_root: Path) -> dict[str, tuple[float, float]]:
     """Question type → (answer loss with the own image, with another question's image): the evaluation's own
     ``heldout_loss`` and its ``shuffled`` control, on each type's questions."""
-    from vlm_core.evaluation import EvalConfig, heldout_loss
+    from vlm_core.evaluation.heldout import EvalConfig, heldout_loss
 
     cfg = EvalConfig(questions="", images=str(image_root), controls=["shuffled"])
     out = {}
@@ -38,10 +38,10 @@ def heldout_by_type(model, records: list[dict], types: list[str], image_root: Pa
 
 def run_arm(feature_norm: str, args, train_records, eval_records, types) -> list[dict]:
     from vlm_core.config import TrainConfig
-    from vlm_core.data import ConversationDataset
-    from vlm_core.model import VisionLanguageModel
+    from vlm_core.data.dataset import ConversationDataset
+    from vlm_core.model.vlm import VisionLanguageModel
     from vlm_core.presets import get_preset
-    from vlm_core.training import train
+    from vlm_core.training.loop import train
 
     cfg = copy.deepcopy(get_preset(args.preset))
     cfg.projector.feature_norm = feature_norm
@@ -68,8 +68,8 @@ def run_arm(feature_norm: str, args, train_records, eval_records, types) -> list
 
 
 def main() -> None:
-    from vlm_core.data import read_records
-    from vlm_core.evaluation import question_type
+    from vlm_core.data.dataset import read_records
+    from vlm_core.evaluation.heldout import question_type
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--corpus", required=True, help="sample-corpus folder (eval_easyvqa.jsonl + images/)")

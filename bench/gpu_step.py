@@ -1,8 +1,8 @@
 """GPU step benchmark: stage-1 and stage-2 optimizer steps of the paper-shaped VLM at the study's batch sizes.
 
 Builds TinyCLIP-ViT-40M-32 + mlp2x_gelu + Llama-3.2-1B-Instruct from their published configs with random weights
-(``vlm_core.paper_shaped``, in memory, no files, no hub; 16 LLM layers unless ``--lm_layers``) and, per hardware
-profile of the study, times optimizer steps exactly as ``vlm_core.training.train`` takes them (``prepare_for_stage``:
+(``vlm_core.model.in_memory``, no files, no hub; 16 LLM layers unless ``--lm_layers``) and, per hardware profile
+of the study, times optimizer steps exactly as ``vlm_core.training.loop.train`` takes them (``prepare_for_stage``:
 freeze, frozen modules held in bf16 on CUDA, gradient checkpointing where the profile sets it; bf16 autocast;
 loss summed over the trained tokens; clipping; AdamW over the trainable parameters):
 
@@ -23,7 +23,7 @@ LLM: 4N + 8·L·T·d) is printed beside it as a check.
 
 Fractional packing (``--pack 2,4``): stage-1 trials of the ``--pack_profiles`` (a100-10g, a100-26g) sharing one
 device as Ray packs trials that ask for ``{"GPU": f}``: each in its own process on the same card, its CUDA caching
-allocator capped at its profile's memory (``vlm_core.devices.cap_cuda_memory``, as the trial caps itself; here the
+allocator capped at its profile's memory (``vlm_core.base.devices.cap_cuda_memory``, as the trial caps itself; here the
 fraction is the profile's GB over this card's, so an H200 hosts A100 budgets), timed steps started together.
 Reported per count: aggregate samples/s over the window in which they all ran, against one trial alone measured the
 same way, and each trial's peak reserved memory against its cap (the CUDA context, ~0.5 GB a process, is outside
@@ -122,7 +122,7 @@ def _is_checkpointing(lm) -> bool:
 
 
 def _set_checkpointing(lm, on: bool) -> None:
-    from vlm_core.training import enable_gradient_checkpointing
+    from vlm_core.training.precision import enable_gradient_checkpointing
 
     if on:
         enable_gradient_checkpointing(lm)
@@ -135,7 +135,7 @@ def count_flops(model, batch: dict, cfg, device: torch.device) -> int:
     ``FlopCounterMode``. Gradients it leaves are cleared."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vlm_core.training import autocast
+    from vlm_core.training.precision import autocast
 
     was_ckpt = _is_checkpointing(model.lm)
     if was_ckpt:
@@ -180,7 +180,7 @@ def timed_steps(model, cfg, batch: dict, params: list, optimizer, warmup: int, s
     """``warmup`` + ``steps`` optimizer steps as the training loop takes them (bf16 autocast on CUDA, loss over the
     trained tokens, clipping, AdamW); the timed steps' seconds (synchronized) and losses. ``before_timed`` is
     called once between the warm-up and the timed steps (the packing run's start line)."""
-    from vlm_core.training import autocast
+    from vlm_core.training.precision import autocast
 
     model.train()
     times, losses = [], []
@@ -205,7 +205,7 @@ def timed_steps(model, cfg, batch: dict, params: list, optimizer, warmup: int, s
 
 def run_profile(model, p: Profile, args, device: torch.device, flops_cache: dict) -> dict:
     from vlm_core.config import TrainConfig
-    from vlm_core.training import prepare_for_stage
+    from vlm_core.training.loop import prepare_for_stage
 
     cfg = TrainConfig(stage=p.stage, batch_size=p.batch, gradient_checkpointing=p.gradient_checkpointing)
     counts = prepare_for_stage(model, cfg)
@@ -259,10 +259,10 @@ def pack_worker(spec: dict) -> None:
     (the same CUDA device), its caching allocator capped at the profile's memory (``cap_cuda_memory``, what the
     trial does with ``{"GPU": f}``), the paper-shaped model built, ``warmup`` steps, then "ready" and a wait for
     the parent's go so that every trial's timed steps overlap; prints its result (or its out-of-memory error)."""
+    from vlm_core.assets.paper_shaped import build_llama3_tokenizer
+    from vlm_core.base.devices import cap_cuda_memory
     from vlm_core.config import TrainConfig
-    from vlm_core.devices import cap_cuda_memory
-    from vlm_core.paper_shaped import build_llama3_tokenizer
-    from vlm_core.training import prepare_for_stage
+    from vlm_core.training.loop import prepare_for_stage
 
     device = torch.device(spec["device"])
     if device.type == "cuda":
@@ -385,7 +385,7 @@ def run_packing(args, device: torch.device) -> list[dict]:
 
 
 def build(lm_layers: int | None, seed: int, device: torch.device, tokenizer):
-    from vlm_core.paper_shaped import build_vlm_in_memory
+    from vlm_core.model.in_memory import build_vlm_in_memory
     from vlm_core.presets import get_preset
 
     t0 = time.perf_counter()
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import transformers
 
-    from vlm_core.paper_shaped import build_llama3_tokenizer
+    from vlm_core.assets.paper_shaped import build_llama3_tokenizer
 
     torch.manual_seed(args.seed)
     gpu = torch.cuda.get_device_name(device) if not cpu else platform.processor() or "cpu"

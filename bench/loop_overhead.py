@@ -29,14 +29,15 @@ def main() -> dict:
     args, _ = ap.parse_known_args()
     from data_pipeline.features import build_feature_cache
     from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
+    from vlm_core.base.ray_env import init_ray
     from vlm_core.config import TrainConfig
-    from vlm_core.data import Collator, ConversationDataset, read_records
-    from vlm_core.feature_cache import FeatureCache, model_cache_key
-    from vlm_core.model import VisionLanguageModel
+    from vlm_core.data.dataset import Collator, ConversationDataset, read_records
+    from vlm_core.data.feature_cache import FeatureCache, model_cache_key
+    from vlm_core.model.vlm import VisionLanguageModel
     from vlm_core.presets import get_preset
-    from vlm_core.ray_env import init_ray
-    from vlm_core.stages import freeze_for_stage
-    from vlm_core.training import epoch_batches, train
+    from vlm_core.training.batching import epoch_batches
+    from vlm_core.training.loop import train
+    from vlm_core.training.stages import freeze_for_stage
 
     init_ray()
     cfg = get_preset("local")

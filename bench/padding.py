@@ -18,12 +18,12 @@ from pathlib import Path
 def measure(batch_size: int, rows: int, pad_to: int = 512) -> dict:
     from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
     from vlm_core.config import FormatConfig
-    from vlm_core.conversation import ConversationFormatter, FormatError
-    from vlm_core.data import read_records
-    from vlm_core.language_model import load_tokenizer, resolve_image_token
+    from vlm_core.data.dataset import read_records
+    from vlm_core.model.conversation import ConversationFormatter, FormatError
+    from vlm_core.model.language_model import load_tokenizer, resolve_image_token
+    from vlm_core.model.vision.encoder import encoder_geometry
     from vlm_core.presets import get_preset
-    from vlm_core.training import epoch_batches
-    from vlm_core.vision import encoder_geometry
+    from vlm_core.training.batching import epoch_batches
 
     cfg = get_preset("local")
     tok = load_tokenizer(cfg.lm)

@@ -19,10 +19,10 @@ import torch
 
 def measure(preset: str, stage: int, steps: int, batch_size: int, corpus: Path, workdir: Path) -> dict:
     from vlm_core.config import TrainConfig
-    from vlm_core.data import ConversationDataset, read_records
-    from vlm_core.model import VisionLanguageModel
+    from vlm_core.data.dataset import ConversationDataset, read_records
+    from vlm_core.model.vlm import VisionLanguageModel
     from vlm_core.presets import get_preset
-    from vlm_core.training import train
+    from vlm_core.training.loop import train
 
     model = VisionLanguageModel.build(get_preset(preset))
     records = [r for r in read_records(corpus / "sharegpt4v_sample.jsonl") if r["image"].startswith("coco/")]

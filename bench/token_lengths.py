@@ -2,7 +2,7 @@
 
 Writes the caption fixture (``data_pipeline.caption_fixture``: single-turn, fixed prompts, GPT-4V-length captions
 of 100–300 words, mean ~940 characters), formats every record as a ``paper`` trial would (Llama-3.2's chat
-template or raw mode, 49 TinyCLIP image tokens; the paper-shaped test tokenizer of ``vlm_core.paper_shaped``:
+template or raw mode, 49 TinyCLIP image tokens; the paper-shaped test tokenizer of ``vlm_core.assets.paper_shaped``:
 Llama 3's special tokens at their ids over SmolLM2's BPE, which needs ~10–15 % more tokens than Llama 3's own
 on English prose, so these lengths err long), and prints the distribution and the rule's ``max_length``:
 
@@ -33,9 +33,9 @@ def choose_max_length(p99: int, headroom: float = 1.5, multiple: int = 256) -> i
 
 def main(argv: list[str] | None = None) -> dict:
     from data_pipeline.caption_fixture import write_caption_fixture
-    from vlm_core import paper_shaped
-    from vlm_core.data import read_records
-    from vlm_core.lengths import formatter_for, measure
+    from vlm_core.assets import paper_shaped
+    from vlm_core.data.dataset import read_records
+    from vlm_core.data.lengths import formatter_for, measure
     from vlm_core.presets import get_preset
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

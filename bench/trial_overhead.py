@@ -29,11 +29,9 @@ def main() -> dict:
 
     from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
     from sweeps.driver import SweepConfig, plan, run_sweep
-    from sweeps.trial import trial_configs
-    from vlm_core.data import read_records, split_records
-    from vlm_core.presets import preset
-    from vlm_core.ray_env import init_ray
-    from vlm_core.runner import DataSpec, run_stage
+    from vlm_core.base.ray_env import init_ray
+    from vlm_core.data.dataset import read_records, split_records
+    from vlm_core.training.runner import DataSpec, run_stage
 
     init_ray()
     with tempfile.TemporaryDirectory() as tmp:
@@ -50,22 +48,23 @@ def main() -> dict:
                                tmp / "data" / name / f"{split}-00000.parquet")
         base = dict(data=str(tmp / "data"), images=str(corpus / "images"), preset=args.preset, stage="1",
                     limit=args.trials, max_concurrent=1, wandb="disabled", feature_cache=False)
-        specs = [p.spec for p in plan(SweepConfig(**base), 1)]
+        planned = plan(SweepConfig(**base), 1)
         inproc = 0.0
-        for k, spec in enumerate(specs):
-            model, train = trial_configs(spec, args.preset, preset(args.preset).scale)
-            data = DataSpec(train=str(tmp / "data" / spec.dataset / "train-00000.parquet"),
-                            images=str(corpus / "images"), val=str(tmp / "data" / spec.dataset / "val-00000.parquet"))
+        for k, p in enumerate(planned):
+            data = DataSpec(train=str(tmp / "data" / p.spec.dataset / "train-00000.parquet"),
+                            images=str(corpus / "images"),
+                            val=str(tmp / "data" / p.spec.dataset / "val-00000.parquet"))
             t0 = time.perf_counter()
-            run_stage(model, train, data, tmp / f"inprocess-{k}", write_final=False)
+            run_stage(p.model, p.train, data, tmp / f"inprocess-{k}", write_final=False)
             inproc += time.perf_counter() - t0
         walls = {}
         for runner in args.runners.split(","):
             t0 = time.perf_counter()
             run_sweep(SweepConfig(**base, runner=runner, out=str(tmp / f"sweep-{runner}")))
             walls[runner] = time.perf_counter() - t0
-    n = len(specs)
-    r = {"preset": args.preset, "trials": n, "configs": [s.config_id for s in specs], "in_process_s": round(inproc, 1),
+    n = len(planned)
+    r = {"preset": args.preset, "trials": n, "configs": [p.spec.config_id for p in planned],
+         "in_process_s": round(inproc, 1),
          "runners": {name: {"sweep_s": round(w, 1), "fixed_cost_per_trial_s": round((w - inproc) / n, 1)}
                      for name, w in walls.items()}}
     print(f"{n} stage-1 trials of {args.preset}, one at a time; in-process {r['in_process_s']} s in all")

@@ -37,7 +37,7 @@ environment).
     vlm-sweep data sample-corpus --out corpus
     vlm-sweep data build --source corpus/sharegpt4v_sample.jsonl --images corpus/images --out data \
         --variants '[{name: 10kRandom, kind: random, size: 300}, {name: 20kUmap, kind: umap, size: 400}]'
-    python -m data_pipeline.caption_fixture fixture 400          # the caption files' shape, small
+    vlm-sweep data caption-fixture --out fixture --n-rows 400   # the caption files' shape, small
     vlm-sweep data build --source fixture/sharegpt4v_instruct_gpt4-vision_cap100k.json --images fixture/images \
         --out data-captions --embed.text assistant --variants '[{name: 20kUmap, kind: umap, size: 100}]'
 """
@@ -57,13 +57,13 @@ from typing import Any
 
 import numpy as np
 
+from vlm_core.assets.hub import assets_dir, localize
+from vlm_core.base.hashing import file_sha256, json_digest, seeded_digest
+from vlm_core.base.logs import ProgressBar, event
+from vlm_core.base.outputs import atomic_dir, atomic_path, atomic_write_text, check_output_dir
+from vlm_core.base.ray_env import init_ray
 from vlm_core.config import IMAGE_MARKER
-from vlm_core.data import is_validation
-from vlm_core.hashing import file_sha256, json_digest, seeded_digest
-from vlm_core.hub import assets_dir, localize
-from vlm_core.logs import ProgressBar, event
-from vlm_core.outputs import atomic_dir, atomic_path, atomic_write_text, check_output_dir
-from vlm_core.ray_env import init_ray
+from vlm_core.data.dataset import is_validation
 
 from .config import BuildConfig
 from .embed import TEXT_LABELS, EmbedBatch, model_label, resolve_model
@@ -74,7 +74,7 @@ from .records import (
     json_list_to_jsonl,
     plan_shards,
 )
-from .reduce import assign_rows, fit_plot_layout, fit_space
+from .reduce import MIN_FIT_ROWS, assign_rows, fit_plot_layout, fit_space
 from .repetition import repeated_texts, repetition_stats, repetition_warning
 from .row_steps import TranslateStep, filter_batch, read_shards_batch, reason_group
 from .sampling import cluster_counts, sample_per_cluster, sample_random
@@ -315,7 +315,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
     rows = embed_rows(run, resources)                       # 1  read, validate, filter, translate, embed
     done(1, f"read {rows.n_read} rows, checked, filtered and embedded them", "read_validate_translate_embed_s")
     kept = keep_rows(run, rows)                             # 2  duplicates, repetition of the embedded texts
-    done(2, f"set aside {len(kept.duplicates)} repeated ids")
+    n_kept = check_enough_rows(run, rows, kept)             #    enough to fit and to fill every variant?
+    done(2, f"set aside {len(kept.duplicates)} repeated ids; {n_kept} rows kept")
     space, space_ref, plot_ref, fit_ids, dim = fit_space_on_sample(run, kept)   # 3  UMAP + clusters
     done(3, f"UMAP fitted on {len(fit_ids)} rows, {space.k} clusters", "fit_s")
     ids, clusters = assign_clusters(run, rows, kept, space_ref)                 # 4  every row's cluster
@@ -441,6 +442,51 @@ def keep_rows(run: BuildRun, rows: EmbeddedRows) -> KeptRows:
     if (warning := repetition_warning(repetition, run.cfg.embed.text)):
         run.warn(warning)
     return KeptRows(dataset, keep, duplicates, repetition)
+
+
+class TooFewRows(SourceError):
+    """Too few rows passed the checks to fit the space or to fill a variant: the build stops before fitting."""
+
+
+def check_enough_rows(run: BuildRun, rows: EmbeddedRows, kept: KeptRows) -> int:
+    """Step 2's check: enough rows passed to fit UMAP and to fill every variant, else stop here, before fitting,
+    with ``rejected.jsonl`` written and one line giving the counts by reason and the likely fix. Returns the count."""
+    n_kept = kept.dataset.count_rows(filter=kept.filter)
+    needs = [(MIN_FIT_ROWS, "the UMAP fit needs")] + [(v.size, f"variant {v.name!r} asks for")
+                                                       for v in run.cfg.variants]
+    need, why = max(needs, key=lambda n: n[0])
+    if n_kept >= need:
+        return n_kept
+    write_rejected(run, rows, kept)
+    reasons = "; ".join(f"{n} {reason}" for reason, n in rows.reasons.most_common(3))
+    more = f" and {len(rows.reasons) - 3} more kinds" if len(rows.reasons) > 3 else ""
+    raise TooFewRows(f"data build: {n_kept} of {rows.n_read} rows passed the checks and {why} {need} (rejected: "
+                     f"{reasons or 'none'}{more}); {_likely_fix(run, rows)}; every rejected row with its reason is "
+                     f"in {run.out / 'rejected.jsonl'}")
+
+
+def _likely_fix(run: BuildRun, rows: EmbeddedRows) -> str:
+    """The fix for the commonest reason: where the images are when the ``--images`` root is off by a folder."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    top = rows.reasons.most_common(1)[0][0] if rows.reasons else ""
+    if not top.startswith("image: image not found"):
+        if top.startswith("filter:"):
+            return f"the records' image paths are not under --image-prefix {run.cfg.image_prefix!r}; set it"
+        return "fix the rows' problem, or lower the variants' sizes"
+    missing = pads.dataset(rows.folder, format="parquet").to_table(
+        columns=["image"], filter=(pc.field("stage") == "image")).slice(0, 1)["image"].to_pylist()
+    root = Path(run.cfg.images)
+    if not missing:
+        return f"check --images {root}"
+    rel = missing[0]
+    candidates = [root.parent] + sorted(p for p in root.iterdir() if p.is_dir())
+    found = next((c for c in candidates if (c / rel).is_file()), None)
+    if found is not None:
+        return f"the images are under {found}, not {root}: pass --images {found}"
+    return (f"the records' image paths (e.g. {rel}) are read relative to --images {root}, and {root / rel} is not "
+            f"there; pass the folder that holds them")
 
 
 def fit_space_on_sample(run: BuildRun, kept: KeptRows):

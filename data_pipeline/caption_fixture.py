@@ -25,14 +25,12 @@ Output::
     OUT/sharegpt4v_instruct_gpt4-vision_cap100k.json
     OUT/images/<the records' image paths>
 
-    python -m data_pipeline.caption_fixture OUT [N_ROWS] [SEED]
-    python -c "from data_pipeline.caption_fixture import write_caption_fixture as w; print(w('fx', 400))"
+    vlm-sweep data caption-fixture --out OUT --n-rows 400 --seed 0
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -326,10 +324,3 @@ def write_caption_fixture(out: str | Path, n_rows: int = 400, seed: int = 0) -> 
     return {"rows": n_rows, "coco_rows": n_coco, "mean_caption_chars": round(float(np.mean(chars)), 1),
             "max_caption_chars": int(max(chars)), "mean_caption_words": round(float(np.mean(n_words)), 1),
             "distinct_prompts": len(prompts), "source": str(source), "images": str(images)}
-
-
-if __name__ == "__main__":
-    args = sys.argv[1:]
-    print(json.dumps(write_caption_fixture(args[0] if args else "caption_fixture",
-                                           int(args[1]) if len(args) > 1 else 400,
-                                           int(args[2]) if len(args) > 2 else 0), indent=2))

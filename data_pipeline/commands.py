@@ -3,6 +3,7 @@ fields). ``sweeps.cli`` mounts them under ``vlm-sweep data``.
 
     vlm-sweep data sample-corpus --out corpus
     vlm-sweep data build --source corpus/sharegpt4v_sample.jsonl --images corpus/images --out data
+    vlm-sweep data caption-fixture --out fixture    # a small file in the shape of ShareGPT4V's caption file
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlm_core.logs import start_console
+from vlm_core.base.logs import start_console
 
 from .build import build
+from .caption_fixture import write_caption_fixture
 from .config import BuildConfig
 from .sample_corpus import write_sample_corpus
 
@@ -44,6 +46,20 @@ def data_build_cmd(config: BuildConfig) -> dict:
     return manifest
 
 
-GROUPS = {"data": ("Data preparation", {"sample-corpus": sample_corpus_cmd, "build": data_build_cmd})}
+def caption_fixture_cmd(out: str = "caption_fixture", n_rows: int = 400, seed: int = 0) -> dict:
+    """Write a small file in the shape of ShareGPT4V's GPT-4V caption file, with its images (tests, measurements).
+
+    Args:
+        out: Destination folder (the JSON file and images/).
+        n_rows: Records.
+        seed: Seed (the fixture is deterministic per seed).
+    """
+    counts = write_caption_fixture(out, n_rows, seed)
+    print(json.dumps(counts, indent=2))
+    return counts
+
+
+GROUPS = {"data": ("Data preparation", {"sample-corpus": sample_corpus_cmd, "build": data_build_cmd,
+                                        "caption-fixture": caption_fixture_cmd})}
 CONFIG_CLASSES = {"data build": BuildConfig}
 """Commands whose flags are one dataclass's fields (at top level), by command path."""

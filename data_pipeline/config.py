@@ -9,8 +9,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vlm_core.assets.hub import default_revision
 from vlm_core.config import check_field, from_dict
-from vlm_core.hub import default_revision
 
 from .embed import EMBED_TEXTS
 from .translate import TranslatorConfig
@@ -46,7 +46,7 @@ class EmbedConfig:
     revision: str | None = None
     """Hub commit (or branch / tag) of ``model`` when it is a hub id, passed to ``SentenceTransformer``; ignored
     for a folder and for the packaged default. Unset for ``sentence-transformers/all-MiniLM-L6-v2``: the project's
-    pin (``vlm_core.hub.PINNED_REVISIONS``). A hub id loads from the assets folder (``--assets``) when it holds
+    pin (``vlm_core.assets.hub.PINNED_REVISIONS``). A hub id loads from the assets folder (``--assets``) when it holds
     this revision."""
     text: Literal["human", "assistant", "both"] = "human"
     """What is embedded: ``human`` (the human turns: the study's choice), ``assistant`` (the assistant turns) or
@@ -132,7 +132,7 @@ class BuildConfig:
     image_prefix: str = "coco/"
     """Keep records whose image path starts with this (the COCO filter); empty keeps all."""
     check_images: bool = True
-    """Decode every kept image as training will (``vlm_core.images.open_rgb``) and quarantine, with a reason, the
+    """Decode every kept image as training will (``vlm_core.data.images.open_rgb``) and quarantine, with a reason, the
     missing, empty, truncated, undecodable and oversized ones (``false`` skips the decode: faster on a trusted
     folder, but a bad image then stops training by name)."""
     verbose: bool = False

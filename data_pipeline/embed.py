@@ -13,8 +13,6 @@ clustering the source texts keeps the same rows in ``20kUmap`` with and without 
 
 Besides ``embedding``, each row gets ``embed_hash``: a 64-bit BLAKE2b hash of exactly the text embedded, from
 which the driver counts distinct and most common embedded texts without holding the texts.
-
-    python -c "from data_pipeline.embed import EmbedBatch; e = EmbedBatch(None, 32); print(e.dim)"
 """
 
 from __future__ import annotations
@@ -26,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from vlm_core.assets import minilm_path
-from vlm_core.devices import pick_device
-from vlm_core.hub import resolve
+from vlm_core.assets.hub import resolve
+from vlm_core.assets.packaged import minilm_path
+from vlm_core.base.devices import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,7 @@ def text_hash(text: str) -> int:
 def load_embedder(model: str | None, device: str | None = None, revision: str | None = None):
     """A ``SentenceTransformer``: the packaged MiniLM (``model`` None), a folder, or a hub id at ``revision``.
 
-    A hub id goes through ``vlm_core.hub.resolve`` (an assets folder's copy at that revision when
+    A hub id goes through ``vlm_core.assets.hub.resolve`` (an assets folder's copy at that revision when
     ``$VLM_SWEEP_ASSETS`` holds one; ``data build`` rewrites the id to that folder before the actors start)."""
     from sentence_transformers import SentenceTransformer
 

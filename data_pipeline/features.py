@@ -1,8 +1,6 @@
-"""Build a frozen-encoder feature cache (``vlm_core.feature_cache``) on Ray Data: images are decoded and encoded by
+"""Build a frozen-encoder feature cache (``vlm_core.data.feature_cache``) on Ray Data: images are decoded and encoded by
 actors (one per GPU, or half the CPUs), the driver streams their fp16 features into one Arrow file, written
 atomically. Reused when its key and every image's size / mtime still match; rebuilt (and said so) otherwise.
-
-    python -c "from data_pipeline.features import build_feature_cache; help(build_feature_cache)"
 """
 
 from __future__ import annotations
@@ -13,11 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from vlm_core.base.devices import pick_device
+from vlm_core.base.outputs import atomic_dir
 from vlm_core.config import VLMConfig
-from vlm_core.devices import pick_device
-from vlm_core.feature_cache import FEATURES_FILE, META_FILE, FeatureCache, FeatureCacheError, FeatureEncoder, image_stat
-from vlm_core.images import open_rgb, resolve_image
-from vlm_core.outputs import atomic_dir
+from vlm_core.data.feature_cache import (
+    FEATURES_FILE,
+    META_FILE,
+    FeatureCache,
+    FeatureCacheError,
+    FeatureEncoder,
+    image_stat,
+)
+from vlm_core.data.images import open_rgb, resolve_image
 
 log = logging.getLogger(__name__)
 

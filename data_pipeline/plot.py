@@ -2,8 +2,6 @@
 per-cluster variant ringed in black. The title says what was embedded and by which model (``data build``
 passes e.g. "UMAP of human turns (all-MiniLM-L6-v2)"); it is also stored in the PNG's ``Title`` text chunk
 (``PIL.Image.open(path).text["Title"]``) and in the manifest (``plot.title``).
-
-    python -c "from data_pipeline.plot import plot_umap; help(plot_umap)"
 """
 
 from __future__ import annotations

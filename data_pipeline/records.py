@@ -11,8 +11,6 @@ Pure functions, unit-testable without Ray:
 
 Rows are flat (``conversations`` is JSON text) because nested list-of-struct columns fall back to pickle in
 Ray Data. A rejected row keeps its line number, id, reason and a prefix of the raw text.
-
-    python -c "from data_pipeline.records import plan_shards; print(plan_shards('corpus/sharegpt4v_sample.jsonl', 100))"
 """
 
 from __future__ import annotations
@@ -22,9 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from vlm_core.base.errors import FormatError, VlmSweepError
 from vlm_core.config import IMAGE_MARKER
-from vlm_core.conversation import normalize_messages
-from vlm_core.errors import FormatError, VlmSweepError
+from vlm_core.model.conversation import normalize_messages
 
 RAW_PREFIX = 300  # characters of a rejected row kept for the report
 

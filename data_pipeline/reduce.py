@@ -6,10 +6,6 @@ order and transforms them in fixed batches of ``transform_batch`` (UMAP's transf
 size and order are pinned), assigning each row to a cluster. k for k-means is either given or the candidate with the
 best silhouette score on the fit sample; HDBSCAN clusters the sample and other rows take the label of their nearest
 sample point (HDBSCAN has no out-of-sample predict).
-
-    python -c "import numpy as np; from data_pipeline.reduce import fit_space; from data_pipeline.config import \
-UmapConfig, ClusterConfig; s = fit_space(np.random.rand(300, 16).astype('f4'), UmapConfig(n_components=4), \
-ClusterConfig(k=3), 0); print(s.k)"
 """
 
 from __future__ import annotations
@@ -41,6 +37,10 @@ class FittedSpace:
     transform_batch: int = 1024
 
 
+MIN_FIT_ROWS = 5
+"""Fewest rows UMAP and the clusterer are fitted on (``data build`` stops before fitting on fewer)."""
+
+
 def _umap(n_components: int, cfg: UmapConfig, seed: int, n_rows: int):
     import umap
 
@@ -64,8 +64,8 @@ def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: Cluster
     from sklearn.neighbors import KNeighborsClassifier
 
     n = len(embeddings)
-    if n < 5:
-        raise ValueError(f"only {n} rows to fit UMAP/clustering; at least 5 are needed")
+    if n < MIN_FIT_ROWS:
+        raise ValueError(f"only {n} rows to fit UMAP/clustering; at least {MIN_FIT_ROWS} are needed")
     reducer = _umap(umap_cfg.n_components, umap_cfg, seed, n)
     coords = reducer.fit_transform(embeddings)
     coords_2d = fit_plot_layout(embeddings, umap_cfg, seed) if plot else None

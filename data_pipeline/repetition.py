@@ -1,8 +1,6 @@
 """How repeated the embedded texts are (``manifest.json``'s ``embedding`` section) and the warning ``data build``
 gives when they are mostly repeats: in ShareGPT4V's caption files every human turn is one of ~10 fixed prompts, so
 embedding the human turns would cluster prompt templates, not content.
-
-    python -c "from data_pipeline.repetition import REPEAT_TOP10_SHARE, REPEAT_DISTINCT_FRACTION as d; print(d)"
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ validate a shard of the source, filter by image prefix (and decode each image), 
 gets a reason and the step's name (its ``stage`` column) and flows on, so one pass yields both the kept rows and
 ``rejected.jsonl``.
 
-    python -c "from data_pipeline.row_steps import reason_group; print(reason_group('image path 12 (x)'))"
+    >>> from data_pipeline.row_steps import reason_group
+    >>> reason_group('image path 12 (x)')
+    'image path N'
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vlm_core.images import image_problem, resolve_image
+from vlm_core.data.images import image_problem, resolve_image
 
 from .records import Shard, read_shard, rows_to_batch
 from .translate import TranslateBatch

@@ -13,21 +13,20 @@ Output::
     OUT/eval_easyvqa.jsonl          held-out questions with their answers
     OUT/images/...                  the images, at the paths the records name
 
-    vlm-sweep data sample-corpus --out corpus            # or: python -m data_pipeline.sample_corpus corpus
+    vlm-sweep data sample-corpus --out corpus
 """
 
 from __future__ import annotations
 
 import json
 import random
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 from PIL import Image
 
 from vlm_core.config import IMAGE_MARKER
-from vlm_core.evaluation import EVAL_FILE, question_type
+from vlm_core.evaluation.heldout import EVAL_FILE, question_type
 
 TRAIN_FILE = "sharegpt4v_sample.jsonl"
 
@@ -168,7 +167,3 @@ def write_sample_corpus(out: str | Path, n_train_images: int = 600, n_eval_quest
     return {"records": len(records), "easy_vqa": len(chosen), "photos": n_photos, "non_coco": n_non_coco,
             "eval_questions": len(eval_rows), "train_file": str(out / TRAIN_FILE),
             "eval_file": str(out / EVAL_FILE), "image_root": str(images)}
-
-
-if __name__ == "__main__":
-    print(json.dumps(write_sample_corpus(sys.argv[1] if len(sys.argv) > 1 else "corpus"), indent=2))

@@ -4,7 +4,9 @@ Per-cluster allocation is water-filling: every cluster gets an equal share; a cl
 gives all it has and the remainder is spread over the clusters that still have rows, until the target is met
 exactly. Ids are sorted first, so the result depends only on (ids, clusters, size, seed).
 
-    python -c "from data_pipeline.sampling import allocate; print(allocate({0: 5, 1: 100, 2: 100}, 60))"
+    >>> from data_pipeline.sampling import allocate
+    >>> allocate({0: 5, 1: 100, 2: 100}, 60)
+    {0: 5, 1: 28, 2: 27}
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from vlm_core.errors import VlmSweepError
+from vlm_core.base.errors import VlmSweepError
 
 
 class SamplingError(VlmSweepError, ValueError):

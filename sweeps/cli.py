@@ -25,7 +25,7 @@ underscores both work, in every part of a dotted name: ``--train.max-steps``), a
 ``--dry-run`` alone means ``--dry_run true``, ``--no-feature-cache`` means ``--feature_cache false`` (an explicit
 ``true`` / ``false`` after the flag still works). ``vlm-sweep --version`` prints the version and the pinned stack.
 
-Every error the project raises on purpose derives from ``vlm_core.errors.VlmSweepError`` and already names what is
+Every error the project raises on purpose derives from ``vlm_core.base.errors.VlmSweepError`` and already names what is
 wrong and the fix: it is printed in one line, without a traceback, with exit code 2; so are the OS errors that are
 the machine's state (a missing file, no space, no permission).
 """
@@ -33,6 +33,7 @@ the machine's state (a missing file, no space, no permission).
 from __future__ import annotations
 
 import errno
+import inspect
 import logging
 import os
 import platform
@@ -45,8 +46,8 @@ import yaml
 
 import data_pipeline.commands
 import vlm_core.commands
-from vlm_core.errors import VlmSweepError
-from vlm_core.logs import configure_logging
+from vlm_core.base.errors import VlmSweepError
+from vlm_core.base.logs import configure_logging
 from vlm_core.presets import get_preset
 
 from . import commands as sweep_commands
@@ -61,8 +62,17 @@ def _merged(table: str) -> dict[str, Any]:
     return {k: v for m in PACKAGES for k, v in getattr(m, table, {}).items()}
 
 
+def _merged_groups() -> dict[str, tuple[str, dict[str, Callable]]]:
+    """Every package's command groups; a group several packages add to (``show``) holds all their commands."""
+    groups: dict[str, tuple[str, dict[str, Callable]]] = {}
+    for m in PACKAGES:
+        for name, (description, commands) in getattr(m, "GROUPS", {}).items():
+            groups.setdefault(name, (description, {}))[1].update(commands)
+    return groups
+
+
 COMMANDS: dict[str, Callable] = _merged("COMMANDS")
-GROUPS: dict[str, tuple[str, dict[str, Callable]]] = _merged("GROUPS")
+GROUPS: dict[str, tuple[str, dict[str, Callable]]] = _merged_groups()
 """Command groups (``vlm-sweep GROUP COMMAND``): help text and their commands."""
 CONFIG_CLASSES: dict[str, type] = _merged("CONFIG_CLASSES")
 """Commands whose flags are one dataclass's fields (at top level), keyed by command path."""
@@ -118,8 +128,11 @@ def _command_parser(path: str, fn: Callable, preset: str):
         return sub
     positional = POSITIONAL.get(path, ())
     sub.add_function_arguments(fn, fail_untyped=True, skip=set(positional))
+    defaults = inspect.signature(fn).parameters
     for arg in positional:
-        sub.add_argument(arg, type=typing.get_type_hints(fn)[arg], help=f"the {arg}")
+        default = defaults[arg].default
+        optional = {} if default is inspect.Parameter.empty else {"nargs": "?", "default": default}
+        sub.add_argument(arg, type=typing.get_type_hints(fn)[arg], help=f"the {arg}", **optional)
     if "model" in fn.__annotations__:
         sub.set_defaults(model=get_preset(preset).to_dict())
     return sub
@@ -169,9 +182,9 @@ def _is_bool(action) -> bool:
 
 
 def conventional_argv(parser, argv: list[str]) -> list[str]:
-    """``argv`` in the form jsonargparse parses: option names with underscores (``--dry-run`` → ``--dry-run``,
-    ``--train.max-steps`` → ``--train.max-steps``; values untouched), a yes/no flag given alone followed by
-    ``true`` (``--resume`` → ``--resume``), ``--no-X`` of a yes/no flag X as ``--X false``. Everything after a
+    """``argv`` in the form jsonargparse parses: option names with underscores (``--dry-run`` → ``--dry_run``,
+    ``--train.max-steps`` → ``--train.max_steps``; values untouched), a yes/no flag given alone followed by
+    ``true`` (``--resume`` → ``--resume true``), ``--no-X`` of a yes/no flag X as ``--X false``. Everything after a
     bare ``--`` is left as it is."""
     command = _command_parser_of(parser, argv)
     actions = command._actions if command is not None else []

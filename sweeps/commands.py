@@ -4,6 +4,8 @@
     vlm-sweep run --preset local
     vlm-sweep sweep --data data --images corpus/images --preset local --grid paper19 --stage all
     vlm-sweep report runs/sweep
+    vlm-sweep show grid paper19                  # the grid's trials, both stages
+    vlm-sweep show profiles                      # each hardware profile's Ray request on each backend
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vlm_core.logs import event, start_console
+from vlm_core.base.logs import event, start_console
 
 from .driver import SweepConfig, run_sweep
-from .report import write_report
+from .matrix import format_table, get_grid
+from .profiles import profile_table
+from .reporting.sweep_report import write_report
 from .study import StudyConfig, run_main_job
 
 
@@ -71,7 +75,27 @@ def report_cmd(experiment: str) -> dict:
     return result
 
 
+def show_grid_cmd(name: str = "paper19") -> str:
+    """Print a grid's trials: stage 1, then stage 2 with the stage-1 config each continues.
+
+    Args:
+        name: The grid (paper19, lora, full).
+    """
+    text = "\n\n".join(f"stage {stage}:\n{format_table(get_grid(name, stage))}" for stage in (1, 2))
+    print(text)
+    return text
+
+
+def show_profiles_cmd() -> str:
+    """Print each hardware profile's Ray resource request on each backend (or why the backend refuses it)."""
+    text = "\n".join(profile_table())
+    print(text)
+    return text
+
+
 COMMANDS = {"run": run_cmd, "sweep": sweep_cmd, "report": report_cmd}
+GROUPS = {"show": ("What a name stands for: presets, prompts, token lengths, grids, hardware profiles",
+                   {"grid": show_grid_cmd, "profiles": show_profiles_cmd})}
 CONFIG_CLASSES = {"sweep": SweepConfig}
 """Commands whose flags are one dataclass's fields (at top level), by command path."""
-POSITIONAL = {"report": ("experiment",)}
+POSITIONAL = {"report": ("experiment",), "show grid": ("name",)}

@@ -4,7 +4,7 @@ Stage 1 runs the grid's projector-only trials; the lineage manifest then records
 its best checkpoint (by validation loss); stage 2 starts each continuation from the checkpoint of the config
 it continues, under ASHA (``time_attr="epoch"``). Results live under ``--out`` (Tune's ``storage_path``):
 ``stage1/``, ``stage2/`` (Tune experiments), ``lineage.json``, ``trials.json`` and the report (``report.md``,
-``trials.csv``, ``loss_curves.png``, ``by_axis.png``; see sweeps/report.py). Each trial is one W&B run
+``trials.csv``, ``loss_curves.png``, ``by_axis.png``; see sweeps/reporting/sweep_report.py). Each trial is one W&B run
 (offline unless a key is configured; see sweeps/tracking.py). Interrupted (Ctrl-C, a lost driver)? Rerun the
 same command with ``--resume``: finished trials are kept, unfinished ones continue.
 
@@ -25,28 +25,30 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.features import build_feature_cache
-from vlm_core.checkpoint import CheckpointError, check_projector_selection, read_meta
-from vlm_core.config import SHARDINGS, ConfigError, check_field
-from vlm_core.data import read_records
-from vlm_core.errors import VlmSweepError
-from vlm_core.faults import from_env as faults_from_env
-from vlm_core.hub import ASSETS_ENV
-from vlm_core.lengths import formatter_for, formatter_key, lengths_table, measure
-from vlm_core.logs import event, is_verbose
-from vlm_core.outputs import GiB, atomic_write_text, check_output_dir
-from vlm_core.presets import Scale, available_presets, preset
-from vlm_core.ray_env import init_ray
-from vlm_core.runner import DataSpec
+from vlm_core.assets.hub import ASSETS_ENV
+from vlm_core.base.errors import ConfigError, VlmSweepError
+from vlm_core.base.logs import event, is_verbose
+from vlm_core.base.outputs import GiB, atomic_write_text, check_output_dir
+from vlm_core.base.ray_env import init_ray
+from vlm_core.base.registry import Registry
+from vlm_core.config import TrainConfig, VLMConfig, check_field, choices
+from vlm_core.data.dataset import read_records
+from vlm_core.data.lengths import formatter_for, formatter_key, lengths_table, measure
+from vlm_core.presets import PRESETS, preset
+from vlm_core.training.checkpoint import CheckpointError, check_projector_selection, read_meta
+from vlm_core.training.faults import from_env as faults_from_env
+from vlm_core.training.runner import DataSpec
 
-from .matrix import TrialSpec, get_grid
+from .matrix import GRIDS, TrialSpec, get_grid
 from .profiles import BACKENDS, PROFILES, TrialResources, check_fits, trial_resources
-from .report import LENGTHS_FILE, write_report
-from .results import TrialResult, read_trials, record_lineage
-from .scheduling import DECISIONS_FILE, RecordingASHA, rung_milestones
+from .reporting.results import LINEAGE_FILE, TrialResult, read_trials, record_lineage
+from .reporting.sweep_report import LENGTHS_FILE, write_report
+from .scheduling import DECISIONS_FILE, AshaLink, RecordingASHA, rung_milestones
 from .statuses import METRIC, MODE
 from .tracking import MODES as WANDB_MODES
 from .tracking import wandb_callbacks
-from .trial import RUNNERS, remove_workdirs, resources_dict, run_trial, runs_in_tune, trial_configs
+from .trial import TRIAL_RUNNERS, remove_workdirs, run_trial, runs_in_tune
+from .trial_config import Trial, TrialRun, trial_configs
 from .trial_events import TrialEvents
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ class SweepConfig:
     workers); ``train`` — every trial through a ``TorchTrainer``."""
     dense_groups: int | None = None
     """G of the dense-connector trials: DCI averages G contiguous groups of the encoder's hidden states (default:
-    the preset's, 4; see vlm_core.projectors)."""
+    the preset's, 4; see vlm_core.model.projectors)."""
     asha: AshaConfig = field(default_factory=AshaConfig)
 
     def __post_init__(self) -> None:
@@ -153,9 +155,9 @@ class SweepConfig:
                     f"{self.assets} is not a folder; create it with `vlm-sweep assets download --preset "
                     f"{self.preset} --to {self.assets}`")
 
-        check_field(self.preset in available_presets(), "preset",
-                    f"unknown preset {self.preset!r}; choose one of {available_presets()}")
-        check_field(self.stage in ("1", "2", "all"), "stage", f"{self.stage!r} is not 1, 2 or all")
+        PRESETS.check(self.preset)
+        STAGES.check(self.stage)
+        GRIDS.check(self.grid)
         if self.backend is not None:
             BACKENDS.check(self.backend)
         check_field(self.max_failures >= 0, "max_failures", "must be >= 0")
@@ -163,38 +165,71 @@ class SweepConfig:
         check_field(self.min_free_gb is None or self.min_free_gb >= 0, "min_free_gb", "must be >= 0")
         check_field(self.limit is None or self.limit >= 1, "limit", "must be >= 1")
         check_field(self.dense_groups is None or self.dense_groups >= 1, "dense_groups", "must be >= 1")
-        check_field(self.runner in RUNNERS, "runner", f"{self.runner!r} is not one of {', '.join(RUNNERS)}")
-        check_field(self.stage2_sharding in SHARDINGS, "stage2_sharding",
-                    f"{self.stage2_sharding!r} is not one of {', '.join(SHARDINGS)}")
+        TRIAL_RUNNERS.check(self.runner)
+        choices.SHARDING.check(self.stage2_sharding, "stage2_sharding")
         for name in ("num_workers", "stage2_num_workers"):
             check_field(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1")
         check_field(self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max_steps_per_epoch",
                     "must be >= 1")
         check_field(not self.paper_ids or self.grid in ("paper19", "lora"), "paper_ids",
                     "only applies to --grid paper19 or lora")
-        check_field(self.wandb in WANDB_MODES, "wandb", f"{self.wandb!r} is not one of {', '.join(WANDB_MODES)}")
+        WANDB_MODES.check(self.wandb)
 
 
 class SweepInterrupted(VlmSweepError, RuntimeError):
     """The sweep stopped before every trial of a stage finished (Ctrl-C, SIGUSR1); its state is saved."""
 
 
+STAGES: Registry[tuple[int, ...]] = Registry("stage", "stage", {"1": (1,), "2": (2,), "all": (1, 2)})
+"""``--stage``: which training stages a sweep runs."""
+
+
 @dataclass
 class PlannedTrial:
+    """A trial of the matrix as planned: its row, its Ray resources and its configs, built once (stage 2's parent
+    checkpoint and every trial's feature cache are filled in when they are known: :func:`make_trial`)."""
+
     spec: TrialSpec
     resources: TrialResources
+    model: VLMConfig
+    train: TrainConfig
+
+
+@dataclass
+class SweepPlan:
+    """The trials of every stage the sweep runs."""
+
+    stages: dict[int, list[PlannedTrial]]
+
+    @property
+    def every(self) -> list[PlannedTrial]:
+        return [p for planned in self.stages.values() for p in planned]
 
 
 def plan(cfg: SweepConfig, stage: int) -> list[PlannedTrial]:
+    """Stage ``stage``'s trials: the grid's rows (``--paper-ids``, ``--limit``), their resources on the backend, and
+    their model and training configs under the preset's scale."""
     backend = cfg.backend or preset(cfg.preset).backend
+    scale = preset(cfg.preset).scale
+    if cfg.max_steps_per_epoch:
+        scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
     trials = get_grid(cfg.grid, stage)
     if cfg.paper_ids:
         trials = [t for t in trials if t.paper_id in cfg.paper_ids]
     if cfg.limit:
         trials = trials[: cfg.limit]
     workers = (cfg.stage2_num_workers or cfg.num_workers) if stage == 2 else cfg.num_workers
-    return [PlannedTrial(t, trial_resources(t.profile, backend, workers or PROFILES[t.profile].num_workers))
-            for t in trials]
+    planned = []
+    for t in trials:
+        res = trial_resources(t.profile, backend, workers or PROFILES[t.profile].num_workers)
+        model, train = trial_configs(t, cfg.preset, scale, None, res.gradient_checkpointing, cfg.assets,
+                                     cfg.dense_groups, cfg.stage2_sharding)
+        planned.append(PlannedTrial(t, res, model, train))
+    return planned
+
+
+def plan_sweep(cfg: SweepConfig) -> SweepPlan:
+    return SweepPlan({s: plan(cfg, s) for s in STAGES[cfg.stage]})
 
 
 def format_plan(planned: list[PlannedTrial]) -> str:
@@ -213,7 +248,7 @@ def check_space(out: Path, preset_name: str, override: float | None, what: str) 
     check_output_dir(tempfile.gettempdir(), need, "trial scratch folder (TMPDIR)")
 
 
-def _variant_paths(cfg: SweepConfig, dataset: str) -> dict[str, Any]:
+def _variant_paths(cfg: SweepConfig, dataset: str) -> DataSpec:
     vdir = Path(cfg.data) / dataset
     train, val = vdir / "train-00000.parquet", vdir / "val-00000.parquet"
     if not train.is_file():
@@ -223,7 +258,7 @@ def _variant_paths(cfg: SweepConfig, dataset: str) -> dict[str, Any]:
     if val.is_file() and not has_val:
         log.warning("%s is empty; each trial holds out 10%% of %s (by id hash) for validation instead", val, train)
     return DataSpec(train=str(train.resolve()), images=str(Path(cfg.images).resolve()),
-                    val=str(val.resolve()) if has_val else None).__dict__
+                    val=str(val.resolve()) if has_val else None)
 
 
 def _parquet_rows(path: Path) -> int:
@@ -232,71 +267,38 @@ def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path) -> dict[tuple[str, str], str]:
+def build_feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path,
+                         data: dict[str, DataSpec]) -> dict[tuple[str, str], str]:
     """One feature cache per (dataset, projector selection) the trials need, built on Ray Data or reused."""
     import pyarrow.parquet as pq
 
     caches: dict[tuple[str, str], str] = {}
     for p in trials:
-        model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets, dense_groups=cfg.dense_groups)
-        k = (p.spec.dataset, model.projector.name)
+        k = (p.spec.dataset, p.model.projector.name)
         if k in caches:
             continue
-        paths = _variant_paths(cfg, p.spec.dataset)
-        images = [img for f in (paths["train"], paths["val"]) if f
+        paths = data[p.spec.dataset]
+        images = [img for f in (paths.train, paths.val) if f
                   for img in pq.read_table(f, columns=["image"]).column("image").to_pylist()]
         root = Path(cfg.data) / p.spec.dataset / "features"
         try:
             root.mkdir(exist_ok=True)
         except OSError:  # a read-only dataset folder: keep the cache with the experiment
             root = storage / "features" / p.spec.dataset
-        caches[k] = str(build_feature_cache(model, images, paths["images"], root))
+        caches[k] = str(build_feature_cache(p.model, images, paths.images, root))
     return caches
 
 
-def _param(cfg: SweepConfig, p: PlannedTrial, storage: Path, init_checkpoint: str | None,
-           data: dict[str, dict[str, Any]], caches: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
-    """One trial's Tune parameters; ``data`` caches each dataset's ``_variant_paths`` (read once per sweep)."""
-    if p.spec.dataset not in data:
-        data[p.spec.dataset] = _variant_paths(cfg, p.spec.dataset)
-    scale = preset(cfg.preset).scale
-    if cfg.max_steps_per_epoch:
-        scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
-    model, train = trial_configs(p.spec, cfg.preset, scale, init_checkpoint, p.resources.gradient_checkpointing,
-                                 cfg.assets, cfg.dense_groups, cfg.stage2_sharding)
-    features = (caches or {}).get((p.spec.dataset, model.projector.name))
-    worker = {"model": model.to_dict(), "train": train.to_dict(),
-              "data": {**data[p.spec.dataset], "features": features}}
-    faults = faults_from_env()  # tests only (vlm_core.faults); absent from a normal trial's config
-    if faults:
-        worker["faults"] = faults
-    return {"config_id": p.spec.config_id, "spec": p.spec.to_dict(), "resources": resources_dict(p.resources),
-            "storage_path": str(storage / "train"), "max_failures": cfg.max_failures, "worker": worker,
-            "in_tune": runs_in_tune(p.resources, cfg.runner)}
-
-
-def measure_lengths(cfg: SweepConfig, trials: list[PlannedTrial]) -> list[dict[str, Any]]:
-    """Every variant's token-length distribution under each distinct formatter its trials build (tokenizer,
-    chat / raw, image tokens, ``max_length``): one row per (dataset, formatter), naming its trials."""
-    groups: dict[tuple[str, str], dict[str, Any]] = {}
-    for p in trials:
-        model, _ = trial_configs(p.spec, cfg.preset, Scale(), assets=cfg.assets, dense_groups=cfg.dense_groups)
-        g = groups.setdefault((p.spec.dataset, formatter_key(model)), {"model": model, "trials": []})
-        g["trials"].append(p.spec.config_id)
-    formatters: dict[str, Any] = {}
-    records: dict[str, list[dict]] = {}
-    rows = []
-    for (dataset, key), g in groups.items():
-        if dataset not in records:
-            paths = _variant_paths(cfg, dataset)
-            records[dataset] = [r for f in (paths["train"], paths["val"]) if f for r in read_records(f)]
-        if key not in formatters:
-            formatters[key] = formatter_for(g["model"])
-        fmt = formatters[key]
-        stats = measure(records[dataset], fmt)
-        rows.append({"dataset": dataset, "format": f"{fmt.cfg.mode}, {fmt.num_image_tokens} image tokens",
-                     "trials": g["trials"], **dataclasses.asdict(stats)})
-    return rows
+def make_trial(cfg: SweepConfig, p: PlannedTrial, storage: Path, data: dict[str, DataSpec],
+               caches: dict[tuple[str, str], str], init_checkpoint: str | None = None,
+               asha: AshaLink | None = None) -> Trial:
+    """The trial Tune runs: the planned configs with the stage-2 parent's checkpoint and the feature cache."""
+    train = dataclasses.replace(p.train, init_checkpoint=init_checkpoint)
+    features = caches.get((p.spec.dataset, p.model.projector.name))
+    run = TrialRun(p.model, train, dataclasses.replace(data[p.spec.dataset], features=features),
+                   faults=faults_from_env())  # tests only (vlm_core.training.faults); None in a normal sweep
+    return Trial(p.spec, p.resources, str(storage / "train"), cfg.max_failures, run,
+                 runs_in_tune(p.resources, cfg.runner), asha)
 
 
 def spread_cpus(planned: list[PlannedTrial], node_cpus: float, concurrent: int) -> list[PlannedTrial]:
@@ -312,7 +314,7 @@ def spread_cpus(planned: list[PlannedTrial], node_cpus: float, concurrent: int) 
         if not r.use_gpu and r.num_workers == 1 and set(r.resources_per_worker) == {"CPU"} and share > 1:
             r = dataclasses.replace(r, resources_per_worker={"CPU": share},
                                     notes=[*r.notes, f"{share} CPUs ({concurrent} trial(s) at a time)"])
-        out.append(PlannedTrial(p.spec, r))
+        out.append(dataclasses.replace(p, resources=r))
     return out
 
 
@@ -333,13 +335,13 @@ def _trial_resources(config: dict[str, Any]):
     """What a Tune trial reserves (see ``_run_experiment``)."""
     import ray.tune
 
-    trial = config["trial"]
-    if not trial.get("in_tune"):
+    trial = Trial.from_dict(config["trial"])
+    if not trial.in_tune:
         return {"CPU": 0, "memory": 1}
-    return ray.tune.PlacementGroupFactory([trial["resources"]["resources_per_worker"]])
+    return ray.tune.PlacementGroupFactory([trial.resources.resources_per_worker])
 
 
-def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], storage: Path, scheduler=None,
+def _run_experiment(cfg: SweepConfig, stage: int, trials: list[Trial], storage: Path, scheduler=None,
                     fit_count: int = 1) -> list[TrialResult]:
     """Run (or resume) training stage ``stage``'s trials as one Tune experiment in ``storage/stage<N>``; returns
     their results, or raises ``SweepInterrupted`` when some are unfinished."""
@@ -353,17 +355,17 @@ def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], 
     # placement group (idle drivers holding CPUs would starve their own Train workers); Ray needs a non-empty
     # request, so it asks for one byte of memory. A trial that trains in itself (the tune runner) reserves its
     # worker's resources, and Tune restarts it on failure and reuses its process for the next trial.
-    in_tune = bool(params) and all(p["in_tune"] for p in params)
+    in_tune = bool(trials) and all(t.in_tune for t in trials)
     trainable = ray.tune.with_resources(run_trial, _trial_resources)
     if cfg.resume and ray.tune.Tuner.can_restore(str(storage / name)):
-        event("stage %d · resuming its %d trials from %s", stage, len(params), storage / name)
+        event("stage %d · resuming its %d trials from %s", stage, len(trials), storage / name)
         tuner = ray.tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     else:
         max_conc = cfg.asha.max_concurrent if stage == 2 else (cfg.max_concurrent or fit_count)
-        event("stage %d · %d trials, up to %d at a time", stage, len(params), max_conc)
+        event("stage %d · %d trials, up to %d at a time", stage, len(trials), max_conc)
         tuner = ray.tune.Tuner(
             trainable,
-            param_space={"trial": ray.tune.grid_search(params)},
+            param_space={"trial": ray.tune.grid_search([t.to_dict() for t in trials])},
             tune_config=ray.tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
                                             max_concurrent_trials=max_conc, reuse_actors=in_tune,
                                             trial_name_creator=lambda t: t.config["trial"]["config_id"],
@@ -372,7 +374,7 @@ def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], 
                                           failure_config=ray.tune.FailureConfig(
                                               max_failures=cfg.max_failures if in_tune else 0),
                                           callbacks=[*wandb_callbacks(cfg.wandb, f"{storage.name}-stage{stage}"),
-                                                     TrialEvents(stage, len(params))],
+                                                     TrialEvents(stage, len(trials))],
                                           verbose=None if is_verbose() else 0,
                                           checkpoint_config=ray.tune.CheckpointConfig(
                                               num_to_keep=1, checkpoint_score_attribute=METRIC,
@@ -390,31 +392,63 @@ def _run_experiment(cfg: SweepConfig, stage: int, params: list[dict[str, Any]], 
     return results
 
 
-def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
-    """Plan, pre-flight and run the requested stages; returns the lineage and per-trial summaries."""
-    stages = [1, 2] if cfg.stage == "all" else [int(cfg.stage)]
-    planned = {s: plan(cfg, s) for s in stages}
-    every = [p for s in stages for p in planned[s]]
-    if cfg.dry_run:
-        for s in stages:
-            print(f"stage {s}: {len(planned[s])} trials\n{format_plan(planned[s])}\n")
-        try:
-            lengths = measure_lengths(cfg, every)
-            print(f"token lengths (LLM tokens per sample, before any training):\n{lengths_table(lengths)}\n")
-        except (ConfigError, OSError) as e:  # no data yet, or a tokenizer this machine cannot load
-            lengths = None
-            print(f"token lengths: not measured ({e})\n")
-        return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned[s]] for s in stages},
-                "token_lengths": lengths}
+def measure_lengths(trials: list[PlannedTrial], data: dict[str, DataSpec]) -> list[dict[str, Any]]:
+    """Every variant's token-length distribution under each distinct formatter its trials build (tokenizer,
+    chat / raw, image tokens, ``max_length``): one row per (dataset, formatter), naming its trials."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for p in trials:
+        g = groups.setdefault((p.spec.dataset, formatter_key(p.model)), {"model": p.model, "trials": []})
+        g["trials"].append(p.spec.config_id)
+    formatters: dict[str, Any] = {}
+    records: dict[str, list[dict]] = {}
+    rows = []
+    for (dataset, key), g in groups.items():
+        if dataset not in records:
+            records[dataset] = [r for f in (data[dataset].train, data[dataset].val) if f for r in read_records(f)]
+        if key not in formatters:
+            formatters[key] = formatter_for(g["model"])
+        fmt = formatters[key]
+        stats = measure(records[dataset], fmt)
+        rows.append({"dataset": dataset, "format": f"{fmt.cfg.mode}, {fmt.num_image_tokens} image tokens",
+                     "trials": g["trials"], **dataclasses.asdict(stats)})
+    return rows
+
+
+def variant_data(cfg: SweepConfig, trials: list[PlannedTrial]) -> dict[str, DataSpec]:
+    """Each dataset variant the trials read: its train / val files (checked to exist) and the image root."""
+    return {d: _variant_paths(cfg, d) for d in dict.fromkeys(p.spec.dataset for p in trials)}
+
+
+def dry_run(sweep: SweepPlan, cfg: SweepConfig) -> dict[str, Any]:
+    """``--dry-run``: the trials, their profiles and Ray requests, and the token lengths when the data is there."""
+    for s, planned in sweep.stages.items():
+        print(f"stage {s}: {len(planned)} trials\n{format_plan(planned)}\n")
+    try:
+        lengths = measure_lengths(sweep.every, variant_data(cfg, sweep.every))
+        print(f"token lengths (LLM tokens per sample, before any training):\n{lengths_table(lengths)}\n")
+    except (ConfigError, OSError) as e:  # no data yet, or a tokenizer this machine cannot load
+        lengths = None
+        print(f"token lengths: not measured ({e})\n")
+    return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned] for s, planned in sweep.stages.items()},
+            "token_lengths": lengths}
+
+
+def preflight(cfg: SweepConfig, sweep: SweepPlan) -> tuple[Path, dict[str, Any]]:
+    """Before anything runs: the output and scratch folders have room, Ray is up, and the cluster can ever hold
+    every trial (Ray would wait for ever otherwise). Returns the experiment folder and the cluster's resources."""
     storage = Path(cfg.out).resolve()
     check_space(storage, cfg.preset, cfg.min_free_gb, "sweep --out")
     resources = init_ray()
-    for s in stages:
-        for p in planned[s]:
-            check_fits(p.resources, resources, p.spec.config_id)
-
-    lengths = measure_lengths(cfg, every)
+    for p in sweep.every:
+        check_fits(p.resources, resources, p.spec.config_id)
     storage.mkdir(parents=True, exist_ok=True)
+    return storage, resources
+
+
+def record_token_lengths(sweep: SweepPlan, data: dict[str, DataSpec], storage: Path) -> list[dict[str, Any]]:
+    """Measure every variant's token lengths under the trials' formatters before anything trains, write them to
+    ``token_lengths.json`` and warn about samples ``format.max_length`` cuts or drops."""
+    lengths = measure_lengths(sweep.every, data)
     atomic_write_text(storage / LENGTHS_FILE, json.dumps({"rows": lengths}, indent=2))
     log.info("token lengths before the trials (see %s):\n%s", storage / LENGTHS_FILE, lengths_table(lengths))
     for row in lengths:
@@ -422,46 +456,70 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
             log.warning("%s (%s): %d of %d samples are longer than format.max_length=%d: %d cut to whole turns, "
                         "%d dropped", row["dataset"], row["format"], row["over"], row["rows"], row["max_length"],
                         row["cut"], row["dropped"])
-    summary: dict[str, Any] = {"stages": {}}
-    data: dict[str, dict[str, Any]] = {}
-    caches = _feature_caches(cfg, every, storage) if cfg.feature_cache else {}
-    lineage_file = storage / "lineage.json"
+    return lengths
+
+
+def run_stage1(cfg: SweepConfig, planned: list[PlannedTrial], storage: Path, resources: dict[str, Any],
+               data: dict[str, DataSpec], caches: dict[tuple[str, str], str]) -> list[TrialResult]:
+    """The projector-only trials, as many at once as the cluster fits (or ``--max-concurrent``)."""
+    fit = concurrent_fit(planned, resources)
+    running = min(cfg.max_concurrent or fit, len(planned))
+    trials = [make_trial(cfg, p, storage, data, caches) for p in spread_cpus(planned, _largest_node_cpus(), running)]
+    return _run_experiment(cfg, 1, trials, storage, fit_count=fit)
+
+
+def parent_checkpoint(p: PlannedTrial, lineage: dict[str, Any], lineage_file: Path) -> str:
+    """The best checkpoint of the stage-1 config a stage-2 trial continues, checked before any trial starts (a
+    corrupt parent would fail every retry of its continuations)."""
+    parent = lineage.get(p.spec.parent)
+    if not parent or not parent.get("checkpoint") or not Path(parent["checkpoint"]).is_dir():
+        raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, which has no "
+                          f"finished stage-1 checkpoint in {lineage_file}; run --stage 1 (or all) first")
+    try:
+        read_meta(parent["checkpoint"])
+        check_projector_selection(parent["checkpoint"])
+    except CheckpointError as e:
+        raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, whose stage-1 "
+                          f"checkpoint is unusable ({e}); run stage 1 again (a new --out, or --stage all)") from e
+    return parent["checkpoint"]
+
+
+def run_stage2(cfg: SweepConfig, planned: list[PlannedTrial], storage: Path, data: dict[str, DataSpec],
+               caches: dict[tuple[str, str], str], lineage: dict[str, Any]) -> list[TrialResult]:
+    """The continuations, each from its parent's best checkpoint, under ASHA (which records its rung decisions:
+    trials read them at each rung, and when they resume from a checkpoint of a rung ASHA may not have decided)."""
+    max_t = max(p.spec.epochs for p in planned)
+    decisions = str(storage / "stage2" / DECISIONS_FILE)
+    asha = AshaLink(decisions, cfg.asha.decision_wait_s,
+                    rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t))
+    trials = [make_trial(cfg, p, storage, data, caches, parent_checkpoint(p, lineage, storage / LINEAGE_FILE), asha)
+              for p in spread_cpus(planned, _largest_node_cpus(), cfg.asha.max_concurrent)]
+    scheduler = RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
+                              reduction_factor=cfg.asha.reduction_factor)
+    return _run_experiment(cfg, 2, trials, storage, scheduler=scheduler)
+
+
+def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
+    """Plan, pre-flight and run the requested stages, step by step; returns the lineage and per-trial summaries."""
+    sweep = plan_sweep(cfg)                                         # every trial's configs, built once
+    if cfg.dry_run:
+        return dry_run(sweep, cfg)
+    storage, resources = preflight(cfg, sweep)                      # space, Ray, the cluster fits every trial
+    data = variant_data(cfg, sweep.every)
+    record_token_lengths(sweep, data, storage)                      # nothing cut or dropped silently
+    caches = build_feature_caches(cfg, sweep.every, storage, data) if cfg.feature_cache else {}
+    lineage_file = storage / LINEAGE_FILE
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
     results: dict[int, list[TrialResult]] = {}
-    if 1 in stages:
-        fit = concurrent_fit(planned[1], resources)
-        running = min(cfg.max_concurrent or fit, len(planned[1]))
-        results[1] = _run_experiment(cfg, 1, [_param(cfg, p, storage, None, data, caches) for p in spread_cpus(
-            planned[1], _largest_node_cpus(), running)], storage, fit_count=fit)
+    summary: dict[str, Any] = {"stages": {}}
+    if 1 in sweep.stages:                                           # stage 1, then its best checkpoints
+        results[1] = run_stage1(cfg, sweep.stages[1], storage, resources, data, caches)
         summary["stages"][1] = [t.summary() for t in results[1]]
         lineage = record_lineage(summary["stages"][1], lineage)
         atomic_write_text(lineage_file, json.dumps(lineage, indent=2))
-    if 2 in stages:
-        max_t = max(p.spec.epochs for p in planned[2])
-        decisions = str(storage / "stage2" / DECISIONS_FILE)
-        # trials read it at each rung (they end there if stopped) and when they resume from a checkpoint (a rung
-        # ASHA may not have decided yet)
-        asha_param = {"decisions_file": decisions, "wait_s": cfg.asha.decision_wait_s,
-                      "milestones": rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t)}
-        params = []
-        for p in spread_cpus(planned[2], _largest_node_cpus(), cfg.asha.max_concurrent):
-            parent = lineage.get(p.spec.parent)
-            if not parent or not parent.get("checkpoint") or not Path(parent["checkpoint"]).is_dir():
-                raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, which has no "
-                                  f"finished stage-1 checkpoint in {lineage_file}; run --stage 1 (or all) first")
-            try:  # before any trial starts: a corrupt parent would fail every retry of its continuations
-                read_meta(parent["checkpoint"])
-                check_projector_selection(parent["checkpoint"])
-            except CheckpointError as e:
-                raise ConfigError(f"stage 2 trial {p.spec.config_id} continues {p.spec.parent}, whose stage-1 "
-                                  f"checkpoint is unusable ({e}); run stage 1 again (a new --out, or --stage all)"
-                                  ) from e
-            params.append({**_param(cfg, p, storage, parent["checkpoint"], data, caches), "asha": asha_param})
-        asha = RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
-                             reduction_factor=cfg.asha.reduction_factor)
-        results[2] = _run_experiment(cfg, 2, params, storage, scheduler=asha)
+    if 2 in sweep.stages:                                           # stage 2 from them, under ASHA
+        results[2] = run_stage2(cfg, sweep.stages[2], storage, data, caches, lineage)
         summary["stages"][2] = [t.summary() for t in results[2]]
     atomic_write_text(storage / "trials.json", json.dumps(summary, indent=2, default=str))
-
     summary["report"] = write_report(storage, results)  # the stages this run read are not read again
     return {"lineage": lineage, **summary}

@@ -6,19 +6,19 @@ that tunes the LLM with LoRA ends in ``-lora``. Grids: ``paper19`` (the study: 1
 LLM fully tuned), ``lora`` (the same 19, the 6 continuations with LoRA), ``full`` (the Cartesian grid, every
 stage-1 config continued both ways).
 
-    python -m sweeps.matrix paper19        # prints the table
-    python -m sweeps.matrix lora
-    python -m sweeps.matrix full
+    vlm-sweep show grid paper19        # prints the table
+    vlm-sweep show grid lora
+    vlm-sweep show grid full
 """
 
 from __future__ import annotations
 
 import itertools
-import sys
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
-from vlm_core.config import ConfigError
+from vlm_core.base.errors import ConfigError
+from vlm_core.base.registry import Registry
 
 DATASETS = ("20kUmap", "10kRandom")
 SCHEDULERS = ("linear", "cosine")
@@ -132,13 +132,13 @@ def full_stage2() -> list[TrialSpec]:
     return [continuation(t, tuning) for t in full_stage1() for tuning in ("full", "lora")]
 
 
-GRIDS = {"paper19": (paper19_stage1, paper19_stage2), "lora": (paper19_stage1, lora_stage2),
-         "full": (full_stage1, full_stage2)}
+GRIDS: Registry[tuple[Callable[[], list[TrialSpec]], Callable[[], list[TrialSpec]]]] = Registry("grid", "grid", {
+    "paper19": (paper19_stage1, paper19_stage2), "lora": (paper19_stage1, lora_stage2),
+    "full": (full_stage1, full_stage2)})
+"""Grid name → (its stage-1 trials, its stage-2 trials)."""
 
 
 def get_grid(name: str, stage: int) -> list[TrialSpec]:
-    if name not in GRIDS:
-        raise ConfigError(f"grid: unknown grid {name!r}; choose one of {sorted(GRIDS)}")
     if stage not in (1, 2):
         raise ConfigError(f"stage: {stage} is not 1 or 2")
     return GRIDS[name][stage - 1]()
@@ -150,9 +150,3 @@ def format_table(trials: list[TrialSpec]) -> str:
     for t in trials:
         lines.append(f"{t.paper_id or '':>5}  {t.config_id:50} {t.profile:9} {t.parent or ''}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    grid = sys.argv[1] if len(sys.argv) > 1 else "paper19"
-    for stage in (1, 2):
-        print(f"stage {stage}:\n{format_table(get_grid(grid, stage))}\n")

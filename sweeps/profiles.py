@@ -10,7 +10,7 @@ A profile is a memory budget; a backend says what the cluster has:
 
 Fractions are logical and break multi-worker NCCL, so a fractional profile with several workers is refused.
 
-    python -m sweeps.profiles             # the mapping table for every backend
+    vlm-sweep show profiles             # the mapping table for every backend
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from vlm_core.errors import ConfigError
-from vlm_core.registry import Registry
+from vlm_core.base.errors import ConfigError
+from vlm_core.base.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -123,11 +123,14 @@ def check_fits(res: TrialResources, cluster: dict[str, Any], what: str) -> None:
                           f"the cluster (e.g. --backend cpu) or add such nodes")
 
 
-if __name__ == "__main__":
+def profile_table() -> list[str]:
+    """One line per (backend, profile): the per-worker Ray request and notes, or why the backend refuses it."""
+    lines = []
     for backend in BACKENDS:
         for name in PROFILES:
             try:
                 r = trial_resources(name, backend)
-                print(f"{backend:10} {name:9} {r.resources_per_worker} {r.notes}")
+                lines.append(f"{backend:10} {name:9} {r.resources_per_worker} {r.notes}")
             except ConfigError as e:
-                print(f"{backend:10} {name:9} ERROR {e}")
+                lines.append(f"{backend:10} {name:9} refused: {e}")
+    return lines

@@ -31,7 +31,9 @@ Each line is written with one ``write`` on an ``O_APPEND`` file and fsynced; a h
 an older version, a full disk) is skipped with a warning by every reader, and dropped from the file the next
 time a scheduler loads it, so later lines are not glued onto it.
 
-    python -c "from sweeps.scheduling import rung_milestones; print(rung_milestones(1, 2, 3))"   # [1, 2]
+    >>> from sweeps.scheduling import rung_milestones
+    >>> rung_milestones(1, 2, 3)
+    [1, 2]
 """
 
 from __future__ import annotations
@@ -40,13 +42,14 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from vlm_core.hashing import json_digest
+from vlm_core.base.hashing import json_digest
 
 from .statuses import METRIC
 
@@ -62,6 +65,24 @@ def rung_milestones(grace_period: int, reduction_factor: int, max_t: int) -> lis
         out.append(m)
         m *= reduction_factor
     return out
+
+
+@dataclass
+class AshaLink:
+    """Where a stage-2 run reads ASHA's rung decisions (``sweeps.scheduling``): it waits for the decision at each
+    rung and, resumed after a lost driver, says a rung's result again that ASHA never saw."""
+
+    decisions_file: str
+    """``<out>/stage2/asha_decisions.jsonl`` (shared storage on a cluster)."""
+    wait_s: float
+    """How long a run that reached a rung waits for the decision before it trains on."""
+    milestones: list[int]
+    """The rungs (epochs)."""
+    trial: str | None = None
+    """The config id the decisions are recorded under (set per run)."""
+    config_hash: str | None = None
+    """:meth:`TrialRun.digest` of the run (set per run): a rerun of another config under the same id is another
+    trial."""
 
 
 def config_digest(worker: dict[str, Any]) -> str:
@@ -133,21 +154,21 @@ def _lookup(records: dict, identity: tuple[str | None, str | None], rung: Any) -
     return records.get((cid, digest, rung)) or records.get((cid, None, rung))  # None: written before config_hash
 
 
-def resume_decision(asha: dict[str, Any] | None, metrics: dict[str, Any],
+def resume_decision(asha: AshaLink | None, metrics: dict[str, Any],
                     metric: str = METRIC) -> tuple[str, dict[str, Any]] | None:
     """What a stage-2 trial resuming from a checkpoint with ``metrics`` does before it trains on, from the decisions
-    in ``asha["decisions_file"]`` of this trial (``asha["trial"]``, ``asha["config_hash"]``):
+    in ``asha.decisions_file`` of this trial (``asha.trial``, ``asha.config_hash``):
 
     - ``("stopped", result)``: ASHA stopped it at a rung up to this epoch before the driver died (and Tune lost the
       result it was stopped on, else the trial would not run): report ``result`` (that rung's) again, train no more;
-    - ``("undecided", metrics)``: its epoch is a rung (``asha["milestones"]``) with no decision: the driver died
+    - ``("undecided", metrics)``: its epoch is a rung (``asha.milestones``) with no decision: the driver died
       after Train saved the checkpoint and before ASHA saw its result; report it again, then train on;
     - ``None``: train on."""
     if not asha:
         return None
-    records = {_key(d): d for d in read_decisions(asha["decisions_file"])}
-    identity, epoch = (asha.get("trial"), asha.get("config_hash")), metrics.get("epoch")
-    milestones = sorted(asha.get("milestones", ()))
+    records = {_key(d): d for d in read_decisions(asha.decisions_file)}
+    identity, epoch = (asha.trial, asha.config_hash), metrics.get("epoch")
+    milestones = sorted(asha.milestones)
     for m in milestones:
         d = _lookup(records, identity, m) if epoch is not None and m <= epoch else None
         if d is not None and d["decision"] == "stop":
@@ -158,28 +179,28 @@ def resume_decision(asha: dict[str, Any] | None, metrics: dict[str, Any],
     return None
 
 
-def wait_for_decision(asha: dict[str, Any] | None, epoch: Any, poll_s: float = 0.2) -> str | None:
-    """The decision ASHA recorded for this trial (``asha["trial"]``, ``asha["config_hash"]``) at ``epoch``, waited
-    for up to ``asha["wait_s"]`` seconds when ``epoch`` is a rung; None when it is not a rung, when the decisions
+def wait_for_decision(asha: AshaLink | None, epoch: Any, poll_s: float = 0.2) -> str | None:
+    """The decision ASHA recorded for this trial (``asha.trial``, ``asha.config_hash``) at ``epoch``, waited
+    for up to ``asha.wait_s`` seconds when ``epoch`` is a rung; None when it is not a rung, when the decisions
     file's folder is not on this node (no shared storage: the worker cannot see it), or on timeout.
 
     Ray Train's workers do not wait for Tune: a trial ASHA stops at a rung keeps training until the stop reaches
     its workers, and when epochs are short it reports later epochs (whose checkpoints replace the one ASHA judged)
     first. Waiting here makes a stopped trial stop at its rung, as ASHA decided, whatever the timing."""
-    if not asha or epoch not in asha.get("milestones", ()) or not asha.get("wait_s"):
+    if not asha or epoch not in asha.milestones or not asha.wait_s:
         return None
-    path = Path(asha["decisions_file"])
+    path = Path(asha.decisions_file)
     if not path.parent.is_dir():
         log.warning("%s is not on this node (no shared storage): not waiting for ASHA's decisions", path.parent)
         return None
-    identity, deadline = (asha.get("trial"), asha.get("config_hash")), time.monotonic() + float(asha["wait_s"])
+    identity, deadline = (asha.trial, asha.config_hash), time.monotonic() + float(asha.wait_s)
     while True:
         d = _lookup(_first_per_key(_parse(path)[0]), identity, epoch)  # _parse: no warning per poll
         if d is not None:
             return d["decision"]
         if time.monotonic() >= deadline:
             log.warning("%s: no ASHA decision for %s at rung %s after %ss; training on (Tune may still stop it)",
-                        path, identity[0], epoch, asha["wait_s"])
+                        path, identity[0], epoch, asha.wait_s)
             return None
         time.sleep(poll_s)
 

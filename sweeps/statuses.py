@@ -1,7 +1,5 @@
 """What every trial reports: the metric the sweep ranks trials by, and what the ``status`` metric of a trial's
 last report says. Tune's search, ASHA, Train's checkpoint choice, the lineage and the reports all read these.
-
-    python -c "from sweeps.statuses import METRIC, MODE, STATUS_NON_FINITE; print(METRIC, MODE, STATUS_NON_FINITE)"
 """
 
 METRIC, MODE = "val_loss", "min"

@@ -32,13 +32,13 @@ from typing import Any
 from data_pipeline.build import build
 from data_pipeline.config import BuildConfig, VariantSpec
 from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
-from vlm_core.evaluation import EVAL_FILE, EvalConfig, evaluate_checkpoint, protocol, question_set
-from vlm_core.logs import event, open_log
-from vlm_core.outputs import atomic_write_text
+from vlm_core.base.logs import event, open_log
+from vlm_core.base.outputs import atomic_write_text
+from vlm_core.evaluation.heldout import EVAL_FILE, EvalConfig, evaluate_checkpoint, protocol, question_set
 from vlm_core.presets import preset
 
 from .driver import SweepConfig, check_space, run_sweep
-from .study_report import chat_command, write_study_report
+from .reporting.study_report import chat_command, write_study_report
 
 log = logging.getLogger(__name__)
 

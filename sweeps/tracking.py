@@ -22,9 +22,13 @@ import ray
 from ray.air.integrations.wandb import WandbLoggerCallback, _clean_log, _QueueItem
 from ray.air.util.node import _force_on_current_node  # what Ray's own callback pins its actors with
 
+from vlm_core.base.registry import Registry
+
 PROJECT = "multimodal-llama"
 DENSE_PROJECT = "multimodal-llama-dense-connector"
-MODES = ("auto", "offline", "online", "disabled")
+MODES: Registry[str] = Registry("wandb", "W&B mode", {
+    "auto": "online with a key, else offline", "offline": "runs written locally, synced later with `wandb sync`",
+    "online": "runs streamed to W&B (needs a key)", "disabled": "no W&B"})
 
 
 def project_for(spec: dict[str, Any]) -> str:

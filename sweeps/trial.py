@@ -4,77 +4,40 @@
 with ``--runner train``) it builds a Ray Train ``TorchTrainer`` (the Train V2 pattern) whose workers run
 ``train_worker``; ``TuneReportCallback`` forwards their reports to Tune (so ASHA can stop the trial), Train keeps
 the checkpoints and restarts failed workers. With the ``tune`` runner (the CPU backend's one-worker trials, by
-default) ``train_worker`` runs in the Tune trial itself: no Train controller and worker processes to start (about
-8 s a trial here, see BENCHMARKS.md), Tune reuses the trial processes (``reuse_actors``), restarts a failed trial
-(``FailureConfig``), and :class:`TuneSession` keeps the checkpoints where and as Train keeps them.
+default) ``train_worker`` runs in the Tune trial itself: no Train controller and worker processes to start
+(BENCHMARKS.md has each runner's cost per trial), Tune reuses the trial processes (``reuse_actors``), restarts a
+failed trial (``FailureConfig``), and :class:`TuneSession` keeps the checkpoints where and as Train keeps them.
 
-Either way ``train_worker`` rebuilds the typed configs from the dict on its first line, resumes from the newest
-checkpoint of the run when restarted after a failure (in stage 2 first saying again a rung's result that ASHA never
-saw, see sweeps/scheduling.py), and reports ``epoch``, ``train_loss``, ``val_loss``, ``lr`` and tokens/s with a
-checkpoint every epoch.
-
-    python -c "from sweeps.trial import trial_configs; help(trial_configs)"
+Either way ``train_worker`` rebuilds its typed run (``sweeps.trial_config.TrialRun``) from the dict on its first
+line, resumes from the newest checkpoint of the run when restarted after a failure (in stage 2 first saying again a
+rung's result that ASHA never saw, see sweeps/scheduling.py), and reports ``epoch``, ``train_loss``, ``val_loss``,
+``lr`` and tokens/s with a checkpoint every epoch.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from vlm_core.checkpoint import keep_newest_and_best, newest_usable, read_meta
-from vlm_core.config import TrainConfig, VLMConfig
-from vlm_core.devices import cap_cuda_memory
-from vlm_core.faults import from_config
-from vlm_core.hub import localize
-from vlm_core.logs import configure_logging
-from vlm_core.outputs import atomic_dir
-from vlm_core.presets import Scale, get_preset
-from vlm_core.runner import DataSpec, run_stage
-from vlm_core.training import NonFiniteLoss
+from vlm_core.base.devices import cap_cuda_memory
+from vlm_core.base.errors import NonFiniteLoss
+from vlm_core.base.logs import configure_logging
+from vlm_core.base.outputs import atomic_dir
+from vlm_core.base.registry import Registry
+from vlm_core.training.checkpoint import keep_newest_and_best, newest_usable, read_meta
+from vlm_core.training.faults import from_config
+from vlm_core.training.runner import run_stage
 
-from .matrix import TrialSpec
 from .profiles import TrialResources
-from .scheduling import config_digest, resume_decision, wait_for_decision
+from .scheduling import resume_decision, wait_for_decision
 from .statuses import METRIC, MODE, STATUS_NON_FINITE, STATUS_RUNNING
+from .trial_config import Trial, TrialRun
 
 log = logging.getLogger(__name__)
-
-PROJECTOR_FOR_DENSE = {False: "mlp2x_gelu", True: "dense_connector"}
-FORMAT_FOR_CHAT = {False: "raw", True: "chat"}
-
-
-def trial_configs(spec: TrialSpec, preset: str, scale: Scale, init_checkpoint: str | None = None,
-                  gradient_checkpointing: bool = False, assets: str | None = None,
-                  dense_groups: int | None = None, stage2_sharding: str = "none") -> tuple[VLMConfig, TrainConfig]:
-    """The model and training configs of one trial of the matrix. With ``assets`` (an assets folder), hub models
-    the folder holds at their pinned revision are loaded from it (the config names the folder); ``dense_groups``
-    sets the dense connector's G (default: the preset's); ``stage2_sharding`` applies to stage-2 trials that tune
-    the whole LLM (stage 1 trains only the projector; LoRA's base LLM is frozen)."""
-    model = get_preset(preset)
-    for part in (model.vision, model.lm):
-        part.source = localize(part.source, part.revision, assets)
-    if model.lm.tokenizer:
-        model.lm.tokenizer = localize(model.lm.tokenizer, model.lm.tokenizer_revision, assets)
-    model.projector.name = PROJECTOR_FOR_DENSE[spec.dense]
-    if dense_groups is not None:
-        model.projector.dense_groups = dense_groups
-    model.format.mode = FORMAT_FOR_CHAT[spec.chat]
-    batch = min(spec.batch_size, scale.batch_size_cap) if scale.batch_size_cap else spec.batch_size
-    lr = (scale.stage1_lr if spec.stage == 1 else scale.stage2_lr) or spec.lr
-    epochs = max(1, spec.epochs // scale.stage1_epoch_divisor) if spec.stage == 1 else spec.epochs
-    sharding = stage2_sharding if spec.stage == 2 and spec.lm_tuning == "full" else "none"
-    train = TrainConfig(stage=spec.stage, epochs=epochs, batch_size=batch, lr=lr, lm_tuning=spec.lm_tuning,
-                        sharding=sharding,
-                        scheduler=spec.scheduler, init_checkpoint=init_checkpoint,
-                        gradient_checkpointing=gradient_checkpointing,
-                        max_steps_per_epoch=scale.max_steps_per_epoch, max_val_samples=scale.max_val_samples)
-    return model, train
-
 
 class StoppedAtRung(Exception):
     """ASHA stopped this trial at the rung it just reported (see ``sweeps.scheduling.wait_for_decision``)."""
@@ -121,8 +84,8 @@ class TuneSession:
     """``train_worker`` in the Tune trial itself (the ``tune`` runner: one CPU worker). Checkpoints are kept as
     Train keeps them: copied into the trial's stable run folder (``<storage>/train/<train run name>/checkpoint_N``,
     which a rerun of the same config after a lost driver finds again), the newest and the best by ``val_loss``
-    kept, each reported to Tune as the ``checkpoint_path`` metric (what ``sweeps.results`` reads); a trial Tune
-    restarts after a failure resumes from the newest usable one."""
+    kept, each reported to Tune as the ``checkpoint_path`` metric (what ``sweeps.reporting.results`` reads); a trial
+    Tune restarts after a failure resumes from the newest usable one."""
 
     def __init__(self, run_dir: Path, cpus: float = 1) -> None:
         self.run_dir, self.cpus = Path(run_dir), cpus
@@ -167,20 +130,18 @@ class TuneSession:
 
 
 def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | None = None) -> None:
-    """One training run of a trial: rebuild the configs, resume if restarted after a failure, train, report every
+    """One training run of a trial: rebuild the typed run, resume if restarted after a failure, train, report every
     epoch (through ``session``: a Ray Train worker's by default)."""
     import torch
 
+    run = TrialRun.from_dict(config)
     session = session or TrainSession()
-    model_cfg = VLMConfig.from_dict(config["model"])
-    train_cfg = TrainConfig.from_dict(config["train"])
-    data = DataSpec(**config["data"])
-    epochs_planned = train_cfg.epochs
+    epochs_planned = run.train.epochs
     device = session.device()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives run on the current device: each rank on its own
-    cap_cuda_memory(config.get("cuda_memory_fraction"), device if device.type == "cuda" else None)
-    workdir = Path(tempfile.mkdtemp(prefix=config.get("workdir_prefix", "vlm-trial-")))
+    cap_cuda_memory(run.cuda_memory_fraction, device if device.type == "cuda" else None)
+    workdir = Path(tempfile.mkdtemp(prefix=run.workdir_prefix))
     resume_dir, resume_path = session.resume_point(workdir)
     if resume_dir is not None:  # a restart after a failure: continue where the last report left off
         log.info("resuming from %s", resume_dir)
@@ -192,10 +153,10 @@ def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | N
 
     last = read_meta(resume_dir, verify=False)["metrics"] if resume_dir is not None else None  # its result
     replayed = False
-    if last is not None and config.get("asha"):
+    if last is not None and run.asha:
         # every worker reads the same file, written only by the driver for other trials meanwhile, so with several
         # workers all reach the same decision and make the same (collective) report
-        replay = resume_decision(config["asha"], last)
+        replay = resume_decision(run.asha, last)
         if replay:
             # the sweep's driver died before Tune kept this result (a rung ASHA had not decided yet, or the one it
             # stopped the trial on): say it again, naming its checkpoint when it is the one on storage
@@ -205,7 +166,7 @@ def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | N
             session.report({**said, "epochs_planned": epochs_planned, "status": STATUS_RUNNING,
                             **({"checkpoint_path": resume_path} if said is last else {})})
             replayed = True
-            if kind == "stopped" or wait_for_decision(config["asha"], said["epoch"]) == "stop":
+            if kind == "stopped" or wait_for_decision(run.asha, said["epoch"]) == "stop":
                 # ASHA stopped this trial before the restore (or now, on the result said again): it trains no more
                 shutil.rmtree(workdir, ignore_errors=True)
                 return
@@ -216,12 +177,12 @@ def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | N
         # every worker reports (a collective); rank 0 alone holds the checkpoint (the ranks' weights are the same)
         session.report({**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}, ckpt_dir)
         reported.append(metrics)
-        if metrics["epoch"] < epochs_planned and wait_for_decision(config.get("asha"), metrics["epoch"]) == "stop":
+        if metrics["epoch"] < epochs_planned and wait_for_decision(run.asha, metrics["epoch"]) == "stop":
             raise StoppedAtRung(metrics["epoch"])  # ASHA stopped it here: no further epoch, no later checkpoint
 
-    faults = from_config(config.get("faults"), config.get("run_name", ""))
+    faults = from_config(run.faults, run.run_name)
     try:
-        run_stage(model_cfg, train_cfg, data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
+        run_stage(run.model, run.train, run.data, workdir / "run", resume_from=resume_dir, on_epoch=on_epoch,
                   write_final=False, faults=faults, device=device)
         if not reported and resume_dir is not None and not replayed:
             # restored from the last checkpoint of a run that had already finished (its driver died before Tune
@@ -257,22 +218,32 @@ def remove_workdirs(trial_ids: list[str]) -> int:
     return n
 
 
-def train_run_name(config_id: str, worker: dict[str, Any]) -> str:
+def train_run_name(config_id: str, run: TrialRun) -> str:
     """The Train run of a config: its id and a hash of everything its workers get (another config, another run)."""
-    return f"train-{config_id}-{config_digest(worker)}"
+    return f"train-{config_id}-{run.digest()}"
 
 
 TRAIN_POLL_ENV, TRAIN_POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"
-RUNNERS = ("auto", "train")
-"""``--runner``: ``auto`` runs the CPU backend's one-worker trials in the Tune trial itself and the rest (GPUs,
-several workers) through a ``TorchTrainer``; ``train`` runs every trial through a ``TorchTrainer``."""
+
+
+def _in_tune_when_it_can(res: TrialResources) -> bool:
+    """One worker on CPUs only: the loop runs in the Tune trial itself (no Train controller and workers)."""
+    return res.num_workers == 1 and not res.use_gpu and set(res.resources_per_worker) <= {"CPU", "memory"}
+
+
+TRIAL_RUNNERS: Registry[Callable[[TrialResources], bool]] = Registry("runner", "trial runner", {
+    "auto": _in_tune_when_it_can,
+    "train": lambda res: False,
+})
+"""``--runner`` (how a Tune trial runs its training loop): ``auto`` runs the CPU backend's one-worker trials in the
+Tune trial itself and the rest (GPUs, several workers) through a ``TorchTrainer``; ``train`` runs every trial
+through a ``TorchTrainer``. Each entry says whether a trial with those resources trains in the Tune trial. (Not to
+be confused with ``vlm_core.training.runner``, which runs one stage inside whichever process this picks.)"""
 
 
 def runs_in_tune(res: TrialResources, runner: str = "auto") -> bool:
-    """Whether a trial with ``res`` runs its loop in the Tune trial itself (the ``tune`` runner): one worker, CPUs
-    only, and ``runner`` ``auto``."""
-    return (runner == "auto" and res.num_workers == 1 and not res.use_gpu
-            and set(res.resources_per_worker) <= {"CPU", "memory"})
+    """Whether a trial with ``res`` runs its loop in the Tune trial itself under the trial runner ``runner``."""
+    return TRIAL_RUNNERS[runner](res)
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -283,41 +254,34 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    config = config["trial"]  # the grid_search entry: everything this trial needs
-    res = TrialResources(**config["resources"])
+    trial = Trial.from_dict(config["trial"])  # the grid_search entry: everything this trial needs
+    res = trial.resources
     trial_id = ray.tune.get_context().get_trial_id()
-    loop_config = {**config["worker"], "cuda_memory_fraction": res.cuda_memory_fraction,
-                   "workdir_prefix": workdir_prefix(trial_id), "run_name": config["config_id"],
-                   # stage 2: where ASHA records its rung decisions (see sweeps/scheduling.py)
-                   "asha": {**config["asha"], "trial": config["config_id"],
-                            "config_hash": config_digest(config["worker"])} if config.get("asha") else None}
-    run_dir = Path(config["storage_path"]) / train_run_name(config["config_id"], config["worker"])
-    if config.get("in_tune"):
+    run = trial.run_for(trial_id, workdir_prefix(trial_id))
+    run_name = train_run_name(trial.config_id, trial.run)
+    if trial.in_tune:
         configure_logging()  # this process's lines (resumes, ASHA replays, epochs) reach the driver's console
-        train_worker(loop_config, TuneSession(run_dir, res.resources_per_worker.get("CPU", 1)))
+        train_worker(run.to_dict(), TuneSession(Path(trial.storage_path) / run_name,
+                                                res.resources_per_worker.get("CPU", 1)))
         return
     # Train's controller learns of each report, and of the run's end, when it next polls its workers (Ray's default:
     # every 2 s); TorchTrainer passes this on to the controller and the workers
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config=loop_config,
+        train_loop_config=run.to_dict(),
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=res.resources_per_worker,
                                                accelerator_type=res.accelerator_type),
         run_config=ray.train.RunConfig(
             # Stable across restarts of the driver, even when Tune re-creates the trial under a new id (a driver
             # killed before its experiment state was saved): a rerun of the same config finds its checkpoints
-            name=train_run_name(config["config_id"], config["worker"]),
-            storage_path=config["storage_path"],
+            name=run_name,
+            storage_path=trial.storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
                                                          checkpoint_score_order=MODE),
-            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"],
+            failure_config=ray.train.FailureConfig(max_failures=trial.max_failures,
                                                    controller_failure_limit=0),
             callbacks=[TuneReportCallback()]),
     )
     trainer.fit()
-
-
-def resources_dict(res: TrialResources) -> dict[str, Any]:
-    return dataclasses.asdict(res)

@@ -1,9 +1,8 @@
 """The console's line per trial event: a Tune callback that says when each trial starts, finishes (with its best
 val loss), is stopped by ASHA at a rung, stops on a non-finite loss, fails (its error and log), or restarts, each
-with the stage's count and a time-left estimate. Lines go through ``vlm_core.logs.event`` (stdout and the log file);
-on an interactive console a progress bar of the stage's trials stays below them (``vlm_core.logs.ProgressBar``).
-
-    python -c "from sweeps.trial_events import TrialEvents; print(TrialEvents(1, 19).counts())"
+with the stage's count and a time-left estimate. Lines go through ``vlm_core.base.logs.event`` (stdout and the log
+file); on an interactive console a progress bar of the stage's trials stays below them
+(``vlm_core.base.logs.ProgressBar``).
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from vlm_core.logs import ProgressBar, event
+from vlm_core.base.logs import ProgressBar, event
 
 from .statuses import METRIC, STATUS_NON_FINITE
 

@@ -1,6 +1,12 @@
 """Shared fixtures. Environment is set before anything imports transformers, Ray or wandb.
 
+Two tiers: ``slow`` marks every test that starts a Ray cluster (any test using :data:`SLOW_FIXTURES`), runs a data
+build, a sweep, a process group or a ``vlm-sweep`` process, loads the real packaged models or opens a browser (the
+modules in :data:`SLOW_MODULES`, and tests marked one by one); the rest — unit and component tests — is the fast
+loop.
+
     pytest -q                   # the whole suite (what CI runs)
+    pytest -q -m "not slow"     # the fast loop, while working on it
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from vlm_core.config import FormatConfig, LMConfig, VLMConfig  # noqa: E402
-from vlm_core.data import read_records, split_records  # noqa: E402
+from vlm_core.data.dataset import read_records, split_records  # noqa: E402
 from vlm_core.presets import get_preset  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -32,6 +38,21 @@ LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|
                    "<|finetune_right_pad_id|>", "<|reserved_special_token_0|>", "<|reserved_special_token_1|>"]
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SLOW_FIXTURES = {"ray_local", "two_stage_sweep", "two_stage_sweep_train"}
+"""A test that uses one of these starts (or shares) a Ray cluster: slow, whatever its module."""
+SLOW_MODULES = {"test_sweep", "test_stage2_resume", "test_main_job", "test_job_submit", "test_data_build",
+                "test_faults", "test_distributed", "test_paper_shaped", "test_gpu_step", "test_ray_auth",
+                "test_fixed_prompts", "test_html_report", "test_assets"}
+"""Modules whose every test is slow: sweeps, data builds, process groups, Ray clusters started in subprocesses,
+the paper-shaped models, the packaged real models, the headless browser."""
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        module = item.module.__name__.split(".")[-1]
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +62,7 @@ def tiny_cfg() -> VLMConfig:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cfg):
-    from vlm_core.model import VisionLanguageModel
+    from vlm_core.model.vlm import VisionLanguageModel
 
     return VisionLanguageModel.build(tiny_cfg).eval()
 
@@ -49,13 +70,13 @@ def tiny_model(tiny_cfg):
 @pytest.fixture(scope="session")
 def llama_tokenizer_dir(tmp_path_factory) -> Path:
     """A Llama-3-style tokenizer: the real SmolLM2 BPE plus Llama 3's special tokens and chat template."""
-    from vlm_core.language_model import load_tokenizer
-    from vlm_core.paper_shaped import chat_template
+    from vlm_core.assets.paper_shaped import chat_template
+    from vlm_core.model.language_model import load_tokenizer
 
     tok = load_tokenizer(LMConfig(source="tiny"))
     tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIALS}, replace_extra_special_tokens=False)
     tok.bos_token, tok.eos_token = "<|begin_of_text|>", "<|eot_id|>"
-    tok.chat_template = chat_template()  # vlm_core/model_configs/llama-3.2-1b-instruct/chat_template.jinja
+    tok.chat_template = chat_template()  # vlm_core/assets/model_configs/llama-3.2-1b-instruct/chat_template.jinja
     out = tmp_path_factory.mktemp("llama3_tokenizer")
     tok.save_pretrained(out)
     return out
@@ -78,8 +99,8 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def formatter_for(cfg: VLMConfig, mode: str = "chat", max_length: int = 256, num_image_tokens: int = 4):
-    from vlm_core.conversation import ConversationFormatter
-    from vlm_core.language_model import load_tokenizer, resolve_image_token
+    from vlm_core.model.conversation import ConversationFormatter
+    from vlm_core.model.language_model import load_tokenizer, resolve_image_token
 
     tok = load_tokenizer(cfg.lm)
     image_token, _ = resolve_image_token(tok, cfg.lm.image_token)
@@ -91,7 +112,7 @@ def ray_local():
     """One local Ray cluster for the whole test run (small object store, loopback dashboard)."""
     import ray
 
-    from vlm_core.ray_env import init_ray
+    from vlm_core.base.ray_env import init_ray
 
     resources = init_ray(num_cpus=2, object_store_bytes=300 * 1024 * 1024)
     yield resources

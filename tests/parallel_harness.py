@@ -1,4 +1,4 @@
-"""Run one training (``vlm_core.training.train``) in 1 process or N gloo processes on the sample corpus and collect
+"""Run one training (``vlm_core.training.loop.train``) in 1 process or N gloo processes on the sample corpus and collect
 what each rank saw: per-step loss / LR / tokens / gradient norm, epoch metrics, final weights, checkpoints. Used by
 tests/test_distributed.py (data parallel and FSDP against one process) and bench/parallel_equality.py (the figures).
 
@@ -15,12 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from vlm_core.base.errors import NonFiniteLoss
 from vlm_core.config import TrainConfig, VLMConfig
-from vlm_core.data import ConversationDataset, read_records
-from vlm_core.faults import Faults
-from vlm_core.model import VisionLanguageModel
-from vlm_core.sharding import is_sharded
-from vlm_core.training import NonFiniteLoss, train
+from vlm_core.data.dataset import ConversationDataset, read_records
+from vlm_core.model.vlm import VisionLanguageModel
+from vlm_core.training.faults import Faults
+from vlm_core.training.loop import train
+from vlm_core.training.sharding import is_sharded
 
 
 def datasets(model, corpus: Path, n_train: int = 12, n_val: int = 5):

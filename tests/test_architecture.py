@@ -1,7 +1,9 @@
-"""Imports point one way: ``vlm_core`` ← ``data_pipeline`` ← ``sweeps`` (the top: the CLI and the study), and no
-module imports itself back through others. Every import statement that runs counts, deferred ones in function
-bodies included: a deferred import still makes the dependency, it only hides it. Only ``if TYPE_CHECKING:``
-imports (annotations, never executed) are left out.
+"""Imports point one way: ``vlm_core`` ← ``data_pipeline`` ← ``sweeps`` (the top: the CLI and the study); inside
+``vlm_core`` its rooms are ranked too (``base`` ← ``config`` ← ``assets`` ← ``model`` ← ``data`` ← ``training`` ←
+``evaluation`` ← the top modules ``presets`` and ``commands``); and no module imports itself back through others.
+Every import statement counts — deferred ones in function bodies and ``if TYPE_CHECKING:`` ones included: a
+deferred import still makes the dependency, it only hides it, and an annotation-only one is a dependency of the
+reader.
 
     pytest -q tests/test_architecture.py
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("vlm_core", "data_pipeline", "sweeps")
 """Lowest first: a package may import the ones before it, never the ones after."""
+ROOMS = ("base", "config", "assets", "model", "data", "training", "evaluation", "")
+"""``vlm_core``'s folders, lowest first; ``""`` is its top-level modules (``presets``, ``commands``)."""
 
 
 @dataclass(frozen=True)
@@ -36,16 +40,8 @@ def _modules(root: Path) -> dict[str, Path]:
     return mods
 
 
-def _is_type_checking_block(node: ast.AST) -> bool:
-    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): imports for annotations only, never run."""
-    return isinstance(node, ast.If) and (
-        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
-        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING"))
-
-
 def import_edges(root: Path = ROOT) -> list[Edge]:
-    """Every import of a project module by a project module, at any depth of the file (deferred ones included;
-    annotation-only imports under ``if TYPE_CHECKING:`` excluded: they never run)."""
+    """Every import of a project module by a project module, at any depth of the file."""
     mods = _modules(root)
 
     def resolve(name: str) -> str | None:  # the longest module prefix of a dotted name (``pkg.mod.attr``)
@@ -56,12 +52,7 @@ def import_edges(root: Path = ROOT) -> list[Edge]:
     edges = []
     for mod, path in mods.items():
         package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
-        tree = ast.parse(path.read_text(), str(path))
-        typing_only = {id(n) for block in ast.walk(tree) if _is_type_checking_block(block)
-                       for stmt in block.body for n in ast.walk(stmt)}
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -77,10 +68,23 @@ def import_edges(root: Path = ROOT) -> list[Edge]:
     return edges
 
 
+def room(module: str) -> str:
+    """The ``vlm_core`` room a module is in (``""`` for its top-level modules)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ROOMS) else ""
+
+
 def direction_violations(edges: list[Edge]) -> list[str]:
     rank = {pkg: i for i, pkg in enumerate(LAYERS)}
     return [f"{e.where}: {e.source} imports {e.target} (a higher package)" for e in edges
             if rank[e.target.split(".")[0]] > rank[e.source.split(".")[0]]]
+
+
+def room_violations(edges: list[Edge]) -> list[str]:
+    rank = {r: i for i, r in enumerate(ROOMS)}
+    return [f"{e.where}: {e.source} imports {e.target} (a higher room of vlm_core)" for e in edges
+            if e.source.startswith("vlm_core") and e.target.startswith("vlm_core")
+            and rank[room(e.target)] > rank[room(e.source)]]
 
 
 def cycles(edges: list[Edge]) -> list[list[str]]:
@@ -122,11 +126,20 @@ def cycles(edges: list[Edge]) -> list[list[str]]:
     return found
 
 
-def test_imports_point_one_way_and_form_no_cycle():
+def test_imports_point_one_way_between_packages_and_rooms_and_form_no_cycle():
     edges = import_edges()
-    assert len({e.source for e in edges}) > 40  # the parser sees the project (not an empty tree)
+    assert len({e.source for e in edges}) > 60  # the parser sees the project (not an empty tree)
+    assert {room(e.source) for e in edges if e.source.startswith("vlm_core")} == set(ROOMS)  # every room is seen
     assert direction_violations(edges) == []
+    assert room_violations(edges) == []
     assert cycles(edges) == []
+
+
+def test_every_vlm_core_module_is_in_a_ranked_room():
+    mods = [m for m in _modules(ROOT) if m.startswith("vlm_core.")]
+    assert {room(m) for m in mods} == set(ROOMS)
+    top = sorted(m for m in mods if room(m) == "")
+    assert top == ["vlm_core.commands", "vlm_core.presets"]
 
 
 def _copy(tmp_path: Path) -> Path:
@@ -141,24 +154,36 @@ def test_a_planted_upward_import_is_caught_even_when_deferred(tmp_path):
     (root / "vlm_core" / "planted.py").write_text(
         '"""A module that reaches up."""\n\n\ndef helper():\n    from sweeps.driver import run_sweep\n\n'
         '    return run_sweep\n')
-    (root / "data_pipeline" / "planted.py").write_text("import sweeps.report\n")
+    (root / "data_pipeline" / "planted.py").write_text("import sweeps.reporting.sweep_report\n")
     found = sorted(direction_violations(import_edges(root)))
-    assert found == ["data_pipeline/planted.py:1: data_pipeline.planted imports sweeps.report (a higher package)",
+    assert found == ["data_pipeline/planted.py:1: data_pipeline.planted imports sweeps.reporting.sweep_report (a "
+                     "higher package)",
                      "vlm_core/planted.py:5: vlm_core.planted imports sweeps.driver (a higher package)"]
+
+
+def test_a_planted_import_of_a_higher_room_is_caught_even_when_deferred(tmp_path):
+    root = _copy(tmp_path)
+    config = root / "vlm_core" / "config" / "vlm.py"
+    config.write_text(config.read_text() + "\n\ndef _planted():\n    from ..model.projectors import PROJECTORS\n\n"
+                      "    return PROJECTORS\n")
+    found = room_violations(import_edges(root))
+    assert len(found) == 1 and "vlm_core.config.vlm imports vlm_core.model.projectors (a higher room" in found[0]
 
 
 def test_a_planted_cycle_is_caught_even_when_deferred(tmp_path):
     root = _copy(tmp_path)
-    config = root / "vlm_core" / "config.py"
-    config.write_text(config.read_text() + "\n\ndef _planted():\n    from .training import train\n\n    return train\n")
-    assert any({"vlm_core.config", "vlm_core.training"} <= set(c) for c in cycles(import_edges(root)))
-    assert direction_violations(import_edges(root)) == []
+    checkpoint = root / "vlm_core" / "training" / "checkpoint.py"
+    checkpoint.write_text(checkpoint.read_text() + "\n\ndef _planted():\n    from .loop import train\n\n"
+                          "    return train\n")
+    assert any({"vlm_core.training.checkpoint", "vlm_core.training.loop"} <= set(c)
+               for c in cycles(import_edges(root)))
+    assert direction_violations(import_edges(root)) == room_violations(import_edges(root)) == []
 
 
-def test_annotation_only_imports_do_not_count_but_running_ones_do(tmp_path):
+def test_annotation_only_imports_count_too(tmp_path):
     root = _copy(tmp_path)
-    (root / "vlm_core" / "planted.py").write_text(
-        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from sweeps.driver import SweepConfig\n\n\n"
-        "def helper(cfg: 'SweepConfig'):\n    import sweeps.cli\n\n    return sweeps.cli\n")
-    assert direction_violations(import_edges(root)) == [
-        "vlm_core/planted.py:8: vlm_core.planted imports sweeps.cli (a higher package)"]
+    (root / "vlm_core" / "base" / "planted.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from vlm_core.config import VLMConfig\n\n\n"
+        "def helper(cfg: 'VLMConfig'):\n    return cfg\n")
+    assert room_violations(import_edges(root)) == [
+        "vlm_core/base/planted.py:4: vlm_core.base.planted imports vlm_core.config (a higher room of vlm_core)"]

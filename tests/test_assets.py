@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
-from vlm_core.assets import minilm_path, smollm2_folder, smollm2_gguf_path
-from vlm_core.cnn_vision import packaged_folder as efficientnet_lite0_folder
-
-pytestmark = pytest.mark.slow
+from vlm_core.assets.packaged import minilm_path, smollm2_folder, smollm2_gguf_path
+from vlm_core.model.vision.efficientnet import packaged_folder as efficientnet_lite0_folder
 
 
 def test_smollm2_converts_once_and_answers_offline():
@@ -40,7 +37,7 @@ def test_assets_prepare_command_prints_the_packaged_assets(capsys):
 
 
 def test_local_preset_builds_a_vlm_on_real_smollm2():
-    from vlm_core.model import VisionLanguageModel
+    from vlm_core.model.vlm import VisionLanguageModel
     from vlm_core.presets import get_preset
 
     model = VisionLanguageModel.build(get_preset("local"))

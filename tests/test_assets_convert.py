@@ -19,11 +19,12 @@ import torch
 from data_pipeline.translate import TranslatorConfig, build_translator
 from sweeps.cli import main
 from tests.test_translate import EN_SENTENCES, ID_SENTENCES
-from vlm_core import hub
-from vlm_core.asset_convert import convert_to_safetensors
-from vlm_core.asset_download import preset_assets
-from vlm_core.errors import AssetError
-from vlm_core.hub import ModelSourceError
+from vlm_core.assets import hub
+from vlm_core.assets.convert import convert_to_safetensors
+from vlm_core.assets.download import model_assets
+from vlm_core.assets.hub import ModelSourceError
+from vlm_core.base.errors import AssetError
+from vlm_core.presets import get_preset
 
 TOKENIZER_FILES = ["source.spm", "target.spm", "tokenizer_config.json", "vocab.json"]
 
@@ -117,7 +118,7 @@ def test_a_pickle_that_would_run_code_is_refused_without_running(tmp_path, capsy
 def test_assets_is_a_command_group(capsys):
     with pytest.raises(SystemExit) as e:
         main(["assets"])
-    assert e.value.code == 2 and "one of {prepare,convert,download}" in capsys.readouterr().err
+    assert e.value.code == 2 and "one of {prepare,convert,download,paper-shaped}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["assets", "convert", "only-src"])
     assert "assets.convert.dst" in capsys.readouterr().err
@@ -168,13 +169,13 @@ def test_a_hub_id_loads_from_the_assets_folder_at_its_revision(spm_marian, tmp_p
 
 
 def test_the_paper_preset_lists_each_hub_model_once_at_its_pin():
-    assets = {a.repo_id: a for a in preset_assets("paper")}
+    assets = {a.repo_id: a for a in model_assets(get_preset("paper"))}
     assert list(assets) == [hub.TINYCLIP, hub.LLAMA32_1B, hub.MINILM, hub.OPUS_MT_EN_ID]
     assert {k: a.revision for k, a in assets.items()} == {k: hub.PINNED_REVISIONS[k] for k in assets}
     assert assets[hub.TINYCLIP].roles == ["vision.source"] and assets[hub.OPUS_MT_EN_ID].roles == ["translate.model"]
-    assert [a.repo_id for a in preset_assets("paper", translator=False)] == [hub.TINYCLIP, hub.LLAMA32_1B,
+    assert [a.repo_id for a in model_assets(get_preset("paper"), translator=False)] == [hub.TINYCLIP, hub.LLAMA32_1B,
                                                                                hub.MINILM]
-    assert [a.repo_id for a in preset_assets("tiny", translator=False)] == [hub.MINILM]  # tiny: nothing else
+    assert [a.repo_id for a in model_assets(get_preset("tiny"), translator=False)] == [hub.MINILM]  # tiny: nothing else
 
 
 def test_download_without_a_reachable_hub_fails_in_one_line_naming_the_model(tmp_path):

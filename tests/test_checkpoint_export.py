@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_core.checkpoint import CheckpointError, export_weights, load_vlm, save_checkpoint
-from vlm_core.config import ConfigError, VLMConfig
-from vlm_core.model import VisionLanguageModel
+from vlm_core.base.errors import ConfigError
+from vlm_core.config import VLMConfig
+from vlm_core.model.vlm import VisionLanguageModel
+from vlm_core.training.checkpoint import CheckpointError, export_weights, load_vlm, save_checkpoint
 
 CONV = [{"from": "human", "value": "<image>\nWhat shape is it?"}, {"from": "gpt", "value": "A circle."}]
 
@@ -66,7 +67,7 @@ def test_corrupt_checkpoint_is_detected(tiny_cfg, tmp_path):
 def test_a_checkpoint_cannot_opt_itself_into_remote_code(tiny_cfg, tmp_path, caplog):
     import json
 
-    from vlm_core.checkpoint import load_vlm_config
+    from vlm_core.training.checkpoint import load_vlm_config
 
     path = save_checkpoint(VisionLanguageModel.build(tiny_cfg), tmp_path / "ckpt", stage=1, step=1, epoch=1)
     cfg_file = path / "vlm_config.json"
@@ -85,7 +86,7 @@ def test_training_state_refuses_pickled_code(tiny_cfg, tmp_path, monkeypatch):
     import json
     import pickle
 
-    from vlm_core.checkpoint import load_training_state
+    from vlm_core.training.checkpoint import load_training_state
 
     path = save_checkpoint(VisionLanguageModel.build(tiny_cfg), tmp_path / "ckpt", stage=1, step=1, epoch=1,
                            training_state={"step": 1})
@@ -119,7 +120,7 @@ def test_final_weights_share_files_and_drop_training_state(tiny_cfg, tmp_path):
 def test_llava_export_has_identical_logits(projector, tiny_cfg, tmp_path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from vlm_core.export import export_llava
+    from vlm_core.evaluation.export import export_llava
 
     cfg = VLMConfig.from_dict(tiny_cfg.to_dict())
     cfg.projector.name = projector
@@ -146,7 +147,7 @@ def test_llava_export_has_identical_logits(projector, tiny_cfg, tmp_path):
 
 
 def test_dense_connector_export_is_refused_by_name(tiny_cfg, tmp_path):
-    from vlm_core.export import export_llava
+    from vlm_core.evaluation.export import export_llava
 
     cfg = VLMConfig.from_dict(tiny_cfg.to_dict())
     cfg.projector.name = "dense_connector"
@@ -178,7 +179,7 @@ def test_checkpoints_record_the_layer_selection(tiny_cfg, tmp_path):
 
 
 def test_a_dense_checkpoint_from_before_the_reference_grouping_is_refused(tiny_cfg, tmp_path):
-    from vlm_core.checkpoint import check_projector_selection
+    from vlm_core.training.checkpoint import check_projector_selection
 
     path = save_checkpoint(_perturbed(_dense_cfg(tiny_cfg)), tmp_path / "old", stage=1, step=1, epoch=1)
     _forget_selection(path)

@@ -16,6 +16,7 @@ def vlm_sweep(*args, cwd=None) -> subprocess.CompletedProcess:
                           env=env, timeout=600)
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_model_flags_override_one_field_of_the_preset(tmp_path, corpus):
     r = vlm_sweep("train", "--preset", "tiny", "--model.projector.name", "dense_connector",
                   "--model.format.mode", "raw", "--data.train", str(corpus / "sharegpt4v_sample.jsonl"),
@@ -27,6 +28,7 @@ def test_model_flags_override_one_field_of_the_preset(tmp_path, corpus):
     assert cfg["model"]["vision"]["image_size"] == 64  # the rest is still the tiny preset
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 @pytest.mark.parametrize("args, message", [
     (["run", "--preset", "huge"], "huge"),
     (["train", "--train.lr", "5", "--data.train", "x", "--data.images", "y"], "train.lr"),
@@ -38,6 +40,7 @@ def test_bad_arguments_fail_with_a_message_naming_them(args, message):
     assert message in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_sample_corpus_command(tmp_path):
     r = vlm_sweep("data", "sample-corpus", "--out", str(tmp_path / "c"), "--n_train_images", "10",
                   "--n_eval_questions", "5")
@@ -47,12 +50,14 @@ def test_sample_corpus_command(tmp_path):
     assert set(rec) == {"id", "image", "conversations"} and (tmp_path / "c" / "images" / rec["image"]).is_file()
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_data_build_names_a_missing_source_before_starting_ray(tmp_path):
     r = vlm_sweep("data", "build", "--source", str(tmp_path / "nope.jsonl"), "--images", str(tmp_path),
                   "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "nope.jsonl does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_data_build_help_lists_the_typed_options():
     r = vlm_sweep("data", "build", "--help")
     assert r.returncode == 0
@@ -61,6 +66,7 @@ def test_data_build_help_lists_the_typed_options():
         assert flag in r.stdout
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_unreadable_training_data_is_named_without_a_traceback(tmp_path, corpus):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": 1, "image": "a.jpg", "conversations": []}\n{"id": 2, "image": \n')
@@ -69,6 +75,7 @@ def test_unreadable_training_data_is_named_without_a_traceback(tmp_path, corpus)
     assert r.returncode == 2 and "bad.jsonl:2: not valid JSON" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 @pytest.mark.parametrize("args, message", [
     (["run", "--preset", "tiny", "--out", "{blocker}/out"], "cannot write to"),
     (["sweep", "--preset", "tiny", "--data", "{tmp}/d", "--images", "{tmp}/i", "--out", "{tmp}/s",
@@ -86,6 +93,7 @@ SWEEP_ARGS = ["--data", "d", "--images", "i"]
 TRAIN_ARGS = ["--data.train", "x", "--data.images", "y"]
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 @pytest.mark.parametrize("command, rest, text, message", [
     (["sweep"], SWEEP_ARGS, "max_failures: -1\n", "max_failures: must be >= 0"),
     (["sweep"], SWEEP_ARGS, "max_failure: 1\n", "'max_failure'"),
@@ -102,6 +110,7 @@ def test_a_config_file_with_an_unknown_key_or_a_bad_value_is_named(tmp_path, com
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_a_config_file_sets_options_and_later_flags_override_it(tmp_path):
     cfg = tmp_path / "study.yaml"
     cfg.write_text("preset: tiny\npaper_ids: [3, 9]\ndry_run: true\nstage: '1'\n")
@@ -110,6 +119,7 @@ def test_a_config_file_sets_options_and_later_flags_override_it(tmp_path):
     assert "stage 1: 1 trials" in r.stdout and "s1-20kUmap-nodense-raw-linear-e6-b12" in r.stdout
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_flags_take_dashes_and_yes_no_flags_are_switches(tmp_path):
     # as people type them: a dashed dotted name, a switch given alone, and --no-X; the same plan as the
     # underscore / explicit-value form
@@ -145,6 +155,7 @@ def test_conventional_argv_rewrites_only_option_names_and_switches():
     assert conv("--help") == ["--help"]
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_version_prints_the_version_and_the_pinned_stack():
     from importlib.metadata import version
 
@@ -159,6 +170,7 @@ def test_version_prints_the_version_and_the_pinned_stack():
     assert not [line for line in lines[1:] if "pinned" in line and "torch" not in line]  # installed = pinned
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_an_unreachable_ray_address_is_named_in_seconds(tmp_path):
     import socket
     import time
@@ -176,6 +188,7 @@ def test_an_unreachable_ray_address_is_named_in_seconds(tmp_path):
     assert time.monotonic() - t0 < 60  # ray.init alone retries for minutes
 
 
+@pytest.mark.slow  # a `vlm-sweep` process: imports the whole stack (seconds each)
 def test_a_model_path_that_does_not_exist_is_named(tmp_path, corpus):
     missing = tmp_path / "no" / "such" / "model"
     for flag in ("--model.lm.source", "--model.vision.source"):
@@ -255,17 +268,18 @@ def test_a_preset_named_in_a_config_file_gives_the_model_its_defaults(tmp_path, 
 
 
 def test_dense_groups_reaches_the_trials_of_sweep_and_run(tmp_path, monkeypatch):
+    import dataclasses
+
     import sweeps.study
     from sweeps.cli import build_parser
-    from sweeps.driver import SweepConfig, _param, plan
+    from sweeps.driver import SweepConfig, plan
 
     for variant in ("10kRandom", "20kUmap"):
         (tmp_path / "data" / variant).mkdir(parents=True)
         (tmp_path / "data" / variant / "train-00000.parquet").write_bytes(b"")  # planning only checks it is there
     cfg = SweepConfig(data=str(tmp_path / "data"), images=str(tmp_path), preset="tiny", paper_ids=[7, 14],
                       stage="1", dense_groups=2)
-    groups = {p.spec.config_id: _param(cfg, p, tmp_path, None, {})["worker"]["model"]["projector"]
-              for p in plan(cfg, 1)}
+    groups = {p.spec.config_id: dataclasses.asdict(p.model.projector) for p in plan(cfg, 1)}
     assert groups["s1-10kRandom-dense-chat-linear-e3-b8"] | {"name": "dense_connector", "dense_groups": 2} == \
         groups["s1-10kRandom-dense-chat-linear-e3-b8"]  # paper row 14, a dense connector with G = 2
     argv = ["sweep", "--data", "d", "--images", "i", "--dense_groups", "3"]

@@ -1,5 +1,5 @@
 """The vision-encoder registry and the EfficientNet-Lite0 encoder: real packaged ImageNet weights (converted once to
-safetensors), the token definition of ``vlm_core.cnn_vision``, and what projectors and export make of it.
+safetensors), the token definition of ``vlm_core.model.vision.efficientnet``, and what projectors and export make of it.
 
     pytest -q tests/test_cnn_vision.py
 """
@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vlm_core.base.errors import ConfigError
 from vlm_core.config import LMConfig, ProjectorConfig, VisionConfig, VLMConfig
-from vlm_core.errors import ConfigError
-from vlm_core.projectors import build_projector, dense_groups
-from vlm_core.vision import VISION_ENCODERS, build_vision_tower, encoder_geometry
+from vlm_core.model.projectors import build_projector, dense_groups
+from vlm_core.model.vision.encoder import VISION_ENCODERS, build_vision_tower, encoder_geometry
 
 CNN = VisionConfig(encoder="efficientnet_lite0", source="packaged", feature_layer=-1)
 CAT_CLASSES = range(281, 286)  # ImageNet's tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -37,7 +37,7 @@ def test_the_registry_names_its_encoders_and_rejects_others_by_field():
 def test_the_packaged_weights_are_imagenet_trained_and_cached_as_safetensors(tower):
     from skimage import data
 
-    from vlm_core.cnn_vision import packaged_folder
+    from vlm_core.model.vision.efficientnet import packaged_folder
 
     folder = packaged_folder()
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]  # no pickle kept
@@ -77,9 +77,9 @@ def test_the_dense_connector_groups_the_cnns_stages(tower):
 
 
 def test_a_model_with_the_cnn_trains_its_projector_and_refuses_llava_export():
-    from vlm_core.data import Collator
-    from vlm_core.export import to_llava
-    from vlm_core.model import VisionLanguageModel
+    from vlm_core.data.dataset import Collator
+    from vlm_core.evaluation.export import to_llava
+    from vlm_core.model.vlm import VisionLanguageModel
 
     cfg = VLMConfig(vision=CNN, projector=ProjectorConfig(name="mlp2x_gelu"),
                     lm=LMConfig(source="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128))

@@ -18,7 +18,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import time
-    from vlm_core.logs import ProgressBar, configure_logging, event, set_verbose
+    from vlm_core.base.logs import ProgressBar, configure_logging, event, set_verbose
     configure_logging()
     set_verbose(False)
     bar = ProgressBar(3, "stage 1", "trials")

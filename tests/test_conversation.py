@@ -7,7 +7,7 @@ import datetime as real_datetime
 import pytest
 
 from tests.conftest import formatter_for
-from vlm_core.conversation import IGNORE_INDEX, FormatError, SampleSkipped
+from vlm_core.model.conversation import IGNORE_INDEX, FormatError, SampleSkipped
 
 MULTI_TURN = [
     {"from": "human", "value": "<image>\nWhat colour is the shape?"},
@@ -93,7 +93,7 @@ def test_chat_prompt_identical_on_two_dates_and_has_one_bos(llama_style_cfg, mon
 
 
 def test_llama_reserved_token_is_reused_for_image(llama_style_cfg):
-    from vlm_core.language_model import build_language_model
+    from vlm_core.model.language_model import build_language_model
 
     lm, tok, image_token = build_language_model(llama_style_cfg.lm)
     assert image_token.token == "<|reserved_special_token_0|>"
@@ -121,7 +121,7 @@ def test_generation_prompt_ends_with_assistant_header(llama_style_cfg):
 
 
 def test_too_long_samples_lose_whole_turns_never_part_of_an_answer(tiny_cfg, llama_style_cfg):
-    from vlm_core.conversation import TOO_LONG
+    from vlm_core.model.conversation import TOO_LONG
 
     fmt = formatter_for(llama_style_cfg, "chat", max_length=96, num_image_tokens=16)
     eot = fmt.tokenizer.convert_tokens_to_ids("<|eot_id|>")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vlm_core.conversation import IGNORE_INDEX
-from vlm_core.data import Collator, ConversationDataset, read_records, split_records
+from vlm_core.data.dataset import Collator, ConversationDataset, read_records, split_records
+from vlm_core.model.conversation import IGNORE_INDEX
 
 
 def test_batches_pad_to_their_longest_sample_not_max_length(tiny_model, corpus):
@@ -78,7 +78,7 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path):
     ("absent.jsonl", None, r"absent\.jsonl: no such file"),
 ])
 def test_unreadable_data_files_are_named_with_the_fix(tmp_path, name, content, message):
-    from vlm_core.data import DataError
+    from vlm_core.data.dataset import DataError
 
     f = tmp_path / name
     if content is not None:

@@ -7,10 +7,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from data_pipeline.build import build
+from data_pipeline.build import TooFewRows, build
 from data_pipeline.config import BuildConfig, ClusterConfig, UmapConfig, VariantSpec
 from data_pipeline.repetition import REPEAT_TOP10_SHARE
-from data_pipeline.sampling import SamplingError
 
 VARIANTS = [VariantSpec("10kRandom", "random", 30), VariantSpec("20kUmap", "umap", 40)]
 
@@ -84,7 +83,7 @@ def test_build_writes_variants_manifest_rejections_and_plot(built, source):
 
 
 def test_every_variant_is_scored_on_the_same_heldout_rows(built):
-    from vlm_core.data import is_validation
+    from vlm_core.data.dataset import is_validation
 
     out, manifest = built
     vals = {v.name: pq.read_table(out / v.name / "val-00000.parquet") for v in VARIANTS}
@@ -138,11 +137,28 @@ def test_local_ray_dashboard_serves_on_loopback_only(ray_local):
     assert listening == {"127.0.0.1"}
 
 
-def test_variant_larger_than_the_data_fails_clearly(ray_local, source, corpus, tmp_path):
+def test_variant_larger_than_the_data_stops_before_fitting(ray_local, source, corpus, tmp_path):
     cfg = _cfg(source, corpus, tmp_path)
     cfg.variants = [VariantSpec("huge", "random", 10_000)]
-    with pytest.raises(SamplingError, match="asks for 10000 records"):
+    with pytest.raises(TooFewRows, match=r"rows passed the checks and variant 'huge' asks for 10000 \(rejected: "):
         build(cfg)
+    assert (tmp_path / "rejected.jsonl").is_file() and not (tmp_path / "artifacts").exists()  # nothing was fitted
+
+
+def test_an_images_root_one_folder_too_high_stops_before_fitting_naming_the_right_one(ray_local, corpus, tmp_path):
+    # the easy slip: --images corpus instead of corpus/images; every row's image is then "not found"
+    cfg = _cfg(corpus / "sharegpt4v_sample.jsonl", corpus, tmp_path / "out")
+    cfg.images = str(corpus)
+    with pytest.raises(TooFewRows) as err:
+        build(cfg)
+    n = len((corpus / "sharegpt4v_sample.jsonl").read_text().splitlines())
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"data build: 0 of {n} rows passed the checks and variant "
+                                                      f"'20kUmap' asks for 40 (rejected: {n} image: image not found")
+    assert f"the images are under {corpus / 'images'}, not {corpus}: pass --images {corpus / 'images'}" in message
+    rejected = [json.loads(line) for line in (tmp_path / "out" / "rejected.jsonl").read_text().splitlines()]
+    assert len(rejected) == n and {r["stage"] for r in rejected} == {"image"}
+    assert not (tmp_path / "out" / "artifacts").exists() and not (tmp_path / "out" / "20kUmap").exists()
 
 
 def test_translation_through_ray_marks_failures_and_keeps_english(ray_local, corpus, tmp_path):

@@ -12,7 +12,9 @@ import math
 import pytest
 import torch
 
-from vlm_core.answers import (
+from vlm_core.base.errors import ConfigError
+from vlm_core.data.dataset import read_records
+from vlm_core.evaluation.answers import (
     SHORT_ANSWER_INSTRUCTION,
     exact_match,
     score,
@@ -21,9 +23,7 @@ from vlm_core.answers import (
     with_instruction,
     yes_no,
 )
-from vlm_core.config import ConfigError
-from vlm_core.data import read_records
-from vlm_core.evaluation import (
+from vlm_core.evaluation.heldout import (
     CONTROLS,
     EvalConfig,
     answer_accuracy,
@@ -235,8 +235,8 @@ def test_generation_budget_is_a_phrase_and_validated():
 
 
 def test_the_report_shows_both_scores_per_type_and_names_the_instruction(tmp_path):
-    from sweeps.study_report import evaluation_section
-    from vlm_core.evaluation import score_answers
+    from sweeps.reporting.study_report import evaluation_section
+    from vlm_core.evaluation.heldout import score_answers
 
     records = [{"image": f"coco/val2017/{i}.jpg", "answer": a} for i, a in enumerate(["yes", "no", "red", "circle"])]
     replies = {"image": ["Yes.", "No, there is none.", "The color of the circle is red.", "circle"],
@@ -276,8 +276,8 @@ def test_the_report_shows_both_scores_per_type_and_names_the_instruction(tmp_pat
 
 
 def test_a_report_with_one_control_names_only_the_conditions_that_ran(tmp_path):
-    from sweeps.study_report import evaluation_section
-    from vlm_core.evaluation import score_answers
+    from sweeps.reporting.study_report import evaluation_section
+    from vlm_core.evaluation.heldout import score_answers
 
     records = [{"image": "coco/val2017/1.jpg", "answer": "red"}, {"image": "coco/val2017/2.jpg", "answer": "no"}]
     scored = score_answers({"image": ["red", "no"], "shuffled": ["blue", "yes"]}, records)
@@ -296,7 +296,7 @@ def test_a_report_with_one_control_names_only_the_conditions_that_ran(tmp_path):
 def test_the_reports_chat_command_pastes_into_bash_as_one_argument_per_value(tmp_path):
     import subprocess
 
-    from sweeps.study_report import chat_command
+    from sweeps.reporting.study_report import chat_command
 
     question = with_instruction("Is it the user's \\ red one?", SHORT_ANSWER_INSTRUCTION)
     cmd = chat_command(str(tmp_path / "a checkpoint"), "/x/img 1.jpg", question)

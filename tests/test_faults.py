@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from vlm_core.checkpoint import CheckpointError, newest_usable, read_meta, resume_point, save_checkpoint
 from vlm_core.config import TrainConfig
-from vlm_core.model import VisionLanguageModel
-from vlm_core.runner import DataSpec, run_stage
+from vlm_core.model.vlm import VisionLanguageModel
+from vlm_core.training.checkpoint import CheckpointError, newest_usable, read_meta, resume_point, save_checkpoint
+from vlm_core.training.runner import DataSpec, run_stage
 
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
 
@@ -26,7 +26,7 @@ def _disk_full(*args, **kwargs):
 
 
 def test_an_interrupted_checkpoint_write_keeps_the_previous_checkpoint(tiny_cfg, tmp_path, monkeypatch):
-    import vlm_core.checkpoint as ckpt_mod
+    import vlm_core.training.checkpoint as ckpt_mod
 
     model = VisionLanguageModel.build(tiny_cfg)
     path = save_checkpoint(model, tmp_path / "latest", stage=1, step=4, epoch=1, training_state={"step": 4})

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from vlm_core.config import VLMConfig
-from vlm_core.feature_cache import FeatureCache, FeatureCacheError, FeatureEncoder, model_cache_key
-from vlm_core.images import open_rgb
-from vlm_core.model import VisionLanguageModel
+from vlm_core.data.feature_cache import FeatureCache, FeatureCacheError, FeatureEncoder, model_cache_key
+from vlm_core.data.images import open_rgb
+from vlm_core.model.vlm import VisionLanguageModel
 
 
 def _images(variants) -> list[str]:
@@ -69,7 +69,7 @@ def test_dense_connector_gets_its_own_cache_with_the_group_means(tiny_cfg):
 
 
 def test_the_cache_key_names_the_hidden_state_indices(tiny_cfg):
-    from vlm_core.feature_cache import selection_spec
+    from vlm_core.data.feature_cache import selection_spec
 
     dense = VLMConfig.from_dict(tiny_cfg.to_dict())
     dense.projector.name, dense.projector.dense_groups = "dense_connector", 2
@@ -115,14 +115,14 @@ def test_a_cache_for_another_encoder_or_with_changed_images_is_refused(built, ti
 def test_training_from_the_cache_matches_encoding_on_the_fly(built, tiny_cfg, variants, image_root, tmp_path,
                                                              caplog):
     from vlm_core.config import TrainConfig
-    from vlm_core.runner import DataSpec, run_stage
+    from vlm_core.training.runner import DataSpec, run_stage
 
     folder, _ = built
     train = TrainConfig(stage=1, epochs=2, batch_size=4, lr=1e-3, max_steps_per_epoch=3)
     spec = dict(train=str(variants / "20kUmap" / "train-00000.parquet"), images=str(image_root),
                 val=str(variants / "20kUmap" / "val-00000.parquet"))
     on_the_fly, _ = run_stage(tiny_cfg, train, DataSpec(**spec), tmp_path / "fly", write_final=False)
-    with caplog.at_level(logging.INFO, logger="vlm_core.runner"):
+    with caplog.at_level(logging.INFO, logger="vlm_core.training.runner"):
         cached, _ = run_stage(tiny_cfg, train, DataSpec(**spec, features=str(folder)), tmp_path / "cached",
                               write_final=False)
     assert f"16 images read from the cache {folder} (the encoder does not run)" in caplog.text

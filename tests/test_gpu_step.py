@@ -93,8 +93,9 @@ def test_gpu_step_runs_with_only_torch_and_transformers_and_writes_finite_figure
 
 
 def test_frozen_dtype_auto_is_bf16_only_on_cuda_with_autocast():
-    from vlm_core.config import ConfigError, TrainConfig
-    from vlm_core.training import frozen_dtype
+    from vlm_core.base.errors import ConfigError
+    from vlm_core.config import TrainConfig
+    from vlm_core.training.precision import frozen_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert frozen_dtype(TrainConfig(), cpu) == torch.float32
@@ -114,9 +115,9 @@ def _dtypes(model) -> dict[str, torch.dtype]:
 @pytest.mark.parametrize("stage", [1, 2])
 def test_frozen_modules_held_in_bf16_train_and_the_cpu_default_stays_fp32(stage, tiny_cfg, corpus, tmp_path):
     from vlm_core.config import TrainConfig
-    from vlm_core.model import VisionLanguageModel
-    from vlm_core.runner import DataSpec, load_datasets
-    from vlm_core.training import train
+    from vlm_core.model.vlm import VisionLanguageModel
+    from vlm_core.training.loop import train
+    from vlm_core.training.runner import DataSpec, load_datasets
 
     spec = DataSpec(train=str(corpus / "sharegpt4v_sample.jsonl"), images=str(corpus / "images"))
     default = VisionLanguageModel.build(tiny_cfg)

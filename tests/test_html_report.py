@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
-from sweeps.html_report import markdown_to_html, write_html, write_lineage_svg
+from sweeps.reporting.html_report import markdown_to_html, write_html, write_lineage_svg
 
 from .browser import render
 

@@ -9,7 +9,15 @@ import re
 
 import pytest
 
-from vlm_core.hub import LLAMA32_1B, OPUS_MT_EN_ID, PINNED_REVISIONS, TINYCLIP, ModelSourceError, asset_folder, resolve
+from vlm_core.assets.hub import (
+    LLAMA32_1B,
+    OPUS_MT_EN_ID,
+    PINNED_REVISIONS,
+    TINYCLIP,
+    ModelSourceError,
+    asset_folder,
+    resolve,
+)
 from vlm_core.presets import get_preset
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -48,8 +56,9 @@ def test_the_encoder_and_llm_load_their_pinned_revision_from_an_assets_folder(tm
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from vlm_core.config import LMConfig, VisionConfig
-    from vlm_core.language_model import build_language_model, load_tokenizer
-    from vlm_core.vision import build_vision_tower, image_processor
+    from vlm_core.model.language_model import build_language_model, load_tokenizer
+    from vlm_core.model.vision.encoder import build_vision_tower
+    from vlm_core.model.vision.processors import image_processor
 
     def save_clip(folder):
         CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -88,7 +97,7 @@ def test_relative_assets_folders_become_absolute_and_known_ids_get_their_pin(tmp
     from data_pipeline.config import EmbedConfig
     from data_pipeline.translate import TranslatorConfig
     from sweeps.driver import SweepConfig
-    from vlm_core.hub import MINILM, localize
+    from vlm_core.assets.hub import MINILM, localize
 
     (tmp_path / "assets").mkdir()
     monkeypatch.chdir(tmp_path)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from data_pipeline.row_steps import FilterBatch, reason_group
-from vlm_core.data import ConversationDataset, DataError
-from vlm_core.images import ImageError, image_problem, open_rgb
+from vlm_core.data.dataset import ConversationDataset, DataError
+from vlm_core.data.images import ImageError, image_problem, open_rgb
 
 from .conftest import formatter_for
 

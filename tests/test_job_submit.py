@@ -192,7 +192,7 @@ def test_tiny_sweep_submitted_as_a_ray_job(token_head, sweep_args):
 
 INIT_RAY = """
 import json, os
-from vlm_core.ray_env import RayUnreachable, init_ray
+from vlm_core.base.ray_env import RayUnreachable, init_ray
 try:
     resources, error = init_ray(), None
 except RayUnreachable as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 
 from tests.conftest import formatter_for
-from vlm_core.lengths import image_token_count, measure, percentile
+from vlm_core.data.lengths import image_token_count, measure, percentile
 from vlm_core.presets import get_preset
 
 
@@ -43,7 +43,7 @@ def test_measure_counts_what_max_length_cuts_and_drops(tiny_cfg):
 
 
 def test_image_tokens_come_from_the_encoder_config_without_weights(tiny_cfg):
-    from vlm_core.model import VisionLanguageModel
+    from vlm_core.model.vlm import VisionLanguageModel
 
     local = get_preset("local")
     assert image_token_count(tiny_cfg) == 16 and image_token_count(local) == 49

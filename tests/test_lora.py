@@ -13,12 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_core.checkpoint import load_vlm
-from vlm_core.config import ConfigError, LoraSpec, TrainConfig
-from vlm_core.data import ConversationDataset, read_records
-from vlm_core.lora import is_lora
-from vlm_core.model import VisionLanguageModel
-from vlm_core.training import train
+from vlm_core.base.errors import ConfigError
+from vlm_core.config import LoraSpec, TrainConfig
+from vlm_core.data.dataset import ConversationDataset, read_records
+from vlm_core.model.lora import is_lora
+from vlm_core.model.vlm import VisionLanguageModel
+from vlm_core.training.checkpoint import load_vlm
+from vlm_core.training.loop import train
 
 CONV = [{"from": "human", "value": "<image>\nWhat shape is it?"}, {"from": "gpt", "value": "A circle."}]
 LORA = dict(stage=2, lm_tuning="lora", lora=LoraSpec(rank=4, alpha=8, dropout=0.0), lr=5e-3, seed=7)
@@ -117,7 +118,7 @@ def test_chat_answers_from_a_lora_checkpoint(lora_run, capsys):
 def test_llava_export_merges_the_adapters(lora_run, tmp_path):
     from transformers import LlavaForConditionalGeneration
 
-    from vlm_core.export import export_llava
+    from vlm_core.evaluation.export import export_llava
 
     model = lora_run[0]
     assert model.cfg.projector.feature_norm == "none"  # tiny: exportable
@@ -140,7 +141,7 @@ def test_llava_export_merges_the_adapters(lora_run, tmp_path):
 def test_lora_is_refused_outside_stage_2():
     with pytest.raises(ConfigError, match="train.lm_tuning: lora tunes the LLM, which only stage 2 trains"):
         TrainConfig(stage=1, lm_tuning="lora")
-    with pytest.raises(ConfigError, match="train.lm_tuning: 'qlora' is not one of full, lora"):
+    with pytest.raises(ConfigError, match=r"train.lm_tuning: unknown LLM tuning 'qlora'; choose one of \['full'"):
         TrainConfig(stage=2, lm_tuning="qlora")
     with pytest.raises(ConfigError, match="train.lora.rank: must be >= 1"):
         LoraSpec(rank=0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm_core.conversation import IGNORE_INDEX
-from vlm_core.data import Collator
-from vlm_core.inference import answer
+from vlm_core.data.dataset import Collator
+from vlm_core.evaluation.inference import answer
+from vlm_core.model.conversation import IGNORE_INDEX
 
 CONVS = [
     [{"from": "human", "value": "<image>\nWhat colour is the shape?"}, {"from": "gpt", "value": "Blue."}],
@@ -98,7 +98,7 @@ def test_batched_generation_equals_one_by_one(tiny_model):
     """Left-padded batched generation gives every prompt the tokens it gets alone."""
     from PIL import Image
 
-    from vlm_core.inference import build_prompt_batch
+    from vlm_core.evaluation.inference import build_prompt_batch
 
     model = tiny_model
     rng = torch.Generator().manual_seed(0)
@@ -127,9 +127,9 @@ def test_pickled_weights_are_refused_with_the_fix(tmp_path):
     """Only safetensors are loaded: a folder holding just a pytorch_model.bin (a pickle) is named, not loaded."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
+    from vlm_core.assets.hub import ModelSourceError
     from vlm_core.config import VisionConfig
-    from vlm_core.hub import ModelSourceError
-    from vlm_core.vision import build_vision_tower
+    from vlm_core.model.vision.encoder import build_vision_tower
 
     model = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                              num_attention_heads=2, image_size=32, patch_size=16))

@@ -13,9 +13,7 @@ import json
 import pytest
 import torch
 
-from vlm_core.paper_shaped import LLAMA32_1B, TINYCLIP, published
-
-pytestmark = pytest.mark.slow  # the packaged SmolLM2 BPE is the tokenizer's base
+from vlm_core.assets.paper_shaped import LLAMA32_1B, TINYCLIP, published
 
 CONV = [{"from": "human", "value": "<image>\nWhat shape is it?"}, {"from": "gpt", "value": "A circle."}]
 SPECIAL_IDS = {"<|begin_of_text|>": 128000, "<|end_of_text|>": 128001, "<|reserved_special_token_0|>": 128002,
@@ -47,7 +45,7 @@ def test_the_stored_configs_are_the_published_ones():
     assert pre["image_mean"] == [0.48145466, 0.4578275, 0.40821073]
     assert pre["image_std"] == [0.26862954, 0.26130258, 0.27577711]
     # transformers reads them as the architectures they describe
-    from vlm_core.paper_shaped import clip_config, llama_config
+    from vlm_core.assets.paper_shaped import clip_config, llama_config
 
     lc = llama_config(num_layers=2)
     assert (lc.num_hidden_layers, lc.hidden_size, lc.vocab_size, lc.head_dim) == (2, 2048, 128256, 64)
@@ -57,7 +55,7 @@ def test_the_stored_configs_are_the_published_ones():
 def test_the_tokenizer_has_llama3s_layout_over_a_real_bpe():
     from transformers import AutoTokenizer
 
-    from vlm_core.paper_shaped import tokenizer_folder
+    from vlm_core.assets.paper_shaped import tokenizer_folder
 
     tok = AutoTokenizer.from_pretrained(tokenizer_folder())
     assert len(tok) == 128256
@@ -76,7 +74,7 @@ def test_the_tokenizer_has_llama3s_layout_over_a_real_bpe():
 
 @pytest.fixture(scope="module")
 def shaped_cfg():
-    from vlm_core.paper_shaped import paper_shaped_config
+    from vlm_core.assets.paper_shaped import paper_shaped_config
     from vlm_core.presets import get_preset
 
     cfg = paper_shaped_config(get_preset("paper"), lm_layers=2)
@@ -86,7 +84,7 @@ def shaped_cfg():
 
 @pytest.fixture(scope="module")
 def records(corpus, tmp_path_factory):
-    from vlm_core.data import read_records
+    from vlm_core.data.dataset import read_records
 
     rows = [r for r in read_records(corpus / "sharegpt4v_sample.jsonl") if r["image"].startswith("coco/")][:2]
     path = tmp_path_factory.mktemp("shaped_data") / "train.jsonl"
@@ -109,9 +107,9 @@ def trained(shaped_cfg, records, corpus, ray_local, tmp_path_factory):
     one stage-2 step encoding on the fly; record what each step changed."""
     from data_pipeline.features import build_feature_cache
     from vlm_core.config import TrainConfig
-    from vlm_core.model import VisionLanguageModel
-    from vlm_core.runner import DataSpec, load_datasets
-    from vlm_core.training import train
+    from vlm_core.model.vlm import VisionLanguageModel
+    from vlm_core.training.loop import train
+    from vlm_core.training.runner import DataSpec, load_datasets
 
     path, images = records
     out = tmp_path_factory.mktemp("shaped_runs")
@@ -150,7 +148,7 @@ def test_shapes_special_ids_and_image_token(trained):
     ip = model.vision.image_processor
     assert ip.size == {"shortest_edge": 224} and ip.crop_size == {"height": 224, "width": 224}
     assert int(ip.resample) == 3  # bicubic
-    from vlm_core.paper_shaped import build_clip_vision
+    from vlm_core.assets.paper_shaped import build_clip_vision
 
     ref = build_clip_vision(seed=0)  # the folder holds exactly what the builder makes
     for k, v in model.vision.model.state_dict().items():
@@ -186,8 +184,8 @@ def test_stage1_trains_only_the_projector_and_stage2_the_llm_too(trained):
 
 
 def test_the_feature_cache_holds_the_encoders_features(trained, corpus):
-    from vlm_core.feature_cache import FeatureCache, model_cache_key
-    from vlm_core.images import open_rgb
+    from vlm_core.data.feature_cache import FeatureCache, model_cache_key
+    from vlm_core.data.images import open_rgb
 
     model = trained["model"]
     cache = FeatureCache.open(trained["cache"], model_cache_key(model))
@@ -202,7 +200,7 @@ def test_llava_export_gives_our_logits(trained, tmp_path):
     from PIL import Image
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from vlm_core.export import export_llava
+    from vlm_core.evaluation.export import export_llava
 
     model = trained["model"]
     out = export_llava(model, tmp_path / "llava")

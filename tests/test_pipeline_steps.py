@@ -118,6 +118,7 @@ def test_sampling_is_exact_seeded_and_refuses_oversize():
         sample_random(ids, 501, 0, "10kRandom")
 
 
+@pytest.mark.slow  # UMAP's numba kernels compile in every new process
 def test_umap_clusters_separate_blobs_and_assignment_matches(tmp_path):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(3, 32)) * 5
@@ -256,7 +257,7 @@ def test_an_embedding_does_not_depend_on_how_many_rows_share_the_call():
                                        ({"rows_per_call": 64}, "embed.rows_per_call")])
 def test_embed_config_names_the_bad_field(kw, field):
     from data_pipeline.config import EmbedConfig
-    from vlm_core.config import ConfigError
+    from vlm_core.base.errors import ConfigError
 
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         EmbedConfig(**kw)
@@ -273,8 +274,8 @@ def test_assets_folder_rewrites_hub_ids_before_the_actors(tmp_path, monkeypatch)
     from data_pipeline.embed import load_embedder
     from data_pipeline.records import SourceError
     from data_pipeline.translate import TranslatorConfig
-    from vlm_core.assets import minilm_path
-    from vlm_core.hub import ASSETS_ENV, MINILM, OPUS_MT_EN_ID, asset_folder
+    from vlm_core.assets.hub import ASSETS_ENV, MINILM, OPUS_MT_EN_ID, asset_folder
+    from vlm_core.assets.packaged import minilm_path
 
     monkeypatch.delenv(ASSETS_ENV, raising=False)
     assets = tmp_path / "assets"
@@ -290,7 +291,7 @@ def test_assets_folder_rewrites_hub_ids_before_the_actors(tmp_path, monkeypatch)
     model, revision, translate = localized_models(cfg(assets=str(assets)))
     assert (model, revision) == (str(copy), None)
     assert (translate.model, translate.revision, translate.assets) == (OPUS_MT_EN_ID, "main", str(assets))
-    from vlm_core.hub import resolve
+    from vlm_core.assets.hub import resolve
 
     assert resolve(translate.model, translate.revision, "translate.model", translate.assets).path == str(marian)
     assert load_embedder(model, "cpu").encode(["a cat"]).shape == (1, 384)  # the copy is a working model

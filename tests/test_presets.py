@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.profiles import BACKENDS
-from vlm_core.errors import ConfigError
+from vlm_core.base.errors import ConfigError
 from vlm_core.presets import available_presets, get_preset, preset
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vlm_core.config import ConfigError, ProjectorConfig, VisionConfig
-from vlm_core.projectors import EncoderGeometry, available_projectors, build_projector, dense_groups, picked_layers
-from vlm_core.vision import build_vision_tower
+from vlm_core.base.errors import ConfigError
+from vlm_core.config import ProjectorConfig, VisionConfig
+from vlm_core.model.projectors import available_projectors, build_projector, dense_groups, picked_layers
+from vlm_core.model.vision.encoder import EncoderGeometry, build_vision_tower
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,32 @@ def test_sti_pools_along_the_token_sequence_like_the_reference():
     torch.testing.assert_close(g[0, p], hs[7][0, 1:].reshape(4, 4, d)[:2, :2].reshape(-1, d).mean(0))
     assert sti.selection()["pool"] == "sequence" and grid.selection()["pool"] == "grid"
     assert sti(feats).shape == (1, sti.num_tokens, 32)
+
+
+def test_sti_pools_every_token_of_a_grid_without_cls():
+    # a CNN's 7 x 7 grid (EfficientNet-Lite0): 49 tokens, no CLS to drop before pooling
+    geom = EncoderGeometry(embed_dim=4, num_layers=8, num_patches=49, drop_cls=False, cls_token=False)
+    torch.manual_seed(0)
+    hs = tuple(torch.randn(1, 49, 4) for _ in range(9))
+    seq = build_projector(ProjectorConfig(name="dense_sti", dense_groups=2, sti_pool_stride=8), geom, 16)
+    assert seq.layers == [3] and seq.num_tokens == 49 + 6  # 49 // 8 windows, the tail of 1 dropped as AvgPool1d does
+    feats = seq.select(hs)
+    torch.testing.assert_close(feats[0, :49], hs[-2][0])  # the main feature: all 49 tokens
+    for j in range(6):  # windows start at the grid's first token, not its second
+        torch.testing.assert_close(feats[0, 49 + j], hs[3][0, 8 * j: 8 * (j + 1)].mean(0))
+    grid = build_projector(ProjectorConfig(name="dense_sti", dense_groups=2, sti_pool="grid", sti_pool_stride=4),
+                           geom, 16)
+    g = grid.select(hs)  # 4 x 4 windows of the 7 x 7 grid, ceil mode: 2 x 2 of them
+    assert grid.num_tokens == 49 + 4 and g.shape == (1, 53, 4)
+    cells = hs[3][0].reshape(7, 7, 4)
+    torch.testing.assert_close(g[0, 49], cells[:4, :4].reshape(-1, 4).mean(0))
+    torch.testing.assert_close(g[0, 52], cells[4:, 4:].reshape(-1, 4).mean(0))
+    # what the checkpoint records says so: a CLS-free STI checkpoint written before (it lost a token) is refused
+    assert seq.selection()["cls_token"] is False and "cls_token" not in _sti_on_a_vit().selection()
+
+
+def _sti_on_a_vit():
+    return build_projector(ProjectorConfig(name="dense_sti", dense_groups=2), EncoderGeometry(4, 8, 16), 16)
 
 
 @pytest.mark.parametrize("name, in_mult", [("linear", 1), ("mlp2x_gelu", 1)])

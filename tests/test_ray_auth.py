@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vlm_core.ray_env import _join_failure
+from vlm_core.base.ray_env import _join_failure
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_API_SERVER_ADDRESS")
@@ -25,7 +25,7 @@ AUTH_ENV = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PA
 # a fresh process each: Ray reads RAY_AUTH_MODE once, and the test process may already hold a Ray of its own
 INIT_RAY = """
 import json, os
-from vlm_core.ray_env import RayUnreachable, init_ray
+from vlm_core.base.ray_env import RayUnreachable, init_ray
 try:
     resources, error = init_ray(num_cpus=1), None
 except RayUnreachable as e:

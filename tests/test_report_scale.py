@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from sweeps.study_report import scale_sentence
+from sweeps.reporting.study_report import scale_sentence
 
 
 def _row(scheduler, loss, steps, samples, epochs=3, stage=1):

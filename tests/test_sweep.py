@@ -22,8 +22,8 @@ from sweeps.scheduling import read_decisions
 from sweeps.tracking import DENSE_PROJECT, PROJECT
 from tests.conftest import WANDB_SECRET as SECRET
 from tests.conftest import sigkill_driver
-from vlm_core.checkpoint import read_meta
-from vlm_core.config import ConfigError
+from vlm_core.base.errors import ConfigError
+from vlm_core.training.checkpoint import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
@@ -58,8 +58,8 @@ def test_stage2_without_stage1_is_a_clear_error(ray_local, variants, corpus, tmp
 
 
 def test_stage2_refuses_a_corrupt_stage1_checkpoint_before_any_trial(ray_local, variants, corpus, tmp_path, tiny_cfg):
-    from vlm_core.checkpoint import save_checkpoint
-    from vlm_core.model import VisionLanguageModel
+    from vlm_core.model.vlm import VisionLanguageModel
+    from vlm_core.training.checkpoint import save_checkpoint
 
     ckpt = save_checkpoint(VisionLanguageModel.build(tiny_cfg), tmp_path / "s1ckpt", stage=1, step=1, epoch=1)
     weights = ckpt / "projector.safetensors"

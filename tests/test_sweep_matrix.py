@@ -6,7 +6,7 @@ import pytest
 
 from sweeps.matrix import PAPER19_TABLE, get_grid
 from sweeps.profiles import check_fits, trial_resources
-from vlm_core.config import ConfigError
+from vlm_core.base.errors import ConfigError
 
 
 def test_paper19_has_the_19_tabled_runs_and_6_continuations():
@@ -47,7 +47,7 @@ def test_full_grid_is_the_cartesian_product_and_contains_the_paper_runs():
 
 
 def test_the_lora_grid_runs_the_six_continuations_with_lora():
-    from sweeps.trial import trial_configs
+    from sweeps.trial_config import trial_configs
     from vlm_core.presets import preset
 
     s1, s2 = get_grid("lora", 1), get_grid("lora", 2)
@@ -116,12 +116,12 @@ def test_wandb_project_per_trial_and_mode(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert resolve_mode("auto") == "online" and resolve_mode("offline") == "offline"
     assert wandb_callbacks("disabled", "g") == []
-    with pytest.raises(ConfigError, match="wandb: 'maybe' is not one of auto, offline, online, disabled"):
+    with pytest.raises(ConfigError, match=r"wandb: unknown W&B mode 'maybe'; choose one of \['auto', 'disabled'"):
         SweepConfig(data="d", images="i", wandb="maybe")
 
 
 def test_local_scale_raises_only_the_projector_lr():
-    from sweeps.trial import trial_configs
+    from sweeps.trial_config import trial_configs
     from vlm_core.presets import preset
 
     s1, s2 = get_grid("paper19", 1)[0], get_grid("paper19", 2)[0]
@@ -169,7 +169,7 @@ def test_num_workers_reaches_each_stage_s_trials_and_fractions_refuse_more_than_
 def test_stage2_sharding_reaches_fully_tuned_stage2_trials_only():
     from sweeps.driver import SweepConfig
     from sweeps.matrix import continuation
-    from sweeps.trial import trial_configs
+    from sweeps.trial_config import trial_configs
     from vlm_core.presets import preset
 
     scale = preset("tiny").scale
@@ -177,5 +177,5 @@ def test_stage2_sharding_reaches_fully_tuned_stage2_trials_only():
     shardings = {t.config_id: trial_configs(t, "tiny", scale, stage2_sharding="fsdp")[1].sharding
                  for t in (stage1, continuation(stage1), continuation(stage1, "lora"))}
     assert list(shardings.values()) == ["none", "fsdp", "none"], shardings
-    with pytest.raises(ConfigError, match="stage2_sharding: 'zero3' is not one of none, fsdp"):
+    with pytest.raises(ConfigError, match=r"stage2_sharding: unknown sharding 'zero3'; choose one of \['fsdp'"):
         SweepConfig(data="d", images="i", stage2_sharding="zero3")

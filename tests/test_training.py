@@ -9,12 +9,13 @@ import math
 import pytest
 import torch
 
-from vlm_core.config import ConfigError, TrainConfig
-from vlm_core.data import Collator, ConversationDataset, read_records
-from vlm_core.model import VisionLanguageModel
-from vlm_core.schedules import build_scheduler
-from vlm_core.stages import freeze_for_stage
-from vlm_core.training import NonFiniteLoss, train
+from vlm_core.base.errors import ConfigError, NonFiniteLoss
+from vlm_core.config import TrainConfig
+from vlm_core.data.dataset import Collator, ConversationDataset, read_records
+from vlm_core.model.vlm import VisionLanguageModel
+from vlm_core.training.loop import train
+from vlm_core.training.schedules import build_scheduler
+from vlm_core.training.stages import freeze_for_stage
 
 
 class Interrupted(RuntimeError):
@@ -164,7 +165,7 @@ def test_steps_per_epoch_cap_keeps_every_epoch(fresh_model, corpus, tmp_path):
 
 
 def test_val_cap_scores_exactly_the_first_samples(fresh_model, corpus):
-    from vlm_core.training import evaluate_loss
+    from vlm_core.training.validation import evaluate_loss
 
     model = fresh_model()
     full, first3 = _dataset(model, corpus, n=6), _dataset(model, corpus, n=3)
@@ -176,7 +177,7 @@ def test_val_cap_scores_exactly_the_first_samples(fresh_model, corpus):
 
 
 def test_feature_statistics_are_measured_in_stage1_and_inherited_by_stage2(tiny_cfg, corpus, tmp_path):
-    from vlm_core.checkpoint import load_vlm
+    from vlm_core.training.checkpoint import load_vlm
 
     cfg = copy.deepcopy(tiny_cfg)  # the fixture is shared by the session
     cfg.projector.feature_norm = "standardize"
@@ -202,7 +203,7 @@ def test_feature_statistics_are_measured_in_stage1_and_inherited_by_stage2(tiny_
 def test_length_grouping_cuts_padding_and_keeps_every_sample():
     import random
 
-    from vlm_core.training import epoch_batches
+    from vlm_core.training.batching import epoch_batches
 
     rng = random.Random(0)
     lengths = [rng.randint(20, 500) for _ in range(1000)]

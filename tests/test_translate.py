@@ -27,7 +27,8 @@ from data_pipeline.translate import (
     translate_conversations,
 )
 from data_pipeline.translate.dictionary import DICTD_B64
-from vlm_core.config import IMAGE_MARKER, ConfigError
+from vlm_core.base.errors import ConfigError
+from vlm_core.config import IMAGE_MARKER
 
 REAL_DICTIONARY = Path("/usr/share/dictd/freedict-eng-ind")
 

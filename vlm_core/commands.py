@@ -8,25 +8,36 @@ Each is a typed function; ``sweeps.cli`` turns their signatures into ``vlm-sweep
     vlm-sweep assets prepare                     # convert the packaged SmolLM2 once (cached)
     vlm-sweep assets convert SRC DST             # a pickle-only model folder → a safetensors folder DST
     vlm-sweep assets download --preset paper --to DIR   # the preset's hub models at their pinned revisions
+    vlm-sweep assets paper-shaped --lm-layers 2  # the paper's models with random weights, into the asset cache
+    vlm-sweep show preset local                  # a preset's record (no name: every preset's)
+    vlm-sweep show prompt --preset local         # a rendered sample, its trained tokens marked
+    vlm-sweep show lengths --preset paper-shaped --records FILE   # token lengths under a preset's formatter
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
-from .asset_convert import convert_to_safetensors
-from .asset_download import download_assets
-from .assets import minilm_path, smollm2_folder
-from .checkpoint import load_vlm, resume_point
-from .cnn_vision import packaged_folder as efficientnet_lite0_folder
+from .assets.convert import convert_to_safetensors
+from .assets.download import download_assets
+from .assets.hub import LLAMA32_1B, TINYCLIP
+from .assets.packaged import minilm_path, smollm2_folder
+from .assets.paper_shaped import materialize
+from .base.errors import ConfigError
 from .config import TrainConfig, VLMConfig
-from .errors import ConfigError
-from .evaluation import EVAL_FILE, EvalConfig, evaluate_checkpoint
-from .export import export_llava
-from .images import open_rgb
-from .inference import answer
-from .runner import DataSpec, run_stage
+from .data.dataset import read_records
+from .data.images import open_rgb
+from .data.lengths import formatter_for, measure
+from .evaluation.export import export_llava
+from .evaluation.heldout import EVAL_FILE, EvalConfig, evaluate_checkpoint
+from .evaluation.inference import answer
+from .model.conversation import IGNORE_INDEX
+from .model.vision.efficientnet import packaged_folder as efficientnet_lite0_folder
+from .presets import PRESETS, get_preset
+from .training.checkpoint import load_vlm, resume_point
+from .training.runner import DataSpec, run_stage
 
 
 def train_cmd(model: VLMConfig, data: DataSpec, train: TrainConfig = TrainConfig(), out: str = "runs/train",
@@ -108,7 +119,7 @@ def assets_download_cmd(to: str, preset: str = "paper", translator: bool = True)
             model); the embedder all-MiniLM-L6-v2 is always fetched.
         translator: Also fetch the documented translator Helsinki-NLP/opus-mt-en-id.
     """
-    manifest = download_assets(preset, to, translator=translator)
+    manifest = download_assets(preset, get_preset(preset), to, translator=translator)
     print(json.dumps({"assets": str(Path(to) / "assets.json"), "models": [
         {"model": f"{m['repo_id']}@{m['revision']}", "folder": m["folder"], "bytes": m["bytes"]}
         for m in manifest["models"]]}, indent=2))
@@ -156,9 +167,73 @@ def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = N
     return result
 
 
+def assets_paper_shaped_cmd(lm_layers: int | None = 2, seed: int = 0, tokenizer: str = "smollm2") -> dict:
+    """Materialize the paper's models (TinyCLIP-ViT-40M-32, Llama-3.2-1B-Instruct) with random weights from their
+    published configs into the asset cache, once; print their folders.
+
+    Args:
+        lm_layers: The LLM's depth (None: the published 16).
+        seed: Seed of the random weights.
+        tokenizer: The paper-shaped tokenizer's base BPE: smollm2 (the packaged one) or bytes (no merges).
+    """
+    folders = {TINYCLIP: str(materialize(TINYCLIP, seed=seed)),
+               LLAMA32_1B: str(materialize(LLAMA32_1B, num_layers=lm_layers, seed=seed, tokenizer=tokenizer))}
+    print(json.dumps(folders, indent=2))
+    return folders
+
+
+def show_preset_cmd(name: str | None = None) -> dict | list:
+    """Print a preset's record, its model config included (no name: every preset's, lazy models not built).
+
+    Args:
+        name: A preset.
+    """
+    record = PRESETS[name].describe() if name else [p.describe(with_model=False) for _, p in PRESETS.items()]
+    print(json.dumps(record, indent=2))
+    return record
+
+
+def show_prompt_cmd(preset: str = "tiny", question: str = "What shape is this?", answer: str = "A circle.") -> str:
+    """Print a one-turn sample as the preset's formatter renders it, the trained (assistant) tokens in brackets.
+
+    Args:
+        preset: Whose tokenizer, format mode and image tokens.
+        question: The human turn (the image marker is put before it).
+        answer: The assistant turn.
+    """
+    fmt = formatter_for(get_preset(preset))
+    encoded = fmt.encode([{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}])
+    text = "".join(f"[{fmt.tokenizer.decode([t])}]" if label != IGNORE_INDEX else fmt.tokenizer.decode([t])
+                   for t, label in zip(encoded.input_ids, encoded.labels))
+    print(text)
+    return text
+
+
+def show_lengths_cmd(records: str, preset: str = "local", mode: str | None = None,
+                     max_length: int | None = None) -> dict:
+    """Print the token-length distribution of records under a preset's formatter (what every sweep measures first).
+
+    Args:
+        records: .json / .jsonl / .parquet records.
+        preset: Whose tokenizer, format and image tokens.
+        mode: Override the preset's format.mode (chat / raw).
+        max_length: Override the preset's format.max_length.
+    """
+    cfg = get_preset(preset)
+    cfg.format.mode = mode or cfg.format.mode
+    cfg.format.max_length = max_length or cfg.format.max_length
+    stats = dataclasses.asdict(measure(read_records(records), formatter_for(VLMConfig.from_dict(cfg.to_dict()))))
+    print(json.dumps(stats, indent=2))
+    return stats
+
+
 # What ``sweeps.cli`` mounts: top-level commands, command groups (``vlm-sweep GROUP COMMAND``: help text and
 # commands), and the positional arguments of a command path.
 COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "eval": eval_cmd}
 GROUPS = {"assets": ("Model assets: packaged, converted to safetensors, downloaded at pinned revisions",
-                     {"prepare": assets_prepare_cmd, "convert": assets_convert_cmd, "download": assets_download_cmd})}
-POSITIONAL = {"chat": ("question",), "eval": ("checkpoint",), "assets convert": ("src", "dst")}
+                     {"prepare": assets_prepare_cmd, "convert": assets_convert_cmd, "download": assets_download_cmd,
+                      "paper-shaped": assets_paper_shaped_cmd}),
+          "show": ("What a name stands for: presets, prompts, token lengths, grids, hardware profiles",
+                   {"preset": show_preset_cmd, "prompt": show_prompt_cmd, "lengths": show_lengths_cmd})}
+POSITIONAL = {"chat": ("question",), "eval": ("checkpoint",), "assets convert": ("src", "dst"),
+              "show preset": ("name",)}

@@ -1,42 +1,39 @@
 """Named presets, one record each: the models (a ``VLMConfig``), how much of the study a sweep runs (``Scale``), the
 default hardware backend, the main job's sizes and the free disk space a whole study needs. Builders stay
-size-agnostic; a preset only fills these in, and every command reads them from here.
+size-agnostic; a preset only fills these in, and every command reads them from here (``PRESETS``).
 
 * ``tiny``  — random-init CLIP (64 px, 4 layers) + random 2-layer Llama with the real SmolLM2 tokenizer:
   unit tests and smoke runs, seconds per step on a CPU.
-* ``local`` — the ImageNet-trained EfficientNet-Lite0 (``vlm_core.cnn_vision``, packaged weights: 49 tokens at
-  224 px, TinyCLIP's count) + the real packaged SmolLM2-135M-Instruct: the study scaled down to run on a laptop
-  CPU with no hub access.
+* ``local`` — the ImageNet-trained EfficientNet-Lite0 (packaged weights: 49 tokens at 224 px, TinyCLIP's count) +
+  the real packaged SmolLM2-135M-Instruct: the study scaled down to run on a laptop CPU with no hub access.
 * ``local-long`` — the ``local`` models; the sweep runs 24 steps of batch 8 per epoch instead of 1 of batch 2, and
-  ``vlm-sweep run`` one lineage instead of the whole grid (22 min here; see README for what it shows).
-* ``local-clip`` / ``local-long-clip`` — ``local`` / ``local-long`` with the random-init CLIP they had before
-  2026-12-06 (112 px, 49 patches, 8 layers). Its projector standardises the encoder's features
-  (``feature_norm="standardize"``): a random-init encoder's features differ too little between images for a
-  projector to learn from them in a few hundred steps otherwise (the ``local`` presets standardise too: it
-  measured better there as well).
-* ``paper`` — TinyCLIP-ViT-40M-32 + Llama-3.2-1B-Instruct (hub ids or local folders), as in the study.
+  ``vlm-sweep run`` one lineage instead of the whole grid.
+* ``local-clip`` / ``local-long-clip`` — ``local`` / ``local-long`` with a random-init CLIP (112 px, 49 patches, 8
+  layers) instead of the CNN: the ViT path offline.
+* ``paper`` — TinyCLIP-ViT-40M-32 + Llama-3.2-1B-Instruct (hub ids at pinned revisions, or local folders), as in
+  the study.
 * ``paper-shaped`` / ``paper-shaped-2l`` — ``paper``'s architectures from their published configs with random
-  weights (``vlm_core.paper_shaped``), the LLM at its 16 layers / cut to 2 (widths, vocabulary, special ids and
-  chat template kept): the real shapes with no hub access. Their models resolve lazily: the folders are
+  weights (``vlm_core.assets.paper_shaped``), the LLM at its 16 layers / cut to 2 (widths, vocabulary, special ids
+  and chat template kept): the real shapes with no hub access. Their models resolve lazily: the folders are
   materialized into the asset cache (once) when the preset's model is asked for, never at import.
 
-    python -m vlm_core.presets local                     # a preset's record, its model config included
-    python -m vlm_core.presets                           # every preset's record (lazy models not materialized)
+README "Presets" has what each measured.
+
+    vlm-sweep show preset local          # a preset's record, its model config included
+    vlm-sweep show preset                # every preset's record (lazy models not materialized)
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from .assets.hub import LLAMA32_1B, PINNED_REVISIONS, TINYCLIP
+from .assets.paper_shaped import paper_shaped_config
+from .base.registry import Registry
 from .config import FormatConfig, LMConfig, ProjectorConfig, VisionConfig, VLMConfig
-from .errors import ConfigError
-from .hub import LLAMA32_1B, PINNED_REVISIONS, TINYCLIP
-from .paper_shaped import paper_shaped_config
 
 
 @dataclass(frozen=True)
@@ -50,8 +47,8 @@ class Scale:
     stage1_lr: float | None = None
     """Stage-1 override of the study's 2e-5 (a projector trained for a few steps needs a larger step)."""
     stage2_lr: float | None = None
-    """Stage-2 override (projector + LLM). Leave unset for a pretrained LLM: 1e-3 wrecks SmolLM2 in 2 epochs
-    (measured: val loss 1.76 → 3.56); only the random tiny LLM takes a large step."""
+    """Stage-2 override (projector + LLM). Leave unset for a pretrained LLM, which a projector's large step wrecks
+    (BENCHMARKS.md); only the random tiny LLM takes one."""
     max_val_samples: int | None = None
     """Validate on the first N samples of the variant's val split (None: all)."""
     stage1_epoch_divisor: int = 1
@@ -114,10 +111,9 @@ LOCAL_CLIP_MODEL = VLMConfig(
     projector=ProjectorConfig(name="mlp2x_gelu", feature_norm="standardize"),
     lm=LMConfig(source="smollm2"),
     format=FormatConfig(mode="chat", max_length=384))
-# The ImageNet-trained EfficientNet-Lite0 (vlm_core.cnn_vision): a real pretrained encoder offline, 49 tokens at
-# 224 px. The main feature is hidden_states[-2], the last stage's output (320 channels; the head is a 1 x 1
-# convolution of it), LLaVA's penultimate choice. Standardised features: local-long with them answered 90 of 150
-# questions right with the image (shape 49/50, colour 10/50) vs 81 (33, 9) with raw features (README, "Presets").
+# The ImageNet-trained EfficientNet-Lite0: a real pretrained encoder offline, 49 tokens at 224 px. The main feature is
+# hidden_states[-2], the last stage's output (the head is a 1 x 1 convolution of it), LLaVA's penultimate choice;
+# standardised (README "Presets": the runs that chose it over raw features).
 LOCAL_MODEL = VLMConfig(
     vision=VisionConfig(encoder="efficientnet_lite0", source="packaged", drop_cls=False),
     projector=ProjectorConfig(name="mlp2x_gelu", feature_norm="standardize"),
@@ -127,17 +123,15 @@ PAPER_MODEL = VLMConfig(
     vision=VisionConfig(source=TINYCLIP, revision=PINNED_REVISIONS[TINYCLIP]),
     projector=ProjectorConfig(name="mlp2x_gelu"),
     lm=LMConfig(source=LLAMA32_1B, revision=PINNED_REVISIONS[LLAMA32_1B]),
-    # 768 = the smallest multiple of 256 >= 1.5 x the p99 (460 tokens, chat) of ShareGPT4V-shaped captions under
-    # this preset's formatter (`python bench/token_lengths.py`: p50 290, max 478 of 4,000 rows); the 1.5 leaves
-    # room for the real file's tail beyond the fixture's 300 words. Batches pad to their own longest.
+    # 768 = the smallest multiple of 256 >= 1.5 x the p99 of ShareGPT4V-shaped captions under this preset's formatter
+    # (bench/token_lengths.py; BENCHMARKS.md); the 1.5 leaves room for the real file's tail beyond the fixture's.
+    # Batches pad to their own longest.
     format=FormatConfig(mode="chat", max_length=768))
 
 def _local(name: str, model: VLMConfig) -> Preset:
-    """The whole study within `vlm-sweep run`'s 20 minutes on 2 CPU cores: every epoch is one step of batch 2 and 4
-    val samples, stage 1 runs a third of its epochs (the machinery, not the study's conclusions: ~25 s of each
-    trial is Ray Train / Tune starting its actors). Evaluation: 36 questions (12 per type) and 8 held-out
-    conversations keep it within its 20 minutes (generation is ~75% of an evaluation). `local` left 9.3 GB of
-    checkpoints and results (six stage-2 trials of 1.6 GB each)."""
+    """The whole study on a laptop's CPU cores: every epoch is one step of batch 2 and 4 val samples, stage 1 runs a
+    third of its epochs (the machinery, not the study's conclusions). Evaluation: 36 questions (12 per type) and 8
+    held-out conversations. Its free-space figure covers six stage-2 checkpoints with their optimizer state."""
     return Preset(name, _fixed(model), min_free_gb=12.0,
                   scale=Scale(max_steps_per_epoch=1, batch_size_cap=2, max_val_samples=4, stage1_lr=1e-3,
                               stage1_epoch_divisor=3))
@@ -145,53 +139,37 @@ def _local(name: str, model: VLMConfig) -> Preset:
 
 def _local_long(name: str, model: VLMConfig) -> Preset:
     """One lineage (paper row 7: s1-20kUmap-nodense-chat-cosine-e9-b8 → its stage-2 continuation) trained longer,
-    24 steps of batch 8 per epoch (22 min measured), evaluated on more questions; see README for what it shows."""
+    24 steps of batch 8 per epoch, evaluated on more questions."""
     return Preset(name, _fixed(model), min_free_gb=6.0,
                   scale=Scale(max_steps_per_epoch=24, batch_size_cap=8, max_val_samples=16, stage1_lr=1e-3),
                   study=StudySizes(paper_ids=(7,), eval_questions=150, eval_val_samples=16))
 
 
-_PRESETS: dict[str, Preset] = {p.name: p for p in [
+PRESETS: Registry[Preset] = Registry("preset", "preset", {p.name: p for p in [
     Preset("tiny", _fixed(TINY_MODEL),
            scale=Scale(max_steps_per_epoch=2, batch_size_cap=2, stage1_lr=1e-3, stage2_lr=1e-3),
            min_free_gb=1.0),
     _local("local", LOCAL_MODEL),
     _local_long("local-long", LOCAL_MODEL),
-    _local("local-clip", LOCAL_CLIP_MODEL),  # the same two with the random-init CLIP (before 2026-12-06)
+    _local("local-clip", LOCAL_CLIP_MODEL),  # the same two with a random-init CLIP
     _local_long("local-long-clip", LOCAL_CLIP_MODEL),
     # paper's stage-2 checkpoints hold a 1B model with its optimizer state
     Preset("paper", _fixed(PAPER_MODEL), backend="a100-40g", min_free_gb=100.0),
     Preset("paper-shaped", _paper_shaped(None),  # Llama-3.2-1B's 16 layers (2.5 GB of bf16 weights in the cache)
            backend="a100-40g", min_free_gb=100.0),
     Preset("paper-shaped-2l", _paper_shaped(2)),  # 2 LLM layers: the paper's widths on a CPU
-]}
+]})
 
 
 def available_presets() -> list[str]:
-    return sorted(_PRESETS)
+    return PRESETS.names()
 
 
 def preset(name: str) -> Preset:
     """The preset record ``name``; an unknown name raises ``ConfigError`` naming the choices."""
-    if name not in _PRESETS:
-        raise ConfigError(f"preset: unknown preset {name!r}; choose one of {available_presets()}")
-    return _PRESETS[name]
+    return PRESETS[name]
 
 
 def get_preset(name: str) -> VLMConfig:
     """The model config of preset ``name`` (a fresh copy)."""
     return preset(name).model()
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="Print a preset's record (its model config included).")
-    ap.add_argument("name", nargs="?", help=f"one of {available_presets()} (default: every record, no models)")
-    args = ap.parse_args(argv)
-    if args.name:
-        print(json.dumps(preset(args.name).describe(), indent=2))
-    else:
-        print(json.dumps([preset(n).describe(with_model=False) for n in available_presets()], indent=2))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,9 +17,6 @@ translate only what is new; ``TranslateBatch`` is the Ray Data ``map_batches`` c
 
 One module per idea: ``base`` (config, result, protocol, registry), ``none``, ``dictionary`` and ``seq2seq`` (one
 translator each, registered on import), ``cache``, ``conversations`` (turns → lines → back), ``batch`` (the UDF).
-
-    python -c "from data_pipeline.translate import TranslatorConfig, build_translator as b; \\
-print(b(TranslatorConfig(name='dictionary')).translate(['A red cat sits on the table.']))"
 """
 
 from __future__ import annotations

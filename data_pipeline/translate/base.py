@@ -1,8 +1,6 @@
 """What a translator is: its config (``TranslatorConfig``, the ``--translate.*`` flags), its result
 (``Translation``: the text or the reason it failed), the ``Translator`` protocol and the registry of named
 translators (``TRANSLATORS``; ``none``, ``dictionary`` and ``seq2seq`` register themselves in their modules).
-
-    python -c "from data_pipeline.translate import available_translators; print(available_translators())"
 """
 
 from __future__ import annotations
@@ -12,9 +10,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from vlm_core.assets.hub import default_revision
+from vlm_core.base.registry import Registry
 from vlm_core.config import check_field, from_dict
-from vlm_core.hub import default_revision
-from vlm_core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,7 @@ class TranslatorConfig:
     revision: str | None = None
     """``seq2seq`` only: hub commit (or branch / tag) of ``model``, passed to the tokenizer's and the weights'
     ``from_pretrained``; ignored for a local folder; unset for ``Helsinki-NLP/opus-mt-en-id``: the project's pin
-    (``vlm_core.hub.PINNED_REVISIONS``, the safetensors conversion). A hub id loads from ``assets`` (or
+    (``vlm_core.assets.hub.PINNED_REVISIONS``, the safetensors conversion). A hub id loads from ``assets`` (or
     ``$VLM_SWEEP_ASSETS``) when that assets folder holds this revision."""
     assets: str | None = None
     """``seq2seq`` only: an assets folder (``vlm-sweep assets download``) to load a hub ``model`` from; set by

@@ -1,7 +1,5 @@
 """``TranslateBatch``: the Ray Data ``map_batches`` class UDF around a translator, its cache and
 ``translate_conversations`` (plain Python, no Ray import, so it is unit-testable).
-
-    python -c "from data_pipeline.translate import TranslateBatch; help(TranslateBatch)"
 """
 
 from __future__ import annotations

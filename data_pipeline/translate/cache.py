@@ -1,7 +1,5 @@
 """Successful translations kept in append-only JSONL shards (one per process), so reruns translate only
 what is new; failures are never cached.
-
-    python -c "from data_pipeline.translate.cache import TranslationCache as C; print(len(C('/tmp/tc', 'none')))"
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import os
 import uuid
 from pathlib import Path
 
-from vlm_core.hashing import text_digest
+from vlm_core.base.hashing import text_digest
 
 from .base import (
     Translation,

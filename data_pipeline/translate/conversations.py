@@ -1,7 +1,5 @@
 """Translating ShareGPT4V conversations: every turn line by line, the ``<image>`` marker and the line
 structure kept, the whole conversation failed when any of its pieces failed (the English is never a fallback).
-
-    python -c "from data_pipeline.translate import translate_conversations; help(translate_conversations)"
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 ``dict-freedict-eng-ind`` (dictd format). Crude, but it needs nothing from the network; a text whose words are
 mostly unknown *fails* (``min_coverage``) instead of coming back half English.
 
-    python -c "from data_pipeline.translate.dictionary import dictd_b64_decode; print(dictd_b64_decode('B'))"
+    >>> from data_pipeline.translate.dictionary import dictd_b64_decode
+    >>> dictd_b64_decode('B')
+    1
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import logging
 import re
 from pathlib import Path
 
-from vlm_core.errors import VlmSweepError
-from vlm_core.hashing import file_sha256
+from vlm_core.base.errors import VlmSweepError
+from vlm_core.base.hashing import file_sha256
 
 from .base import (
     _ALGORITHM_VERSION,

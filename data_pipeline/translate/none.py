@@ -1,6 +1,4 @@
 """The ``none`` translator: the explicit choice not to translate (texts come back unchanged).
-
-    python -c "from data_pipeline.translate.none import NoTranslator; print(NoTranslator().translate(['Hi']))"
 """
 
 from __future__ import annotations

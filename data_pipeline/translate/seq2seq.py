@@ -2,7 +2,9 @@
 NLLB, ...) from a hub id at a pinned revision or a local folder (safetensors only), greedy and batched by sentence,
 on CUDA when there is one.
 
-    python -c "from data_pipeline.translate.seq2seq import split_sentences; print(split_sentences('Hi. Bye.'))"
+    >>> from data_pipeline.translate.seq2seq import split_sentences
+    >>> split_sentences('Hi. Bye.')
+    ['Hi.', ' ', 'Bye.']
 """
 
 from __future__ import annotations
@@ -11,9 +13,9 @@ import logging
 import re
 from typing import Any
 
-from vlm_core.config import ConfigError
-from vlm_core.devices import pick_device
-from vlm_core.hub import load_files, load_weights
+from vlm_core.assets.hub import load_files, load_weights
+from vlm_core.base.devices import pick_device
+from vlm_core.base.errors import ConfigError
 
 from .base import (
     _ALGORITHM_VERSION,

@@ -1,0 +1,271 @@
+"""A sweep's trial results, read once: every trial of a stage from its Tune experiment folder with
+``ray.tune.ExperimentAnalysis`` (no running cluster needed), with its per-epoch curve, the best checkpoint still on
+storage, how it ended and whether ASHA stopped it. The one source of ``trials.json``, ``lineage.json``,
+``trials.csv``, the sweep report, the study report's tables and the evaluation's list of checkpoints.
+
+Two views of a trial, from the same fields: :meth:`TrialResult.summary` (``trials.json``, the lineage, the
+evaluation; ``status`` is how it ended: ``finished``, ``stopped_early``, ``non_finite_loss`` or ``error``) and
+:meth:`TrialResult.table_row` (``trials.csv`` and the reports; ``status`` is Tune's, or ``NON_FINITE_LOSS``).
+
+Words: a *training stage* (1: projector, 2: projector + LLM) runs as one Tune *experiment* (``OUT/stage<N>/``) of
+*trials*; ``read_trials`` reads one experiment, ``read_sweep`` all of a sweep's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vlm_core.base.errors import ConfigError
+
+from ..scheduling import DECISIONS_FILE, read_decisions
+from ..statuses import METRIC, STATUS_NON_FINITE
+
+LINEAGE_FILE = "lineage.json"
+"""Each stage-1 config's best checkpoint (and the stage-2 trials that continue it), in the experiment folder."""
+AXES = ("dataset", "dense", "chat", "scheduler", "epochs", "batch_size")
+STAGES = (1, 2)
+TABLE_COLUMNS = ["stage", "paper_id", "config_id", "dataset", "dense", "chat", "scheduler", "epochs", "batch_size",
+                 "profile", "status", "best_val_loss", "best_epoch", "final_train_loss", "epochs_run",
+                 "stopped_by_asha", "asha_rung", "steps", "samples_seen", "wall_s", "tokens_per_s", "samples_per_s",
+                 "pad_fraction", "parent", "error"]
+OUTCOMES = ("finished", "stopped_early", STATUS_NON_FINITE, "error")
+
+
+@dataclass
+class TrialResult:
+    """One trial of one stage, as Tune recorded it."""
+
+    stage: int
+    config: dict[str, Any]
+    """The trial's Tune parameters (``config_id``, ``spec``, ``worker``, ...)."""
+    tune_status: str
+    """Tune's status: ``TERMINATED``, ``ERROR``, ..."""
+    path: str
+    curve: pd.DataFrame = field(repr=False)
+    """Every result it reported, one row per epoch (``epoch``, ``val_loss``, ``train_loss``, ``checkpoint_path``,
+    ...); empty when it reported nothing."""
+    error_text: str | None = None
+    """The traceback Tune saved (``error.txt``) when the trial failed."""
+    asha_stop: dict[str, Any] | None = None
+    """ASHA's recorded decision to stop it (rung, val loss), if any."""
+
+    # ---- what it was
+    @property
+    def config_id(self) -> str:
+        return self.config["config_id"]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.config["spec"]
+
+    @property
+    def last(self) -> pd.Series | None:
+        return self.curve.iloc[-1] if len(self.curve) else None
+
+    def _last(self, key: str) -> Any:
+        last = self.last
+        return None if last is None or key not in self.curve or pd.isna(last[key]) else last[key]
+
+    # ---- how it ended
+    @property
+    def failed(self) -> bool:
+        return self.tune_status == "ERROR"
+
+    @property
+    def non_finite(self) -> bool:
+        return self._last("status") == STATUS_NON_FINITE
+
+    @property
+    def epochs_run(self) -> int | None:
+        epoch = self._last("epoch")
+        return None if epoch is None else int(epoch)
+
+    @property
+    def epochs_planned(self) -> int | None:
+        planned = self._last("epochs_planned")
+        return None if planned is None else int(planned)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Ended before its planned epochs without failing: ASHA stopped it, or its loss stopped being finite."""
+        run, planned = self.epochs_run, self.epochs_planned
+        return bool(planned and run is not None and run < planned and not self.failed)
+
+    @property
+    def outcome(self) -> str:
+        return ("error" if self.failed else STATUS_NON_FINITE if self.non_finite
+                else "stopped_early" if self.stopped_early else "finished")
+
+    @property
+    def done(self) -> bool:
+        """Nothing left to run: it failed, ran all its epochs, diverged or was stopped by ASHA (after Ctrl-C, Tune
+        marks the trials it cut short as terminated, so its status alone cannot tell)."""
+        run, planned = self.epochs_run, self.epochs_planned
+        complete = run is not None and planned is not None and run >= planned
+        return self.failed or complete or self.non_finite or self.asha_stop is not None
+
+    @property
+    def non_finite_message(self) -> str | None:
+        """What the training loop said when the loss stopped being finite (the step, the loss)."""
+        return self._last("message") if self.non_finite else None
+
+    # ---- what it reached
+    def _finite_losses(self) -> pd.Series | None:
+        if METRIC not in self.curve:
+            return None
+        losses = self.curve[METRIC].replace([math.inf, -math.inf], math.nan)
+        return losses if losses.notna().any() else None
+
+    @property
+    def best_row(self) -> pd.Series | None:
+        losses = self._finite_losses()
+        return None if losses is None else self.curve.loc[losses.idxmin()]
+
+    @property
+    def best_val_loss(self) -> float | None:
+        best = self.best_row
+        return None if best is None else float(best[METRIC])
+
+    def best_checkpoint(self) -> tuple[str | None, float | None]:
+        """(path, val_loss) of its best checkpoint still on storage. Train V2 forwards each checkpoint to Tune as a
+        ``checkpoint_path`` metric and keeps only the best (by ``val_loss``); after a restore it may keep an earlier
+        checkpoint of equal score instead of the newer one, so only reported paths that exist count."""
+        df = self.curve
+        if "checkpoint_path" not in df:
+            return None, None
+        kept = df[[isinstance(p, str) and Path(p).is_dir() for p in df["checkpoint_path"]]]
+        if kept.empty:
+            return None, None
+        if METRIC not in kept or kept[METRIC].isna().all():  # no validation data: the last epoch's checkpoint
+            return kept.iloc[-1]["checkpoint_path"], None
+        best = kept.loc[kept[METRIC].idxmin()]
+        return best["checkpoint_path"], float(best[METRIC])
+
+    @property
+    def steps(self) -> int:
+        step = self._last("step")
+        return 0 if step is None else int(step)
+
+    @property
+    def samples_per_step(self) -> int:
+        train = self.config.get("worker", {}).get("train", {})
+        return int(train.get("batch_size", self.spec["batch_size"])) * int(train.get("grad_accum", 1))
+
+    def _mean(self, key: str) -> float:
+        return float(self.curve[key].mean()) if key in self.curve and len(self.curve) else math.nan
+
+    # ---- the two views
+    def summary(self) -> dict[str, Any]:
+        """``trials.json``'s row: how it ended, its best checkpoint on storage, what it reached. The lineage (stage
+        1) and the evaluation (stage 2) read these rows."""
+        ckpt, ckpt_loss = self.best_checkpoint()
+        return {"config_id": self.config_id, "dataset": self.spec["dataset"], "status": self.outcome,
+                "best_checkpoint": ckpt, "best_checkpoint_val_loss": ckpt_loss,
+                "error": (self.error_text or "")[:500] if self.failed else self.non_finite_message,
+                "best_val_loss": self.best_val_loss, "epochs_run": self.epochs_run,
+                "epochs_planned": self.epochs_planned, "stopped_early": self.stopped_early and not self.non_finite,
+                "tokens_per_s": self._last("tokens_per_s"), "samples_per_s": self._last("samples_per_s"),
+                "path": self.path}
+
+    def table_row(self) -> dict[str, Any]:
+        """``trials.csv``'s row (``TABLE_COLUMNS``): the axes, Tune's status, best and final losses, ASHA's stop,
+        steps and samples trained, wall time and mean throughput."""
+        best, last = self.best_row, self.last
+        spec = self.spec
+        return {
+            "stage": self.stage, "paper_id": spec.get("paper_id"), "config_id": self.config_id,
+            **{a: spec[a] for a in AXES}, "profile": spec["profile"],
+            "status": STATUS_NON_FINITE.upper() if self.non_finite else self.tune_status,
+            "best_val_loss": float(best[METRIC]) if best is not None else math.nan,
+            "best_epoch": int(best["epoch"]) if best is not None else None,
+            "final_train_loss": float(last["train_loss"]) if last is not None and "train_loss" in self.curve
+            else math.nan,
+            "epochs_run": self.epochs_run or 0, "stopped_by_asha": self.asha_stop is not None,
+            "asha_rung": self.asha_stop["rung"] if self.asha_stop else None,
+            "steps": self.steps, "samples_seen": self.steps * self.samples_per_step,
+            "wall_s": float(last["time_total_s"]) if last is not None and "time_total_s" in self.curve else math.nan,
+            **{k: self._mean(k) for k in ("tokens_per_s", "samples_per_s", "pad_fraction")},
+            "parent": spec.get("parent"),
+            "error": self.non_finite_message if self.non_finite else _last_line(self.error_text)}
+
+
+def _last_line(text: str | None) -> str | None:
+    if text is None:
+        return None
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "error (no message)"
+
+
+def _error_text(trial) -> str | None:
+    if trial.status != "ERROR":
+        return None
+    path = Path(trial.path) / "error.txt"
+    return path.read_text() if path.is_file() else str(getattr(trial, "error_file", None) or "")
+
+
+def experiment_dirs(sweep_dir: str | Path) -> dict[int, Path]:
+    """The Tune experiment of each training stage under a sweep's ``--out`` folder (``stage1/``, ``stage2/``)."""
+    root = Path(sweep_dir)
+    found = {s: root / f"stage{s}" for s in STAGES if (root / f"stage{s}").is_dir()}
+    if not found:
+        raise ConfigError(f"report: {root} holds no stage1/ or stage2/ Tune experiment; pass the --out folder of "
+                          f"`vlm-sweep sweep`")
+    return found
+
+
+def read_trials(experiment_dir: str | Path, stage: int) -> list[TrialResult]:
+    """Every trial of the Tune experiment in ``experiment_dir`` (training stage ``stage``), with ASHA's recorded
+    stops."""
+    from ray.tune import ExperimentAnalysis
+
+    experiment_dir = Path(experiment_dir).resolve()  # Ray wants an absolute path or a URI
+    analysis = ExperimentAnalysis(str(experiment_dir))
+    stops = {d["trial"]: d for d in read_decisions(experiment_dir / DECISIONS_FILE) if d["decision"] == "stop"}
+    frames = analysis.trial_dataframes
+    out = []
+    for trial in analysis.trials:
+        conf = trial.config["trial"]
+        df = frames.get(trial.trial_id)
+        df = df if df is not None and not df.empty and "epoch" in df else pd.DataFrame(columns=["epoch"])
+        out.append(TrialResult(stage, conf, trial.status, str(trial.path), df.reset_index(drop=True),
+                               _error_text(trial), stops.get(conf["config_id"])))
+    return out
+
+
+def read_sweep(sweep_dir: str | Path, known: dict[int, list[TrialResult]] | None = None
+               ) -> dict[int, list[TrialResult]]:
+    """Every trial of every training stage found under a sweep's ``--out`` folder; the stages in ``known`` (just
+    read by the driver) are not read again."""
+    known = known or {}
+    return {stage: known[stage] if stage in known else read_trials(edir, stage)
+            for stage, edir in experiment_dirs(sweep_dir).items()}
+
+
+def trial_table(results: dict[int, list[TrialResult]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """(one row per trial, config id → its per-epoch results), over every stage."""
+    rows = [t.table_row() for trials in results.values() for t in trials]
+    curves = {t.config_id: t.curve for trials in results.values() for t in trials}
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    for col in ("paper_id", "best_epoch", "asha_rung", "steps", "samples_seen"):
+        table[col] = table[col].astype("Int64")  # integers with gaps, not floats
+    return table.sort_values(["stage", "paper_id", "config_id"], na_position="last").reset_index(drop=True), curves
+
+
+def record_lineage(rows: list[dict[str, Any]], lineage: dict[str, Any]) -> dict[str, Any]:
+    """config id → best stage-1 checkpoint (by validation loss) and its metrics, from the trials'
+    :meth:`TrialResult.summary` rows."""
+    lineage = dict(lineage)
+    for row in rows:
+        entry = {"checkpoint": row["best_checkpoint"], "best_val_loss": row["best_checkpoint_val_loss"],
+                 "epochs": row["epochs_run"], "trial_path": row["path"]}
+        if row["error"] or row["best_checkpoint"] is None:
+            entry["error"] = row["error"] or "no checkpoint reported"
+        if row["status"] == STATUS_NON_FINITE:
+            entry["status"] = STATUS_NON_FINITE  # its best checkpoint (if any) predates the divergence
+        lineage[row["config_id"]] = entry
+    return lineage
