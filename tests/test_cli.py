@@ -290,3 +290,36 @@ def test_dense_groups_reaches_the_trials_of_sweep_and_run(tmp_path, monkeypatch)
     assert seen["cfg"].dense_groups == 3
     argv = ["run", "--preset", "tiny", "--dense_groups", "3"]
     assert build_parser(argv).parse_args(argv).run.dense_groups == 3
+
+
+def test_show_says_what_a_name_stands_for(capsys):
+    from sweeps.cli import main
+    from sweeps.matrix import get_grid
+    from vlm_core.presets import PRESETS, get_preset
+
+    assert main(["show", "preset", "tiny"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["name"] == "tiny" and record["model"] == get_preset("tiny").to_dict()
+    assert main(["show", "preset"]) == 0  # every record, lazy models left unbuilt
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)] == PRESETS.names()
+    assert main(["show", "grid", "lora"]) == 0
+    out = capsys.readouterr().out
+    assert all(t.config_id in out for stage in (1, 2) for t in get_grid("lora", stage))
+    assert main(["show", "profiles"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:2] == ["a100-40g", "a100-10g"] and "'GPU': 0.25" in line for line in lines)
+    assert any(line.split()[:2] == ["a100-40g", "cpu"] for line in lines)
+    assert main(["show", "prompt", "--preset", "tiny", "--question", "What colour?", "--answer", "Red."]) == 0
+    prompt = capsys.readouterr().out
+    assert "What colour?" in prompt and "[Red][.]" in prompt and "[<|im_end|>]" in prompt  # the trained tokens
+    assert "[What" not in prompt and "<image>" in prompt  # the question is not trained on
+
+
+def test_show_lengths_measures_records_under_a_presets_formatter(corpus, capsys):
+    from sweeps.cli import main
+
+    records = str(corpus / "sharegpt4v_sample.jsonl")
+    assert main(["show", "lengths", "--records", records, "--preset", "tiny", "--max-length", "64"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["max_length"] == 64 and stats["rows"] > 0 and stats["over"] > 0  # short cap: some cut or dropped
+    assert stats["over"] == stats["cut"] + stats["dropped"]

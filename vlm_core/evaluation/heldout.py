@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from ..base.outputs import atomic_write_text
+from ..base.registry import Registry
 from ..config import IMAGE_MARKER, check_field
 from ..data.dataset import ConversationDataset, read_records
 from ..data.images import open_rgb, resolve_image
@@ -50,10 +51,10 @@ from .inference import build_prompt_batch
 
 EVAL_FILE = "eval_easyvqa.jsonl"
 """The held-out questions of a sample corpus (``data_pipeline.sample_corpus``): what ``eval --data`` reads."""
-CONTROLS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "zeros": torch.zeros_like,
-    "shuffled": lambda f: f.roll(1, dims=0),
-}
+CONTROLS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("eval.controls", "control", {
+    "zeros": torch.zeros_like,  # every image feature zeroed (the projector still adds its bias): "no picture"
+    "shuffled": lambda f: f.roll(1, dims=0),  # another question's image
+})
 COLORS = {"red", "green", "blue", "black", "gray", "grey", "teal", "brown", "yellow", "white", "orange", "purple"}
 
 
@@ -85,8 +86,8 @@ class EvalConfig:
     """Sample generations to keep (with their image paths) for the report."""
 
     def __post_init__(self) -> None:
-        bad = [c for c in self.controls if c not in CONTROLS]
-        check_field(not bad, "eval.controls", f"unknown {bad}; choose from {sorted(CONTROLS)}")
+        for control in self.controls:
+            CONTROLS.check(control)
         check_field(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         check_field(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
 
