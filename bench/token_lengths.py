@@ -34,6 +34,7 @@ def choose_max_length(p99: int, headroom: float = 1.5, multiple: int = 256) -> i
 def main(argv: list[str] | None = None) -> dict:
     from data_pipeline.caption_fixture import write_caption_fixture
     from vlm_core.assets import paper_shaped
+    from vlm_core.assets.hub import TINYCLIP
     from vlm_core.data.dataset import read_records
     from vlm_core.data.lengths import formatter_for, measure
     from vlm_core.presets import get_preset
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     current = get_preset("paper").format.max_length
     for mode in ("chat", "raw"):
         cfg = get_preset("paper")
-        cfg.vision.source, cfg.vision.revision = str(paper_shaped.config_folder("tinyclip-vit-40m-32")), None
+        cfg.vision.source, cfg.vision.revision = str(paper_shaped.config_folder(TINYCLIP)), None
         cfg.lm.tokenizer = str(paper_shaped.tokenizer_folder())
         cfg.format.mode = mode
         stats = measure(records, formatter_for(cfg))
