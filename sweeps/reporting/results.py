@@ -20,7 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from vlm_core.base.errors import ConfigError
+from vlm_core.base.errors import CheckpointError, ConfigError
+from vlm_core.training.checkpoint import read_meta
 
 from ..scheduling import DECISIONS_FILE, read_decisions
 from ..statuses import METRIC, STATUS_NON_FINITE
@@ -34,6 +35,15 @@ TABLE_COLUMNS = ["stage", "paper_id", "config_id", "dataset", "dense", "chat", "
                  "stopped_by_asha", "asha_rung", "steps", "samples_seen", "wall_s", "tokens_per_s", "samples_per_s",
                  "pad_fraction", "parent", "error"]
 OUTCOMES = ("finished", "stopped_early", STATUS_NON_FINITE, "error")
+
+
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    """A checkpoint of a trial still on storage, with what it recorded of itself."""
+
+    path: str
+    epoch: float | None
+    val_loss: float | None
 
 
 @dataclass
@@ -126,25 +136,53 @@ class TrialResult:
         losses = self._finite_losses()
         return None if losses is None else self.curve.loc[losses.idxmin()]
 
-    @property
-    def best_val_loss(self) -> float | None:
-        best = self.best_row
-        return None if best is None else float(best[METRIC])
+    def kept_checkpoints(self) -> list[KeptCheckpoint]:
+        """Every checkpoint of the trial still on storage, oldest first, with the epoch and val loss it recorded
+        itself (``checkpoint.json``): the reported ones and the others in their run folder. After ``--resume``
+        Tune's history of a trial it restored holds only what was reported since, while the run folder still keeps
+        the best checkpoint from before."""
+        if "checkpoint_path" not in self.curve:
+            return []
+        reported = {Path(p) for p in self.curve["checkpoint_path"] if isinstance(p, str) and "://" not in p}
+        folders = {p.parent for p in reported if p.parent.is_dir()}
+        found = {*reported, *(c for folder in folders for c in folder.glob("checkpoint_*"))}
+        kept = []
+        for path in sorted((p for p in found if p.is_dir()), key=lambda p: (p.parent, p.name)):
+            try:
+                meta = read_meta(path, verify=False)
+            except (CheckpointError, OSError, ValueError):  # a half-written or foreign folder
+                continue
+            loss = meta.get("metrics", {}).get(METRIC)
+            finite = isinstance(loss, (int, float)) and math.isfinite(loss)
+            kept.append(KeptCheckpoint(str(path), meta.get("epoch"), float(loss) if finite else None))
+        return kept
 
     def best_checkpoint(self) -> tuple[str | None, float | None]:
-        """(path, val_loss) of its best checkpoint still on storage. Train V2 forwards each checkpoint to Tune as a
-        ``checkpoint_path`` metric and keeps only the best (by ``val_loss``); after a restore it may keep an earlier
-        checkpoint of equal score instead of the newer one, so only reported paths that exist count."""
-        df = self.curve
-        if "checkpoint_path" not in df:
+        """(path, val_loss) of its best checkpoint still on storage, by the val loss each recorded (the oldest of
+        equal ones); the newest when none recorded one (no validation data)."""
+        kept = self.kept_checkpoints()
+        if not kept:
             return None, None
-        kept = df[[isinstance(p, str) and Path(p).is_dir() for p in df["checkpoint_path"]]]
-        if kept.empty:
+        scored = [k for k in kept if k.val_loss is not None]
+        if not scored:
+            return kept[-1].path, None
+        best = min(scored, key=lambda k: k.val_loss)
+        return best.path, best.val_loss
+
+    def best(self) -> tuple[float | None, float | None]:
+        """(val loss, epoch) of the trial's best epoch: over its reported results and its kept checkpoints (which
+        remember epochs reported before a resume)."""
+        candidates = [(k.val_loss, k.epoch) for k in self.kept_checkpoints() if k.val_loss is not None]
+        row = self.best_row
+        if row is not None:
+            candidates.append((float(row[METRIC]), row.get("epoch")))
+        if not candidates:
             return None, None
-        if METRIC not in kept or kept[METRIC].isna().all():  # no validation data: the last epoch's checkpoint
-            return kept.iloc[-1]["checkpoint_path"], None
-        best = kept.loc[kept[METRIC].idxmin()]
-        return best["checkpoint_path"], float(best[METRIC])
+        return min(candidates, key=lambda c: c[0])
+
+    @property
+    def best_val_loss(self) -> float | None:
+        return self.best()[0]
 
     @property
     def steps(self) -> int:
@@ -175,14 +213,14 @@ class TrialResult:
     def table_row(self) -> dict[str, Any]:
         """``trials.csv``'s row (``TABLE_COLUMNS``): the axes, Tune's status, best and final losses, ASHA's stop,
         steps and samples trained, wall time and mean throughput."""
-        best, last = self.best_row, self.last
+        (best_loss, best_epoch), last = self.best(), self.last
         spec = self.spec
         return {
             "stage": self.stage, "paper_id": spec.get("paper_id"), "config_id": self.config_id,
             **{a: spec[a] for a in AXES}, "profile": spec["profile"],
             "status": STATUS_NON_FINITE.upper() if self.non_finite else self.tune_status,
-            "best_val_loss": float(best[METRIC]) if best is not None else math.nan,
-            "best_epoch": int(best["epoch"]) if best is not None else None,
+            "best_val_loss": best_loss if best_loss is not None else math.nan,
+            "best_epoch": int(best_epoch) if best_epoch is not None else None,
             "final_train_loss": float(last["train_loss"]) if last is not None and "train_loss" in self.curve
             else math.nan,
             "epochs_run": self.epochs_run or 0, "stopped_by_asha": self.asha_stop is not None,
