@@ -1,6 +1,7 @@
 """Run one training (``vlm_core.training.loop.train``) in 1 process or N gloo processes on the sample corpus and collect
 what each rank saw: per-step loss / LR / tokens / gradient norm, epoch metrics, final weights, checkpoints. Used by
 tests/test_distributed.py (data parallel and FSDP against one process) and bench/parallel_equality.py (the figures).
+A spawned rank ends as a Ray Train worker does, without the interpreter's teardown (:func:`spawned_rank` says why).
 
     pytest -q tests/test_distributed.py
 """
@@ -8,7 +9,10 @@ tests/test_distributed.py (data parallel and FSDP against one process) and bench
 from __future__ import annotations
 
 import json
+import logging
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -65,6 +69,25 @@ def run_rank(rank: int, size: int, init_file: str, model_dict: dict, train_dict:
             dist.destroy_process_group()
 
 
+def spawned_rank(rank: int, *args) -> None:
+    """A rank of an N-process world (``mp.spawn``'s target): :func:`run_rank`, then, its records written and its output
+    flushed, the process ends at once (``os._exit``), skipping the interpreter's teardown as Ray Train's ``ray.kill``
+    of a worker does.
+
+    Why: ``destroy_process_group`` leaves a gloo group's worker threads running while the group is still referenced,
+    and after a sharded run it is (FSDP's DeviceMesh, held by the model and by torch.distributed.tensor's caches). Such
+    a thread may still be releasing the last collective's tensors — rank 1 drops the checkpoint gather's output at
+    once — which takes the GIL; a thread that waits for the GIL once the interpreter is finalizing is ended by Python
+    (``pthread_exit``) inside a noexcept C++ destructor: std::terminate, SIGABRT ("terminate called without an active
+    exception"). It took the rank that exits first (rank 1, while rank 0 writes the checkpoint) when that thread got
+    no CPU in time: a loaded machine."""
+    run_rank(rank, *args)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def train_world(size: int, tmp: Path, cfg: VLMConfig, tcfg: TrainConfig, corpus: Path, faults: dict | None = None,
            sizes: tuple[int, int] = (12, 5), resume: str | None = None, name: str | None = None,
            keep_at_step: int | None = None):
@@ -79,7 +102,7 @@ def train_world(size: int, tmp: Path, cfg: VLMConfig, tcfg: TrainConfig, corpus:
         finally:
             torch.set_num_threads(threads)
     else:
-        mp.spawn(run_rank, args=args, nprocs=size, join=True)
+        mp.spawn(spawned_rank, args=args, nprocs=size, join=True)
     records = [json.loads((out / f"record-{r}.json").read_text()) for r in range(size)]
     weights = [torch.load(out / f"weights-{r}.pt") for r in range(size) if (out / f"weights-{r}.pt").is_file()]
     return records, weights, out
