@@ -44,10 +44,10 @@ def test_checkpoint_round_trip_gives_identical_logits(stage, tiny_cfg, tmp_path)
     with torch.no_grad():
         a, b = model(ids, mask, pixel_values=pixels).logits, loaded(ids, mask, pixel_values=pixels).logits
     if stage == 2:
-        torch.testing.assert_close(a, b)
+        assert torch.equal(a, b)  # the same weights, the same computation: bit for bit
     else:  # stage 1 saves only the projector: the LLM comes back as it was built, projector as trained
         for pa, pb in zip(model.projector.parameters(), loaded.projector.parameters()):
-            torch.testing.assert_close(pa, pb)
+            assert torch.equal(pa, pb)
         assert not torch.allclose(a, b)
 
 
@@ -109,10 +109,30 @@ class Exploit:
 
 
 def test_final_weights_share_files_and_drop_training_state(tiny_cfg, tmp_path):
+    """``final/`` (``export_weights``) publishes the checkpoint's weights hard-linked, not copied: every file but
+    the optimizer state and ``checkpoint.json`` is the checkpoint's own inode. ``checkpoint.json`` is a new file
+    without the training state's hash; the checkpoint's own stays as it was (a rewrite in place through the link
+    would change both)."""
+    import os
+
     model = VisionLanguageModel.build(tiny_cfg)
     src = save_checkpoint(model, tmp_path / "ckpt", stage=2, step=1, epoch=1, training_state={"step": 1})
+    src_meta = (src / "checkpoint.json").read_text()
     final = export_weights(src, tmp_path / "final")
     assert not (final / "training_state.pt").exists() and (src / "training_state.pt").exists()
+    shared = sorted(str(p.relative_to(src)) for p in src.rglob("*")
+                    if p.is_file() and p.name not in ("training_state.pt", "checkpoint.json"))
+    assert {"projector.safetensors", "lm/model.safetensors", "lm/config.json", "vlm_config.json"} <= set(shared)
+    assert sorted(str(p.relative_to(final)) for p in final.rglob("*") if p.is_file()) == sorted(
+        shared + ["checkpoint.json"])
+    for rel in shared:
+        a, b = os.stat(src / rel), os.stat(final / rel)
+        assert (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino) and a.st_nlink == b.st_nlink == 2, rel
+    assert os.stat(src / "checkpoint.json").st_ino != os.stat(final / "checkpoint.json").st_ino
+    assert os.stat(src / "checkpoint.json").st_nlink == 1
+    assert (src / "checkpoint.json").read_text() == src_meta
+    assert "training_state_sha256" in json.loads(src_meta)
+    assert "training_state_sha256" not in json.loads((final / "checkpoint.json").read_text())
     load_vlm(final)  # hashes verify
 
 
@@ -143,7 +163,7 @@ def test_llava_export_has_identical_logits(projector, tiny_cfg, tmp_path):
     with torch.no_grad():
         ours = model(ids, torch.ones_like(ids), pixel_values=pixels).logits
         theirs = llava(input_ids=expanded, attention_mask=torch.ones_like(expanded), pixel_values=pixels).logits
-    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert torch.equal(ours, theirs)  # the same weights through the same layers: bit for bit
 
 
 def test_dense_connector_export_is_refused_by_name(tiny_cfg, tmp_path):

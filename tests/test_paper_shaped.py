@@ -228,10 +228,20 @@ def test_llava_export_gives_our_logits(trained, tmp_path):
 
 
 def test_chat_answers_from_the_stage2_checkpoint(trained, corpus, capsys):
+    """``vlm-sweep chat`` on the stage-2 checkpoint prints the greedy answer of the model that was trained, computed
+    here by hand from the in-memory model (a full forward pass per token: no ``generate``, no KV cache, no
+    checkpoint), cut at Llama 3's end of turn. Random weights, but one stage-2 step on short easy-vqa answers: the
+    model answers in a word and ends its turn (``<|eot_id|>``, 128009), which the reply must not run past."""
     from sweeps.cli import main
+    from tests.greedy import greedy_answer
+    from vlm_core.data.images import open_rgb
 
+    model = trained["model"]
     image = corpus / "images" / trained["images"][0]
+    question = "What shape is it?"
     rc = main(["chat", "--checkpoint", str(trained["stage2"].checkpoint), "--image", str(image),
-               "--max_new_tokens", "4", "What shape is it?"])
-    assert rc == 0
-    assert capsys.readouterr().out.strip()  # the reply: random weights, so any text, but some
+               "--max_new_tokens", "4", question])
+    said = capsys.readouterr().out.strip()
+    want, tokens = greedy_answer(model, model.vision.preprocess([open_rgb(image)]), question, 4)
+    assert rc == 0 and said == want, (said, want, tokens)
+    assert said and len(tokens) < 4 and tokens[-1] == 128009, tokens  # stopped at the end of turn, within budget

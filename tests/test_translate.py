@@ -181,9 +181,17 @@ def test_missing_dictionary_names_the_path_and_the_fix(tmp_path):
     assert "apt-get install dict-freedict-eng-ind" in message and "--translate.dictionary PREFIX" in message
 
 
-@pytest.mark.skipif(not Path(f"{REAL_DICTIONARY}.index").is_file(),
-                    reason="Debian package dict-freedict-eng-ind is not installed")
 def test_real_freedict_dictionary():
+    """Debian's real FreeDict file through the default prefix. CI installs the package (.ci/run) and fails here when
+    it is missing (the environment variable CI set); elsewhere the test is skipped, saying how to install it."""
+    import os
+
+    if not Path(f"{REAL_DICTIONARY}.index").is_file():
+        missing = (f"{REAL_DICTIONARY}.index is missing: Debian's dict-freedict-eng-ind is not installed "
+                   f"(apt-get install -y dict-freedict-eng-ind; scripts/setup.sh tries, best effort, as root)")
+        if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off"):  # CI services: "true"
+            pytest.fail(f"CI must run this test: {missing}")
+        pytest.skip(missing)
     translator = build_translator(TranslatorConfig(name="dictionary"))
     out = translator.translate(["The red cat sits on the table.", "xyzzy plugh"])
     assert out[0] == Translation("Itu merah kucing duduk atas itu tabel.", True, None)
