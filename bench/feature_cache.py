@@ -35,7 +35,7 @@ def measure(name, cfg, steps: int, batch_size: int, corpus: Path, work: Path) ->
 
     from data_pipeline.features import build_feature_cache
     from vlm_core.config import TrainConfig
-    from vlm_core.training.runner import DataSpec, run_stage
+    from vlm_core.training.one_stage import DataSpec, run_stage
 
     records = work / "records.parquet"
     images = pq.read_table(records, columns=["image"]).column("image").to_pylist()

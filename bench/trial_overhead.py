@@ -31,7 +31,7 @@ def main() -> dict:
     from sweeps.driver import SweepConfig, plan, run_sweep
     from vlm_core.base.ray_env import init_ray
     from vlm_core.data.dataset import read_records, split_records
-    from vlm_core.training.runner import DataSpec, run_stage
+    from vlm_core.training.one_stage import DataSpec, run_stage
 
     init_ray()
     with tempfile.TemporaryDirectory() as tmp:

@@ -37,7 +37,7 @@ from vlm_core.data.lengths import formatter_for, formatter_key, lengths_table, m
 from vlm_core.presets import PRESETS, preset
 from vlm_core.training.checkpoint import CheckpointError, check_projector_selection, read_meta
 from vlm_core.training.faults import from_env as faults_from_env
-from vlm_core.training.runner import DataSpec
+from vlm_core.training.one_stage import DataSpec
 
 from .matrix import GRIDS, TrialSpec, get_grid
 from .profiles import BACKENDS, PROFILES, TrialResources, check_fits, trial_resources

@@ -30,7 +30,7 @@ from vlm_core.base.outputs import atomic_dir
 from vlm_core.base.registry import Registry
 from vlm_core.training.checkpoint import keep_newest_and_best, newest_usable, read_meta
 from vlm_core.training.faults import from_config
-from vlm_core.training.runner import run_stage
+from vlm_core.training.one_stage import run_stage
 
 from .profiles import TrialResources
 from .scheduling import resume_decision, wait_for_decision
@@ -237,8 +237,8 @@ TRIAL_RUNNERS: Registry[Callable[[TrialResources], bool]] = Registry("runner", "
 })
 """``--runner`` (how a Tune trial runs its training loop): ``auto`` runs the CPU backend's one-worker trials in the
 Tune trial itself and the rest (GPUs, several workers) through a ``TorchTrainer``; ``train`` runs every trial
-through a ``TorchTrainer``. Each entry says whether a trial with those resources trains in the Tune trial. (Not to
-be confused with ``vlm_core.training.runner``, which runs one stage inside whichever process this picks.)"""
+through a ``TorchTrainer``. Each entry says whether a trial with those resources trains in the Tune trial (where
+``vlm_core.training.one_stage`` then runs the stage)."""
 
 
 def runs_in_tune(res: TrialResources, runner: str = "auto") -> bool:

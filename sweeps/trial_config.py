@@ -23,7 +23,7 @@ from typing import Any
 from vlm_core.assets.hub import localize
 from vlm_core.config import TrainConfig, VLMConfig, from_dict
 from vlm_core.presets import Scale, get_preset
-from vlm_core.training.runner import DataSpec
+from vlm_core.training.one_stage import DataSpec
 
 from .matrix import TrialSpec
 from .profiles import TrialResources

@@ -24,7 +24,7 @@ from tests.run_state import (
 from vlm_core.config import TrainConfig
 from vlm_core.model.vlm import VisionLanguageModel
 from vlm_core.training.checkpoint import CheckpointError, newest_usable, read_meta, resume_point, save_checkpoint
-from vlm_core.training.runner import DataSpec, run_stage
+from vlm_core.training.one_stage import DataSpec, run_stage
 
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
 

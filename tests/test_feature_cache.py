@@ -128,14 +128,14 @@ def test_training_from_the_cache_matches_encoding_on_the_fly(built, tiny_cfg, va
     is all that separates it from plain on-the-fly training: per-step losses and weights within tolerances the
     wrong image's features break."""
     from vlm_core.config import TrainConfig
-    from vlm_core.training.runner import DataSpec, run_stage
+    from vlm_core.training.one_stage import DataSpec, run_stage
 
     folder, _ = built
     train = TrainConfig(stage=1, epochs=2, batch_size=4, lr=1e-3, max_steps_per_epoch=3)
     spec = dict(train=str(variants / "20kUmap" / "train-00000.parquet"), images=str(image_root),
                 val=str(variants / "20kUmap" / "val-00000.parquet"))
     on_the_fly, _ = run_stage(tiny_cfg, train, DataSpec(**spec), tmp_path / "fly", write_final=False)
-    with caplog.at_level(logging.INFO, logger="vlm_core.training.runner"):
+    with caplog.at_level(logging.INFO, logger="vlm_core.training.one_stage"):
         cached, _ = run_stage(tiny_cfg, train, DataSpec(**spec, features=str(folder)), tmp_path / "cached",
                               write_final=False)
     assert f"16 images read from the cache {folder} (the encoder does not run)" in caplog.text

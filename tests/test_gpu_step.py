@@ -117,7 +117,7 @@ def test_frozen_modules_held_in_bf16_train_and_the_cpu_default_stays_fp32(stage,
     from vlm_core.config import TrainConfig
     from vlm_core.model.vlm import VisionLanguageModel
     from vlm_core.training.loop import train
-    from vlm_core.training.runner import DataSpec, load_datasets
+    from vlm_core.training.one_stage import DataSpec, load_datasets
 
     spec = DataSpec(train=str(corpus / "sharegpt4v_sample.jsonl"), images=str(corpus / "images"))
     default = VisionLanguageModel.build(tiny_cfg)

@@ -109,7 +109,7 @@ def trained(shaped_cfg, records, corpus, ray_local, tmp_path_factory):
     from vlm_core.config import TrainConfig
     from vlm_core.model.vlm import VisionLanguageModel
     from vlm_core.training.loop import train
-    from vlm_core.training.runner import DataSpec, load_datasets
+    from vlm_core.training.one_stage import DataSpec, load_datasets
 
     path, images = records
     out = tmp_path_factory.mktemp("shaped_runs")

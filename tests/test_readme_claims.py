@@ -181,7 +181,7 @@ def test_stage2_sharding_fsdp_trains_on_two_ranks_and_writes_a_full_checkpoint(v
     from vlm_core.config import TrainConfig, VLMConfig
     from vlm_core.model.vlm import VisionLanguageModel
     from vlm_core.training.checkpoint import load_vlm
-    from vlm_core.training.runner import DataSpec, run_stage
+    from vlm_core.training.one_stage import DataSpec, run_stage
 
     out = tmp_path / "fsdp"
     _run_ok(_sweep_cmd(variants, corpus, out, "--paper-ids", "[3]", "--stage", "all", "--stage2-num-workers", "2",

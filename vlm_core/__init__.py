@@ -9,7 +9,7 @@ Rooms, lowest first (a room imports only the rooms before it; tests/test_archite
 * ``model``       the VLM: vision encoders, projectors, the language model, conversation formatting, LoRA;
 * ``data``        training samples: records, images, the dataset and collator, the feature cache, token lengths;
 * ``training``    one stage of one config: the loop, batching, precision, validation, schedules, stages,
-                  checkpoints, data parallelism, sharding, fault injection, the stage runner;
+                  checkpoints, data parallelism, sharding, fault injection, one stage end to end;
 * ``evaluation``  answers scored by the field's rules, held-out evaluation with text-only controls, inference,
                   LLaVA export;
 * ``presets`` and ``commands`` on top: the named presets and ``vlm_core``'s own ``vlm-sweep`` commands.

@@ -37,7 +37,7 @@ from .model.conversation import IGNORE_INDEX
 from .model.vision.efficientnet import packaged_folder as efficientnet_lite0_folder
 from .presets import PRESETS, get_preset
 from .training.checkpoint import load_vlm, resume_point
-from .training.runner import DataSpec, run_stage
+from .training.one_stage import DataSpec, run_stage
 
 
 def train_cmd(model: VLMConfig, data: DataSpec, train: TrainConfig = TrainConfig(), out: str = "runs/train",

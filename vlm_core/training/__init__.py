@@ -1,4 +1,4 @@
-"""One stage of one config: ``runner`` (build, load data, train, write the final checkpoint: what a Ray Train worker
+"""One stage of one config: ``one_stage`` (build, load data, train, write the final checkpoint: what a Ray Train worker
 calls), ``loop`` (the optimizer steps, epochs and exact resumption), ``batching``, ``precision``, ``validation``,
 ``schedules``, ``stages`` (what each stage trains), ``checkpoint``, ``distributed`` (data parallelism), ``sharding``
 (FSDP) and ``faults`` (fault injection for tests)."""
@@ -7,6 +7,6 @@ from __future__ import annotations
 
 from .checkpoint import load_vlm, save_checkpoint
 from .loop import StepLog, TrainResult, train
-from .runner import DataSpec, run_stage
+from .one_stage import DataSpec, run_stage
 
 __all__ = ["DataSpec", "StepLog", "TrainResult", "load_vlm", "run_stage", "save_checkpoint", "train"]
