@@ -79,3 +79,33 @@ def test_join_failure_names_the_fix(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     message = _join_failure("10.0.0.1:6379", RuntimeError("Token authentication is enabled but no token\n\nmore"))
     assert "RAY_AUTH_TOKEN" in message and "~/.ray/auth_token" in message and "\n" not in message
+
+
+TAKEN_PORT = """
+import json, socket
+import vlm_core.base.ray_env as ray_env
+taken = socket.socket()
+taken.bind(("127.0.0.1", 0))
+taken.listen()
+port = taken.getsockname()[1]
+free = iter([port, ray_env._free_port()])
+ray_env._free_port = lambda: next(free)  # the first 'free' port is taken before Ray binds it
+resources = ray_env.init_ray(num_cpus=1)
+import ray
+print(json.dumps({"taken": port, "dashboard": ray._private.worker.get_dashboard_url(), "cpu": resources["cpu"]}))
+"""
+
+
+def test_a_dashboard_port_taken_before_ray_binds_it_is_replaced(tmp_path):
+    # seen in the suite: another process took the free port found for a sweep's local dashboard, and the sweep died
+    tmp = tempfile.mkdtemp(prefix="vlmra-")
+    env = {**{k: v for k, v in os.environ.items() if k not in AUTH_ENV}, "HOME": str(tmp_path), "RAY_TMPDIR": tmp}
+    try:
+        run = subprocess.run([sys.executable, "-c", TAKEN_PORT], env=env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=180)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["cpu"] == 1 and got["dashboard"].startswith("127.0.0.1:")
+    assert int(got["dashboard"].rsplit(":", 1)[1]) != got["taken"]

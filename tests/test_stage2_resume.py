@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from sweeps.scheduling import (
     DECISIONS_FILE,
+    AshaLink,
     RecordingASHA,
     config_digest,
     read_decisions,
@@ -258,8 +260,7 @@ def test_decisions_recorded_twice_by_an_older_version_are_read_once(tmp_path):
 def test_a_resuming_trial_says_again_the_rung_result_asha_did_not_keep(tmp_path):
     f = tmp_path / DECISIONS_FILE
     umap, rand = _Trial("umap", "a_00000"), _Trial("rand", "a_00001")
-    asha = {"decisions_file": str(f), "milestones": [1, 2], "trial": "umap",
-            "config_hash": config_digest(umap.config["trial"]["worker"])}
+    asha = AshaLink(str(f), 0, [1, 2], "umap", config_digest(umap.config["trial"]["worker"]))
     assert resume_decision(asha, {"epoch": 1, "val_loss": 1.0}) == ("undecided", {"epoch": 1, "val_loss": 1.0})
     assert resume_decision(asha, {"epoch": 3, "val_loss": 1.0}) is None  # not a rung
     assert resume_decision(asha, {"epoch": 1}) is None  # nothing to decide on
@@ -270,7 +271,7 @@ def test_a_resuming_trial_says_again_the_rung_result_asha_did_not_keep(tmp_path)
     _result(s, c, rand, 1, 2.0)
     assert resume_decision(asha, {"epoch": 1, "val_loss": 1.0}) is None  # decided: train on
     assert resume_decision(asha, {"epoch": 2, "val_loss": 1.0})[0] == "undecided"
-    stopped = {**asha, "trial": "rand", "config_hash": config_digest(rand.config["trial"]["worker"])}
+    stopped = replace(asha, trial="rand", config_hash=config_digest(rand.config["trial"]["worker"]))
     last = {"epoch": 1, "val_loss": 2.0, "train_loss": 3.0}
     assert resume_decision(stopped, last) == ("stopped", last)
     # a checkpoint saved after the stop, before it reached the trial: the rung's result is said, not this one
@@ -285,11 +286,10 @@ def test_a_trial_at_a_rung_waits_for_its_decision_and_only_there(tmp_path):
 
     f = tmp_path / DECISIONS_FILE
     rand = _Trial("rand", "a_00001")
-    asha = {"decisions_file": str(f), "milestones": [1, 2], "wait_s": 30, "trial": "rand",
-            "config_hash": config_digest(rand.config["trial"]["worker"])}
+    asha = AshaLink(str(f), 30, [1, 2], "rand", config_digest(rand.config["trial"]["worker"]))
     assert wait_for_decision(asha, 3) is None  # not a rung: no wait
-    assert wait_for_decision({**asha, "wait_s": 0}, 1) is None  # waiting turned off
-    assert wait_for_decision({**asha, "decisions_file": str(tmp_path / "elsewhere" / DECISIONS_FILE)}, 1) is None
+    assert wait_for_decision(replace(asha, wait_s=0), 1) is None  # waiting turned off
+    assert wait_for_decision(replace(asha, decisions_file=str(tmp_path / "elsewhere" / DECISIONS_FILE)), 1) is None
     s = _asha(f)
     umap = _Trial("umap", "a_00000")
     c = _Controller(s, [umap, rand])
@@ -300,7 +300,7 @@ def test_a_trial_at_a_rung_waits_for_its_decision_and_only_there(tmp_path):
     t0 = time.monotonic()
     assert wait_for_decision(asha, 1) == "stop" and time.monotonic() - t0 >= 0.4
     late.join()
-    umap_asha = {**asha, "trial": "umap", "config_hash": config_digest(umap.config["trial"]["worker"])}
+    umap_asha = replace(asha, trial="umap", config_hash=config_digest(umap.config["trial"]["worker"]))
     assert wait_for_decision(umap_asha, 1) == "continue"
     t0 = time.monotonic()
-    assert wait_for_decision({**umap_asha, "wait_s": 0.5}, 2) is None and time.monotonic() - t0 >= 0.5  # timeout
+    assert wait_for_decision(replace(umap_asha, wait_s=0.5), 2) is None and time.monotonic() - t0 >= 0.5  # timeout

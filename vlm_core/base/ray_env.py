@@ -86,6 +86,39 @@ def link_session(folder: Path) -> None:
     link.symlink_to(session, target_is_directory=True)
 
 
+DASHBOARD_PORT_TRIES = 3
+"""A free port found for the local dashboard can be taken before Ray binds it (another process, or one of the new
+cluster's own): that many ports are tried."""
+
+
+def _start_local(num_cpus: int | None, object_store_bytes: int, resources: dict[str, float] | None) -> None:
+    """A new local cluster, its dashboard (the State API) on a free loopback port that every process of the cluster
+    is told (``RAY_API_SERVER_ADDRESS``)."""
+    import ray
+
+    previous = os.environ.get(API_SERVER_ENV)
+    try:
+        for attempt in range(1, DASHBOARD_PORT_TRIES + 1):
+            port = _free_port()
+            # the raylet copies this environment at start and hands it to every worker it spawns
+            os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
+            try:
+                ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_bytes,
+                         include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                         resources=resources, log_to_driver=is_verbose(), logging_level=logging.WARNING)
+                return
+            except ValueError as e:
+                if f"Failed to bind to 127.0.0.1:{port}" not in str(e) or attempt == DASHBOARD_PORT_TRIES:
+                    raise
+                log.info("the dashboard's port %d was taken before Ray bound it; another one", port)
+                ray.shutdown()
+    finally:  # not inherited by this process's own subprocesses (another cluster's CLI, tests)
+        if previous is None:
+            os.environ.pop(API_SERVER_ENV, None)
+        else:
+            os.environ[API_SERVER_ENV] = previous
+
+
 def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
              resources: dict[str, float] | None = None) -> dict[str, Any]:
     """Initialise Ray once per process; returns the cluster's total resources."""
@@ -111,19 +144,7 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
             # cost every trial another actor / exporter on a laptop's few cores
             os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
             os.environ.setdefault("RAY_TRAIN_METRICS_ENABLED", "0")
-            port = _free_port()
-            previous = os.environ.get(API_SERVER_ENV)
-            # the raylet copies this environment at start and hands it to every worker it spawns
-            os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
-            try:
-                ray.init(address="local", num_cpus=num_cpus, object_store_memory=object_store_bytes,
-                         include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                         resources=resources, log_to_driver=is_verbose(), logging_level=logging.WARNING)
-            finally:  # not inherited by this process's own subprocesses (another cluster's CLI, tests)
-                if previous is None:
-                    os.environ.pop(API_SERVER_ENV, None)
-                else:
-                    os.environ[API_SERVER_ENV] = previous
+            _start_local(num_cpus, object_store_bytes, resources)
         ctx = ray.data.DataContext.get_current()
         ctx.execution_options.preserve_order = True  # reproducible outputs (UMAP transform is order-sensitive)
         open_log()  # the command's checks passed: its log file opens now
