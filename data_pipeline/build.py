@@ -268,6 +268,8 @@ class BuildRun:
     """Steps whose output a rerun reused."""
     warnings: list[str] = field(default_factory=list)
     """Also logged; kept in the manifest."""
+    placed_by_nearest: int = 0
+    """Rows UMAP's transform left without coordinates, placed on their nearest fit-sample point (step 4)."""
 
     def warn(self, message: str) -> None:
         log.warning("%s", message)
@@ -335,7 +337,8 @@ def build(cfg: BuildConfig) -> dict[str, Any]:
         "rejected_by_reason": dict(sorted(rows.reasons.items(), key=lambda kv: -kv[1])),
         "variants": variants,
         "clusters": {"method": space.method, "k": space.k, "silhouette_by_k": space.silhouette,
-                     "per_cluster_all": cluster_counts(clusters), "fit_sample": len(fit_ids)},
+                     "per_cluster_all": cluster_counts(clusters), "fit_sample": len(fit_ids),
+                     "placed_by_nearest": run.placed_by_nearest},
         "embedding": {"model": cfg.embed.model or rows.embed_model, "revision": cfg.embed.revision,
                       "folder": rows.embed_model if Path(rows.embed_model).expanduser().is_dir() else None,
                       "packaged": cfg.embed.model is None, "dim": dim, "text": cfg.embed.text,
@@ -451,7 +454,7 @@ class TooFewRows(SourceError):
 def check_enough_rows(run: BuildRun, rows: EmbeddedRows, kept: KeptRows) -> int:
     """Step 2's check: enough rows passed to fit UMAP and to fill every variant, else stop here, before fitting,
     with ``rejected.jsonl`` written and one line giving the counts by reason and the likely fix. Returns the count."""
-    n_kept = kept.dataset.count_rows(filter=kept.filter)
+    n_kept = rows.n_read - sum(rows.reasons.values())  # every rejection and repeated id is counted once there
     needs = [(MIN_FIT_ROWS, "the UMAP fit needs")] + [(v.size, f"variant {v.name!r} asks for")
                                                        for v in run.cfg.variants]
     need, why = max(needs, key=lambda n: n[0])
@@ -519,6 +522,11 @@ def assign_clusters(run: BuildRun, rows: EmbeddedRows, kept: KeptRows, space_ref
 
     t0 = time.perf_counter()
     assigned = ray.get(ray.remote(assign_rows).options(num_cpus=1).remote(space_ref, str(rows.folder.resolve())))
+    if assigned["placed_by_nearest"]:
+        run.warn(f"UMAP's transform gave {assigned['placed_by_nearest']} of {len(assigned['id'])} rows no "
+                 "coordinates (no neighbours in the fit sample); each took the coordinates and cluster of its "
+                 "nearest fit-sample point (manifest: clusters.placed_by_nearest)")
+    run.placed_by_nearest = assigned["placed_by_nearest"]
     duplicate_lines = {d["line"] for d in kept.duplicates}
     keep = [i for i, line in enumerate(assigned["line"]) if line not in duplicate_lines]
     run.timings["assign_s"] = time.perf_counter() - t0

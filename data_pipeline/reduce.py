@@ -93,22 +93,60 @@ def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: Cluster
 
 
 def assign(space: FittedSpace, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One batch of rows: their n-d UMAP coordinates and clusters."""
-    coords = space.umap.transform(np.asarray(embeddings, dtype=np.float32)).astype(np.float32)
-    return coords, np.asarray(space.clusterer.predict(coords), dtype=np.int64)
+    """One batch of rows: their n-d UMAP coordinates and clusters (:func:`assign_counted` without the count)."""
+    coords, clusters, _ = assign_counted(space, embeddings)
+    return coords, clusters
 
 
-def assign_rows(space: FittedSpace, folder: str) -> dict[str, list]:
+def assign_counted(space: FittedSpace, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """One batch of rows: their n-d UMAP coordinates, clusters, and how many rows were placed by nearest fit point.
+    A row UMAP's transform leaves without coordinates (NaN: umap-learn's answer for a point it finds no neighbours
+    for; seen once in CI, on a build whose texts were mostly ten repeated prompts) takes those of its nearest
+    fit-sample point (:func:`nearest_fit_coords`) instead of failing the build or being dropped."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    coords = space.umap.transform(emb).astype(np.float32)
+    lost = placed_by_nearest(coords)
+    if lost.any():
+        coords[lost] = nearest_fit_coords(space, emb[lost])
+    return coords, np.asarray(space.clusterer.predict(coords), dtype=np.int64), int(lost.sum())
+
+
+def placed_by_nearest(coords: np.ndarray) -> np.ndarray:
+    """Which rows of a transform's output have no finite coordinates (a boolean mask)."""
+    return ~np.isfinite(coords).all(axis=1)
+
+
+def nearest_fit_coords(space: FittedSpace, embeddings: np.ndarray) -> np.ndarray:
+    """The UMAP coordinates of each row's nearest fit-sample point by cosine distance (the fit's metric), as UMAP
+    itself places a row identical to a fit point. The fit sample's embeddings are the fitted UMAP's own copy
+    (``_raw_data``: umap-learn keeps it for ``transform``)."""
+    fit = np.asarray(space.umap._raw_data, dtype=np.float32)
+    nearest = np.argmax(_unit_rows(embeddings) @ _unit_rows(fit).T, axis=1)
+    return np.asarray(space.umap.embedding_, dtype=np.float32)[nearest]
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def assign_rows(space: FittedSpace, folder: str) -> dict[str, Any]:
     """Every row of the rows Parquet in ``folder`` that has no ``reason``, assigned to a cluster: part files in name
     order, rows in file order, transformed in consecutive batches of ``space.transform_batch`` rows (the last one
     shorter), so the same files give the same batches and clusters on every run. Returns ``id``, ``line`` and
-    ``cluster`` lists in that order."""
+    ``cluster`` lists in that order, and ``placed_by_nearest``: how many rows UMAP gave no coordinates and
+    :func:`assign_counted` placed on their nearest fit-sample point."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
     size = space.transform_batch
-    out: dict[str, list] = {"id": [], "line": [], "cluster": []}
+    out: dict[str, Any] = {"id": [], "line": [], "cluster": [], "placed_by_nearest": 0}
     carry = None
+
+    def assign_batch(batch: np.ndarray) -> None:
+        _, clusters, placed = assign_counted(space, batch)
+        out["cluster"] += clusters.tolist()
+        out["placed_by_nearest"] += placed
+
     fragments = sorted(pads.dataset(folder, format="parquet").get_fragments(), key=lambda f: f.path)
     for fragment in fragments:
         table = fragment.to_table(columns=["id", "line", "embedding"], filter=pc.field("reason") == "")
@@ -120,8 +158,8 @@ def assign_rows(space: FittedSpace, folder: str) -> dict[str, list]:
         emb = emb if carry is None else np.concatenate([carry, emb])
         whole = len(emb) // size * size
         for i in range(0, whole, size):
-            out["cluster"] += assign(space, emb[i:i + size])[1].tolist()
+            assign_batch(emb[i:i + size])
         carry = emb[whole:]
     if carry is not None and len(carry):
-        out["cluster"] += assign(space, carry)[1].tolist()
+        assign_batch(carry)
     return out

@@ -64,11 +64,7 @@ class TrialRun:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrialRun:
-        d = dict(d)
-        model, train = VLMConfig.from_dict(d.pop("model")), TrainConfig.from_dict(d.pop("train"))
-        data = from_dict(DataSpec, d.pop("data"), "data")
-        asha = from_dict(AshaLink, d.pop("asha"), "asha") if d.get("asha") else d.pop("asha", None)
-        return from_dict(cls, {**d, "model": model, "train": train, "data": data, "asha": asha})
+        return from_dict(cls, d)
 
 
 @dataclass
@@ -109,14 +105,10 @@ class Trial:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Trial:
-        d = dict(d)
-        d.pop("config_id", None)  # derived from the spec
-        spec = d.pop("spec")
-        spec = TrialSpec(**{k: v for k, v in spec.items() if k != "config_id"})
-        resources = TrialResources(**d.pop("resources"))
-        run = TrialRun.from_dict(d.pop("worker"))
-        asha = from_dict(AshaLink, d.pop("asha"), "asha") if d.get("asha") else d.pop("asha", None)
-        return from_dict(cls, {**d, "spec": spec, "resources": resources, "run": run, "asha": asha})
+        d = {k: v for k, v in d.items() if k != "config_id"}  # derived from the spec, as is the spec's own
+        d["spec"] = {k: v for k, v in d["spec"].items() if k != "config_id"}
+        d["run"] = d.pop("worker")
+        return from_dict(cls, d)
 
 
 PROJECTOR_FOR_DENSE = {False: "mlp2x_gelu", True: "dense_connector"}

@@ -208,32 +208,46 @@ RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
 driver they exit only after Ray's hard-coded 60 s attempt to report it to the dead GCS (measured: 62 s)."""
 
 
-def sigkill_driver(proc, what: str = "the driver") -> None:
-    """SIGKILL a sweep driver (a preempted head, the OOM killer) and check that its own local Ray goes with it: its
-    GCS, raylet, workers and actors exit within 90 s; Ray's two agents (:data:`RAY_AGENTS`), the only processes
-    allowed to linger, are killed here instead of waited for."""
-    import signal
-
+def driver_ray_processes(proc) -> dict:
+    """The processes of a driver's own local Ray (GCS, raylet, workers, actors, agents), each with its command line,
+    read while they run."""
     import psutil
 
-    ray_procs = psutil.Process(proc.pid).children(recursive=True)
-    assert any("raylet" in " ".join(p.cmdline()) for p in ray_procs)  # the driver's own local Ray
     names = {}
-    for p in ray_procs:
+    for p in psutil.Process(proc.pid).children(recursive=True):
         try:
-            names[p.pid] = " ".join(p.cmdline())
+            names[p] = " ".join(p.cmdline())
         except psutil.Error:
-            names[p.pid] = ""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
-    agents = [p for p in ray_procs if names[p.pid].startswith(RAY_AGENTS)]
-    _, alive = psutil.wait_procs([p for p in ray_procs if p not in agents], timeout=90)
-    leftovers = [names[p.pid] for p in alive]
+            names[p] = ""
+    return names
+
+
+def assert_ray_processes_exit(procs: dict, what: str) -> None:
+    """Every one of ``procs`` (:func:`driver_ray_processes`) exits within 90 s but Ray's two agents
+    (:data:`RAY_AGENTS`), the only processes allowed to linger, which are killed here instead of waited for (as is
+    anything left, after the check)."""
+    import psutil
+
+    agents = [p for p, name in procs.items() if name.startswith(RAY_AGENTS)]
+    _, alive = psutil.wait_procs([p for p in procs if p not in agents], timeout=90)
+    leftovers = [procs[p] for p in alive]
     for p in alive + agents:
         try:
             p.kill()
         except psutil.Error:
             pass
-    assert leftovers == [], f"Ray processes outlived the killed driver ({what})"
+    assert leftovers == [], f"Ray processes outlived {what}"
+
+
+def sigkill_driver(proc, what: str = "the driver") -> None:
+    """SIGKILL a sweep driver (a preempted head, the OOM killer) and check that its own local Ray goes with it
+    (:func:`assert_ray_processes_exit`)."""
+    import signal
+
+    ray_procs = driver_ray_processes(proc)
+    assert any("raylet" in name for name in ray_procs.values())  # the driver's own local Ray
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert_ray_processes_exit(ray_procs, f"the killed driver ({what})")
 

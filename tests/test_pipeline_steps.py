@@ -11,7 +11,7 @@ import pytest
 
 from data_pipeline.config import ClusterConfig, UmapConfig
 from data_pipeline.records import json_list_to_jsonl, plan_shards, read_shard, validate_record
-from data_pipeline.reduce import assign, assign_rows, fit_space
+from data_pipeline.reduce import assign, assign_counted, assign_rows, fit_space
 from data_pipeline.row_steps import FilterBatch
 from data_pipeline.sampling import SamplingError, allocate, sample_per_cluster, sample_random
 
@@ -145,6 +145,38 @@ def test_umap_clusters_separate_blobs_and_assignment_matches(tmp_path):
     assert out["line"] == kept and out["id"] == [f"r{i:03d}" for i in kept]
     by_batch = np.concatenate([assign(space, emb[kept][i:i + 64])[1] for i in range(0, len(kept), 64)])
     assert out["cluster"] == by_batch.tolist()
+    assert out["placed_by_nearest"] == 0
+
+    # a row UMAP's transform gives no coordinates (umap-learn's NaN for a point without neighbours) is placed on
+    # its nearest fit-sample point, counted, and the batch's other rows keep their own coordinates
+    lonely = [3, 70, 150]
+    real = space.umap
+    space.umap = _NoNeighboursFor(real, emb[lonely])
+    coords, clusters, placed = assign_counted(space, emb[:180])
+    space.umap = real
+    assert placed == 3 and np.isfinite(coords).all()
+    np.testing.assert_array_equal(coords[lonely], real.embedding_[lonely])
+    assert (clusters[lonely] == space.sample_labels[lonely]).all()
+    assert (clusters == space.sample_labels).mean() > 0.9
+    space.umap = _NoNeighboursFor(real, emb[lonely])
+    assert assign_rows(space, str(tmp_path))["placed_by_nearest"] == sum(reasons[i] == "" for i in lonely)
+    space.umap = real
+
+
+class _NoNeighboursFor:
+    """A fitted UMAP whose transform answers NaN for the given rows, as umap-learn does for a row it finds no
+    neighbours for (``init_graph_transform``); everything else is the real fit's."""
+
+    def __init__(self, fitted, rows: np.ndarray):
+        self._fitted, self._rows = fitted, rows
+
+    def __getattr__(self, name):
+        return getattr(self._fitted, name)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        out = np.array(self._fitted.transform(x))  # a copy: for its own fit data UMAP returns embedding_ itself
+        out[(x[:, None, :] == self._rows[None]).all(-1).any(1)] = np.nan
+        return out
 
 
 @pytest.mark.parametrize("cpus", [2, 4, 16])

@@ -36,14 +36,15 @@ print(json.dumps({"resources": resources, "error": error, "mode": os.environ.get
 """
 
 
-def _init_ray_in(home: Path, **env: str) -> dict:
-    """``init_ray`` in a fresh process with HOME at ``home``; a local cluster keeps its session dirs in a private
-    RAY_TMPDIR (short: Ray's unix sockets live there), removed afterwards."""
+def _init_ray_in(home: Path, script: str = INIT_RAY, **env: str) -> dict:
+    """``script`` (default: ``init_ray`` and what it left) in a fresh process with HOME at ``home``: its last line, as
+    JSON; a local cluster keeps its session dirs in a private RAY_TMPDIR (short: Ray's unix sockets live there),
+    removed afterwards."""
     tmp = tempfile.mkdtemp(prefix="vlmra-")
     full = {k: v for k, v in os.environ.items() if k not in AUTH_ENV}
     full.update(HOME=str(home), RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0", **env)
     try:
-        run = subprocess.run([sys.executable, "-c", INIT_RAY], env=full, cwd=ROOT, capture_output=True, text=True,
+        run = subprocess.run([sys.executable, "-c", script], env=full, cwd=ROOT, capture_output=True, text=True,
                              timeout=180)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -98,14 +99,6 @@ print(json.dumps({"taken": port, "dashboard": ray._private.worker.get_dashboard_
 
 def test_a_dashboard_port_taken_before_ray_binds_it_is_replaced(tmp_path):
     # seen in the suite: another process took the free port found for a sweep's local dashboard, and the sweep died
-    tmp = tempfile.mkdtemp(prefix="vlmra-")
-    env = {**{k: v for k, v in os.environ.items() if k not in AUTH_ENV}, "HOME": str(tmp_path), "RAY_TMPDIR": tmp}
-    try:
-        run = subprocess.run([sys.executable, "-c", TAKEN_PORT], env=env, cwd=ROOT, capture_output=True, text=True,
-                             timeout=180)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert run.returncode == 0, run.stderr[-3000:]
-    got = json.loads(run.stdout.strip().splitlines()[-1])
+    got = _init_ray_in(tmp_path, TAKEN_PORT)
     assert got["cpu"] == 1 and got["dashboard"].startswith("127.0.0.1:")
     assert int(got["dashboard"].rsplit(":", 1)[1]) != got["taken"]

@@ -27,11 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-from tests.conftest import RAY_AGENTS
+from tests.conftest import assert_ray_processes_exit, driver_ray_processes
 from tests.run_state import (
     assert_identical,
     checkpoint_weights,
@@ -90,27 +89,14 @@ def test_ctrl_c_stops_a_sweep_with_exit_code_2_and_resume_finishes_it(variants, 
                     break
                 time.sleep(0.2)
             assert proc.poll() is None, "the sweep ended before it could be interrupted"
-            ray_procs = psutil.Process(proc.pid).children(recursive=True)
+            ray_procs = driver_ray_processes(proc)
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the foreground process
             code = proc.wait(timeout=240)
         finally:
             if proc.poll() is None:
                 proc.kill()
     # the driver's local Ray shuts down on the way out; Ray's agents may linger a minute (tests/conftest.py)
-    names = {}
-    for p in ray_procs:
-        try:
-            names[p.pid] = " ".join(p.cmdline())
-        except psutil.Error:
-            names[p.pid] = ""
-    _, alive = psutil.wait_procs([p for p in ray_procs if not names[p.pid].startswith(RAY_AGENTS)], timeout=90)
-    leftovers = [names[p.pid] for p in alive]
-    for p in alive + [p for p in ray_procs if names[p.pid].startswith(RAY_AGENTS)]:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    assert leftovers == [], "Ray processes outlived the interrupted driver"
+    assert_ray_processes_exit(ray_procs, "the interrupted driver")
     said, errors = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
     assert code == 2, said[-3000:] + errors[-3000:]
     assert "Traceback" not in said + errors, errors[-3000:]

@@ -69,4 +69,4 @@ def test_a_half_written_checkpoint_or_a_non_finite_loss_is_not_the_best(tmp_path
     trial = _trial([{"epoch": 1.0, "val_loss": 10.9, "checkpoint_path": good},
                     {"epoch": 2.0, "val_loss": float("inf"), "checkpoint_path": diverged}])
     assert trial.best_checkpoint() == (good, 10.9)
-    assert [Path(k.path).name for k in trial.kept_checkpoints()] == ["checkpoint_000000", "checkpoint_000002"]
+    assert [Path(k.path).name for k in trial.kept_checkpoints] == ["checkpoint_000000", "checkpoint_000002"]

@@ -179,3 +179,21 @@ def test_stage2_sharding_reaches_fully_tuned_stage2_trials_only():
     assert list(shardings.values()) == ["none", "fsdp", "none"], shardings
     with pytest.raises(ConfigError, match=r"stage2_sharding: unknown sharding 'zero3'; choose one of \['fsdp'"):
         SweepConfig(data="d", images="i", stage2_sharding="zero3")
+
+
+def test_a_trial_travels_as_a_dict_and_comes_back_the_same(tmp_path):
+    from sweeps.driver import SweepConfig, make_trial, plan
+    from sweeps.scheduling import AshaLink
+    from sweeps.trial_config import Trial, TrialRun
+    from vlm_core.training.one_stage import DataSpec
+
+    cfg = SweepConfig(data="d", images="i", preset="tiny", stage="2", paper_ids=[3])
+    p = plan(cfg, 2)[0]
+    trial = make_trial(cfg, p, tmp_path, {p.spec.dataset: DataSpec("train.parquet", "/images")}, {}, "ckpt",
+                       AshaLink("decisions.jsonl", 1.0, [1, 2]))
+    assert Trial.from_dict(trial.to_dict()) == trial  # the nested configs, resources and ASHA link are dataclasses
+    run = trial.run_for("t_00000", "vlm-trial-t_00000-")
+    assert TrialRun.from_dict(run.to_dict()) == run
+    assert (run.asha.trial, run.asha.config_hash) == (trial.config_id, trial.run.digest())
+    with pytest.raises(ConfigError, match="unknown config key"):
+        TrialRun.from_dict({**run.to_dict(), "bogus": 1})

@@ -13,6 +13,7 @@ Words: a *training stage* (1: projector, 2: projector + LLM) runs as one Tune *e
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +137,12 @@ class TrialResult:
         losses = self._finite_losses()
         return None if losses is None else self.curve.loc[losses.idxmin()]
 
+    @functools.cached_property
     def kept_checkpoints(self) -> list[KeptCheckpoint]:
         """Every checkpoint of the trial still on storage, oldest first, with the epoch and val loss it recorded
         itself (``checkpoint.json``): the reported ones and the others in their run folder. After ``--resume``
         Tune's history of a trial it restored holds only what was reported since, while the run folder still keeps
-        the best checkpoint from before."""
+        the best checkpoint from before. Read once per result (the summary and the table row both use it)."""
         if "checkpoint_path" not in self.curve:
             return []
         reported = {Path(p) for p in self.curve["checkpoint_path"] if isinstance(p, str) and "://" not in p}
@@ -160,7 +162,7 @@ class TrialResult:
     def best_checkpoint(self) -> tuple[str | None, float | None]:
         """(path, val_loss) of its best checkpoint still on storage, by the val loss each recorded (the oldest of
         equal ones); the newest when none recorded one (no validation data)."""
-        kept = self.kept_checkpoints()
+        kept = self.kept_checkpoints
         if not kept:
             return None, None
         scored = [k for k in kept if k.val_loss is not None]
@@ -172,7 +174,7 @@ class TrialResult:
     def best(self) -> tuple[float | None, float | None]:
         """(val loss, epoch) of the trial's best epoch: over its reported results and its kept checkpoints (which
         remember epochs reported before a resume)."""
-        candidates = [(k.val_loss, k.epoch) for k in self.kept_checkpoints() if k.val_loss is not None]
+        candidates = [(k.val_loss, k.epoch) for k in self.kept_checkpoints if k.val_loss is not None]
         row = self.best_row
         if row is not None:
             candidates.append((float(row[METRIC]), row.get("epoch")))

@@ -89,9 +89,9 @@ def config_folder(hub_id: str) -> Path:
     return CONFIGS_DIR / _model(hub_id).folder
 
 
-def published(name: str, file: str = "config.json") -> dict:
-    """One published JSON file of ``name``, as stored."""
-    return json.loads((config_folder(name) / file).read_text())
+def published(hub_id: str, file: str = "config.json") -> dict:
+    """One published JSON file of ``hub_id``, as stored."""
+    return json.loads((config_folder(hub_id) / file).read_text())
 
 
 def chat_template() -> str:
@@ -175,9 +175,9 @@ def build_llama3_tokenizer(base: TokenizerBase = "smollm2"):
     return tok
 
 
-def _digest(name: str, extra: str = "") -> str:
+def _digest(hub_id: str, extra: str = "") -> str:
     h = hashlib.sha256(f"{FORMAT_VERSION}:{extra}".encode())
-    for p in sorted(config_folder(name).iterdir()):
+    for p in sorted(config_folder(hub_id).iterdir()):
         if p.is_file():
             h.update(p.name.encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:12]
@@ -262,27 +262,28 @@ def build_llama(num_layers: int | None = None, seed: int = 0, device: str | torc
     return model.to(dtype)
 
 
-def _write_published(name: str, dst: Path, num_layers: int | None) -> None:
+def _write_published(hub_id: str, dst: Path, num_layers: int | None) -> None:
     """Overwrite what ``save_pretrained`` wrote with the published files (depth changed when asked)."""
-    for src in sorted(config_folder(name).iterdir()):
+    for src in sorted(config_folder(hub_id).iterdir()):
         if src.suffix != ".json" or src.name == "special_tokens.json":
             continue
         d = json.loads(src.read_text())
         if src.name == "config.json" and num_layers is not None:
-            if MODELS[name].kind == "llama":
+            if MODELS[hub_id].kind == "llama":
                 d["num_hidden_layers"] = num_layers
             else:
                 d["vision_config"]["num_hidden_layers"] = num_layers
         (dst / src.name).write_text(json.dumps(d, indent=2) + "\n")
 
 
-def cache_folder(name: str, num_layers: int | None = None, seed: int = 0, tokenizer: TokenizerBase = "smollm2") -> Path:
-    """Where :func:`materialize` keeps ``name`` in the asset cache."""
-    kind = _model(name).kind
-    cfg = published(name) if kind == "llama" else published(name)["vision_config"]
+def cache_folder(hub_id: str, num_layers: int | None = None, seed: int = 0,
+                 tokenizer: TokenizerBase = "smollm2") -> Path:
+    """Where :func:`materialize` keeps ``hub_id`` in the asset cache."""
+    kind = _model(hub_id).kind
+    cfg = published(hub_id) if kind == "llama" else published(hub_id)["vision_config"]
     depth = num_layers if num_layers is not None else cfg["num_hidden_layers"]
     tag = f"-{tokenizer}" if kind == "llama" else ""
-    return cache_dir() / "paper-shaped" / f"{_model(name).folder}-L{depth}-seed{seed}{tag}-{_digest(name, tag)}"
+    return cache_dir() / "paper-shaped" / f"{_model(hub_id).folder}-L{depth}-seed{seed}{tag}-{_digest(hub_id, tag)}"
 
 
 def tokenizer_folder(base: TokenizerBase = "smollm2") -> Path:
@@ -291,17 +292,17 @@ def tokenizer_folder(base: TokenizerBase = "smollm2") -> Path:
     return build_once(target, lambda tmp: build_llama3_tokenizer(base).save_pretrained(tmp), "tokenizer.json")
 
 
-def materialize(name: str, out: str | Path | None = None, num_layers: int | None = None, seed: int = 0,
+def materialize(hub_id: str, out: str | Path | None = None, num_layers: int | None = None, seed: int = 0,
                 tokenizer: TokenizerBase = "smollm2") -> Path:
-    """Write ``name`` (``tinyclip-vit-40m-32`` or ``llama-3.2-1b-instruct``) as a ``save_pretrained`` folder:
+    """Write ``hub_id`` (``TINYCLIP`` or ``LLAMA32_1B``) as a ``save_pretrained`` folder:
     the published config files (``num_layers`` overriding the depth), seeded random safetensors weights (Llama in
     bf16, its published dtype; CLIP in fp32) and the tokenizer / image processor files. Written once into the asset
     cache (or ``out``), under a file lock; returns the folder."""
-    kind = _model(name).kind
-    target = Path(out) if out is not None else cache_folder(name, num_layers, seed, tokenizer)
+    kind = _model(hub_id).kind
+    target = Path(out) if out is not None else cache_folder(hub_id, num_layers, seed, tokenizer)
 
     def write(tmp: Path) -> None:
-        log.info("materializing paper-shaped %s (layers %s, seed %d) into %s (once)", name,
+        log.info("materializing paper-shaped %s (layers %s, seed %d) into %s (once)", hub_id,
                  num_layers or "as published", seed, target)
         if kind == "llama":
             model = build_llama(num_layers, seed)
@@ -310,9 +311,9 @@ def materialize(name: str, out: str | Path | None = None, num_layers: int | None
             build_llama3_tokenizer(tokenizer).save_pretrained(tmp)
         else:
             build_clip(seed, num_layers).save_pretrained(tmp, safe_serialization=True)
-        _write_published(name, tmp, num_layers)
+        _write_published(hub_id, tmp, num_layers)
         (tmp / "paper_shaped.json").write_text(json.dumps(
-            {"name": MODELS[name].folder, "hub_id": name, "num_layers": num_layers, "seed": seed,
+            {"name": MODELS[hub_id].folder, "hub_id": hub_id, "num_layers": num_layers, "seed": seed,
              "tokenizer": tokenizer if kind == "llama" else None, "format_version": FORMAT_VERSION,
              "weights": "random (seeded); not the published weights"}, indent=2) + "\n")
 

@@ -19,9 +19,17 @@ def check_field(cond: bool, field_name: str, msg: str) -> None:
         raise ConfigError(f"{field_name}: {msg}")
 
 
+def _dataclass_in(hint: Any) -> type | None:
+    """The dataclass a field's type names, alone or as ``X | None``; None for any other type."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if len(args) == 1 and dataclasses.is_dataclass(args[0]) else None
+
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Rebuild a (nested) dataclass from a dict, rejecting unknown keys by their dotted name."""
+    """Rebuild a (nested) dataclass from a dict, rejecting unknown keys by their dotted name; a field typed as a
+    dataclass (or ``X | None``) given a dict is rebuilt the same way."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -33,9 +41,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
                           f"valid keys: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{prefix}.{name}" if prefix else name)
+        nested = _dataclass_in(hints[name])
+        if nested is not None and isinstance(value, dict):
+            value = from_dict(nested, value, f"{prefix}.{name}" if prefix else name)
         kwargs[name] = value
     return cls(**kwargs)
 
