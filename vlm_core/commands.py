@@ -26,12 +26,17 @@ from .assets.hub import LLAMA32_1B, TINYCLIP
 from .assets.packaged import minilm_path, smollm2_folder
 from .assets.paper_shaped import materialize
 from .base.errors import ConfigError
+from .base.outputs import atomic_write_text
 from .config import TrainConfig, VLMConfig
 from .data.dataset import read_records
 from .data.images import open_rgb
 from .data.lengths import formatter_for, measure
+from .evaluation.benchmark_eval import BenchmarkEvalConfig, evaluate_checkpoint_on_benchmarks
+from .evaluation.benchmarks import BENCHMARKS, by_name, locate
+from .evaluation.benchmarks.easy_vqa import EVAL_FILE
+from .evaluation.benchmarks.predictions import read_predictions, score_predictions
 from .evaluation.export import export_llava
-from .evaluation.heldout import EVAL_FILE, EvalConfig, evaluate_checkpoint
+from .evaluation.heldout import EvalConfig, evaluate_checkpoint
 from .evaluation.inference import answer
 from .model.conversation import IGNORE_INDEX
 from .model.vision.efficientnet import packaged_folder as efficientnet_lite0_folder
@@ -127,14 +132,25 @@ def assets_download_cmd(to: str, preset: str = "paper", translator: bool = True)
     return manifest
 
 
-def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = None, images: str | None = None,
+def eval_cmd(checkpoint: str, benchmark: str | None = None, benchmarks: str | None = None,
+             benchmark_files: str | None = None, benchmark_images: str | None = None, limit: int | None = None,
+             seed: int = 0, data: str | None = None, questions: str | None = None, images: str | None = None,
              val: str | None = None, max_questions: int | None = None, max_val_samples: int | None = None,
              controls: str | None = None, batch_size: int = 16, instruction: str | None = None,
              max_new_tokens: int | None = None, out: str | None = None) -> dict:
-    """Evaluate a checkpoint: held-out loss / perplexity and answer accuracy, with and without the image.
+    """Evaluate a checkpoint on the field's benchmarks (``--benchmark``), or on held-out easy-vqa questions and
+    conversations (``--data`` / ``--questions``): answers with and without the image, loss and perplexity.
 
     Args:
         checkpoint: A checkpoint folder (stage 2: projector + LLM; stage 1: projector on the preset's LLM).
+        benchmark: Benchmarks, comma-separated (pope, vqav2, gqa, xgqa-id, textvqa, scienceqa-img, mme,
+            mmbench-en-dev, easy-vqa): each asked with its own prompt and token budget, scored as lmms-eval scores it;
+            answers resume after an interruption. ``--out`` is then a folder (default ``eval/CHECKPOINT_NAME``).
+        benchmarks: The folder holding one folder per benchmark (README: "Benchmarks").
+        benchmark_files: ``NAME=FOLDER,...``: where a benchmark's files are, instead of under ``benchmarks``.
+        benchmark_images: ``NAME=FOLDER,...``: where its images are.
+        limit: Questions per benchmark: a seeded subset, the same for every checkpoint (default: all).
+        seed: The subset's seed.
         data: A sample-corpus folder (``vlm-sweep data sample-corpus --out``, or ``OUT/corpus`` of ``vlm-sweep
             run``): sets ``questions`` to its eval_easyvqa.jsonl and ``images`` to its images/.
         questions: JSONL of held-out questions with their answers.
@@ -149,6 +165,18 @@ def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = N
         max_new_tokens: New tokens per answer (default 16, lmms-eval's VQAv2 budget).
         out: Also write the result as JSON here.
     """
+    if benchmark is not None:
+        cfg_b = BenchmarkEvalConfig(
+            [b.strip() for b in benchmark.split(",") if b.strip()], root=benchmarks, limit=limit, seed=seed,
+            files=by_name(benchmark_files, "--benchmark_files"),
+            images=by_name(benchmark_images, "--benchmark_images"),
+            batch_size=batch_size, **({"controls": [c.strip() for c in controls.split(",") if c.strip()]}
+                                       if controls is not None else {}))
+        result = evaluate_checkpoint_on_benchmarks(checkpoint, cfg_b, out or str(Path("eval") / Path(checkpoint).name))
+        print(json.dumps({name: {"image": r["metrics"]["image"], "image_gain": r["image_gain"],
+                                 "missing_images": r["missing_images"]["n"]}
+                          for name, r in result["benchmarks"].items()}, indent=2))
+        return result
     if data is not None:
         questions = questions or str(Path(data) / EVAL_FILE)
         images = images or str(Path(data) / "images")
@@ -164,6 +192,29 @@ def eval_cmd(checkpoint: str, data: str | None = None, questions: str | None = N
     print(json.dumps({k: v for k, v in result.items() if k != "answers"} | {
         k: result["answers"][k] for k in ("accuracy", "exact_match", "by_type", "exact_match_by_type", "unanswered",
                                           "protocol")}, indent=2))
+    return result
+
+
+def score_cmd(benchmark: str, predictions: str, benchmarks: str | None = None, benchmark_files: str | None = None,
+              benchmark_images: str | None = None, out: str | None = None) -> dict:
+    """Score a predictions file (``question_id``, ``prediction`` a line) on a benchmark, as the field scores it.
+
+    Args:
+        benchmark: The benchmark (``vlm-sweep show benchmarks``): pope, vqav2, gqa, xgqa-id, textvqa, scienceqa-img,
+            mme, mmbench-en-dev, easy-vqa.
+        predictions: JSONL, one ``{"question_id": ..., "prediction": ...}`` a line (``text`` is read too).
+        benchmarks: The folder holding one folder per benchmark (README: "Benchmarks").
+        benchmark_files: ``NAME=FOLDER,...``: where a benchmark's files are, instead of under ``benchmarks``.
+        benchmark_images: ``NAME=FOLDER,...``: where its images are.
+        out: Also write the result as JSON here.
+    """
+    bench = BENCHMARKS[benchmark]
+    folder, images = locate(bench, benchmarks, by_name(benchmark_files, "--benchmark_files"),
+                            by_name(benchmark_images, "--benchmark_images"))
+    result = score_predictions(bench, bench.read(bench, folder, images), read_predictions(predictions), predictions)
+    print(json.dumps(result, indent=2))
+    if out:
+        atomic_write_text(out, json.dumps(result, indent=2))
     return result
 
 
@@ -219,17 +270,17 @@ def show_lengths_cmd(records: str, preset: str = "local", mode: str | None = Non
         mode: Override the preset's format.mode (chat / raw).
         max_length: Override the preset's format.max_length.
     """
-    cfg = get_preset(preset)
-    cfg.format.mode = mode or cfg.format.mode
-    cfg.format.max_length = max_length or cfg.format.max_length
-    stats = dataclasses.asdict(measure(read_records(records), formatter_for(VLMConfig.from_dict(cfg.to_dict()))))
+    cfg = get_preset(preset)  # a replaced format is checked again (an unknown mode is named)
+    cfg.format = dataclasses.replace(cfg.format, mode=mode or cfg.format.mode,
+                                     max_length=max_length or cfg.format.max_length)
+    stats = dataclasses.asdict(measure(read_records(records), formatter_for(cfg)))
     print(json.dumps(stats, indent=2))
     return stats
 
 
 # What ``sweeps.cli`` mounts: top-level commands, command groups (``vlm-sweep GROUP COMMAND``: help text and
 # commands), and the positional arguments of a command path.
-COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "eval": eval_cmd}
+COMMANDS = {"train": train_cmd, "chat": chat_cmd, "export": export_cmd, "eval": eval_cmd, "score": score_cmd}
 GROUPS = {"assets": ("Model assets: packaged, converted to safetensors, downloaded at pinned revisions",
                      {"prepare": assets_prepare_cmd, "convert": assets_convert_cmd, "download": assets_download_cmd,
                       "paper-shaped": assets_paper_shaped_cmd}),

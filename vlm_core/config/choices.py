@@ -58,3 +58,15 @@ FROZEN_DTYPE: Registry[str] = Registry("train.frozen_dtype", "frozen dtype", {
     "bf16": "bf16",
     "fp32": "fp32",
 })
+BENCHMARK: Registry[str] = Registry("eval.benchmark", "benchmark", {
+    "pope": "POPE object hallucination, COCO val2014, adversarial / popular / random (lmms-eval pope)",
+    "vqav2": "VQAv2 val, soft accuracy over 10 human answers (lmms-eval vqav2_val)",
+    "gqa": "GQA testdev-balanced, exact match (lmms-eval gqa)",
+    "xgqa-id": "xGQA's Indonesian testdev questions beside their English originals, exact match (GQA's rule)",
+    "textvqa": "TextVQA val, soft accuracy, no OCR tokens (lmms-eval textvqa_val)",
+    "scienceqa-img": "ScienceQA-IMG test, the option letter (lmms-eval scienceqa_img)",
+    "mme": "MME perception and cognition, acc and acc+ per image pair (lmms-eval mme)",
+    "mmbench-en-dev": ("MMBench dev-en, circular evaluation, offline answer extraction "
+                       "(lmms-eval mmbench_en_dev_static)"),
+    "easy-vqa": "easy-vqa's synthetic shapes: yes/no, colour and shape questions (the embedded default's)",
+})

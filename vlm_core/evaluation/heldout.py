@@ -41,21 +41,20 @@ import torch
 
 from ..base.outputs import atomic_write_text
 from ..base.registry import Registry
-from ..config import IMAGE_MARKER, check_field
+from ..config import check_field
 from ..data.dataset import ConversationDataset, read_records
 from ..data.images import open_rgb, resolve_image
 from ..training.checkpoint import load_vlm
 from ..training.validation import loss_batches, summed_loss
-from .answers import RULES, SHORT_ANSWER_INSTRUCTION, score, vqa_normalise, with_instruction
+from .answers import RULES, SHORT_ANSWER_INSTRUCTION, score, with_instruction
+from .benchmarks.easy_vqa import balanced_subset as _balanced_subset
+from .benchmarks.easy_vqa import question_text, question_type
 from .inference import build_prompt_batch
 
-EVAL_FILE = "eval_easyvqa.jsonl"
-"""The held-out questions of a sample corpus (``data_pipeline.sample_corpus``): what ``eval --data`` reads."""
 CONTROLS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("eval.controls", "control", {
     "zeros": torch.zeros_like,  # every image feature zeroed (the projector still adds its bias): "no picture"
     "shuffled": lambda f: f.roll(1, dims=0),  # another question's image
 })
-COLORS = {"red", "green", "blue", "black", "gray", "grey", "teal", "brown", "yellow", "white", "orange", "purple"}
 
 
 @dataclass
@@ -92,33 +91,9 @@ class EvalConfig:
         check_field(self.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
 
 
-def question_type(answer: str) -> str:
-    a = vqa_normalise(answer)
-    return "yes/no" if a in ("yes", "no") else "color" if a in COLORS else "shape"
-
-
 def balanced_subset(records: list[dict], n: int | None) -> list[dict]:
-    """The first ``n`` questions taking each type in turn (yes/no, color, shape), in file order.
-
-    easy-vqa's test split is 3/4 yes/no questions, where a text-only model already scores ~50%; equal shares make
-    the colour and shape questions, which need the image, count as much. Deterministic; ``n=None``: all."""
-    if n is None or n >= len(records):
-        return list(records)
-    by_type: dict[str, list[dict]] = {}
-    for r in records:
-        by_type.setdefault(question_type(r["answer"]), []).append(r)
-    queues = [list(v) for _, v in sorted(by_type.items())]
-    chosen: list[dict] = []
-    while len(chosen) < n:
-        for q in queues:
-            if q and len(chosen) < n:
-                chosen.append(q.pop(0))
-    return chosen
-
-
-def _question_text(record: dict) -> str:
-    turn = record["conversations"][0]
-    return turn.get("value", turn.get("content", "")).replace(IMAGE_MARKER, "").strip()
+    """The first ``n`` question records taking each type in turn (:func:`.benchmarks.easy_vqa.balanced_subset`)."""
+    return _balanced_subset(records, n, answer=lambda r: r["answer"])
 
 
 def question_set(cfg: EvalConfig) -> list[dict]:
@@ -136,7 +111,7 @@ def protocol(cfg: EvalConfig) -> dict[str, Any]:
 
 def prompt_questions(records: list[dict], instruction: str) -> list[str]:
     """What each question's human turn says: the question, then the short-answer instruction (once)."""
-    return [with_instruction(_question_text(r), instruction) for r in records]
+    return [with_instruction(question_text(r), instruction) for r in records]
 
 
 def _rates(flags: list[bool], types: list[str]) -> tuple[float, dict[str, float]]:
@@ -168,13 +143,33 @@ def _features(model, images: list, batch_size: int) -> torch.Tensor:
     return torch.cat(chunks) if chunks else torch.empty(0)
 
 
+def given_answers(given: dict[str, dict[str, str]], records: list[dict], controls: list[str]
+                  ) -> dict[str, list[str]] | None:
+    """Answers already generated for these records (``condition → record id → answer``: the easy-vqa benchmark's
+    answers file, same prompt, budget and controls), in record order; None unless every one is there."""
+    try:
+        return {c: [given[c][str(r["id"])] for r in records] for c in ["image", *controls]}
+    except KeyError:
+        return None
+
+
+def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfig,
+                    given: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """Greedy answers under every condition (or ``given`` ones, see :func:`given_answers`), scored by
+    ``score_answers``; the protocol is recorded with them."""
+    questions = prompt_questions(records, cfg.instruction)
+    answers = given_answers(given, records, cfg.controls) if given else None
+    if answers is None:
+        answers = _generate(model, records, image_root, cfg, questions)
+    return _answer_result(answers, records, questions, cfg)
+
+
 @torch.no_grad()
-def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfig) -> dict[str, Any]:
-    """Greedy answers under every condition, scored by ``score_answers``; the protocol is recorded with them."""
+def _generate(model, records: list[dict], image_root: Path, cfg: EvalConfig, questions: list[str]
+              ) -> dict[str, list[str]]:
     model.eval()
     images = [open_rgb(resolve_image(r["image"], image_root)) for r in records]
     feats = _features(model, images, cfg.batch_size)
-    questions = prompt_questions(records, cfg.instruction)
     conditions = {"image": lambda f: f, **{c: CONTROLS[c] for c in cfg.controls}}
     answers: dict[str, list[str]] = {}
     for name, transform in conditions.items():
@@ -186,10 +181,15 @@ def answer_accuracy(model, records: list[dict], image_root: Path, cfg: EvalConfi
                                  image_features=cond_feats[i:i + cfg.batch_size], max_new_tokens=cfg.max_new_tokens)
             out += [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in gen]
         answers[name] = out
+    return answers
+
+
+def _answer_result(answers: dict[str, list[str]], records: list[dict], questions: list[str], cfg: EvalConfig
+                   ) -> dict[str, Any]:
     scored = score_answers(answers, records)
     verdicts = scored.pop("scores")
     result: dict[str, Any] = {"n": len(records), **scored, "protocol": protocol(cfg)}
-    result["samples"] = [{"image": r["image"], "question": _question_text(r), "prompt": q, "expected": r["answer"],
+    result["samples"] = [{"image": r["image"], "question": question_text(r), "prompt": q, "expected": r["answer"],
                           **{f"answer_{name}": answers[name][i] for name in answers},
                           **{f"correct_{name}": verdicts[name][i]["correct"] for name in answers},
                           **{f"exact_{name}": verdicts[name][i]["exact_match"] for name in answers}}
@@ -215,11 +215,12 @@ def heldout_loss(model, records: list[dict], image_root: Path, cfg: EvalConfig) 
     return out
 
 
-def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
+def evaluate(model, cfg: EvalConfig, given: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """Answers (generated, or ``given``: see :func:`given_answers`) and, with ``cfg.val``, held-out loss."""
     root = Path(cfg.images)
     questions = question_set(cfg)
     result: dict[str, Any] = {"questions": cfg.questions, "images": cfg.images,
-                              "answers": answer_accuracy(model, questions, root, cfg)}
+                              "answers": answer_accuracy(model, questions, root, cfg, given)}
     if cfg.val:
         result["heldout"] = heldout_loss(model, read_records(cfg.val)[: cfg.max_val_samples], root, cfg)
     acc, em = result["answers"]["accuracy"], result["answers"]["exact_match"]
@@ -228,10 +229,11 @@ def evaluate(model, cfg: EvalConfig) -> dict[str, Any]:
     return result
 
 
-def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, out: str | Path | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(checkpoint: str | Path, cfg: EvalConfig, out: str | Path | None = None,
+                        given: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
     """Load a checkpoint (safetensors + JSON), evaluate it, optionally write ``eval.json``."""
     model = load_vlm(checkpoint)
-    result = {"checkpoint": str(checkpoint), **evaluate(model, cfg)}
+    result = {"checkpoint": str(checkpoint), **evaluate(model, cfg, given)}
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps(result, indent=2))

@@ -1,0 +1,121 @@
+"""``vlm-sweep eval CHECKPOINT --benchmark``: a tiny checkpoint of every kind (linear, MLP, dense DCI / SCI / STI,
+LoRA, the CNN encoder) answers a POPE-format fixture under the image and both controls; the answers are the ones
+the model gives each question with its own (or, shuffled, the previous question's) image; an interrupted evaluation
+resumes to the same answers; a missing image is counted and listed.
+
+    .venv/bin/python -m pytest -q tests/test_benchmark_eval.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests import benchmark_files as bf
+from tests.test_benchmarks import POPE_ROWS
+from vlm_core.config import VisionConfig, VLMConfig
+from vlm_core.config.train import LoraSpec
+from vlm_core.data.images import open_rgb
+from vlm_core.evaluation.benchmark_eval import (
+    BenchmarkEvalConfig,
+    evaluate_checkpoint_on_benchmarks,
+    prepare,
+    read_answers,
+)
+from vlm_core.evaluation.inference import answer
+from vlm_core.model.lora import add_adapters
+from vlm_core.model.vlm import VisionLanguageModel
+from vlm_core.training.checkpoint import load_vlm, save_checkpoint
+
+KINDS = ["linear", "mlp2x_gelu", "dense_connector", "dense_sci", "dense_sti", "lora", "cnn"]
+
+
+def _checkpoint(tiny_cfg, kind, path):
+    cfg = VLMConfig.from_dict(tiny_cfg.to_dict())
+    if kind == "cnn":
+        cfg.vision = VisionConfig(encoder="efficientnet_lite0", source="packaged", feature_layer=-1)
+        cfg.projector.name = "mlp2x_gelu"
+    elif kind != "lora":
+        cfg.projector.name = kind
+    model = VisionLanguageModel.build(cfg)
+    if kind == "lora":
+        add_adapters(model, LoraSpec(rank=4, alpha=8, dropout=0.0), seed=0)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # away from the initialisation, so that the answers depend on the image
+        for p in model.projector.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+    return save_checkpoint(model, path, stage=2, step=1, epoch=1)
+
+
+@pytest.fixture(scope="module")
+def bench_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    bf.pope(root, POPE_ROWS)
+    for n, colour in ((1, (250, 10, 10)), (2, (10, 250, 10)), (3, (10, 10, 250))):  # three different pictures
+        bf.image(root / "coco" / "val2014" / f"COCO_val2014_{n:012d}.jpg", colour)
+    return root
+
+
+def _pope_prompt_images(root, questions, shift=0):
+    return [open_rgb(questions[(i - shift) % len(questions)].image) for i in range(len(questions))]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_checkpoint_kind_answers_a_benchmark_with_controls(kind, tiny_cfg, bench_root, tmp_path, capsys):
+    from sweeps.cli import main
+
+    ckpt = _checkpoint(tiny_cfg, kind, tmp_path / "ckpt")
+    out = tmp_path / "eval"
+    assert main(["eval", str(ckpt), "--benchmark", "pope", "--benchmarks", str(bench_root), "--batch-size", "4",
+                 "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    result = json.loads((out / "eval.json").read_text())
+    pope = result["benchmarks"]["pope"]
+    assert printed["pope"]["image"] == pope["metrics"]["image"] and pope["asked"] == 6
+    assert set(pope["metrics"]) == {"image", "zeros", "shuffled"} and set(pope["image_gain"]) == {"zeros", "shuffled"}
+    for control in ("zeros", "shuffled"):
+        assert pope["image_gain"][control]["f1"] == pytest.approx(
+            pope["metrics"]["image"]["f1"] - pope["metrics"][control]["f1"])
+    assert result["protocols"]["pope"]["max_new_tokens"] == 128
+    answers = read_answers(out / pope["answers"].split("/")[-1])
+    # the answers are the model's to each question with its own image (batched generation kept each row's image),
+    # and under "shuffled" with the previous question's image
+    model = load_vlm(ckpt)
+    questions = prepare(BenchmarkEvalConfig(["pope"], root=str(bench_root)))[0].questions
+    prompts = [q.prompt for q in questions]
+    own = answer(model, _pope_prompt_images(bench_root, questions), prompts, max_new_tokens=128)
+    previous = answer(model, _pope_prompt_images(bench_root, questions, shift=1), prompts, max_new_tokens=128)
+    assert [answers["image"][q.qid] for q in questions] == own
+    assert [answers["shuffled"][q.qid] for q in questions] == previous
+    assert len(answers["zeros"]) == 6
+
+
+def test_an_interrupted_evaluation_resumes_to_the_same_answers(tiny_cfg, bench_root, tmp_path):
+    ckpt = _checkpoint(tiny_cfg, "mlp2x_gelu", tmp_path / "ckpt")
+    cfg = BenchmarkEvalConfig(["pope"], root=str(bench_root), batch_size=2)
+    whole = evaluate_checkpoint_on_benchmarks(ckpt, cfg, tmp_path / "whole")
+    cut = evaluate_checkpoint_on_benchmarks(ckpt, cfg, tmp_path / "cut", stop_after_batches=4)
+    path = tmp_path / "cut" / whole["benchmarks"]["pope"]["answers"].split("/")[-1]
+    assert len(path.read_text().splitlines()) == 8  # 4 batches of 2, then stopped
+    assert cut["benchmarks"]["pope"]["metrics"]["zeros"]["n"] == 2  # 6 image answers, 2 of the zeros control
+    with open(path, "a") as f:
+        f.write('{"condition": "zeros", "question_id": "random/')  # a line torn by a kill
+    resumed = evaluate_checkpoint_on_benchmarks(ckpt, cfg, tmp_path / "cut")
+    lines = [json.loads(ln) for ln in path.read_text().splitlines()]  # the torn line cut, not glued to the next
+    assert len(lines) == 18 and len({(r["condition"], r["question_id"]) for r in lines}) == 18  # nothing twice
+    assert resumed["benchmarks"]["pope"]["metrics"] == whole["benchmarks"]["pope"]["metrics"]
+    assert read_answers(path) == read_answers(tmp_path / "whole" / path.name)
+
+
+def test_a_missing_image_is_counted_and_listed_and_a_missing_file_fails_before_the_model(tiny_cfg, tmp_path):
+    root = bf.pope(tmp_path / "bench", POPE_ROWS)
+    (root / "coco/val2014/COCO_val2014_000000000003.jpg").unlink()
+    ckpt = _checkpoint(tiny_cfg, "linear", tmp_path / "ckpt")
+    result = evaluate_checkpoint_on_benchmarks(ckpt, BenchmarkEvalConfig(["pope"], root=str(root)), tmp_path / "e")
+    pope = result["benchmarks"]["pope"]
+    assert pope["missing_images"] == {"n": 2, "question_ids": ["random/1", "random/2"]} and pope["asked"] == 4
+    with pytest.raises(ValueError, match="gqa/testdev_balanced_questions.json: not found"):
+        evaluate_checkpoint_on_benchmarks(tmp_path / "no-such-checkpoint", BenchmarkEvalConfig(
+            ["pope", "gqa"], root=str(root)), tmp_path / "e2")
