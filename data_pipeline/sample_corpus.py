@@ -12,6 +12,7 @@ Output::
     OUT/sharegpt4v_sample.jsonl     training source (ShareGPT4V records)
     OUT/eval_easyvqa.jsonl          held-out questions with their answers
     OUT/images/...                  the images, at the paths the records name
+    OUT/pope/coco_pope_*.json       yes/no object questions on the photos, in POPE's format (``pope_local``)
 
     vlm-sweep data sample-corpus --out corpus
 """
@@ -26,7 +27,9 @@ from pathlib import Path
 from PIL import Image
 
 from vlm_core.config import IMAGE_MARKER
-from vlm_core.evaluation.heldout import EVAL_FILE, question_type
+from vlm_core.evaluation.benchmarks.easy_vqa import EVAL_FILE, question_type
+
+from .pope_local import photo_images, write_pope_set
 
 TRAIN_FILE = "sharegpt4v_sample.jsonl"
 
@@ -164,6 +167,8 @@ def write_sample_corpus(out: str | Path, n_train_images: int = 600, n_eval_quest
         with (out / name).open("w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    pope = write_pope_set(out, photo_images(out / TRAIN_FILE), seed=seed)
     return {"records": len(records), "easy_vqa": len(chosen), "photos": n_photos, "non_coco": n_non_coco,
+            "pope_questions": pope,
             "eval_questions": len(eval_rows), "train_file": str(out / TRAIN_FILE),
             "eval_file": str(out / EVAL_FILE), "image_root": str(images)}

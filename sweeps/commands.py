@@ -25,6 +25,7 @@ from .study import StudyConfig, run_main_job
 def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19", paper_ids: list[int] | None = None,
             n_train_images: int = 600, random_size: int = 300, umap_size: int = 400, eval_questions: int | None = None,
             dense_groups: int | None = None, num_workers: int | None = None, wandb: str = "auto",
+            eval_benchmarks: str | None = None, benchmarks: str | None = None, select_by: str | None = None,
             verbose: bool = False) -> dict:
     """The whole study on the embedded default: corpus → data build → stage-1 and stage-2 sweeps → eval → report.
 
@@ -43,6 +44,10 @@ def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19"
         num_workers: Ray Train workers (data-parallel ranks) per trial; N workers make the update one makes
             (default: the hardware profile's, 1).
         wandb: auto (online with a key, else offline), offline, online, disabled.
+        eval_benchmarks: Benchmarks to evaluate every stage-2 checkpoint on besides easy-vqa and the sample
+            corpus's POPE set, comma-separated (e.g. gqa,xgqa-id; files under --benchmarks).
+        benchmarks: The folder holding one folder per benchmark (README: "Benchmarks").
+        select_by: What names the best config: a benchmark metric such as pope.f1 (default: easy-vqa accuracy).
         verbose: Ray's, Tune's and Ray Data's own output and every INFO line on the console too (they always go to
             OUT/logs/vlm-sweep.log); without it the console has one line per step and per trial event.
     """
@@ -50,7 +55,8 @@ def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19"
     return run_main_job(StudyConfig(preset=preset, out=out, grid=grid, paper_ids=paper_ids,
                                     n_train_images=n_train_images, random_size=random_size, umap_size=umap_size,
                                     eval_questions=eval_questions, dense_groups=dense_groups,
-                                    num_workers=num_workers, wandb=wandb))
+                                    num_workers=num_workers, wandb=wandb, eval_benchmarks=eval_benchmarks,
+                                    benchmarks=benchmarks, select_by=select_by))
 
 
 def sweep_cmd(config: SweepConfig) -> dict:
@@ -68,9 +74,15 @@ def sweep_cmd(config: SweepConfig) -> dict:
     return result
 
 
-def report_cmd(experiment: str) -> dict:
-    """Write report.md, trials.csv and loss / by-axis plots for a sweep's experiment folder (its --out)."""
-    result = write_report(experiment)
+def report_cmd(experiment: str, select_by: str = "val_loss") -> dict:
+    """Write report.md, trials.csv and loss / by-axis plots for a sweep's experiment folder (its --out).
+
+    Args:
+        experiment: The sweep's --out.
+        select_by: What names each stage's best config: ``val_loss`` or a benchmark metric the sweep evaluated
+            (e.g. ``pope.f1``).
+    """
+    result = write_report(experiment, select_by=select_by)
     print(json.dumps(result, indent=2))
     return result
 

@@ -34,19 +34,22 @@ from vlm_core.base.registry import Registry
 from vlm_core.config import TrainConfig, VLMConfig, check_field, choices
 from vlm_core.data.dataset import read_records
 from vlm_core.data.lengths import formatter_for, formatter_key, lengths_table, measure
+from vlm_core.evaluation.benchmarks import by_name
 from vlm_core.presets import PRESETS, preset
 from vlm_core.training.checkpoint import CheckpointError, check_projector_selection, read_meta
 from vlm_core.training.faults import from_env as faults_from_env
 from vlm_core.training.one_stage import DataSpec
 
+from .evaluation import SweepEvalConfig, eval_resources, evaluate_checkpoints
 from .matrix import GRIDS, TrialSpec, get_grid
 from .profiles import BACKENDS, PROFILES, TrialResources, check_fits, trial_resources
-from .reporting.results import LINEAGE_FILE, TrialResult, read_trials, record_lineage
+from .reporting.benchmark_table import EVAL_FILE, check_select_by
+from .reporting.results import LINEAGE_FILE, TrialResult, read_sweep, read_trials, record_lineage
 from .reporting.sweep_report import LENGTHS_FILE, write_report
 from .scheduling import DECISIONS_FILE, AshaLink, RecordingASHA, rung_milestones
 from .statuses import METRIC, MODE
 from .tracking import MODES as WANDB_MODES
-from .tracking import wandb_callbacks
+from .tracking import log_evaluation, wandb_callbacks
 from .trial import TRIAL_RUNNERS, remove_workdirs, run_trial, runs_in_tune
 from .trial_config import Trial, TrialRun, trial_configs
 from .trial_events import TrialEvents
@@ -146,6 +149,35 @@ class SweepConfig:
     """G of the dense-connector trials: DCI averages G contiguous groups of the encoder's hidden states (default:
     the preset's, 4; see vlm_core.model.projectors)."""
     asha: AshaConfig = field(default_factory=AshaConfig)
+    eval_benchmarks: str | None = None
+    """After training, evaluate every trial's best checkpoint on these benchmarks, comma-separated (pope, vqav2, gqa,
+    xgqa-id, textvqa, scienceqa-img, mme, mmbench-en-dev, easy-vqa), as Ray tasks across the cluster (one per
+    checkpoint × benchmark × shard, each asking for the ``a100-10g`` profile's resources on this backend); results
+    land in trials.csv and the reports, keyed by checkpoint and protocol (a rerun reuses them)."""
+    benchmarks: str | None = None
+    """The folder holding one folder per benchmark (README: "Benchmarks"; shared storage on a cluster)."""
+    benchmark_files: str | None = None
+    """``NAME=FOLDER,...``: where a benchmark's files are, instead of under ``benchmarks``."""
+    benchmark_images: str | None = None
+    """``NAME=FOLDER,...``: where a benchmark's images are."""
+    eval_limit: int | None = None
+    """Questions per benchmark: a seeded subset, the same for every checkpoint (default: all)."""
+    eval_stage: int = 2
+    """Evaluate the checkpoints of this stage and later (1: the stage-1 projectors too)."""
+    eval_shards: int = 1
+    """Ray tasks per checkpoint × benchmark (each answers every n-th question)."""
+    select_by: str = "val_loss"
+    """What picks each stage's best config in the reports: ``val_loss`` or a benchmark metric (e.g. ``pope.f1``)."""
+
+    def eval_config(self) -> SweepEvalConfig | None:
+        """The benchmark evaluation asked for (None: none)."""
+        if not self.eval_benchmarks:
+            return None
+        return SweepEvalConfig([b.strip() for b in self.eval_benchmarks.split(",") if b.strip()],
+                               root=self.benchmarks, limit=self.eval_limit,
+                               files=by_name(self.benchmark_files, "benchmark_files"),
+                               images=by_name(self.benchmark_images, "benchmark_images"),
+                               stages=[s for s in (1, 2) if s >= self.eval_stage], shards=self.eval_shards)
 
     def __post_init__(self) -> None:
         self.assets = self.assets or os.environ.get(ASSETS_ENV) or None
@@ -174,6 +206,11 @@ class SweepConfig:
         check_field(not self.paper_ids or self.grid in ("paper19", "lora"), "paper_ids",
                     "only applies to --grid paper19 or lora")
         WANDB_MODES.check(self.wandb)
+        check_field(self.eval_stage in (1, 2), "eval_stage", "must be 1 or 2")
+        check_select_by(self.select_by)
+        check_field(self.select_by == "val_loss" or bool(self.eval_benchmarks), "select_by",
+                    f"{self.select_by} needs --eval-benchmarks naming its benchmark")
+        self.eval_config()  # benchmark names, limit and shards refused now, not after training
 
 
 class SweepInterrupted(VlmSweepError, RuntimeError):
@@ -429,8 +466,15 @@ def dry_run(sweep: SweepPlan, cfg: SweepConfig) -> dict[str, Any]:
     except (ConfigError, OSError) as e:  # no data yet, or a tokenizer this machine cannot load
         lengths = None
         print(f"token lengths: not measured ({e})\n")
+    evaluation = None
+    if (ecfg := cfg.eval_config()) is not None:
+        res = eval_resources(cfg.backend or preset(cfg.preset).backend)
+        evaluation = {"benchmarks": ecfg.benchmarks, "stages": ecfg.stages, "shards": ecfg.shards,
+                      "limit": ecfg.limit, "resources_per_task": res.resources_per_worker, "notes": res.notes}
+        print(f"evaluation: {', '.join(ecfg.benchmarks)} on the best checkpoint of every stage {ecfg.stages} trial, "
+              f"{ecfg.shards} Ray task(s) per checkpoint × benchmark, each asking {res.resources_per_worker}\n")
     return {"dry_run": True, "trials": {s: [p.spec.config_id for p in planned] for s, planned in sweep.stages.items()},
-            "token_lengths": lengths}
+            "token_lengths": lengths, "evaluation": evaluation}
 
 
 def preflight(cfg: SweepConfig, sweep: SweepPlan) -> tuple[Path, dict[str, Any]]:
@@ -499,6 +543,26 @@ def run_stage2(cfg: SweepConfig, planned: list[PlannedTrial], storage: Path, dat
     return _run_experiment(cfg, 2, trials, storage, scheduler=scheduler)
 
 
+def evaluate_trials(cfg: SweepConfig, ecfg: SweepEvalConfig, results: dict[int, list[TrialResult]],
+                    storage: Path) -> dict[str, Any]:
+    """Every evaluated stage's trials' best checkpoints on the benchmarks (``sweeps.evaluation``), into
+    ``OUT/eval/``; trials without a checkpoint are named and skipped."""
+    if 1 in ecfg.stages and 1 not in results:  # stage 2 only this run: the stage-1 trials on storage
+        results = {**results, **read_sweep(storage, {s: r for s, r in results.items()})}
+    items, skipped = [], []
+    for stage in ecfg.stages:
+        for t in results.get(stage, []):
+            ckpt, _ = t.best_checkpoint()
+            (items.append((t.config_id, ckpt)) if ckpt else skipped.append(t.config_id))
+    if skipped:
+        log.warning("evaluation: no checkpoint on storage for %s; not evaluated", ", ".join(skipped))
+    event("eval: %d checkpoints × %s", len(items), ", ".join(ecfg.benchmarks))
+    evals = evaluate_checkpoints(items, ecfg, storage / "eval", cfg.backend or preset(cfg.preset).backend)
+    run = log_evaluation(evals, storage, cfg.wandb)
+    return {"evaluated": [c for c, _ in items], "skipped": skipped, "results": str(storage / EVAL_FILE),
+            "wandb": str(run) if run else None}
+
+
 def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     """Plan, pre-flight and run the requested stages, step by step; returns the lineage and per-trial summaries."""
     sweep = plan_sweep(cfg)                                         # every trial's configs, built once
@@ -521,5 +585,7 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
         results[2] = run_stage2(cfg, sweep.stages[2], storage, data, caches, lineage)
         summary["stages"][2] = [t.summary() for t in results[2]]
     atomic_write_text(storage / "trials.json", json.dumps(summary, indent=2, default=str))
-    summary["report"] = write_report(storage, results)  # the stages this run read are not read again
+    if (ecfg := cfg.eval_config()) is not None:                     # the benchmarks, as Ray tasks
+        summary["evaluation"] = evaluate_trials(cfg, ecfg, results, storage)
+    summary["report"] = write_report(storage, results, cfg.select_by)  # the stages read are not read again
     return {"lineage": lineage, **summary}

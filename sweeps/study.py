@@ -31,16 +31,24 @@ from typing import Any
 
 from data_pipeline.build import build
 from data_pipeline.config import BuildConfig, VariantSpec
+from data_pipeline.pope_local import photo_images, write_pope_set
 from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
 from vlm_core.base.logs import event, open_log
 from vlm_core.base.outputs import atomic_write_text
-from vlm_core.evaluation.heldout import EVAL_FILE, EvalConfig, evaluate_checkpoint, protocol, question_set
+from vlm_core.config import check_field, choices
+from vlm_core.evaluation.benchmark_eval import read_answers
+from vlm_core.evaluation.benchmarks.easy_vqa import EVAL_FILE
+from vlm_core.evaluation.heldout import EvalConfig, evaluate_checkpoint, protocol, question_set
 from vlm_core.presets import preset
 
 from .driver import SweepConfig, check_space, run_sweep
+from .reporting.benchmark_table import check_select_by, read_evals
 from .reporting.study_report import chat_command, write_study_report
 
 log = logging.getLogger(__name__)
+
+STUDY_BENCHMARKS = ("easy-vqa", "pope")
+"""What ``vlm-sweep run`` evaluates every stage-2 checkpoint on (the embedded default's benchmarks)."""
 
 
 @dataclass
@@ -66,6 +74,14 @@ class StudyConfig:
     num_workers: int | None = None
     """Ray Train workers (data-parallel ranks) per trial (default: the hardware profile's, 1)."""
     wandb: str = "auto"
+    eval_benchmarks: str | None = None
+    """Benchmarks to evaluate every stage-2 checkpoint on besides easy-vqa and the corpus's POPE set,
+    comma-separated (e.g. ``gqa,xgqa-id``; their files under ``benchmarks``)."""
+    benchmarks: str | None = None
+    """The folder holding one folder per benchmark (README: "Benchmarks"), for ``eval_benchmarks``."""
+    select_by: str | None = None
+    """What names the best config (the report's and the chat command's): a benchmark metric such as ``pope.f1``
+    (default: easy-vqa accuracy with the image, then its gain over another image, then the held-out loss)."""
     min_free_gb: float | None = None
     """Refuse to start unless ``out`` and the temp folder have this much free space (GiB; default per preset:
     the preset's ``min_free_gb``)."""
@@ -82,7 +98,30 @@ def prepare_corpus(cfg: StudyConfig, out: Path) -> Path:
     else:
         _say(f"corpus: writing the sample corpus ({cfg.n_train_images} training images) to {corpus}")
         write_sample_corpus(corpus, n_train_images=cfg.n_train_images)
+    if not (corpus / "pope").is_dir():  # a corpus written before the POPE set was part of it
+        write_pope_set(corpus, photo_images(corpus / TRAIN_FILE))
     return corpus
+
+
+def benchmark_flags(corpus: Path, extra: str | None = None, root: str | None = None) -> dict[str, str | None]:
+    """The sweep's evaluation on the embedded default: easy-vqa and the corpus's POPE set
+    (``data_pipeline.pope_local``), read from the corpus, then ``extra`` benchmarks read under ``root``."""
+    more = [b.strip() for b in (extra or "").split(",")]
+    names = [*STUDY_BENCHMARKS, *(b for b in more if b and b not in STUDY_BENCHMARKS)]
+    return {"eval_benchmarks": ",".join(names), "benchmarks": root,
+            "benchmark_files": f"easy-vqa={corpus},pope={corpus / 'pope'}",
+            "benchmark_images": f"pope={corpus / 'images'}"}
+
+
+def check_eval_flags(cfg: StudyConfig) -> None:
+    """Refuse unknown benchmarks and a ``select_by`` no evaluated benchmark gives, before anything runs."""
+    names = benchmark_flags(Path("."), cfg.eval_benchmarks)["eval_benchmarks"].split(",")
+    for name in names:
+        choices.BENCHMARK.check(name, "run --eval-benchmarks")
+    if cfg.select_by:
+        check_select_by(cfg.select_by)
+        check_field(cfg.select_by.partition(".")[0] in names, "select_by",
+                    f"{cfg.select_by}: its benchmark is not evaluated (evaluated: {', '.join(names)})")
 
 
 def prepare_data(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
@@ -109,10 +148,26 @@ def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any
     return run_sweep(SweepConfig(data=str(out / "data"), images=str(corpus / "images"), preset=cfg.preset,
                                  grid=cfg.grid, paper_ids=cfg.paper_ids, stage="all", out=str(sweep_dir),
                                  dense_groups=cfg.dense_groups, num_workers=cfg.num_workers,
-                                 resume=resume, wandb=cfg.wandb, min_free_gb=cfg.min_free_gb))
+                                 resume=resume, wandb=cfg.wandb, min_free_gb=cfg.min_free_gb,
+                                 eval_limit=cfg.eval_questions, select_by=cfg.select_by or "val_loss",
+                                 **benchmark_flags(corpus, cfg.eval_benchmarks, cfg.benchmarks)))
+
+
+def easy_vqa_answers(sweep_dir: Path, config_id: str) -> dict[str, dict[str, str]] | None:
+    """The easy-vqa answers the sweep's benchmark evaluation gave for a config (``condition → id → answer``)."""
+    result = read_evals(sweep_dir).get(config_id, {}).get("easy-vqa")
+    if not result:
+        return None
+    merged: dict[str, dict[str, str]] = {}
+    for path in result.get("answers", []):
+        for cond, got in read_answers(Path(path)).items():
+            merged.setdefault(cond, {}).update(got)
+    return merged
 
 
 def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict[str, Any]]) -> list[dict]:
+    """Held-out loss, perplexity and the easy-vqa answers (the sweep's benchmark answers, scored per question type
+    with samples) of every stage-2 trial's best checkpoint → ``OUT/eval/<config>.json``."""
     base = EvalConfig(questions=str(corpus / EVAL_FILE), images=str(corpus / "images"),
                       max_questions=cfg.eval_questions, max_val_samples=cfg.eval_val_samples)
     n_questions = len(question_set(base))  # how many questions each checkpoint answers
@@ -141,7 +196,8 @@ def evaluate_stage2(cfg: StudyConfig, corpus: Path, out: Path, stage2: list[dict
             _say(f"eval: {target} was scored under another protocol; evaluating again")
         _say(f"eval: {row['config_id']} ({cfg.eval_questions} questions × image / zeros / shuffled; prompt + "
              f"\"{ecfg.instruction}\", up to {ecfg.max_new_tokens} new tokens)")
-        result = {"config_id": row["config_id"], **evaluate_checkpoint(ckpt, ecfg)}
+        result = {"config_id": row["config_id"],
+                  **evaluate_checkpoint(ckpt, ecfg, given=easy_vqa_answers(out / "sweep", row["config_id"]))}
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, json.dumps(result, indent=2))
         results.append(result)
@@ -155,6 +211,7 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
     if cfg.paper_ids is not None:
         _say(f"preset {cfg.preset}: paper19 rows {cfg.paper_ids} only")
+    check_eval_flags(cfg)
     out = Path(cfg.out).resolve()
     check_space(out, cfg.preset, cfg.min_free_gb, "run --out")
     open_log()  # OUT passed its checks: the log file may be written
@@ -164,7 +221,7 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
     sweep = run_sweep_stages(cfg, corpus, out)
     evals = evaluate_stage2(cfg, corpus, out, sweep["stages"][2])
     summary = write_study_report(out, manifest, out / "sweep", sweep["report"], evals,
-                                 wall_s=time.perf_counter() - t0)
+                                 wall_s=time.perf_counter() - t0, select_by=cfg.select_by)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str))
     best = summary["best"]
     _say(f"done in {summary['wall_s']:.0f} s. Report: {summary['report']} (as a page: {summary['html']})")

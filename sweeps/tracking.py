@@ -12,6 +12,7 @@ later with ``wandb sync``.
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
 import shutil
@@ -22,6 +23,8 @@ import ray
 from ray.air.integrations.wandb import WandbLoggerCallback, _clean_log, _QueueItem
 from ray.air.util.node import _force_on_current_node  # what Ray's own callback pins its actors with
 
+from vlm_core.base.hashing import json_digest
+from vlm_core.base.outputs import atomic_write_text
 from vlm_core.base.registry import Registry
 
 PROJECT = "multimodal-llama"
@@ -107,3 +110,35 @@ def wandb_callbacks(mode: str, group: str) -> list[Any]:
     """The Tune callbacks for ``mode`` (none when disabled)."""
     resolved = resolve_mode(mode)
     return [] if resolved == "disabled" else [StudyWandbCallback(group=group, mode=resolved)]
+
+
+def log_evaluation(evals: dict[str, dict[str, Any]], experiment: Path, mode: str) -> Path | None:
+    """The sweep's benchmark results as one W&B run (job type ``eval``, group ``<experiment>-eval``, the study's
+    project): summary keys ``CONFIG_ID/BENCH.METRIC`` and a ``benchmarks`` table (one row per config). Offline runs
+    land in ``<experiment>/eval/wandb``. Results already logged (a rerun that reused every answer) are not logged
+    again: ``eval/wandb-logged.json`` keeps their digest and run. Returns the run's folder, or None when W&B is
+    disabled or nothing was evaluated."""
+    resolved = resolve_mode(mode)
+    if resolved == "disabled" or not evals:
+        return None
+    import wandb
+
+    from .reporting.benchmark_table import columns
+
+    folder = experiment / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    logged, digest = folder / "wandb-logged.json", json_digest([evals, resolved])
+    if logged.is_file() and (last := json.loads(logged.read_text()))["digest"] == digest:
+        return Path(last["run"])
+    frame = columns(evals)
+    run = wandb.init(project=PROJECT, group=f"{experiment.name}-eval", job_type="eval", name=f"{experiment.name}-eval",
+                     mode=resolved, dir=str(folder), config={"configs": sorted(evals)})
+    try:
+        run.summary.update({f"{row['config_id']}/{k}": v for row in frame.to_dict("records") for k, v in row.items()
+                            if k != "config_id" and isinstance(v, (int, float))})
+        run.log({"benchmarks": wandb.Table(dataframe=frame)})
+        folder_of_run = Path(run.dir).parent
+        atomic_write_text(logged, json.dumps({"digest": digest, "run": str(folder_of_run)}))
+        return folder_of_run
+    finally:
+        run.finish()

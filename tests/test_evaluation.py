@@ -293,6 +293,33 @@ def test_a_report_with_one_control_names_only_the_conditions_that_ran(tmp_path):
     assert "zeroed" not in best_line and "nan" not in best_line
 
 
+def test_select_by_names_the_best_config_of_the_study_report(tmp_path):
+    """``run --select-by pope.f1``: the study's best config (and its chat command) is the sweep report's best by that
+    metric, not the easy-vqa leader; unknown benchmarks and a metric of no evaluated benchmark are refused first."""
+    from sweeps.reporting.study_report import evaluation_section
+    from sweeps.study import StudyConfig, check_eval_flags
+    from vlm_core.evaluation.heldout import score_answers
+
+    records = [{"image": "coco/val2017/1.jpg", "answer": "red"}, {"image": "coco/val2017/2.jpg", "answer": "no"}]
+    evals = []
+    for config_id, said in (("s2-a", ["red", "no"]), ("s2-b", ["blue", "no"])):
+        scored = score_answers({"image": said}, records)
+        scored.pop("scores")
+        evals.append({"config_id": config_id, "checkpoint": f"ck/{config_id}", "questions": str(tmp_path / "q"),
+                      "answers": {"n": 2, **scored, "samples": [], "protocol": {"max_new_tokens": 16}},
+                      "heldout": {"image": {"loss": 1.0, "perplexity": math.e}}})
+    assert evaluation_section(tmp_path, evals)[1]["config_id"] == "s2-a"  # easy-vqa accuracy 1.0 against 0.5
+    lines, best = evaluation_section(tmp_path, evals, ("s2-b", "pope.f1"))
+    assert best["config_id"] == "s2-b" and "## Best config: `s2-b`" in lines
+    assert "the best config is the best by `pope.f1`" in " ".join(lines)
+    check_eval_flags(StudyConfig(eval_benchmarks="gqa", select_by="gqa.accuracy"))
+    for bad, message in ((dict(eval_benchmarks="gqb"), "unknown benchmark 'gqb'"),
+                         (dict(select_by="gqa.accuracy"), "its benchmark is not evaluated"),
+                         (dict(select_by="pope.yes_ratio"), "is not 'val_loss' or BENCHMARK.METRIC")):
+        with pytest.raises(ConfigError, match=message):
+            check_eval_flags(StudyConfig(**bad))
+
+
 def test_the_reports_chat_command_pastes_into_bash_as_one_argument_per_value(tmp_path):
     import subprocess
 

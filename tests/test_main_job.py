@@ -74,8 +74,19 @@ def test_run_does_the_study_reports_and_reuses_its_work(tmp_path):
         for cond in ("image", "zeros", "shuffled"):
             h = e["heldout"][cond]
             assert 0 < h["loss"] < 20 and math.isclose(h["perplexity"], math.exp(h["loss"]), rel_tol=1e-9)
+    # the benchmarks, through the same registry and Ray tasks as a cluster sweep: easy-vqa and the corpus's POPE
+    benches = json.loads((out / "sweep" / "eval" / "benchmarks.json").read_text())
+    assert sorted(benches) == [p.stem for p in evals]
+    for p in evals:
+        e, b = json.loads(p.read_text()), benches[p.stem]
+        assert sorted(b) == ["easy-vqa", "pope"] and b["pope"]["asked"] == 8 and b["easy-vqa"]["asked"] == 8
+        # the study's easy-vqa answers are the benchmark's, scored by the same rule
+        assert e["answers"]["accuracy"]["image"] == b["easy-vqa"]["metrics"]["image"]["accuracy"]
+        assert e["answers"]["accuracy"]["shuffled"] == b["easy-vqa"]["metrics"]["shuffled"]["accuracy"]
+    assert "pope.f1" in trials[0].split(",") and "easy-vqa.accuracy.gain_shuffled" in trials[0].split(",")
     report = (out / "report.md").read_text()
-    for section in ("## Data", "![umap](data/umap.png)", "### Token lengths (measured before the trials)",
+    for section in ("## Benchmarks", "| config | easy-vqa accuracy | gain vs zeros | gain vs shuffled | pope f1 |",
+                    "## Data", "![umap](data/umap.png)", "### Token lengths (measured before the trials)",
                     "### Stage 1", "### Stage 2", "### ASHA decisions",
                     "## Evaluation",
                     "acc_zeros", "em_image", "single word or phrase", "## Best config", "| question type |",

@@ -22,10 +22,10 @@ from sweeps.scheduling import read_decisions
 from sweeps.tracking import DENSE_PROJECT, PROJECT
 from tests.conftest import WANDB_SECRET as SECRET
 from tests.conftest import sigkill_driver
+from tests.notebook import run_analysis_notebook
 from vlm_core.base.errors import ConfigError
 from vlm_core.training.checkpoint import read_meta
 
-ROOT = Path(__file__).resolve().parents[1]
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
 S2_UMAP = "s2-20kUmap-nodense-raw-linear-e3-b3-from-e6-b12"
 S2_RANDOM = "s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8"
@@ -177,18 +177,8 @@ def test_rerunning_into_a_finished_experiment_needs_resume(sweep):
 
 
 def test_analysis_notebook_runs_on_the_sweep(sweep, tmp_path):
-    import nbclient
-    import nbformat
-
     _, _, out = sweep
-    nb = nbformat.read(ROOT / "notebooks" / "analyze_sweep.ipynb", as_version=4)
-    os.environ["VLM_SWEEP_EXPERIMENT"] = str(out)
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                resources={"metadata": {"path": str(tmp_path)}}).execute()
-    finally:
-        del os.environ["VLM_SWEEP_EXPERIMENT"]
-    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    nb, text = run_analysis_notebook(out, tmp_path)
     assert "4 trials agree with trials.csv" in text
     assert f"stopped by ASHA: {{'{S2_RANDOM}': 1}}" in text
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])

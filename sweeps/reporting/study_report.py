@@ -23,6 +23,8 @@ from vlm_core.data.images import resolve_image
 from vlm_core.evaluation.answers import SHORT_ANSWER_INSTRUCTION
 
 from ..scheduling import DECISIONS_FILE, read_decisions
+from .benchmark_table import read_evals
+from .benchmark_table import section as benchmark_section
 from .html_report import write_html
 from .results import AXES
 from .sweep_report import markdown_table, token_length_section
@@ -165,13 +167,20 @@ def _sample_lines(root: Path, evaluation: dict[str, Any], shown: list[str]) -> l
     return lines
 
 
-def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any] | None]:
+def evaluation_section(root: Path, evals: list[dict[str, Any]], chosen: tuple[str, str] | None = None
+                       ) -> tuple[list[str], dict[str, Any] | None]:
     """The report's evaluation: per checkpoint held-out loss and answer scores under each condition — accuracy by
     the field's rule (``acc_*``) beside strict exact match (``em_*``) — then the best config with its scores per
-    question type and its sample generations. Returns (Markdown lines, the best config's summary or None)."""
+    question type and its sample generations. ``chosen``: (config id, the metric that chose it), when the best
+    config is named by ``--select-by`` rather than by easy-vqa accuracy. Returns (Markdown lines, the best config's
+    summary or None)."""
     if not evals:
         return [], None
     ev = _scores(evals)
+    rule = "is the one with the highest `acc_image` (then the largest gain)"
+    if chosen is not None and chosen[0] in set(ev["config_id"]):
+        ev = pd.concat([ev[ev["config_id"] == chosen[0]], ev[ev["config_id"] != chosen[0]]])
+        rule = f"is the best by `{chosen[1]}` (`--select-by`; see the Benchmarks table)"
     lines = ["## Evaluation (stage-2 checkpoints)", "",
              "Held-out loss on the common held-out set (the same rows for every trial); answers to the same held-out "
              "easy-vqa questions for every trial (equal shares of yes/no, colour and shape questions) with the "
@@ -184,7 +193,7 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
              "color of the circle is red.\" is right for red; whole-word containment does not read \"not red\" or "
              "\"red or blue\") — and `em_*` is strict exact match (the whole normalised answer is the expected "
              "one). The gap between `acc_image` and the controls is what the image contributes; the best config "
-             "is the one with the highest `acc_image` (then the largest gain).", "",
+             f"{rule}.", "",
              markdown_table(ev.drop(columns=["checkpoint"])), ""]
     b = ev.iloc[0]
     e = next(x for x in evals if x["checkpoint"] == b["checkpoint"])
@@ -211,7 +220,8 @@ def evaluation_section(root: Path, evals: list[dict[str, Any]]) -> tuple[list[st
 
 
 def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str | Path, sweep: dict[str, Any],
-                       evals: list[dict[str, Any]], wall_s: float | None = None) -> dict[str, Any]:
+                       evals: list[dict[str, Any]], wall_s: float | None = None,
+                       select_by: str | None = None) -> dict[str, Any]:
     """``vlm-sweep run``'s report: data summary, the sweep's report (``sweep``: what ``write_report`` returned
     when the sweep ended), evaluation with text-only controls, samples, the best config and how to chat with it.
     Written to ``out/report.md``; returns a summary."""
@@ -242,11 +252,12 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
                   "|---|---|---|---|"]
         lines += [f"| {d['trial']} | {d['rung']} | {d['val_loss']:.4f} | {d['decision']} |" for d in decisions]
         lines += [""]
-    eval_lines, best = evaluation_section(root, evals)
-    lines += eval_lines
+    chosen = (sweep["best"][2], select_by) if select_by and 2 in sweep.get("best", {}) else None
+    eval_lines, best = evaluation_section(root, evals, chosen)
+    lines += benchmark_section(read_evals(sweep_dir), "##") + eval_lines
     atomic_write_text(root / "report.md", "\n".join(lines))
     page = write_html(root / "report.md")
     return {"report": str(root / "report.md"), "html": str(page), "sweep_report": sweep["report"],
             "trials": sweep["trials"],
             "stopped_by_asha": sweep["stopped_by_asha"], "errors": sweep["errors"], "best": best,
-            "wall_s": wall_s}
+            "select_by": select_by or "easy-vqa accuracy", "wall_s": wall_s}

@@ -30,6 +30,8 @@ from vlm_core.data.lengths import lengths_table
 
 from ..scheduling import DECISIONS_FILE, read_decisions
 from ..statuses import METRIC
+from .benchmark_table import VAL_LOSS, best_row, check_select_by, read_evals, with_benchmarks
+from .benchmark_table import section as benchmark_section
 from .html_report import write_html, write_lineage_svg
 from .results import AXES, LINEAGE_FILE, TrialResult, experiment_dirs, read_sweep, trial_table
 
@@ -131,11 +133,17 @@ def token_length_section(experiment: Path, level: str) -> list[str]:
             "no answer is trained without its end of turn.", "", lengths_table(rows), ""]
 
 
-def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | None = None) -> dict[str, Any]:
-    """Write report.md, trials.csv, loss_curves.png and by_axis.png into ``experiment``; return a summary."""
+def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | None = None,
+                 select_by: str = VAL_LOSS) -> dict[str, Any]:
+    """Write report.md, trials.csv, loss_curves.png and by_axis.png into ``experiment``; return a summary. With
+    benchmark results (``eval/benchmarks.json``), trials.csv carries their columns, the report their table, and each
+    stage's best config is the best by ``select_by`` (``val_loss``, or a ``BENCH.METRIC``)."""
     root = Path(experiment)
     table, curves = trial_table(read_sweep(root, known))
-    table.to_csv(root / "trials.csv", index=False)
+    evals = read_evals(root)
+    full = with_benchmarks(table, evals)
+    check_select_by(select_by, list(full.columns) if evals else None)
+    full.to_csv(root / "trials.csv", index=False)
     axis_table = by_axis(table)
     figures = [plot_loss_curves(table, curves, root), plot_by_axis(table, root)]
     sdirs = experiment_dirs(root)
@@ -145,17 +153,25 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
     lineage = json.loads((root / LINEAGE_FILE).read_text()) if (root / LINEAGE_FILE).is_file() else {}
     lines = [f"# Sweep report: `{root.resolve()}`", ""]
     lines += token_length_section(root, "##")
+    best: dict[int, str] = {}
     for stage in sorted(table["stage"].unique()):
         part = table[table["stage"] == stage]
         counts = part["status"].value_counts().to_dict()
         lines += [f"## Stage {stage}: {len(part)} trials ({', '.join(f'{v} {k}' for k, v in counts.items())})", ""]
-        done = part.dropna(subset=["best_val_loss"])
-        if len(done):
-            b = done.loc[done["best_val_loss"].idxmin()]
-            lines += [f"Best: `{b['config_id']}` — val loss {b['best_val_loss']:.4f} at epoch {b['best_epoch']}.", ""]
+        b = best_row(full[full["stage"] == stage], select_by) if select_by != VAL_LOSS else None
+        if b is not None:
+            best[int(stage)] = b["config_id"]
+            lines += [f"Best by {select_by}: `{b['config_id']}` — {select_by} {b[select_by]:.4f}, val loss "
+                      f"{b['best_val_loss']:.4f} at epoch {b['best_epoch']}.", ""]
+        elif (b := best_row(part)) is not None:
+            best[int(stage)] = b["config_id"]
+            by = "" if select_by == VAL_LOSS else f" ({select_by}: not evaluated in this stage)"
+            lines += [f"Best: `{b['config_id']}` — val loss {b['best_val_loss']:.4f} at epoch {b['best_epoch']}"
+                      f"{by}.", ""]
         optional = ["parent", "error", "asha_rung"] + (["stopped_by_asha"] if stage == 1 else [])
         shown = part.drop(columns=["stage"] + [c for c in optional if part[c].isna().all() or c == "stopped_by_asha"])
         lines += [markdown_table(shown), ""]
+    lines += benchmark_section(evals)
     if len(axis_table):
         lines += ["## Best val loss by ablation axis", "", markdown_table(axis_table), ""]
     if 2 in sdirs:
@@ -177,4 +193,5 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
     return {"report": str(root / "report.md"), "html": str(page), "csv": str(root / "trials.csv"),
             "figures": [str(f) for f in figures], "trials": int(len(table)),
             "stopped_by_asha": table.loc[table["stopped_by_asha"], "config_id"].tolist(),
-            "errors": table.loc[table["status"] == "ERROR", "config_id"].tolist()}
+            "errors": table.loc[table["status"] == "ERROR", "config_id"].tolist(), "select_by": select_by,
+            "best": best}
