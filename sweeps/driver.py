@@ -34,7 +34,7 @@ from vlm_core.base.registry import Registry
 from vlm_core.config import TrainConfig, VLMConfig, check_field, choices
 from vlm_core.data.dataset import read_records
 from vlm_core.data.lengths import formatter_for, formatter_key, lengths_table, measure
-from vlm_core.evaluation.benchmarks import by_name
+from vlm_core.evaluation.benchmarks import budgets_by_name, by_name
 from vlm_core.presets import PRESETS, preset
 from vlm_core.training.checkpoint import CheckpointError, check_projector_selection, read_meta
 from vlm_core.training.faults import from_env as faults_from_env
@@ -160,6 +160,8 @@ class SweepConfig:
     """``NAME=FOLDER,...``: where a benchmark's files are, instead of under ``benchmarks``."""
     benchmark_images: str | None = None
     """``NAME=FOLDER,...``: where a benchmark's images are."""
+    benchmark_budgets: str | None = None
+    """``NAME=N,...``: new tokens per answer instead of a benchmark's reference budget (a protocol of its own)."""
     eval_limit: int | None = None
     """Questions per benchmark: a seeded subset, the same for every checkpoint (default: all)."""
     eval_stage: int = 2
@@ -177,6 +179,7 @@ class SweepConfig:
                                root=self.benchmarks, limit=self.eval_limit,
                                files=by_name(self.benchmark_files, "benchmark_files"),
                                images=by_name(self.benchmark_images, "benchmark_images"),
+                               budgets=budgets_by_name(self.benchmark_budgets, "benchmark_budgets"),
                                stages=[s for s in (1, 2) if s >= self.eval_stage], shards=self.eval_shards)
 
     def __post_init__(self) -> None:

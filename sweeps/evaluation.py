@@ -59,6 +59,8 @@ class SweepEvalConfig:
     images: dict[str, str] = field(default_factory=dict)
     seed: int = 0
     batch_size: int = 16
+    budgets: dict[str, int] = field(default_factory=dict)
+    """New tokens per answer instead of a benchmark's reference budget (``--benchmark-budgets NAME=N``)."""
 
     def __post_init__(self) -> None:
         check_field(self.shards >= 1, "eval.shards", "must be >= 1")
@@ -69,7 +71,7 @@ class SweepEvalConfig:
     def benchmark_config(self) -> BenchmarkEvalConfig:
         return BenchmarkEvalConfig(list(self.benchmarks), root=self.root, files=dict(self.files),
                                    images=dict(self.images), limit=self.limit, seed=self.seed,
-                                   batch_size=self.batch_size)
+                                   batch_size=self.batch_size, budgets=dict(self.budgets))
 
 
 def eval_resources(backend: str) -> TrialResources:
@@ -95,7 +97,7 @@ def answer_shard(checkpoint: str, cfg: dict[str, Any], benchmark: str, shard: in
     from vlm_core.training.checkpoint import load_vlm
 
     bcfg = BenchmarkEvalConfig(**cfg)
-    prepared = prepare(dataclasses.replace(bcfg, benchmarks=[benchmark]))[0]
+    prepared = prepare(bcfg.only(benchmark))[0]
     if memory_fraction:
         import torch
 

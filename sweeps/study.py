@@ -49,6 +49,13 @@ log = logging.getLogger(__name__)
 
 STUDY_BENCHMARKS = ("easy-vqa", "pope")
 """What ``vlm-sweep run`` evaluates every stage-2 checkpoint on (the embedded default's benchmarks)."""
+LOCAL_POPE_BUDGET = 16
+"""New tokens per answer on the sample corpus's POPE set instead of POPE's 128: the embedded default's models (1–3
+optimizer steps a trial) rarely end a turn, and 128 tokens of rambling made the study's evaluation about 5× longer
+for the same verdicts — both reading rules decide on the answer's start (LLaVA's on its first sentence, lmms-eval's
+on the whole of a bare yes / no). A protocol of its own (``max_new_tokens`` 16 beside
+``reference_max_new_tokens`` 128 in the results); ``--benchmark-budgets`` on ``vlm-sweep sweep`` / ``eval``
+sets any benchmark's."""
 
 
 @dataclass
@@ -110,7 +117,7 @@ def benchmark_flags(corpus: Path, extra: str | None = None, root: str | None = N
     names = [*STUDY_BENCHMARKS, *(b for b in more if b and b not in STUDY_BENCHMARKS)]
     return {"eval_benchmarks": ",".join(names), "benchmarks": root,
             "benchmark_files": f"easy-vqa={corpus},pope={corpus / 'pope'}",
-            "benchmark_images": f"pope={corpus / 'images'}"}
+            "benchmark_images": f"pope={corpus / 'images'}", "benchmark_budgets": f"pope={LOCAL_POPE_BUDGET}"}
 
 
 def check_eval_flags(cfg: StudyConfig) -> None:

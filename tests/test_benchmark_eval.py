@@ -68,8 +68,11 @@ def test_every_checkpoint_kind_answers_a_benchmark_with_controls(kind, tiny_cfg,
 
     ckpt = _checkpoint(tiny_cfg, kind, tmp_path / "ckpt")
     out = tmp_path / "eval"
+    # POPE's own budget (128 new tokens) for the linear projector; 16 for the other kinds, which keeps this test's
+    # time down (a random-weight model never ends its turn) and asks the same of their splice and generation
+    budget = 128 if kind == "linear" else 16
     assert main(["eval", str(ckpt), "--benchmark", "pope", "--benchmarks", str(bench_root), "--batch-size", "4",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--benchmark-budgets", f"pope={budget}"]) == 0
     printed = json.loads(capsys.readouterr().out)
     result = json.loads((out / "eval.json").read_text())
     pope = result["benchmarks"]["pope"]
@@ -78,15 +81,15 @@ def test_every_checkpoint_kind_answers_a_benchmark_with_controls(kind, tiny_cfg,
     for control in ("zeros", "shuffled"):
         assert pope["image_gain"][control]["f1"] == pytest.approx(
             pope["metrics"]["image"]["f1"] - pope["metrics"][control]["f1"])
-    assert result["protocols"]["pope"]["max_new_tokens"] == 128
+    assert result["protocols"]["pope"]["max_new_tokens"] == budget
     answers = read_answers(out / pope["answers"].split("/")[-1])
     # the answers are the model's to each question with its own image (batched generation kept each row's image),
     # and under "shuffled" with the previous question's image
     model = load_vlm(ckpt)
     questions = prepare(BenchmarkEvalConfig(["pope"], root=str(bench_root)))[0].questions
     prompts = [q.prompt for q in questions]
-    own = answer(model, _pope_prompt_images(bench_root, questions), prompts, max_new_tokens=128)
-    previous = answer(model, _pope_prompt_images(bench_root, questions, shift=1), prompts, max_new_tokens=128)
+    own = answer(model, _pope_prompt_images(bench_root, questions), prompts, max_new_tokens=budget)
+    previous = answer(model, _pope_prompt_images(bench_root, questions, shift=1), prompts, max_new_tokens=budget)
     assert [answers["image"][q.qid] for q in questions] == own
     assert [answers["shuffled"][q.qid] for q in questions] == previous
     assert len(answers["zeros"]) == 6
@@ -94,7 +97,7 @@ def test_every_checkpoint_kind_answers_a_benchmark_with_controls(kind, tiny_cfg,
 
 def test_an_interrupted_evaluation_resumes_to_the_same_answers(tiny_cfg, bench_root, tmp_path):
     ckpt = _checkpoint(tiny_cfg, "mlp2x_gelu", tmp_path / "ckpt")
-    cfg = BenchmarkEvalConfig(["pope"], root=str(bench_root), batch_size=2)
+    cfg = BenchmarkEvalConfig(["pope"], root=str(bench_root), batch_size=2, budgets={"pope": 16})
     whole = evaluate_checkpoint_on_benchmarks(ckpt, cfg, tmp_path / "whole")
     cut = evaluate_checkpoint_on_benchmarks(ckpt, cfg, tmp_path / "cut", stop_after_batches=4)
     path = tmp_path / "cut" / whole["benchmarks"]["pope"]["answers"].split("/")[-1]
@@ -113,9 +116,40 @@ def test_a_missing_image_is_counted_and_listed_and_a_missing_file_fails_before_t
     root = bf.pope(tmp_path / "bench", POPE_ROWS)
     (root / "coco/val2014/COCO_val2014_000000000003.jpg").unlink()
     ckpt = _checkpoint(tiny_cfg, "linear", tmp_path / "ckpt")
-    result = evaluate_checkpoint_on_benchmarks(ckpt, BenchmarkEvalConfig(["pope"], root=str(root)), tmp_path / "e")
+    result = evaluate_checkpoint_on_benchmarks(ckpt, BenchmarkEvalConfig(["pope"], root=str(root), budgets={"pope": 4}),
+                                               tmp_path / "e")
     pope = result["benchmarks"]["pope"]
     assert pope["missing_images"] == {"n": 2, "question_ids": ["random/1", "random/2"]} and pope["asked"] == 4
     with pytest.raises(ValueError, match="gqa/testdev_balanced_questions.json: not found"):
         evaluate_checkpoint_on_benchmarks(tmp_path / "no-such-checkpoint", BenchmarkEvalConfig(
             ["pope", "gqa"], root=str(root)), tmp_path / "e2")
+
+
+def test_a_budget_other_than_the_references_is_a_protocol_of_its_own(tiny_cfg, bench_root, tmp_path, capsys):
+    """``--benchmark-budgets pope=3``: every answer at most 3 new tokens (the model's own first 3 of 128), recorded
+    beside the reference's 128 and keyed apart, so answers under the two budgets never mix; bad budgets refused."""
+    from sweeps.cli import main
+    from vlm_core.base.errors import ConfigError
+    from vlm_core.evaluation.benchmarks import budgets_by_name
+
+    ckpt = _checkpoint(tiny_cfg, "linear", tmp_path / "ckpt")
+    assert main(["eval", str(ckpt), "--benchmark", "pope", "--benchmarks", str(bench_root), "--out",
+                 str(tmp_path / "e"), "--benchmark-budgets", "pope=3"]) == 0
+    capsys.readouterr()
+    short = json.loads((tmp_path / "e" / "eval.json").read_text())
+    reference = evaluate_checkpoint_on_benchmarks(ckpt, BenchmarkEvalConfig(["pope"], root=str(bench_root)),
+                                                  tmp_path / "e")
+    assert short["protocols"]["pope"]["max_new_tokens"] == 3
+    assert short["protocols"]["pope"]["reference_max_new_tokens"] == 128
+    assert short["benchmarks"]["pope"]["max_new_tokens"] == 3
+    assert short["protocols"]["pope"]["key"] != reference["protocols"]["pope"]["key"]
+    model = load_vlm(ckpt)
+    questions = prepare(BenchmarkEvalConfig(["pope"], root=str(bench_root)))[0].questions
+    cut = answer(model, _pope_prompt_images(bench_root, questions), [q.prompt for q in questions], max_new_tokens=3)
+    assert [read_answers(tmp_path / "e" / short["benchmarks"]["pope"]["answers"].split("/")[-1])["image"][q.qid]
+            for q in questions] == cut
+    for spec, message in (("pope=0", "must be >= 1"), ("pope=x", "NAME=N"), ("popes=3", "unknown benchmark")):
+        with pytest.raises(ConfigError, match=message):
+            BenchmarkEvalConfig(["pope"], budgets=budgets_by_name(spec, "--benchmark_budgets"))
+    with pytest.raises(ConfigError, match="'gqa' is not one of the benchmarks asked"):
+        BenchmarkEvalConfig(["pope"], budgets={"gqa": 8})

@@ -57,6 +57,19 @@ def test_the_lineage_diagram_links_each_continuation_to_its_parent_and_marks_how
     assert write_lineage_svg(TRIALS[TRIALS["stage"] == 1], [], tmp_path / "none") is None  # no stage 2, no diagram
 
 
+def test_the_lineage_diagram_marks_the_best_by_a_benchmark_metric_when_asked(tmp_path):
+    table = TRIALS.assign(**{"pope.f1": [np.nan, np.nan, 0.5, 0.7, np.nan]})
+    table.loc[3, "stopped_by_asha"] = False  # s2-b: a higher F1 than s2-a, a higher val loss
+    svg = write_lineage_svg(table, [], tmp_path, select_by="pope.f1").read_text()
+    boxes = _boxes(svg)
+    assert boxes["s2-b-from-a"][0].get("stroke") == "#2e7d32" and boxes["s2-a-from-a"][0].get("stroke") == "#3b6ea8"
+    assert boxes["s2-b-from-a"][2].text == "pope.f1 0.7000 · best val loss 2.9000 · 1 epochs"
+    assert "green: the best stage-2 pope.f1" in svg
+    (tmp_path / "loss").mkdir()
+    by_loss = _boxes(write_lineage_svg(table, [], tmp_path / "loss").read_text())
+    assert by_loss["s2-a-from-a"][0].get("stroke") == "#2e7d32"
+
+
 def _figure(path, colour) -> None:
     rng = np.random.default_rng(0)
     pixels = np.clip(rng.normal(0, 40, (60, 90, 3)) + np.array(colour), 0, 255).astype(np.uint8)

@@ -37,7 +37,8 @@ def evaluated(two_stage_sweep, corpus, tmp_path_factory):
     copy = root / "tiny-study"
     shutil.copytree(out, copy)
     ecfg = dataclasses.replace(cfg, out=str(copy), eval_benchmarks="pope,easy-vqa", benchmarks=str(bench),
-                               benchmark_files=f"easy-vqa={corpus}", eval_limit=6, eval_stage=1)
+                               benchmark_files=f"easy-vqa={corpus}", eval_limit=6, eval_stage=1,
+                               benchmark_budgets="pope=16")
     results = read_sweep(copy)
     summary = evaluate_trials(ecfg, ecfg.eval_config(), results, copy)
     return ecfg, copy, summary, results
@@ -57,7 +58,8 @@ def test_every_trial_is_evaluated_and_trials_csv_and_the_report_show_it(evaluate
         row = table.set_index("config_id").loc[config_id]
         assert row["pope.f1"] == pytest.approx(benches["pope"]["metrics"]["image"]["f1"])
     md = (out / "report.md").read_text()
-    assert "## Benchmarks" in md and "| pope f1 | gain vs zeros | gain vs shuffled |" in md, md
+    assert "## Benchmarks" in md and "| pope f1 | gain vs zeros | gain vs shuffled | pope yes_ratio |" in md, md
+    assert "up to 16 new tokens an answer (the reference: 128)" in md
     assert report["select_by"] == "val_loss"
 
 

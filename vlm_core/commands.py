@@ -32,7 +32,7 @@ from .data.dataset import read_records
 from .data.images import open_rgb
 from .data.lengths import formatter_for, measure
 from .evaluation.benchmark_eval import BenchmarkEvalConfig, evaluate_checkpoint_on_benchmarks
-from .evaluation.benchmarks import BENCHMARKS, by_name, locate
+from .evaluation.benchmarks import BENCHMARKS, budgets_by_name, by_name, locate
 from .evaluation.benchmarks.easy_vqa import EVAL_FILE
 from .evaluation.benchmarks.predictions import read_predictions, score_predictions
 from .evaluation.export import export_llava
@@ -133,7 +133,8 @@ def assets_download_cmd(to: str, preset: str = "paper", translator: bool = True)
 
 
 def eval_cmd(checkpoint: str, benchmark: str | None = None, benchmarks: str | None = None,
-             benchmark_files: str | None = None, benchmark_images: str | None = None, limit: int | None = None,
+             benchmark_files: str | None = None, benchmark_images: str | None = None,
+             benchmark_budgets: str | None = None, limit: int | None = None,
              seed: int = 0, data: str | None = None, questions: str | None = None, images: str | None = None,
              val: str | None = None, max_questions: int | None = None, max_val_samples: int | None = None,
              controls: str | None = None, batch_size: int = 16, instruction: str | None = None,
@@ -149,6 +150,8 @@ def eval_cmd(checkpoint: str, benchmark: str | None = None, benchmarks: str | No
         benchmarks: The folder holding one folder per benchmark (README: "Benchmarks").
         benchmark_files: ``NAME=FOLDER,...``: where a benchmark's files are, instead of under ``benchmarks``.
         benchmark_images: ``NAME=FOLDER,...``: where its images are.
+        benchmark_budgets: ``NAME=N,...``: new tokens per answer instead of a benchmark's reference budget (kept
+            in the protocol; the reference's is the default).
         limit: Questions per benchmark: a seeded subset, the same for every checkpoint (default: all).
         seed: The subset's seed.
         data: A sample-corpus folder (``vlm-sweep data sample-corpus --out``, or ``OUT/corpus`` of ``vlm-sweep
@@ -170,8 +173,8 @@ def eval_cmd(checkpoint: str, benchmark: str | None = None, benchmarks: str | No
             [b.strip() for b in benchmark.split(",") if b.strip()], root=benchmarks, limit=limit, seed=seed,
             files=by_name(benchmark_files, "--benchmark_files"),
             images=by_name(benchmark_images, "--benchmark_images"),
-            batch_size=batch_size, **({"controls": [c.strip() for c in controls.split(",") if c.strip()]}
-                                       if controls is not None else {}))
+            budgets=budgets_by_name(benchmark_budgets, "--benchmark_budgets"), batch_size=batch_size,
+            **({"controls": [c.strip() for c in controls.split(",") if c.strip()]} if controls is not None else {}))
         result = evaluate_checkpoint_on_benchmarks(checkpoint, cfg_b, out or str(Path("eval") / Path(checkpoint).name))
         print(json.dumps({name: {"image": r["metrics"]["image"], "image_gain": r["image_gain"],
                                  "missing_images": r["missing_images"]["n"]}

@@ -103,11 +103,15 @@ def section(evals: dict[str, dict[str, Any]], level: str = "##") -> list[str]:
         h = first["headline"]
         heads.append((f"{b} {h}", b, f"{b}.{h}"))
         heads += [(f"gain vs {c}", b, f"{b}.{h}.gain_{c}") for c in first.get("image_gain", {})]
+        heads += [(f"{b} {m}", b, f"{b}.{m}") for m in first.get("beside", [])]
     frame = columns(evals).set_index("config_id")
-    best = {key: frame[key].max() for _, _, key in heads if key in frame}
+    best = {key: (frame[key].min() if lower_is_better(key) else frame[key].max()) for _, _, key in heads
+            if key in frame and key.split(".")[-1] not in NOT_A_QUALITY}
     lines = [f"{level} Benchmarks", "",
              "Each benchmark's headline metric with the image, and how much of it the image carries (the score with "
-             "the image minus the score with zeroed features / another question's image). Best per column in bold.",
+             "the image minus the score with zeroed features / another question's image), then what reads it right "
+             "(POPE's yes ratio: the share of answers read as yes, 0.5 on POPE's balanced questions for an unbiased "
+             "model). Best per column in bold.",
              "", "| config | " + " | ".join(t for t, _, _ in heads) + " |", "|---|" + "---|" * len(heads)]
     for config_id, row in frame.iterrows():
         cells = [_cell(row.get(key), key in best and row.get(key) == best[key]) for _, _, key in heads]
@@ -116,6 +120,9 @@ def section(evals: dict[str, dict[str, Any]], level: str = "##") -> list[str]:
     for b in benches:
         first = next(r[b] for r in evals.values() if b in r)
         missing = max(r[b]["missing_images"]["n"] for r in evals.values() if b in r)
+        budget, reference = first.get("max_new_tokens"), first.get("reference_max_new_tokens")
+        tokens = (f"; up to {budget} new tokens an answer (the reference: {reference})" if budget != reference
+                  else f"; up to {budget} new tokens an answer" if budget else "")
         lines.append(f"- **{b}**: {first['asked']} questions asked of {first['questions_in_file']} "
-                     f"({missing} with a missing image, listed in `eval/`); reproduces {first['reproduces']}.")
+                     f"({missing} with a missing image, listed in `eval/`); reproduces {first['reproduces']}{tokens}.")
     return lines + [""]

@@ -21,6 +21,8 @@ import pandas as pd
 
 from vlm_core.base.outputs import atomic_write_text
 
+from .benchmark_table import VAL_LOSS, best_row
+
 log = logging.getLogger(__name__)
 
 LINEAGE_SVG = "lineage.svg"
@@ -109,10 +111,11 @@ def _fmt(v) -> str:
     return "—" if v is None or (isinstance(v, float) and v != v) else f"{float(v):.4f}"
 
 
-def lineage_svg(table: pd.DataFrame, decisions: list[dict] | None = None) -> str | None:
+def lineage_svg(table: pd.DataFrame, decisions: list[dict] | None = None, select_by: str = VAL_LOSS) -> str | None:
     """Stage-1 parents (left) → the stage-2 trials that started from their best checkpoint (right): best val loss
-    of each, ASHA's decision at each rung, and how each trial ended (the lowest stage-2 val loss green, stopped by
-    ASHA grey and dashed, failed red). None when the sweep has no stage 2."""
+    of each, ASHA's decision at each rung, and how each trial ended (the best stage-2 trial by ``select_by`` green —
+    the lowest val loss, or a benchmark metric of ``table``'s, shown in each box —, stopped by ASHA grey and dashed,
+    failed red). None when the sweep has no stage 2."""
     s2 = table[table["stage"] == 2]
     if s2.empty:
         return None
@@ -122,8 +125,10 @@ def lineage_svg(table: pd.DataFrame, decisions: list[dict] | None = None) -> str
         rungs.setdefault(d["trial"], []).append(f"r{d['rung']} {d['decision']}")
     s2 = s2.sort_values(["parent", "config_id"])
     parents = list(dict.fromkeys(s2["parent"].fillna("(no parent)")))
-    done = s2.dropna(subset=["best_val_loss"])
-    best = done.loc[done["best_val_loss"].idxmin(), "config_id"] if len(done) else None
+    by_metric = select_by != VAL_LOSS and select_by in s2.columns
+    chosen = best_row(s2, select_by if by_metric else VAL_LOSS)
+    best = chosen["config_id"] if chosen is not None else None
+    legend = f"the best stage-2 {select_by}" if by_metric else "the lowest stage-2 val loss"
     height = PAD * 2 + 24 + max(len(parents), len(s2)) * (BOX_H + GAP) + 16
     width = PAD * 2 + 2 * BOX_W + COL_GAP
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -160,18 +165,21 @@ def lineage_svg(table: pd.DataFrame, decisions: list[dict] | None = None) -> str
         else:
             kind, end = ("best" if cid == best else "done"), f"{int(row['epochs_run'])} epochs"
         detail = f"best val loss {_fmt(row['best_val_loss'])} · {end}"
+        if by_metric:
+            detail = f"{select_by} {_fmt(row[select_by])} · {detail}"
         if rungs.get(cid):
             detail += " · " + ", ".join(rungs[cid])
         parts.append(_box(x2, child_y[cid], cid, detail, kind))
-    parts.append(f'<text x="{PAD}" y="{height - PAD + 4}" font-size="11" fill="#495057">green: the lowest '
-                 f'stage-2 val loss · grey, dashed: stopped by ASHA · red: failed · rK: ASHA\'s decision at rung K '
+    parts.append(f'<text x="{PAD}" y="{height - PAD + 4}" font-size="11" fill="#495057">green: {legend} '
+                 f'· grey, dashed: stopped by ASHA · red: failed · rK: ASHA\'s decision at rung K '
                  f'(epoch K)</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
 
-def write_lineage_svg(table: pd.DataFrame, decisions: list[dict] | None, folder: Path) -> Path | None:
-    svg = lineage_svg(table, decisions)
+def write_lineage_svg(table: pd.DataFrame, decisions: list[dict] | None, folder: Path,
+                      select_by: str = VAL_LOSS) -> Path | None:
+    svg = lineage_svg(table, decisions, select_by)
     if svg is None:
         return None
     path = Path(folder) / LINEAGE_SVG

@@ -148,7 +148,7 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
     figures = [plot_loss_curves(table, curves, root), plot_by_axis(table, root)]
     sdirs = experiment_dirs(root)
     decisions = read_decisions(sdirs[2] / DECISIONS_FILE) if 2 in sdirs else []
-    lineage_figure = write_lineage_svg(table, decisions, root)
+    lineage_figure = write_lineage_svg(full, decisions, root, select_by)
     figures += [lineage_figure] if lineage_figure else []
     lineage = json.loads((root / LINEAGE_FILE).read_text()) if (root / LINEAGE_FILE).is_file() else {}
     lines = [f"# Sweep report: `{root.resolve()}`", ""]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,16 +73,26 @@ class BenchmarkEvalConfig:
     seed: int = 0
     controls: list[str] = field(default_factory=lambda: ["zeros", "shuffled"])
     batch_size: int = 16
+    budgets: dict[str, int] = field(default_factory=dict)
+    """New tokens per answer for a benchmark instead of its reference budget (``--benchmark-budgets pope=16``):
+    part of the protocol, so answers under another budget are never mixed in; the report names it."""
 
     def __post_init__(self) -> None:
         check_field(bool(self.benchmarks), "eval.benchmark", "name at least one benchmark")
         for name in self.benchmarks:
             BENCHMARKS.check(name)
+        for name, budget in self.budgets.items():
+            check_field(name in self.benchmarks, "eval.budgets", f"{name!r} is not one of the benchmarks asked")
+            check_field(isinstance(budget, int) and budget >= 1, "eval.budgets", f"{name}: must be >= 1 tokens")
         for control in self.controls:
             CONDITIONS.check(control)
             check_field(control != "image", "eval.controls", "'image' is always evaluated; name controls only")
         check_field(self.batch_size >= 1, "eval.batch_size", "must be >= 1")
         check_field(self.limit is None or self.limit >= 1, "eval.limit", "must be >= 1")
+
+    def only(self, name: str) -> BenchmarkEvalConfig:
+        """The same evaluation of one of its benchmarks (with that benchmark's budget, if it has one)."""
+        return replace(self, benchmarks=[name], budgets={k: v for k, v in self.budgets.items() if k == name})
 
 
 @dataclass
@@ -95,10 +105,14 @@ class PreparedBenchmark:
     missing: list[str]
     """Question ids of the subset whose image file is missing."""
     total: int
+    budget: int
+    """New tokens per answer: the benchmark's own, unless ``BenchmarkEvalConfig.budgets`` sets another."""
 
     def protocol(self, controls: Sequence[str]) -> dict[str, Any]:
         return {"benchmark": self.bench.name, "reproduces": self.bench.reproduces,
-                "instruction": self.bench.instruction, "max_new_tokens": self.bench.max_new_tokens,
+                "instruction": self.bench.instruction, "max_new_tokens": self.budget,
+                **({"reference_max_new_tokens": self.bench.max_new_tokens}
+                   if self.budget != self.bench.max_new_tokens else {}),
                 "decoding": "greedy", "controls": list(controls),
                 "questions": json_digest([q.qid for q in self.questions], 16), "n": len(self.questions)}
 
@@ -112,7 +126,8 @@ def prepare(cfg: BenchmarkEvalConfig) -> list[PreparedBenchmark]:
         questions = bench.read(bench, folder, images)
         picked = bench.limited(questions, cfg.limit, cfg.seed)
         present, missing = split_missing(picked)
-        out.append(PreparedBenchmark(bench, present, [q.qid for q in missing], len(questions)))
+        out.append(PreparedBenchmark(bench, present, [q.qid for q in missing], len(questions),
+                                     cfg.budgets.get(name, bench.max_new_tokens)))
     return out
 
 
@@ -156,7 +171,7 @@ def answer_benchmark(model, prepared: PreparedBenchmark, controls: Sequence[str]
     model.eval()
     drop_torn_tail(answers_path)
     answers = read_answers(answers_path)
-    questions, budget = prepared.questions, prepared.bench.max_new_tokens
+    questions, budget = prepared.questions, prepared.budget
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     batches = 0
     with open(answers_path, "a", encoding="utf-8") as f:
@@ -202,6 +217,8 @@ def score_benchmark(prepared: PreparedBenchmark, answers: dict[str, dict[str, st
     metrics = {name: prepared.bench.score(prepared.questions, answers.get(name, {})).metrics
                for name in ["image", *controls]}
     return {"reproduces": prepared.bench.reproduces, "headline": prepared.bench.headline,
+            "beside": list(prepared.bench.beside),
+            "max_new_tokens": prepared.budget, "reference_max_new_tokens": prepared.bench.max_new_tokens,
             "questions_in_file": prepared.total, "asked": len(prepared.questions),
             "missing_images": {"n": len(prepared.missing), "question_ids": prepared.missing},
             "metrics": metrics, "image_gain": {c: _gain(metrics["image"], metrics[c]) for c in controls}}

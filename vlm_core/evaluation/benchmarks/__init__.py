@@ -13,11 +13,13 @@ from .base import (
                    InlineImage,
                    Question,
                    Scored,
+                   budgets_by_name,
                    by_name,
                    locate,
                    split_missing,
                    subset,
 )
 
-__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkFileError", "InlineImage", "Question", "Scored", "by_name", "locate",
+__all__ = ["BENCHMARKS", "Benchmark", "BenchmarkFileError", "InlineImage", "Question", "Scored", "budgets_by_name",
+           "by_name", "locate",
            "split_missing", "subset"]

@@ -94,6 +94,9 @@ class Benchmark:
     max_new_tokens: int
     headline: str
     """The metric a one-number table shows (a key of :attr:`Scored.metrics`)."""
+    beside: tuple[str, ...] = ()
+    """Metrics the reports' table shows next to the headline, where the headline alone misleads (POPE's yes ratio:
+    a model that says yes to everything scores F1 ≈ 0.67; xGQA's English accuracy and gap; MME's cognition)."""
     instruction: str = ""
     """What the prompt appends to each question (recorded with results)."""
     notes: str = ""
@@ -141,6 +144,16 @@ def by_name(spec: str | None, flag: str) -> dict[str, str]:
             raise ConfigError(f"{flag}: {item!r} is not NAME=FOLDER")
         BENCHMARKS.check(name.strip(), flag)
         out[name.strip()] = value.strip()
+    return out
+
+
+def budgets_by_name(spec: str | None, flag: str) -> dict[str, int]:
+    """``"pope=16,textvqa=64"`` → ``{"pope": 16, "textvqa": 64}`` (names checked; each a whole number)."""
+    out = {}
+    for name, value in by_name(spec, flag).items():
+        if not value.isdigit():
+            raise ConfigError(f"{flag}: {name}={value!r}: the budget is a number of new tokens (NAME=N)")
+        out[name] = int(value)
     return out
 
 

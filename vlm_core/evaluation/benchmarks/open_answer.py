@@ -193,5 +193,6 @@ BENCHMARKS.add("xgqa-id", Benchmark(
     name="xgqa-id", reproduces="GQA's rule (lmms-eval gqa) on xGQA (Pfeiffer et al. 2022) Indonesian and English",
     publisher="https://github.com/adapter-hub/xGQA (data/zero_shot/), images: GQA's",
     files="xgqa", file_names=(XGQA_FILE.format(lang="id"), XGQA_FILE.format(lang="en")), images="gqa/images",
-    read=read_xgqa, score=score_xgqa, max_new_tokens=16, headline="accuracy", instruction=SHORT_ANSWER_INSTRUCTION,
+    read=read_xgqa, score=score_xgqa, max_new_tokens=16, headline="accuracy", beside=("en.accuracy", "gap"),
+    instruction=SHORT_ANSWER_INSTRUCTION,
     notes="not an lmms-eval task; the instruction stays English as in GQA's prompt"))

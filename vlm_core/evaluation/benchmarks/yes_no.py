@@ -106,7 +106,8 @@ BENCHMARKS.add("pope", Benchmark(
                             "llava/eval/eval_pope.py eval_pope",
     publisher="https://github.com/AoiDragon/POPE (output/coco/), images: COCO val2014 (cocodataset.org)",
     files="pope", file_names=tuple(POPE_FILE.format(split=s) for s in POPE_SPLITS), images="coco/val2014",
-    read=read_pope, score=score_pope, max_new_tokens=128, headline="f1", instruction=SHORT_ANSWER_INSTRUCTION))
+    read=read_pope, score=score_pope, max_new_tokens=128, headline="f1", beside=("yes_ratio",),
+    instruction=SHORT_ANSWER_INSTRUCTION))
 
 
 MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
@@ -191,4 +192,4 @@ BENCHMARKS.add("mme", Benchmark(
     name="mme", reproduces="lmms-eval mme (tasks/mme/utils.py mme_doc_to_text, parse_pred_ans, mme_aggregate_results)",
     publisher="https://github.com/BradyFU/Awesome-Multimodal-Large-Language-Models (MME, on request)",
     files="mme", file_names=(MME_RELEASE,), images="", read=read_mme, score=score_mme, max_new_tokens=16,
-    headline="perception", instruction=SHORT_ANSWER_INSTRUCTION))
+    headline="perception", beside=("cognition",), instruction=SHORT_ANSWER_INSTRUCTION))
