@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlm_core.base.errors import VlmSweepError
 from vlm_core.base.hashing import json_digest
 from vlm_core.base.outputs import atomic_write_text
 from vlm_core.config import check_field
@@ -63,6 +64,10 @@ class SweepEvalConfig:
     """New tokens per answer instead of a benchmark's reference budget (``--benchmark-budgets NAME=N``)."""
 
     def __post_init__(self) -> None:
+        # absolute, as the driver sees them: a Ray task runs in another working directory (and on another node)
+        self.root = str(Path(self.root).expanduser().resolve()) if self.root else None
+        self.files = {k: str(Path(v).expanduser().resolve()) for k, v in self.files.items()}
+        self.images = {k: str(Path(v).expanduser().resolve()) for k, v in self.images.items()}
         check_field(self.shards >= 1, "eval.shards", "must be >= 1")
         check_field(set(self.stages) <= {1, 2}, "eval.stages", "stages are 1 and 2")
         if self.benchmarks:
@@ -89,15 +94,26 @@ def _task_options(res: TrialResources) -> dict[str, Any]:
     return opts
 
 
+class EvaluationTaskError(VlmSweepError, RuntimeError):
+    """An evaluation task saw other questions than the driver planned, or ended without its answers."""
+
+
 def answer_shard(checkpoint: str, cfg: dict[str, Any], benchmark: str, shard: int, shards: int, path: str,
-                 memory_fraction: float | None = None) -> int:
+                 protocol_key: str, memory_fraction: float | None = None) -> int:
     """One Ray task: load the checkpoint, answer every ``shards``-th question of ``benchmark`` from ``shard`` on into
-    ``path``. Returns how many answers the file holds."""
+    ``path``. The task reads the benchmark itself; if what it reads is not the protocol the driver planned (other
+    files, or images missing on this node), it fails naming both rather than answering other questions. Returns how
+    many answers the file holds."""
     from vlm_core.evaluation.benchmark_eval import answer_benchmark
     from vlm_core.training.checkpoint import load_vlm
 
     bcfg = BenchmarkEvalConfig(**cfg)
     prepared = prepare(bcfg.only(benchmark))[0]
+    if (seen := json_digest(prepared.protocol(bcfg.controls), 12)) != protocol_key:
+        raise EvaluationTaskError(
+            f"evaluation task for {benchmark} on {checkpoint}: this node reads protocol {seen} "
+            f"({len(prepared.questions)} questions asked, {len(prepared.missing)} images missing), the driver planned "
+            f"{protocol_key}; are the benchmark files and images on storage every node sees at the same path?")
     if memory_fraction:
         import torch
 
@@ -156,8 +172,12 @@ def evaluate_checkpoints(items: Sequence[tuple[str, str]], cfg: SweepEvalConfig,
     log.info("evaluation: %d tasks (%d reused) asking %s each", len(todo), len(tasks) - len(todo),
              res.resources_per_worker)
     refs = [remote.remote(t["checkpoint"], dataclasses.asdict(bcfg), t["benchmark"], t["shard"], cfg.shards,
-                          str(t["path"]), res.cuda_memory_fraction) for t in todo]
+                          str(t["path"]), t["protocol_key"], res.cuda_memory_fraction) for t in todo]
     ray.get(refs)
+    unfinished = [t for t in plan_tasks(items, prepared, cfg, out) if not t["complete"]]
+    if unfinished:
+        raise EvaluationTaskError(f"{len(unfinished)} evaluation task(s) ended without all their answers, e.g. "
+                                  f"{unfinished[0]['path']}; rerun to resume them")
     results: dict[str, dict[str, Any]] = {}
     by_name = {p.bench.name: p for p in prepared}
     for config_id, ckpt in items:

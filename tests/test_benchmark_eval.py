@@ -1,7 +1,7 @@
 """``vlm-sweep eval CHECKPOINT --benchmark``: a tiny checkpoint of every kind (linear, MLP, dense DCI / SCI / STI,
 LoRA, the CNN encoder) answers a POPE-format fixture under the image and both controls; the answers are the ones
-the model gives each question with its own (or, shuffled, the previous question's) image; an interrupted evaluation
-resumes to the same answers; a missing image is counted and listed.
+the model gives each question with its own image (or, shuffled, another question's, never its own); an interrupted
+evaluation resumes to the same answers; a missing image is counted and listed.
 
     .venv/bin/python -m pytest -q tests/test_benchmark_eval.py
 """
@@ -58,8 +58,13 @@ def bench_root(tmp_path_factory):
     return root
 
 
-def _pope_prompt_images(root, questions, shift=0):
-    return [open_rgb(questions[(i - shift) % len(questions)].image) for i in range(len(questions))]
+def _pope_prompt_images(root, questions, which=(0, 1, 2, 3, 4, 5)):
+    return [open_rgb(questions[j].image) for j in which]
+
+
+OTHER = (5, 5, 1, 1, 3, 3)
+"""Worked by hand for POPE_ROWS, whose questions 0..5 are on images 1 1 2 2 3 3: the nearest earlier question,
+cyclically, on another image — 0 → 5 (image 3); 1 → 5 (question 0 shares its image); 2 → 1; 3 → 1; 4 → 3; 5 → 3."""
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -84,12 +89,13 @@ def test_every_checkpoint_kind_answers_a_benchmark_with_controls(kind, tiny_cfg,
     assert result["protocols"]["pope"]["max_new_tokens"] == budget
     answers = read_answers(out / pope["answers"].split("/")[-1])
     # the answers are the model's to each question with its own image (batched generation kept each row's image),
-    # and under "shuffled" with the previous question's image
+    # and under "shuffled" with the nearest earlier question's image that is not its own (never its own image)
     model = load_vlm(ckpt)
     questions = prepare(BenchmarkEvalConfig(["pope"], root=str(bench_root)))[0].questions
     prompts = [q.prompt for q in questions]
     own = answer(model, _pope_prompt_images(bench_root, questions), prompts, max_new_tokens=budget)
-    previous = answer(model, _pope_prompt_images(bench_root, questions, shift=1), prompts, max_new_tokens=budget)
+    assert all(questions[j].image != q.image for j, q in zip(OTHER, questions))
+    previous = answer(model, _pope_prompt_images(bench_root, questions, OTHER), prompts, max_new_tokens=budget)
     assert [answers["image"][q.qid] for q in questions] == own
     assert [answers["shuffled"][q.qid] for q in questions] == previous
     assert len(answers["zeros"]) == 6
@@ -153,3 +159,19 @@ def test_a_budget_other_than_the_references_is_a_protocol_of_its_own(tiny_cfg, b
             BenchmarkEvalConfig(["pope"], budgets=budgets_by_name(spec, "--benchmark_budgets"))
     with pytest.raises(ConfigError, match="'gqa' is not one of the benchmarks asked"):
         BenchmarkEvalConfig(["pope"], budgets={"gqa": 8})
+
+
+def test_two_checkpoints_evaluated_into_one_folder_keep_their_own_answers(tiny_cfg, bench_root, tmp_path):
+    """``eval runA/final`` then ``eval runB/final`` both default to ``eval/final``: B must answer for itself, not
+    resume from A's file (answers are keyed by the checkpoint's weights as well as the protocol)."""
+    cfg = BenchmarkEvalConfig(["pope"], root=str(bench_root), budgets={"pope": 4}, controls=[])
+    a = evaluate_checkpoint_on_benchmarks(_checkpoint(tiny_cfg, "linear", tmp_path / "a"), cfg, tmp_path / "final")
+    b_ckpt = _checkpoint(tiny_cfg, "mlp2x_gelu", tmp_path / "b")
+    b = evaluate_checkpoint_on_benchmarks(b_ckpt, cfg, tmp_path / "final")
+    assert a["checkpoint_key"] != b["checkpoint_key"]
+    assert a["benchmarks"]["pope"]["answers"] != b["benchmarks"]["pope"]["answers"]
+    questions = prepare(cfg)[0].questions
+    own = answer(load_vlm(b_ckpt), _pope_prompt_images(bench_root, questions), [q.prompt for q in questions],
+                 max_new_tokens=4)
+    assert [read_answers(tmp_path / "final" / b["benchmarks"]["pope"]["answers"].split("/")[-1])["image"][q.qid]
+            for q in questions] == own

@@ -46,12 +46,17 @@ def test_pope_both_rules_per_split_and_pooled(tmp_path):
     assert questions[0].prompt == "Is there a dog in the image?" + INSTRUCTION
     assert questions[0].image == tmp_path / "coco/val2014/COCO_val2014_000000000001.jpg"
     m = bench.score(questions, POPE_ANSWERS).metrics
-    # LLaVA: reads yes yes no yes no no against yes yes no no no yes → TP 2, FP 1, TN 2, FN 1
-    assert m["accuracy"] == pytest.approx(4 / 6) and m["precision"] == pytest.approx(2 / 3)
-    assert m["recall"] == pytest.approx(2 / 3) and m["f1"] == pytest.approx(2 / 3) and m["yes_ratio"] == 0.5
-    # adversarial alone: TP 2, FP 1, TN 1, FN 0
+    # LLaVA, pooled: reads yes yes no yes no no against yes yes no no no yes → TP 2, FP 1, TN 2, FN 1
+    assert m["pooled.accuracy"] == pytest.approx(4 / 6) and m["pooled.precision"] == pytest.approx(2 / 3)
+    assert m["pooled.recall"] == pytest.approx(2 / 3) and m["pooled.f1"] == pytest.approx(2 / 3)
+    assert m["pooled.yes_ratio"] == 0.5
+    # adversarial alone: TP 2, FP 1, TN 1, FN 0 → P 2/3, R 1, F1 0.8; random alone: TP 0, FP 0, TN 1, FN 1 → F1 0
     assert m["adversarial.accuracy"] == 0.75 and m["adversarial.recall"] == 1.0
-    assert m["adversarial.f1"] == pytest.approx(0.8)
+    assert m["adversarial.f1"] == pytest.approx(0.8) and m["random.f1"] == 0.0 and m["random.accuracy"] == 0.5
+    # the headline: the mean over the splits read (LLaVA-1.5's reporting), not the pooled value
+    assert m["f1"] == pytest.approx(0.4) and m["accuracy"] == pytest.approx(0.625)
+    assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == 0.5 and m["yes_ratio"] == pytest.approx(0.375)
+    assert m["splits"] == 2
     # lmms-eval: only "Yes" and "no" are literally the label; "Yes." scores 0; no literal "no" on a yes → recall 1
     assert m["lmms_eval.accuracy"] == pytest.approx(2 / 6)
     assert m["lmms_eval.precision"] == 1.0 and m["lmms_eval.recall"] == 1.0 and m["lmms_eval.f1"] == 1.0
@@ -108,6 +113,8 @@ def test_xgqa_reports_indonesian_english_and_the_gap(tmp_path):
     m = bench.score(questions, {"id/x1": "no", "id/x2": "left", "en/x1": "yes", "en/x2": "Left"}).metrics
     assert m["accuracy"] == 0.5 and m["en.accuracy"] == 1.0 and m["gap"] == 0.5 and m["n"] == 2
     assert len(subset(questions, 1)) == 2  # a question and its English original stay together
+    # --limit counts Indonesian questions: 2 of them is both pairs (4 asked), not one pair
+    assert len(bench.limited(questions, 1)) == 2 and len(bench.limited(questions, 2)) == 4
 
 
 def test_scienceqa_img_prompt_and_letter_rule(tmp_path):
@@ -185,6 +192,20 @@ def test_mmbench_circular_evaluation(tmp_path):
     assert s.verdicts["1000001"] == {"correct": True, "read": "B", "how": "can_infer"}
 
 
+def test_mmbench_image_cells_that_name_another_row(tmp_path):
+    """VLMEvalKit's TSVs: an image cell of at most 64 characters is the index of the row holding the image — another
+    question's (57 → 12), not the question's own index; an empty cell is the main question's; a dangling one named."""
+    red, blue = bf.png_base64((200, 10, 10)), bf.png_base64((10, 10, 200))
+    base = {"question": "Which colour?", "A": "red", "B": "blue", "answer": "A", "category": "color"}
+    rows = [base | {"index": 12, "image": red}, base | {"index": 57, "image": blue},
+            base | {"index": 58, "image": "12"}, base | {"index": 1_000_057, "image": " "}]
+    _, questions = _read("mmbench-en-dev", bf.mmbench(tmp_path, rows))
+    assert [q.image.data for q in questions] == [red, blue, red, blue]
+    rows[2]["image"] = "99"
+    with pytest.raises(BenchmarkFileError, match=r"line 4: no image for index 58 \(image cell '99'\)"):
+        _read("mmbench-en-dev", bf.mmbench(tmp_path / "bad", rows))
+
+
 def test_mmbench_answer_reading_rules():
     assert can_infer_option("B") == "B" and can_infer_option("The answer is (C).") == "C"
     assert can_infer_option("A dog") == "A"  # a lone capital A in a short answer is the option
@@ -256,7 +277,7 @@ def test_score_command_on_hand_made_predictions(tmp_path, capsys):
     assert main(["score", "--benchmark", "pope", "--predictions", str(preds), "--benchmarks", str(root),
                  "--out", str(tmp_path / "score.json")]) == 0
     printed = json.loads(capsys.readouterr().out)
-    assert printed["metrics"]["f1"] == pytest.approx(2 / 3) and printed["without_prediction"] == 0
+    assert printed["metrics"]["f1"] == pytest.approx(0.4) and printed["without_prediction"] == 0  # mean of 0.8 and 0
     assert json.loads((tmp_path / "score.json").read_text()) == printed
     # LLaVA's answer files carry the text under "text"; a question id the benchmark lacks is refused by name
     (tmp_path / "llava.jsonl").write_text(json.dumps({"question_id": "random/1", "text": "No"}) + "\n")
@@ -269,3 +290,38 @@ def test_score_command_on_hand_made_predictions(tmp_path, capsys):
                  "--benchmark-files", f"pope={root / 'pope'}", "--benchmark-images",
                  f"pope={root / 'coco/val2014'}"]) == 2
     assert "line 1 needs 'question_id' and 'prediction'" in capsys.readouterr().err
+
+
+def test_an_evaluation_task_refuses_questions_other_than_the_planned_ones(tmp_path, monkeypatch):
+    """A Ray task re-reads its benchmark on its own node: paths are made absolute as the driver sees them, and a task
+    that reads another protocol (here: an image missing on its node) fails naming it instead of answering others."""
+    import dataclasses
+
+    from sweeps.evaluation import EvaluationTaskError, SweepEvalConfig, answer_shard
+    from vlm_core.base.hashing import json_digest
+    from vlm_core.evaluation.benchmark_eval import prepare
+
+    root = bf.pope(tmp_path / "bench", POPE_ROWS)
+    monkeypatch.chdir(tmp_path)
+    cfg = SweepEvalConfig(["pope"], root="bench")
+    assert cfg.root == str(root.resolve())
+    bcfg = cfg.benchmark_config()
+    planned = json_digest(prepare(bcfg)[0].protocol(bcfg.controls), 12)
+    (root / "coco/val2014/COCO_val2014_000000000003.jpg").unlink()  # gone on "this node"
+    with pytest.raises(EvaluationTaskError, match=f"driver planned {planned}; are the benchmark files"):
+        answer_shard(str(tmp_path / "no-checkpoint"), dataclasses.asdict(bcfg), "pope", 0, 1,
+                     str(tmp_path / "a.jsonl"), planned)
+
+
+def test_an_answers_file_skips_only_a_torn_last_line(tmp_path):
+    from vlm_core.base.errors import DataError
+    from vlm_core.evaluation.benchmark_eval import read_answers
+
+    good = json.dumps({"condition": "image", "question_id": "random/1", "prediction": "no"})
+    path = tmp_path / "answers.jsonl"
+    path.write_text(good + '\n{"condition": "zeros", "question_id": "ran')  # killed mid-write
+    assert read_answers(path) == {"image": {"random/1": "no"}}
+    for bad in ('{"condition": "image"}', "not json"):
+        path.write_text(f"{bad}\n{good}\n")
+        with pytest.raises(DataError, match=f"{path}: line 1 is not an answer"):
+            read_answers(path)

@@ -24,7 +24,7 @@ VAL_LOSS = "val_loss"
 LOWER_IS_BETTER = ("gap", "unanswered", "incomplete", "incomplete_pairs", "yes_ratio", "gt_yes_ratio")
 """Metric names (last part) a smaller value of which is better, or that are not a quality (POPE's yes ratio: 0.5
 is unbiased); ``--select-by`` refuses the latter."""
-NOT_A_QUALITY = ("yes_ratio", "gt_yes_ratio", "n", "copies")
+NOT_A_QUALITY = ("yes_ratio", "gt_yes_ratio", "n", "copies", "splits")
 
 
 def read_evals(experiment: str | Path) -> dict[str, dict[str, Any]]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..base.errors import DataError
 from ..base.hashing import json_digest
 from ..base.outputs import atomic_write_text
 from ..base.registry import Registry
@@ -40,8 +41,19 @@ def _own_images(questions: Sequence[Question], index: Sequence[int]) -> list[Que
     return [questions[i] for i in index]
 
 
-def _previous_images(questions: Sequence[Question], index: Sequence[int]) -> list[Question]:
-    return [questions[(i - 1) % len(questions)] for i in index]
+def another_image(questions: Sequence[Question], i: int) -> Question:
+    """The nearest question before ``i`` (cyclically) whose image is not question ``i``'s. Published files list an
+    image's questions one after another (POPE 6, MME 2, VQAv2 ~5 an image), so "the previous question's image" would
+    mostly be the question's own. Only when every question shares one image is that image shown."""
+    n, own = len(questions), questions[i].image
+    for back in range(1, n):
+        if questions[(i - back) % n].image != own:
+            return questions[(i - back) % n]
+    return questions[(i - 1) % n]
+
+
+def _other_images(questions: Sequence[Question], index: Sequence[int]) -> list[Question]:
+    return [another_image(questions, i) for i in index]
 
 
 @dataclass(frozen=True)
@@ -55,8 +67,11 @@ class Condition:
 CONDITIONS: Registry[Condition] = Registry("eval.controls", "control", {
     "image": Condition(_own_images),
     "zeros": Condition(_own_images, torch.zeros_like),
-    "shuffled": Condition(_previous_images),
+    "shuffled": Condition(_other_images),
 })
+CONTROL_RULES = {"zeros": "the question's image, features zeroed",
+                 "shuffled": "the image of the nearest earlier question on another image"}
+"""What each control shows, in every protocol (a changed rule changes the protocol key: old answers not reused)."""
 
 
 @dataclass
@@ -113,7 +128,7 @@ class PreparedBenchmark:
                 "instruction": self.bench.instruction, "max_new_tokens": self.budget,
                 **({"reference_max_new_tokens": self.bench.max_new_tokens}
                    if self.budget != self.bench.max_new_tokens else {}),
-                "decoding": "greedy", "controls": list(controls),
+                "decoding": "greedy", "controls": {c: CONTROL_RULES[c] for c in controls},
                 "questions": json_digest([q.qid for q in self.questions], 16), "n": len(self.questions)}
 
 
@@ -148,15 +163,23 @@ def drop_torn_tail(path: Path) -> None:
 
 
 def read_answers(path: Path) -> dict[str, dict[str, str]]:
-    """``condition → question id → prediction`` from an answers file (a torn last line, from a kill, is skipped)."""
+    """``condition → question id → prediction`` from an answers file. A torn last line (a kill mid-write) is skipped;
+    any other line that is not an answer is refused, naming the file and line (delete the file to answer again)."""
     out: dict[str, dict[str, str]] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
+    if not path.is_file():
+        return out
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines):
                 continue
-            out.setdefault(row["condition"], {})[row["question_id"]] = row["prediction"]
+            row = None
+        if not isinstance(row, dict) or not {"condition", "question_id", "prediction"} <= row.keys():
+            raise DataError(f"{path}: line {n} is not an answer (JSON with condition, question_id, prediction); "
+                            f"delete the file to answer that benchmark again")
+        out.setdefault(row["condition"], {})[row["question_id"]] = row["prediction"]
     return out
 
 
@@ -166,7 +189,7 @@ def answer_benchmark(model, prepared: PreparedBenchmark, controls: Sequence[str]
                      shard: tuple[int, int] = (0, 1)) -> dict[str, dict[str, str]]:
     """Every question's greedy answer under each condition, appended to ``answers_path`` batch by batch; answers
     already there are kept (resume). ``shard=(k, n)``: only questions k, k + n, k + 2n, ... (one Ray task's share;
-    a shuffled control still shows the image of the question before it in the whole benchmark).
+    a shuffled control still looks for another image in the whole benchmark).
     ``stop_after_batches``: stop early (tests interrupt with it)."""
     model.eval()
     drop_torn_tail(answers_path)
@@ -208,7 +231,7 @@ def checkpoint_key(checkpoint: str | Path) -> str:
 
 
 def _gain(image: dict[str, float], control: dict[str, float]) -> dict[str, float]:
-    return {k: image[k] - control[k] for k in image if k in control and k != "n"
+    return {k: image[k] - control[k] for k in image if k in control and k not in ("n", "splits")
             and isinstance(image[k], (int, float)) and isinstance(control[k], (int, float))}
 
 
@@ -224,15 +247,17 @@ def score_benchmark(prepared: PreparedBenchmark, answers: dict[str, dict[str, st
             "metrics": metrics, "image_gain": {c: _gain(metrics["image"], metrics[c]) for c in controls}}
 
 
-def evaluate_benchmarks(model, prepared: Sequence[PreparedBenchmark], cfg: BenchmarkEvalConfig, out: str | Path,
-                        stop_after_batches: int | None = None) -> dict[str, Any]:
-    """Answer and score every prepared benchmark; answers and ``eval.json`` under ``out``."""
+def evaluate_benchmarks(model, model_key: str, prepared: Sequence[PreparedBenchmark], cfg: BenchmarkEvalConfig,
+                        out: str | Path, stop_after_batches: int | None = None) -> dict[str, Any]:
+    """Answer and score every prepared benchmark; answers under ``out`` in ``answers-BENCH-MODELKEY-PROTOCOL.jsonl``
+    (``model_key``: :func:`checkpoint_key`), so that another checkpoint evaluated into the same folder never resumes
+    from these answers."""
     out = Path(out)
     result: dict[str, Any] = {"benchmarks": {}, "protocols": {}}
     for p in prepared:
         protocol = p.protocol(cfg.controls)
         key = json_digest(protocol, 12)
-        path = out / f"answers-{p.bench.name}-{key}.jsonl"
+        path = out / f"answers-{p.bench.name}-{model_key}-{key}.jsonl"
         answers = answer_benchmark(model, p, cfg.controls, cfg.batch_size, path, stop_after_batches)
         result["benchmarks"][p.bench.name] = score_benchmark(p, answers, cfg.controls) | {"answers": str(path)}
         result["protocols"][p.bench.name] = protocol | {"key": key}
@@ -246,6 +271,7 @@ def evaluate_checkpoint_on_benchmarks(checkpoint: str | Path, cfg: BenchmarkEval
 
     prepared = prepare(cfg)
     model = load_vlm(checkpoint)
-    result = {"checkpoint": str(checkpoint), **evaluate_benchmarks(model, prepared, cfg, out, stop_after_batches)}
+    result = {"checkpoint": str(checkpoint), "checkpoint_key": checkpoint_key(checkpoint),
+              **evaluate_benchmarks(model, checkpoint_key(checkpoint), prepared, cfg, out, stop_after_batches)}
     atomic_write_text(Path(out) / "eval.json", json.dumps(result, indent=2))
     return result

@@ -97,26 +97,37 @@ def mmbench_prompt(row: Mapping[str, str]) -> str:
 
 def read_mmbench(bench: Benchmark, folder: Path, images: Path) -> list[Question]:
     """MMBench's dev TSV (``index``, ``question``, ``hint``, ``A``–``D``, ``answer``, ``category``, base64
-    ``image``); a row with ``index`` ≥ 1,000,000 is a rotated copy of question ``index % 1,000,000``."""
+    ``image``); a row with ``index`` ≥ 1,000,000 is a rotated copy of question ``index % 1,000,000``. An image cell
+    of 64 characters or fewer is no image but the ``index`` of the row that holds it (VLMEvalKit's TSVs, as its
+    ``ImageBaseDataset`` resolves them); an empty one takes question ``index % 1,000,000``'s."""
     path = next((folder / f for f in MMBENCH_FILES if (folder / f).is_file()), folder / MMBENCH_FILES[0])
     if not path.is_file():
         raise bench.missing_file(path)
     csv.field_size_limit(sys.maxsize)  # base64 images are longer than csv's default field limit
     with open(path, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    images_by_index: dict[int, str] = {}
-    out = []
+    def number(text: str, n: int, what: str) -> int:
+        try:
+            return int(float(text))
+        except ValueError:
+            raise bench.missing_file(path, f"line {n}: {what} {text!r} is not a number") from None
+
+    indices = []
     for n, row in enumerate(rows, 2):
         need(bench, path, f"line {n}", row, ("index", "question", "A", "B", "answer", "image"))
-        try:
-            index = int(float(row["index"]))
-        except ValueError:
-            raise bench.missing_file(path, f"line {n}: index {row['index']!r} is not a number") from None
-        if len(row["image"]) > 64:
-            images_by_index[index] = row["image"]
-        image = images_by_index.get(index) or images_by_index.get(index % COPY_OFFSET)
+        indices.append(number(row["index"], n, "index"))
+    images_by_index = {i: row["image"] for i, row in zip(indices, rows) if len(row["image"]) > 64}
+    out = []
+    for n, (index, row) in enumerate(zip(indices, rows), 2):
+        cell = row["image"].strip()
+        if len(cell) > 64:
+            image = cell
+        elif cell:  # the index of the row holding the image
+            image = images_by_index.get(number(cell, n, "image reference"))
+        else:
+            image = images_by_index.get(index % COPY_OFFSET)
         if image is None:
-            raise bench.missing_file(path, f"line {n}: no image for index {index}")
+            raise bench.missing_file(path, f"line {n}: no image for index {index} (image cell {cell!r})")
         choices = {k: row[k] for k in "ABCD" if _present(row.get(k))}
         out.append(Question(str(index), mmbench_prompt(row), row["answer"].strip(), InlineImage(image),
                             group=str(index % COPY_OFFSET),

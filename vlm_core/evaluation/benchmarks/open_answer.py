@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..answers import SHORT_ANSWER_INSTRUCTION, process_digit_article, process_punctuation, vqa_normalise
-from .base import BENCHMARKS, Benchmark, Question, Scored, load_json, need, rate
+from .base import BENCHMARKS, Benchmark, Question, Scored, load_json, need, rate, subset
 
 VQAV2_QUESTIONS = "v2_OpenEnded_mscoco_val2014_questions.json"
 VQAV2_ANSWERS = "v2_mscoco_val2014_annotations.json"
@@ -180,6 +180,11 @@ def read_xgqa(bench: Benchmark, folder: Path, images: Path) -> list[Question]:
     return [Question(q.qid, q.prompt, q.target, q.image, group=q.qid[3:], meta=q.meta) for q in ind + eng]
 
 
+def pick_xgqa(questions: Sequence[Question], limit: int | None, seed: int = 0) -> list[Question]:
+    """``--limit N``: N Indonesian questions, each with its English original (2N asked)."""
+    return subset(questions, None if limit is None else 2 * limit, seed)
+
+
 def score_xgqa(questions: Sequence[Question], predictions: Mapping[str, str]) -> Scored:
     scored = score_gqa(questions, predictions)
     by_lang = {lang: rate([scored.verdicts[q.qid]["correct"] for q in questions
@@ -194,5 +199,5 @@ BENCHMARKS.add("xgqa-id", Benchmark(
     publisher="https://github.com/adapter-hub/xGQA (data/zero_shot/), images: GQA's",
     files="xgqa", file_names=(XGQA_FILE.format(lang="id"), XGQA_FILE.format(lang="en")), images="gqa/images",
     read=read_xgqa, score=score_xgqa, max_new_tokens=16, headline="accuracy", beside=("en.accuracy", "gap"),
-    instruction=SHORT_ANSWER_INSTRUCTION,
+    instruction=SHORT_ANSWER_INSTRUCTION, pick=pick_xgqa,
     notes="not an lmms-eval task; the instruction stays English as in GQA's prompt"))

@@ -5,24 +5,29 @@ POPE is read under two rules, both reported and named:
 - ``llava`` — LLaVA's ``llava/eval/eval_pope.py`` (``eval_pope``): keep the first sentence (text before the first
   ``.``), drop commas, split on spaces; any of the words ``No`` / ``not`` / ``no`` reads as no, anything else as
   yes. Accuracy, precision, recall, F1 over yes as the positive class; ``yes_ratio`` = share of predictions read
-  as yes. The headline (``f1``, ``accuracy``, ...): the rule behind the POPE numbers LLaVA-1.5 and most papers
-  publish, and it reads "Yes." as yes.
+  as yes. The script scores each split on its own (``adversarial.f1``, ...); papers in LLaVA-1.5's line report the
+  mean of the three splits' F1, which is the headline here (``f1``, ``accuracy``, ... : the mean over the splits
+  read of each split's value; ``pooled.*`` pools the questions instead). It reads "Yes." as yes.
 - ``lmms_eval`` — lmms-eval's ``tasks/pope/utils.py`` (``pope_process_results`` and the ``pope_aggregate_*``):
   right only when ``prediction.lower().strip()`` *is* the label, so "Yes." scores 0; precision and recall count
   only literal yes / no; its ``pope_yes_ratio`` is the share of *ground-truth* yes (kept as ``lmms_eval.gt_yes_ratio``,
   with ``lmms_eval.yes_ratio`` the share of literal yes predictions beside it).
 
-Per split (adversarial / popular / random: ``adversarial.f1``, ...) and pooled over the splits read (lmms-eval's
-``pope`` task pools its 9,000 questions).
+Per split (adversarial / popular / random: ``adversarial.f1``, ...); lmms-eval's own numbers (``lmms_eval.*``) pool
+the splits read, as its ``pope`` task pools its 9,000 questions. A split file that is absent is named in a warning
+and ``splits`` counts those read (3 for the published set).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..answers import SHORT_ANSWER_INSTRUCTION
 from .base import BENCHMARKS, Benchmark, Question, Scored, load_jsonl, need, rate
+
+log = logging.getLogger(__name__)
 
 POPE_SPLITS = ("adversarial", "popular", "random")
 POPE_FILE = "coco_pope_{split}.json"
@@ -39,6 +44,9 @@ def read_pope(bench: Benchmark, folder: Path, images: Path) -> list[Question]:
     paths = {s: folder / POPE_FILE.format(split=s) for s in POPE_SPLITS}
     if not any(p.is_file() for p in paths.values()):
         raise bench.missing_file(folder / POPE_FILE.format(split="{adversarial,popular,random}"), "no split file found")
+    if absent := [s for s, p in paths.items() if not p.is_file()]:
+        log.warning("pope: no %s under %s; the headline is the mean over the other splits only",
+                    ", ".join(POPE_FILE.format(split=s) for s in absent), folder)
     out = []
     for split, path in paths.items():
         if not path.is_file():
@@ -82,16 +90,20 @@ def _pope_metrics(reads: Sequence[str], labels: Sequence[str]) -> dict[str, floa
 def score_pope(questions: Sequence[Question], predictions: Mapping[str, str]) -> Scored:
     asked = [q for q in questions if q.qid in predictions]
     metrics: dict[str, float] = {}
-    for split in [None, *sorted({q.meta["split"] for q in asked})]:
+    splits = sorted({q.meta["split"] for q in asked})
+    for split in [None, *splits]:
         part = [q for q in asked if split is None or q.meta["split"] == split]
         labels = [q.target for q in part]
-        prefix = f"{split}." if split else ""
+        prefix = f"{split}." if split else "pooled."
         llava = _pope_metrics([llava_pope_read(predictions[q.qid]) for q in part], labels)
         lmms = _pope_metrics([lmms_eval_pope_read(predictions[q.qid]) for q in part], labels)
         lmms["gt_yes_ratio"] = rate([g == "yes" for g in labels])
         lmms["unanswered"] = rate([lmms_eval_pope_read(predictions[q.qid]) not in ("yes", "no") for q in part])
         metrics |= {f"{prefix}{k}": v for k, v in llava.items()}
-        metrics |= {f"{prefix}lmms_eval.{k}": v for k, v in lmms.items()}
+        metrics |= {f"{split + '.' if split else ''}lmms_eval.{k}": v for k, v in lmms.items()}
+    for k in ("accuracy", "precision", "recall", "f1", "yes_ratio"):  # the headline: the splits' mean
+        metrics[k] = sum(metrics[f"{s}.{k}"] for s in splits) / len(splits) if splits else 0.0
+    metrics["splits"] = len(splits)
     metrics["n"] = len(asked)
     verdicts = {}
     for q in asked:
