@@ -37,7 +37,7 @@ def evaluated(two_stage_sweep, corpus, tmp_path_factory):
     copy = root / "tiny-study"
     shutil.copytree(out, copy)
     ecfg = dataclasses.replace(cfg, out=str(copy), eval_benchmarks="pope,easy-vqa", benchmarks=str(bench),
-                               benchmark_files=f"easy-vqa={corpus}", eval_limit=6, eval_stage=1,
+                               benchmark_files=f"easy-vqa={corpus}", eval_limit=4, eval_stage=1,
                                benchmark_budgets="pope=16")
     results = read_sweep(copy)
     summary = evaluate_trials(ecfg, ecfg.eval_config(), results, copy)
@@ -54,7 +54,7 @@ def test_every_trial_is_evaluated_and_trials_csv_and_the_report_show_it(evaluate
         assert table[column].notna().all(), column
     evals = json.loads((out / "eval" / "benchmarks.json").read_text())
     for config_id, benches in evals.items():
-        assert benches["pope"]["asked"] == 6 and benches["easy-vqa"]["asked"] == 6
+        assert benches["pope"]["asked"] == 4 and benches["easy-vqa"]["asked"] == 4
         row = table.set_index("config_id").loc[config_id]
         assert row["pope.f1"] == pytest.approx(benches["pope"]["metrics"]["image"]["f1"])
     md = (out / "report.md").read_text()
