@@ -110,19 +110,23 @@ def prepare_corpus(cfg: StudyConfig, out: Path) -> Path:
     return corpus
 
 
+def study_benchmarks(extra: str | None = None) -> list[str]:
+    """:data:`STUDY_BENCHMARKS`, then the ``extra`` ones (comma-separated) not already among them."""
+    more = [b.strip() for b in (extra or "").split(",")]
+    return [*STUDY_BENCHMARKS, *(b for b in more if b and b not in STUDY_BENCHMARKS)]
+
+
 def benchmark_flags(corpus: Path, extra: str | None = None, root: str | None = None) -> dict[str, str | None]:
     """The sweep's evaluation on the embedded default: easy-vqa and the corpus's POPE set
     (``data_pipeline.pope_local``), read from the corpus, then ``extra`` benchmarks read under ``root``."""
-    more = [b.strip() for b in (extra or "").split(",")]
-    names = [*STUDY_BENCHMARKS, *(b for b in more if b and b not in STUDY_BENCHMARKS)]
-    return {"eval_benchmarks": ",".join(names), "benchmarks": root,
+    return {"eval_benchmarks": ",".join(study_benchmarks(extra)), "benchmarks": root,
             "benchmark_files": f"easy-vqa={corpus},pope={corpus / 'pope'}",
             "benchmark_images": f"pope={corpus / 'images'}", "benchmark_budgets": f"pope={LOCAL_POPE_BUDGET}"}
 
 
 def check_eval_flags(cfg: StudyConfig) -> None:
     """Refuse unknown benchmarks and a ``select_by`` no evaluated benchmark gives, before anything runs."""
-    names = benchmark_flags(Path("."), cfg.eval_benchmarks)["eval_benchmarks"].split(",")
+    names = study_benchmarks(cfg.eval_benchmarks)
     for name in names:
         choices.BENCHMARK.check(name, "run --eval-benchmarks")
     if cfg.select_by:

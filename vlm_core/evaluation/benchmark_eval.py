@@ -7,12 +7,13 @@ first. Then, per benchmark, the model answers each question greedily with the be
 
 - ``image``: the question's own image;
 - ``zeros``: every image feature zeroed (the projector still adds its bias: "no picture");
-- ``shuffled``: the image of the question before it in the benchmark's order (the first takes the last's).
+- ``shuffled``: the image of the nearest earlier question (cyclically) on another image (:func:`another_image`).
 
-Answers are appended to ``answers-BENCHMARK-PROTOCOL.jsonl`` as each batch ends (``condition``, ``question_id``,
-``prediction``): an interrupted evaluation resumes where it stopped, and the file is a predictions file
-``vlm-sweep score`` reads (one condition at a time). ``PROTOCOL`` is a digest of what makes answers comparable
-(benchmark, prompt, budget, decoding, the questions asked); answers under another protocol are never mixed in.
+Answers are appended to ``answers-BENCHMARK-CHECKPOINTKEY-PROTOCOL.jsonl`` as each batch ends (``condition``,
+``question_id``, ``prediction``): an interrupted evaluation resumes where it stopped, and one condition's lines are a
+predictions file ``vlm-sweep score`` reads. ``CHECKPOINTKEY`` is :func:`checkpoint_key` (the weights);
+``PROTOCOL`` a digest of what makes answers comparable (benchmark, prompt, budget, decoding, the controls' rules, the
+questions asked); answers of another checkpoint or under another protocol are never mixed in.
 The result (``eval.json``): per benchmark, the metrics under each condition, ``image_gain`` (image minus each
 control, per metric), and the questions whose image was missing (counted and listed, not asked).
 """
@@ -270,8 +271,8 @@ def evaluate_checkpoint_on_benchmarks(checkpoint: str | Path, cfg: BenchmarkEval
     from ..training.checkpoint import load_vlm
 
     prepared = prepare(cfg)
-    model = load_vlm(checkpoint)
-    result = {"checkpoint": str(checkpoint), "checkpoint_key": checkpoint_key(checkpoint),
-              **evaluate_benchmarks(model, checkpoint_key(checkpoint), prepared, cfg, out, stop_after_batches)}
+    model, key = load_vlm(checkpoint), checkpoint_key(checkpoint)
+    result = {"checkpoint": str(checkpoint), "checkpoint_key": key,
+              **evaluate_benchmarks(model, key, prepared, cfg, out, stop_after_batches)}
     atomic_write_text(Path(out) / "eval.json", json.dumps(result, indent=2))
     return result

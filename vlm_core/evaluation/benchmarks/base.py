@@ -166,10 +166,9 @@ def load_json(bench: Benchmark, path: Path) -> Any:
         raise bench.missing_file(path, f"not JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
 
 
-def load_jsonl(bench: Benchmark, path: Path) -> list[tuple[int, dict]]:
-    """``(line number, object)`` for each non-blank line."""
-    if not path.is_file():
-        raise bench.missing_file(path)
+def json_lines(path: Path, error: Callable[[str], Exception]) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file; a line that is not a JSON object raises
+    ``error(problem)`` (the caller's exception, naming the file its own way)."""
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -177,12 +176,18 @@ def load_jsonl(bench: Benchmark, path: Path) -> list[tuple[int, dict]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise bench.missing_file(path, f"line {n} is not JSON ({e.msg}); the file holds one JSON object a line") \
-                from None
+            raise error(f"line {n} is not JSON ({e.msg}); the file holds one JSON object a line") from None
         if not isinstance(obj, dict):
-            raise bench.missing_file(path, f"line {n} is a {type(obj).__name__}, not a JSON object")
+            raise error(f"line {n} is a {type(obj).__name__}, not a JSON object")
         rows.append((n, obj))
     return rows
+
+
+def load_jsonl(bench: Benchmark, path: Path) -> list[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of a benchmark's file (errors name its publisher)."""
+    if not path.is_file():
+        raise bench.missing_file(path)
+    return json_lines(path, lambda problem: bench.missing_file(path, problem))
 
 
 def need(bench: Benchmark, path: Path, where: str, record: Any, keys: Sequence[str]) -> None:

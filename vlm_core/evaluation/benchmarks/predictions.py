@@ -2,8 +2,9 @@
 
 A predictions file holds one JSON object a line: ``question_id`` (the benchmark's question id, see its reader:
 POPE's are ``SPLIT/question_id``, MMBench's the TSV ``index``) and ``prediction`` (the generated text; ``text``, the
-key of LLaVA's answer files, is read too). Ours (``vlm-sweep eval`` writes ``answers-BENCHMARK.jsonl``) or another
-model's, so a result can be checked against a published one.
+key of LLaVA's answer files, is read too). Another model's, or ours: ``vlm-sweep eval --benchmark`` writes
+``answers-BENCHMARK-CHECKPOINTKEY-PROTOCOL.jsonl``, whose lines also carry a ``condition`` — keep one condition's
+lines. So a result can be checked against a published one.
 """
 
 from __future__ import annotations
@@ -13,28 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from ...base.errors import DataError
-from .base import Benchmark, Question
+from .base import Benchmark, Question, json_lines
 
 PREDICTION_KEYS = ("prediction", "text")
 
 
 def read_predictions(path: str | Path) -> dict[str, str]:
-    """``question_id → prediction``; a line without either, not JSON, or repeating an id is refused by number."""
-    import json
-
+    """``question_id → prediction``; a line without either, not a JSON object, or repeating an id is refused by
+    number."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: predictions file not found")
     out: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n} is not JSON ({e.msg}); one object a line") from None
-        key = next((k for k in PREDICTION_KEYS if isinstance(row, dict) and k in row), None)
-        if not isinstance(row, dict) or "question_id" not in row or key is None:
+    for n, row in json_lines(path, lambda problem: DataError(f"{path}: {problem}")):
+        key = next((k for k in PREDICTION_KEYS if k in row), None)
+        if "question_id" not in row or key is None:
             raise DataError(f"{path}: line {n} needs 'question_id' and 'prediction' (or 'text')")
         qid = str(row["question_id"])
         if qid in out:
