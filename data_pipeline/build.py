@@ -61,7 +61,7 @@ from vlm_core.assets.hub import assets_dir, localize
 from vlm_core.base.hashing import file_sha256, json_digest, seeded_digest
 from vlm_core.base.logs import ProgressBar, event
 from vlm_core.base.outputs import atomic_dir, atomic_path, atomic_write_text, check_output_dir
-from vlm_core.base.ray_env import init_ray
+from vlm_core.base.ray_env import init_ray, largest_node
 from vlm_core.config import IMAGE_MARKER
 from vlm_core.data.dataset import is_validation
 
@@ -195,20 +195,27 @@ class ActorPlan:
     embed_gpus: float
 
 
-def plan_actors(cfg: BuildConfig, resources: dict[str, float]) -> ActorPlan:
+def plan_actors(cfg: BuildConfig, resources: dict[str, float], node_cpus: float | None = None) -> ActorPlan:
     """On GPUs: one embedding actor per GPU (sharing it with a seq2seq translator). On CPUs: reads get 0.5 CPU,
-    a translator 0.5 CPU (a dictionary) or one CPU (a model), and embedding actors the rest, at least one."""
+    a translator 0.5 CPU (a dictionary) or one CPU (a model), and embedding actors the rest, at least one. No actor
+    asks more than ``node_cpus`` (the largest node's; default: the whole cluster's): a request no one node holds
+    would wait for ever on a cluster of small nodes."""
     gpus, cpus = int(resources.get("gpu", 0)), float(resources.get("cpu", 1))
+    node_cpus = cpus if node_cpus is None else max(0.5, min(node_cpus, cpus))
     model_translator = cfg.translate.name == "seq2seq"
     uses_translator = cfg.translate.name != "none"
     if gpus:
         share = 0.5 if model_translator else 1.0
         return ActorPlan(0.5, gpus if uses_translator else 0, 0.5, share if model_translator else 0.0,
-                         cfg.embed.actors or gpus, 1.0, share)
+                         cfg.embed.actors or gpus, min(1.0, node_cpus), share)
     t_cpus = (1.0 if model_translator and cpus >= 4 else 0.5) if uses_translator else 0.0
+    t_cpus = min(t_cpus, node_cpus)
     left = max(1.0, cpus - 0.5 - t_cpus)
     n = cfg.embed.actors or max(1, int(left))
-    return ActorPlan(0.5, 1 if uses_translator else 0, t_cpus, 0.0, n, left / n, 0.0)
+    each = min(left / n, node_cpus)
+    if not cfg.embed.actors:  # capped by the node size: as many more actors as the CPUs left hold
+        n = max(n, int(left // each))
+    return ActorPlan(0.5, 1 if uses_translator else 0, t_cpus, 0.0, n, each, 0.0)
 
 
 def _versions() -> dict[str, str]:
@@ -399,7 +406,7 @@ def embed_rows(run: BuildRun, resources: dict[str, float]) -> EmbeddedRows:
     key = _key(run.src_hash, cfg.image_prefix, cfg.check_images, str(Path(cfg.images).resolve()), translator_id,
                embed_model, embed_revision, cfg.embed.text, "rows-v2")
     folder = run.work / f"rows-{key}"
-    plan = plan_actors(cfg, resources)
+    plan = plan_actors(cfg, resources, largest_node("CPU"))
     if _done(folder):
         run.reused.append("rows")
         log.info("reusing validated, translated and embedded rows from %s", folder)

@@ -1,6 +1,7 @@
 """Build a frozen-encoder feature cache (``vlm_core.data.feature_cache``) on Ray Data: images are decoded and encoded by
-actors (one per GPU, or half the CPUs), the driver streams their fp16 features into one Arrow file, written
-atomically. Reused when its key and every image's size / mtime still match; rebuilt (and said so) otherwise.
+actors (one per GPU, or half the CPUs: :class:`EncoderActors`), the driver streams their fp16 features into one
+Arrow file, written atomically. Reused when its key and every image's size / mtime still match; rebuilt (and said
+so) otherwise.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,19 +52,33 @@ class EncodeImages:
                 "features": [f.tobytes() for f in feats]}
 
 
-def _actor_plan() -> dict[str, Any]:
-    import ray
-    import ray.data
+@dataclass(frozen=True)
+class EncoderActors:
+    """Where the encoding actors go: ``gpus`` actors of one GPU each (of ``accelerator_type`` when given), else
+    half the CPUs up now. An autoscaling cluster whose GPU nodes are not up yet names its GPUs here, so the
+    autoscaler launches them (what is up now would put every image on the GPU-less head's CPUs)."""
 
-    res = ray.cluster_resources()
-    if res.get("GPU", 0) >= 1:
-        return {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=int(res["GPU"]))}
-    return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=max(1, int(res.get("CPU", 1)) // 2))}
+    gpus: int = 0
+    accelerator_type: str | None = None
+
+    def plan(self, batches: int) -> dict[str, Any]:
+        """``map_batches``' resources and actor pool for ``batches`` batches (no more actors than batches)."""
+        import ray
+        import ray.data
+
+        gpus = self.gpus or int(ray.cluster_resources().get("GPU", 0))
+        if gpus >= 1:
+            extra = {"accelerator_type": self.accelerator_type} if self.accelerator_type else {}
+            return {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=max(1, min(gpus, batches))), **extra}
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=max(1, min(cpus // 2, batches)))}
 
 
-def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | Path, root: str | Path) -> Path:
+def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | Path, root: str | Path,
+                        actors: EncoderActors = EncoderActors()) -> Path:
     """The cache folder ``root/<key>`` holding features of every image in ``images`` for ``model``'s encoder and
-    selection; built on Ray Data (Ray must be initialised) unless a matching, fresh one is already there."""
+    selection; built on Ray Data (Ray must be initialised, the actors placed as ``actors`` says) unless a matching,
+    fresh one is already there."""
     import pyarrow as pa
     import ray.data
 
@@ -81,7 +97,8 @@ def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | P
     shape = [encoder.projector.num_tokens, encoder.projector.in_dim]  # what select() returns per image
     del encoder
     ds = ray.data.from_items([{"image": p} for p in unique]).map_batches(
-        EncodeImages, fn_constructor_args=(model.to_dict(), str(image_root)), batch_size=BATCH, **_actor_plan())
+        EncodeImages, fn_constructor_args=(model.to_dict(), str(image_root)), batch_size=BATCH,
+        **actors.plan(-(-len(unique) // BATCH)))
     schema = pa.schema([("image", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
                         ("features", pa.binary(2 * shape[0] * shape[1]))])
     n = 0

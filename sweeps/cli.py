@@ -13,6 +13,7 @@ signatures and dataclasses (jsonargparse), never written by hand.
     vlm-sweep assets download --preset paper --to DIR   # the preset's hub models at their pinned revisions
     vlm-sweep sweep --data data --images corpus/images --preset local --grid paper19 --stage all
     vlm-sweep report runs/sweep
+    vlm-sweep rehearse --cluster cluster.yaml -- sweep --preset paper --backend a100-40g --grid paper19
     vlm-sweep eval CHECKPOINT --questions corpus/eval_easyvqa.jsonl --images corpus/images
     python -m sweeps.cli --help                  # the same entry point
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import json
 import logging
 import os
 import platform
@@ -51,6 +53,7 @@ from vlm_core.base.logs import configure_logging
 from vlm_core.presets import get_preset
 
 from . import commands as sweep_commands
+from .argv import conventional_argv
 
 log = logging.getLogger("vlm_sweep")
 
@@ -159,56 +162,6 @@ def build_parser(argv: list[str]):
     return parser
 
 
-BOOL_VALUES = ("true", "false")
-"""What may follow a yes/no flag as its value; anything else after it (another flag, a positional) makes it a
-switch."""
-
-
-def _command_parser_of(parser, argv: list[str]):
-    """The parser of the command ``argv`` names (a group's command included), or None before one is named."""
-    current, found = parser, None
-    for token in argv:
-        action = getattr(current, "_subcommands_action", None)
-        if action is None or token.startswith("-"):
-            continue
-        if token in action._name_parser_map:
-            current = found = action._name_parser_map[token]
-    return found
-
-
-def _is_bool(action) -> bool:
-    hint = getattr(action, "_typehint", None)
-    return action.type is bool or hint is bool or hint == typing.Optional[bool]
-
-
-def conventional_argv(parser, argv: list[str]) -> list[str]:
-    """``argv`` in the form jsonargparse parses: option names with underscores (``--dry-run`` → ``--dry_run``,
-    ``--train.max-steps`` → ``--train.max_steps``; values untouched), a yes/no flag given alone followed by
-    ``true`` (``--resume`` → ``--resume true``), ``--no-X`` of a yes/no flag X as ``--X false``. Everything after a
-    bare ``--`` is left as it is."""
-    command = _command_parser_of(parser, argv)
-    actions = command._actions if command is not None else []
-    options = {o for a in actions for o in a.option_strings}
-    switches = {o for a in actions if _is_bool(a) for o in a.option_strings if o.startswith("--")}
-    out: list[str] = []
-    for i, token in enumerate(argv):
-        if token == "--":
-            return out + argv[i:]
-        if not token.startswith("--") or token == "--":
-            out.append(token)
-            continue
-        name, eq, value = token.partition("=")
-        name = "--" + name[2:].replace("-", "_")
-        following = argv[i + 1] if i + 1 < len(argv) else None
-        if not eq and name not in options and name.startswith("--no_") and f"--{name[5:]}" in switches:
-            out += [f"--{name[5:]}", "false"]
-        elif not eq and name in switches and (following is None or following.lower() not in BOOL_VALUES):
-            out += [name, "true"]
-        else:
-            out.append(name + eq + value)
-    return out
-
-
 def version_text() -> str:
     """``vlm-sweep --version``: this package's version, Python's, and each pinned dependency's installed version
     (with the pin beside it where they differ)."""
@@ -227,6 +180,15 @@ def version_text() -> str:
         same = installed.split("+")[0] == pin  # 2.13.0+cpu is the 2.13.0 pin's CPU build
         lines.append(f"  {name:22} {installed}" + ("" if same else f"   (pinned {pin or 'unpinned'})"))
     return "\n".join(lines)
+
+
+def command_after_dashes(argv: list[str]) -> list[str]:
+    """``rehearse [flags] -- sweep ...``: what follows ``--`` becomes the ``--command`` list of a command that
+    takes another command (``sweeps.commands.TAKES_A_COMMAND``)."""
+    if argv[:1] and argv[0] in sweep_commands.TAKES_A_COMMAND and "--" in argv:
+        i = argv.index("--")
+        return [*argv[:i], "--command", json.dumps(argv[i + 1:])]
+    return argv
 
 
 def _dispatch(parser, argv: list[str]) -> Any:
@@ -250,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     _setup_env()
     try:
+        argv = command_after_dashes(argv)
         parser = build_parser(argv)
         _dispatch(parser, conventional_argv(parser, argv))
     except VlmSweepError as e:

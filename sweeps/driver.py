@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.features import build_feature_cache
+from data_pipeline.features import EncoderActors, build_feature_cache
 from vlm_core.assets.hub import ASSETS_ENV
 from vlm_core.base.errors import ConfigError, VlmSweepError
 from vlm_core.base.logs import event, is_verbose
 from vlm_core.base.outputs import GiB, atomic_write_text, check_output_dir
-from vlm_core.base.ray_env import init_ray
+from vlm_core.base.ray_env import init_ray, largest_node
 from vlm_core.base.registry import Registry
 from vlm_core.config import TrainConfig, VLMConfig, check_field, choices
 from vlm_core.data.dataset import read_records
@@ -40,9 +40,10 @@ from vlm_core.training.checkpoint import CheckpointError, check_projector_select
 from vlm_core.training.faults import from_env as faults_from_env
 from vlm_core.training.one_stage import DataSpec
 
-from .evaluation import SweepEvalConfig, eval_resources, evaluate_checkpoints
+from .cluster.node_types import ClusterView, discover
+from .evaluation import EVAL_PROFILE, SweepEvalConfig, eval_resources, evaluate_checkpoints
 from .matrix import GRIDS, TrialSpec, get_grid
-from .profiles import BACKENDS, PROFILES, TrialResources, check_fits, trial_resources
+from .profiles import BACKENDS, PROFILES, TrialResources, trial_resources
 from .reporting.benchmark_table import EVAL_FILE, check_select_by
 from .reporting.results import LINEAGE_FILE, TrialResult, read_sweep, read_trials, record_lineage
 from .reporting.sweep_report import LENGTHS_FILE, write_report
@@ -99,6 +100,11 @@ class SweepConfig:
     backend: str | None = None
     """How hardware profiles map to this cluster (cpu, a100-40g, a100-80g, whole-gpu, mig-40g, mig-80g);
     default: cpu for the tiny/local presets, a100-40g for paper."""
+    cluster_config: str | None = None
+    """The autoscaler config of the cluster (``cluster.yaml``): trials are checked against what its node types can
+    ever hold, not against the nodes up now, and the autoscaler launches the rest (default: the autoscaler's own
+    config in the GCS, or ``~/ray_bootstrap_config.yaml`` when the driver runs on a ``ray up`` head; neither: the
+    nodes up now)."""
     limit: int | None = None
     """Run only the first N trials of each stage (smoke runs)."""
     paper_ids: list[int] | None = None
@@ -170,6 +176,9 @@ class SweepConfig:
     """Ray tasks per checkpoint × benchmark (each answers every n-th question)."""
     select_by: str = "val_loss"
     """What picks each stage's best config in the reports: ``val_loss`` or a benchmark metric (e.g. ``pope.f1``)."""
+    rehearsal: bool = field(default=False, init=False)
+    """Set by ``vlm-sweep rehearse`` only (not a flag, not a config key): the trials ask Ray for what they would ask
+    the real cluster, and train on the CPU (``sweeps.trial_config.Trial.rehearsal``)."""
 
     def eval_config(self) -> SweepEvalConfig | None:
         """The benchmark evaluation asked for (None: none)."""
@@ -307,8 +316,19 @@ def _parquet_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def build_feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path,
-                         data: dict[str, DataSpec]) -> dict[tuple[str, str], str]:
+def encoder_actors(trials: list[PlannedTrial], view: ClusterView) -> EncoderActors:
+    """GPU trials on an autoscaling cluster: encode on that many GPUs of the trials' card (up to one node's worth),
+    which the autoscaler launches for the trials anyway; otherwise as the nodes up now allow."""
+    gpu = next((p.resources for p in trials if p.resources.use_gpu), None)
+    if gpu is None or view.shape is None:
+        return EncoderActors()
+    one = {"GPU": 1.0, **({f"accelerator_type:{gpu.accelerator_type}": 0.001} if gpu.accelerator_type else {})}
+    per_node = max((t.slots(one) for t in view.shape.holders(one)), default=0)
+    return EncoderActors(per_node, gpu.accelerator_type) if per_node else EncoderActors()
+
+
+def build_feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path, data: dict[str, DataSpec],
+                         actors: EncoderActors = EncoderActors()) -> dict[tuple[str, str], str]:
     """One feature cache per (dataset, projector selection) the trials need, built on Ray Data or reused."""
     import pyarrow.parquet as pq
 
@@ -325,7 +345,7 @@ def build_feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: 
             root.mkdir(exist_ok=True)
         except OSError:  # a read-only dataset folder: keep the cache with the experiment
             root = storage / "features" / p.spec.dataset
-        caches[k] = str(build_feature_cache(p.model, images, paths.images, root))
+        caches[k] = str(build_feature_cache(p.model, images, paths.images, root, actors))
     return caches
 
 
@@ -338,7 +358,7 @@ def make_trial(cfg: SweepConfig, p: PlannedTrial, storage: Path, data: dict[str,
     run = TrialRun(p.model, train, dataclasses.replace(data[p.spec.dataset], features=features),
                    faults=faults_from_env())  # tests only (vlm_core.training.faults); None in a normal sweep
     return Trial(p.spec, p.resources, str(storage / "train"), cfg.max_failures, run,
-                 runs_in_tune(p.resources, cfg.runner), asha)
+                 runs_in_tune(p.resources, cfg.runner), asha, rehearsal=cfg.rehearsal)
 
 
 def spread_cpus(planned: list[PlannedTrial], node_cpus: float, concurrent: int) -> list[PlannedTrial]:
@@ -358,17 +378,9 @@ def spread_cpus(planned: list[PlannedTrial], node_cpus: float, concurrent: int) 
     return out
 
 
-def _largest_node_cpus() -> float:
-    import ray
-
-    return max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
-
-
-def concurrent_fit(planned: list[PlannedTrial], cluster: dict[str, Any]) -> int:
+def concurrent_fit(planned: list[PlannedTrial], view: ClusterView) -> int:
     """How many of the largest trial fit the cluster at once (at least 1)."""
-    have = {k.lower(): float(v) for k, v in cluster.items()}
-    counts = [int(have.get(k.lower(), 0.0) // v) for p in planned for k, v in p.resources.total().items() if v > 0]
-    return max(1, min(counts)) if counts else 1
+    return min((view.fit(p.resources.per_worker(), p.resources.num_workers) for p in planned), default=1)
 
 
 def _trial_resources(config: dict[str, Any]):
@@ -480,16 +492,24 @@ def dry_run(sweep: SweepPlan, cfg: SweepConfig) -> dict[str, Any]:
             "token_lengths": lengths, "evaluation": evaluation}
 
 
-def preflight(cfg: SweepConfig, sweep: SweepPlan) -> tuple[Path, dict[str, Any]]:
+def preflight(cfg: SweepConfig, sweep: SweepPlan) -> tuple[Path, ClusterView]:
     """Before anything runs: the output and scratch folders have room, Ray is up, and the cluster can ever hold
-    every trial (Ray would wait for ever otherwise). Returns the experiment folder and the cluster's resources."""
+    every trial and evaluation task (Ray would wait for ever otherwise): on an autoscaling cluster, some node type
+    can hold it (the autoscaler launches it); on a fixed one, the nodes up now. Returns the experiment folder and the
+    cluster's view."""
     storage = Path(cfg.out).resolve()
     check_space(storage, cfg.preset, cfg.min_free_gb, "sweep --out")
-    resources = init_ray()
+    view = ClusterView(init_ray(), discover(cfg.cluster_config, joined_existing=bool(os.environ.get("RAY_ADDRESS"))))
+    backend = cfg.backend or preset(cfg.preset).backend
+    if view.shape is not None:
+        event("cluster: autoscaling, node types from %s: %s", view.shape.source, view.shape.describe())
     for p in sweep.every:
-        check_fits(p.resources, resources, p.spec.config_id)
+        view.check(p.resources.per_worker(), p.resources.num_workers, p.spec.config_id, p.spec.profile, backend)
+    if cfg.eval_config() is not None:
+        res = eval_resources(backend)
+        view.check(res.per_worker(), 1, "an evaluation task", EVAL_PROFILE, backend)
     storage.mkdir(parents=True, exist_ok=True)
-    return storage, resources
+    return storage, view
 
 
 def record_token_lengths(sweep: SweepPlan, data: dict[str, DataSpec], storage: Path) -> list[dict[str, Any]]:
@@ -506,12 +526,13 @@ def record_token_lengths(sweep: SweepPlan, data: dict[str, DataSpec], storage: P
     return lengths
 
 
-def run_stage1(cfg: SweepConfig, planned: list[PlannedTrial], storage: Path, resources: dict[str, Any],
+def run_stage1(cfg: SweepConfig, planned: list[PlannedTrial], storage: Path, view: ClusterView,
                data: dict[str, DataSpec], caches: dict[tuple[str, str], str]) -> list[TrialResult]:
-    """The projector-only trials, as many at once as the cluster fits (or ``--max-concurrent``)."""
-    fit = concurrent_fit(planned, resources)
+    """The projector-only trials, as many at once as the cluster fits, grown to its limits when it autoscales (or
+    ``--max-concurrent``)."""
+    fit = concurrent_fit(planned, view)
     running = min(cfg.max_concurrent or fit, len(planned))
-    trials = [make_trial(cfg, p, storage, data, caches) for p in spread_cpus(planned, _largest_node_cpus(), running)]
+    trials = [make_trial(cfg, p, storage, data, caches) for p in spread_cpus(planned, largest_node("CPU"), running)]
     return _run_experiment(cfg, 1, trials, storage, fit_count=fit)
 
 
@@ -540,7 +561,7 @@ def run_stage2(cfg: SweepConfig, planned: list[PlannedTrial], storage: Path, dat
     asha = AshaLink(decisions, cfg.asha.decision_wait_s,
                     rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t))
     trials = [make_trial(cfg, p, storage, data, caches, parent_checkpoint(p, lineage, storage / LINEAGE_FILE), asha)
-              for p in spread_cpus(planned, _largest_node_cpus(), cfg.asha.max_concurrent)]
+              for p in spread_cpus(planned, largest_node("CPU"), cfg.asha.max_concurrent)]
     scheduler = RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
                               reduction_factor=cfg.asha.reduction_factor)
     return _run_experiment(cfg, 2, trials, storage, scheduler=scheduler)
@@ -571,16 +592,17 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     sweep = plan_sweep(cfg)                                         # every trial's configs, built once
     if cfg.dry_run:
         return dry_run(sweep, cfg)
-    storage, resources = preflight(cfg, sweep)                      # space, Ray, the cluster fits every trial
+    storage, view = preflight(cfg, sweep)                           # space, Ray, the cluster can hold every trial
     data = variant_data(cfg, sweep.every)
     record_token_lengths(sweep, data, storage)                      # nothing cut or dropped silently
-    caches = build_feature_caches(cfg, sweep.every, storage, data) if cfg.feature_cache else {}
+    caches = build_feature_caches(cfg, sweep.every, storage, data, encoder_actors(sweep.every, view)) \
+        if cfg.feature_cache else {}
     lineage_file = storage / LINEAGE_FILE
     lineage = json.loads(lineage_file.read_text()) if lineage_file.is_file() else {}
     results: dict[int, list[TrialResult]] = {}
     summary: dict[str, Any] = {"stages": {}}
     if 1 in sweep.stages:                                           # stage 1, then its best checkpoints
-        results[1] = run_stage1(cfg, sweep.stages[1], storage, resources, data, caches)
+        results[1] = run_stage1(cfg, sweep.stages[1], storage, view, data, caches)
         summary["stages"][1] = [t.summary() for t in results[1]]
         lineage = record_lineage(summary["stages"][1], lineage)
         atomic_write_text(lineage_file, json.dumps(lineage, indent=2))

@@ -3,8 +3,11 @@
 A profile is a memory budget; a backend says what the cluster has:
 
 * ``cpu``          every profile runs on CPU workers (the ``local`` preset: the whole study on a laptop);
-* ``a100-40g`` / ``a100-80g``  a *fraction* of one A100 of that size (``{"GPU": f}``, ``accelerator_type``,
-  and a per-process CUDA memory cap of the same fraction, since Ray's fractions are logical only);
+* ``a100-40g`` / ``a100-80g``  a *fraction* of one A100 of that size (``{"GPU": f}``, the accelerator type of that
+  size, ``A100-40G`` / ``A100-80G``, and a per-process CUDA memory cap of the same fraction, since Ray's fractions
+  are logical only). The size matters: the cap is a fraction of the card it lands on, so an ``a100-80g`` trial on a
+  40 GB card would get half its budget. Ray labels a node ``A100`` by itself; the sized type is a resource the node
+  type declares (``cluster.yaml``: ``"accelerator_type:A100-40G": 1``), as Ray's accelerator constants advise;
 * ``whole-gpu``    one whole GPU per worker, whatever the budget;
 * ``mig``          KubeRay MIG slices exposed as custom resources (``mig-3g.40gb``), the smallest that fits.
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from vlm_core.base.errors import ConfigError
 from vlm_core.base.registry import Registry
@@ -44,6 +47,9 @@ PROFILES: Registry[HardwareProfile] = Registry("profile", "hardware profile", {p
     HardwareProfile("cpu", 0.0, cpus=1),
 )})
 
+ACCELERATOR_PREFIX, ACCELERATOR_SHARE = "accelerator_type:", 0.001
+"""How Ray turns ``accelerator_type="A100"`` into a resource request (``ray.util.accelerators``)."""
+
 # MIG slices of each A100 size, smallest first: (profile name, memory GB).
 MIG_SLICES = {40: [("1g.5gb", 5), ("2g.10gb", 10), ("3g.20gb", 20), ("7g.40gb", 40)],
               80: [("1g.10gb", 10), ("2g.20gb", 20), ("3g.40gb", 40), ("7g.80gb", 80)]}
@@ -61,8 +67,15 @@ class TrialResources:
     gradient_checkpointing: bool = False
     notes: list[str] = field(default_factory=list)
 
+    def per_worker(self) -> dict[str, float]:
+        """One worker's request as Ray sees it: its resources plus ``accelerator_type:X`` (Ray asks 0.001 of it)."""
+        request = dict(self.resources_per_worker)
+        if self.accelerator_type:
+            request[f"{ACCELERATOR_PREFIX}{self.accelerator_type}"] = ACCELERATOR_SHARE
+        return request
+
     def total(self) -> dict[str, float]:
-        return {k: v * self.num_workers for k, v in self.resources_per_worker.items()}
+        return {k: v * self.num_workers for k, v in self.per_worker().items()}
 
 
 def _cpu(p: HardwareProfile, n: int, cpus_per_worker: int) -> TrialResources:
@@ -79,7 +92,7 @@ def _fraction(card_gb: int):
         if frac < 1 and n > 1:
             raise ConfigError(f"profile {p.name} as a fraction ({frac}) of a GPU cannot run {n} workers: fractional "
                               f"GPUs are logical and break multi-worker NCCL; use num_workers=1 or whole GPUs")
-        return TrialResources(True, n, {"CPU": p.cpus, "GPU": frac}, accelerator_type="A100",
+        return TrialResources(True, n, {"CPU": p.cpus, "GPU": frac}, accelerator_type=f"A100-{card_gb}G",
                               cuda_memory_fraction=frac if frac < 1 else None,
                               gradient_checkpointing=p.gradient_checkpointing,
                               notes=[f"{p.memory_gb} GB of a {card_gb} GB A100 → {frac} GPU"])
@@ -112,15 +125,6 @@ def trial_resources(profile: str, backend: str, num_workers: int = 1, cpus_per_w
     resources = BACKENDS[backend]  # an unknown name raises ConfigError naming the choices
     return resources(PROFILES[profile], num_workers, cpus_per_worker)
 
-
-def check_fits(res: TrialResources, cluster: dict[str, Any], what: str) -> None:
-    """Fail fast, by name, when the cluster can never satisfy a request (Ray would wait for ever)."""
-    have = {k.lower(): float(v) for k, v in cluster.items()}
-    short = [f"{key}={need} (cluster has {have.get(key.lower(), 0.0)})" for key, need in res.total().items()
-             if have.get(key.lower(), 0.0) < need]
-    if short:
-        raise ConfigError(f"{what} needs {', '.join(short)}; Ray would wait for ever. Pick a backend that matches "
-                          f"the cluster (e.g. --backend cpu) or add such nodes")
 
 
 def profile_table() -> list[str]:

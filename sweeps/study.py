@@ -99,12 +99,16 @@ def _say(msg: str) -> None:
 
 
 def prepare_corpus(cfg: StudyConfig, out: Path) -> Path:
-    corpus = out / "corpus"
+    return sample_corpus(out / "corpus", cfg.n_train_images)
+
+
+def sample_corpus(corpus: Path, n_train_images: int) -> Path:
+    """The sample corpus (and its POPE set) in ``corpus``, written unless it is there."""
     if (corpus / TRAIN_FILE).is_file():
         _say(f"corpus: reusing {corpus}")
     else:
-        _say(f"corpus: writing the sample corpus ({cfg.n_train_images} training images) to {corpus}")
-        write_sample_corpus(corpus, n_train_images=cfg.n_train_images)
+        _say(f"corpus: writing the sample corpus ({n_train_images} training images) to {corpus}")
+        write_sample_corpus(corpus, n_train_images=n_train_images)
     if not (corpus / "pope").is_dir():  # a corpus written before the POPE set was part of it
         write_pope_set(corpus, photo_images(corpus / TRAIN_FILE))
     return corpus

@@ -137,7 +137,8 @@ def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | N
     run = TrialRun.from_dict(config)
     session = session or TrainSession()
     epochs_planned = run.train.epochs
-    device = session.device()
+    device = torch.device(run.device) if run.device else session.device()
+    placed = where_this_runs()
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL collectives run on the current device: each rank on its own
     cap_cuda_memory(run.cuda_memory_fraction, device if device.type == "cuda" else None)
@@ -175,7 +176,7 @@ def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | N
 
     def on_epoch(metrics: dict[str, Any], ckpt_dir: Path | None) -> None:
         # every worker reports (a collective); rank 0 alone holds the checkpoint (the ranks' weights are the same)
-        session.report({**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING}, ckpt_dir)
+        session.report({**metrics, "epochs_planned": epochs_planned, "status": STATUS_RUNNING, **placed}, ckpt_dir)
         reported.append(metrics)
         if metrics["epoch"] < epochs_planned and wait_for_decision(run.asha, metrics["epoch"]) == "stop":
             raise StoppedAtRung(metrics["epoch"])  # ASHA stopped it here: no further epoch, no later checkpoint
@@ -199,6 +200,21 @@ def train_worker(config: dict[str, Any], session: TrainSession | TuneSession | N
                         "epochs_planned": epochs_planned, "status": STATUS_NON_FINITE, "message": str(e)})
     finally:  # every reported checkpoint is already in the run's storage; a stage-2 workdir holds GBs
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+NODE_TYPE_ENV = "RAY_NODE_TYPE_NAME"
+"""The autoscaler's node type of this node, where the node provider exports it (Ray's fake multi-node provider)."""
+
+
+def where_this_runs() -> dict[str, Any]:
+    """What every report of a run says of where it ran: the Ray node, its type where known, and when this worker
+    started (a rehearsal measures each trial's wait for resources from it)."""
+    import time
+
+    import ray
+
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    return {"node_id": node, "node_type": os.environ.get(NODE_TYPE_ENV), "worker_started_at": time.time()}
 
 
 def workdir_prefix(trial_id: str) -> str:
@@ -251,7 +267,7 @@ def run_trial(config: dict[str, Any]) -> None:
     this trial's resources and a stable run name (``train`` runner)."""
     import ray.train
     import ray.tune
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial = Trial.from_dict(config["trial"])  # the grid_search entry: everything this trial needs
@@ -267,9 +283,13 @@ def run_trial(config: dict[str, Any]) -> None:
     # Train's controller learns of each report, and of the run's end, when it next polls its workers (Ray's default:
     # every 2 s); TorchTrainer passes this on to the controller and the workers
     os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
+    if trial.rehearsal:
+        log.info("rehearsal: %s asks %s × %s as on the cluster; the GPUs are simulated, so it trains on the CPU "
+                 "with gloo", trial.config_id, res.num_workers, res.per_worker())
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=run.to_dict(),
+        torch_config=TorchConfig(backend="gloo") if trial.rehearsal else None,
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=res.resources_per_worker,
                                                accelerator_type=res.accelerator_type),

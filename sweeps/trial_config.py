@@ -47,6 +47,8 @@ class TrialRun:
     """Cap on this process's CUDA caching allocator (a fractional-GPU profile)."""
     asha: AshaLink | None = None
     """Stage 2: ASHA's decisions (None in stage 1)."""
+    device: str | None = None
+    """Train on this device whatever the worker was given (``cpu`` in a rehearsal, whose GPUs are simulated)."""
 
     def configs(self) -> dict[str, Any]:
         """What identifies the run: its configs (and faults), as the dict Train's run name and ASHA's records hash."""
@@ -59,7 +61,7 @@ class TrialRun:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.configs(), "run_name": self.run_name, "workdir_prefix": self.workdir_prefix,
-                "cuda_memory_fraction": self.cuda_memory_fraction,
+                "cuda_memory_fraction": self.cuda_memory_fraction, "device": self.device,
                 "asha": dataclasses.asdict(self.asha) if self.asha else None}
 
     @classmethod
@@ -84,6 +86,10 @@ class Trial:
     """The loop runs in the Tune trial itself (the ``tune`` runner) rather than through a ``TorchTrainer``."""
     asha: AshaLink | None = None
     """Stage 2: ASHA's decisions file (the run's copy names the trial)."""
+    rehearsal: bool = False
+    """A rehearsal on a simulated cluster (``vlm-sweep rehearse``): Ray is asked for exactly what the cluster would
+    be asked (GPUs, accelerator type, workers), but the GPUs exist only as numbers, so the workers train on the CPU
+    and talk gloo, with no CUDA memory cap. Set only by the rehearsal; a sweep has no flag for it."""
 
     @property
     def config_id(self) -> str:
@@ -93,6 +99,9 @@ class Trial:
         """The run the trial's workers train: its name, scratch folder, CUDA cap, and ASHA's link for this trial."""
         asha = dataclasses.replace(self.asha, trial=self.config_id, config_hash=self.run.digest()) \
             if self.asha else None
+        if self.rehearsal:
+            return dataclasses.replace(self.run, run_name=self.config_id, workdir_prefix=workdir_prefix,
+                                       cuda_memory_fraction=None, asha=asha, device="cpu")
         return dataclasses.replace(self.run, run_name=self.config_id, workdir_prefix=workdir_prefix,
                                    cuda_memory_fraction=self.resources.cuda_memory_fraction, asha=asha)
 
@@ -101,6 +110,8 @@ class Trial:
         out = {"config_id": self.config_id, "spec": self.spec.to_dict(),
                "resources": dataclasses.asdict(self.resources), "storage_path": self.storage_path,
                "max_failures": self.max_failures, "worker": self.run.configs(), "in_tune": self.in_tune}
+        if self.rehearsal:
+            out["rehearsal"] = True
         return {**out, "asha": dataclasses.asdict(self.asha)} if self.asha else out
 
     @classmethod

@@ -43,7 +43,8 @@ SLOW_FIXTURES = {"ray_local", "two_stage_sweep", "two_stage_sweep_train"}
 """A test that uses one of these starts (or shares) a Ray cluster: slow, whatever its module."""
 SLOW_MODULES = {"test_sweep", "test_stage2_resume", "test_main_job", "test_job_submit", "test_data_build",
                 "test_faults", "test_distributed", "test_paper_shaped", "test_gpu_step", "test_ray_auth",
-                "test_fixed_prompts", "test_html_report", "test_assets", "test_benchmark_eval", "test_sweep_eval"}
+                "test_fixed_prompts", "test_html_report", "test_assets", "test_benchmark_eval", "test_sweep_eval",
+                "test_rehearsal", "test_multinode"}
 """Modules whose every test is slow: sweeps, data builds, process groups, Ray clusters started in subprocesses,
 the paper-shaped models, the packaged real models, the headless browser."""
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sweeps.profiles import PROFILES, check_fits, trial_resources
+from sweeps.cluster.node_types import ClusterShape
+from sweeps.profiles import PROFILES, trial_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,13 +31,17 @@ def test_head_has_no_gpus_and_image_is_a_ray_gpu_image(cluster):
 
 
 @pytest.mark.parametrize("backend", ["a100-40g", "a100-80g"])
-def test_every_gpu_profile_fits_its_node_type(cluster, backend):
+def test_every_gpu_profile_lands_on_its_own_node_type_only(cluster, backend):
+    # the two types differ only by card size: each backend's requests fit its type and not the other (a trial's
+    # CUDA memory cap is a fraction of the card it lands on)
+    shape = ClusterShape.from_config(cluster, "cluster.yaml")
     node = cluster["available_node_types"][backend]["resources"]
-    assert node["GPU"] >= 1 and node["accelerator_type:A100"] == node["GPU"]
+    assert node["GPU"] >= 1 and node["accelerator_type:A100"] == 1
     for name in PROFILES:
         if name == "cpu":
             continue
-        check_fits(trial_resources(name, backend), node, f"{name} on {backend}")
+        request = trial_resources(name, backend).per_worker()
+        assert [t.name for t in shape.holders(request)] == [backend], (name, request)
 
 
 def test_rayignore_keeps_data_outputs_and_secrets_out():

@@ -194,6 +194,11 @@ def test_actor_plan_leaves_the_read_tasks_a_cpu_share(cpus, translator):
     assert (p.translate_actors > 0) == (translator != "none")
     g = plan_actors(cfg, {"cpu": cpus, "gpu": 2})
     assert g.embed_actors == 2 and g.embed_gpus + g.translate_gpus <= 1.0
+    # a cluster of 1-CPU nodes (tests/test_multinode.py): no request larger than a node, the same CPUs in use
+    small = plan_actors(cfg, {"cpu": cpus}, node_cpus=1)
+    assert max(small.read_cpus, small.translate_cpus, small.embed_cpus) <= 1 and small.embed_actors >= 1
+    assert small.read_cpus + small.translate_actors * small.translate_cpus + \
+        small.embed_actors * small.embed_cpus <= cpus
 
 
 def test_reasons_are_counted_by_kind_not_by_row():

@@ -89,8 +89,8 @@ taken = socket.socket()
 taken.bind(("127.0.0.1", 0))
 taken.listen()
 port = taken.getsockname()[1]
-free = iter([port, ray_env._free_port()])
-ray_env._free_port = lambda: next(free)  # the first 'free' port is taken before Ray binds it
+free = iter([port, ray_env.free_port()])
+ray_env.free_port = lambda: next(free)  # the first 'free' port is taken before Ray binds it
 resources = ray_env.init_ray(num_cpus=1)
 import ray
 print(json.dumps({"taken": port, "dashboard": ray._private.worker.get_dashboard_url(), "cpu": resources["cpu"]}))

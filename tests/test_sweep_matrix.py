@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from sweeps.cluster.node_types import fits_live
 from sweeps.matrix import PAPER19_TABLE, get_grid
-from sweeps.profiles import check_fits, trial_resources
+from sweeps.profiles import trial_resources
 from vlm_core.base.errors import ConfigError
 
 
@@ -68,7 +69,8 @@ def test_unknown_grid_is_named():
                                           ("a100-37g", 1.0)])
 def test_fractional_profiles_on_40g_cards(profile, gpu):
     r = trial_resources(profile, "a100-40g")
-    assert r.use_gpu and r.resources_per_worker["GPU"] == gpu and r.accelerator_type == "A100"
+    assert r.use_gpu and r.resources_per_worker["GPU"] == gpu and r.accelerator_type == "A100-40G"
+    assert r.per_worker()["accelerator_type:A100-40G"] == 0.001  # what Ray asks of the node's label
     assert r.cuda_memory_fraction == (gpu if gpu < 1 else None)
     assert r.gradient_checkpointing == (profile == "a100-10g")
 
@@ -89,8 +91,8 @@ def test_impossible_requests_fail_clearly():
     with pytest.raises(ConfigError, match="unknown hardware profile"):
         trial_resources("h100-80g", "cpu")
     with pytest.raises(ConfigError, match=r"GPU=0.25 \(cluster has 0.0\)"):
-        check_fits(trial_resources("a100-10g", "a100-40g"), {"CPU": 2}, "s1-…")
-    check_fits(trial_resources("a100-10g", "cpu"), {"CPU": 2}, "s1-…")
+        fits_live(trial_resources("a100-10g", "a100-40g").total(), {"CPU": 2}, "s1-…")
+    fits_live(trial_resources("a100-10g", "cpu").total(), {"cpu": 2}, "s1-…")
 
 
 def test_asha_rungs_follow_grace_and_reduction():

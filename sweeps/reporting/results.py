@@ -32,7 +32,7 @@ LINEAGE_FILE = "lineage.json"
 AXES = ("dataset", "dense", "chat", "scheduler", "epochs", "batch_size")
 STAGES = (1, 2)
 TABLE_COLUMNS = ["stage", "paper_id", "config_id", "dataset", "dense", "chat", "scheduler", "epochs", "batch_size",
-                 "profile", "status", "best_val_loss", "best_epoch", "final_train_loss", "epochs_run",
+                 "profile", "status", "best_val_loss", "best_epoch", "final_train_loss", "epochs_run", "restarts",
                  "stopped_by_asha", "asha_rung", "steps", "samples_seen", "wall_s", "tokens_per_s", "samples_per_s",
                  "pad_fraction", "parent", "error"]
 OUTCOMES = ("finished", "stopped_early", STATUS_NON_FINITE, "error")
@@ -187,6 +187,21 @@ class TrialResult:
         return self.best()[0]
 
     @property
+    def nodes(self) -> list[str]:
+        """The Ray nodes its workers ran on, in order (``node_id`` of every report; a restart may move it)."""
+        if "node_id" not in self.curve:
+            return []
+        return list(dict.fromkeys(n for n in self.curve["node_id"] if isinstance(n, str)))
+
+    @property
+    def restarts(self) -> int:
+        """How many times its training started again after a failure (a lost node, a crashed worker): each start
+        of a worker reports its own ``worker_started_at``."""
+        if "worker_started_at" not in self.curve:
+            return 0
+        return max(0, self.curve["worker_started_at"].dropna().nunique() - 1)
+
+    @property
     def steps(self) -> int:
         step = self._last("step")
         return 0 if step is None else int(step)
@@ -210,7 +225,7 @@ class TrialResult:
                 "best_val_loss": self.best_val_loss, "epochs_run": self.epochs_run,
                 "epochs_planned": self.epochs_planned, "stopped_early": self.stopped_early and not self.non_finite,
                 "tokens_per_s": self._last("tokens_per_s"), "samples_per_s": self._last("samples_per_s"),
-                "path": self.path}
+                "restarts": self.restarts, "nodes": self.nodes, "path": self.path}
 
     def table_row(self) -> dict[str, Any]:
         """``trials.csv``'s row (``TABLE_COLUMNS``): the axes, Tune's status, best and final losses, ASHA's stop,
@@ -225,7 +240,8 @@ class TrialResult:
             "best_epoch": int(best_epoch) if best_epoch is not None else None,
             "final_train_loss": float(last["train_loss"]) if last is not None and "train_loss" in self.curve
             else math.nan,
-            "epochs_run": self.epochs_run or 0, "stopped_by_asha": self.asha_stop is not None,
+            "epochs_run": self.epochs_run or 0, "restarts": self.restarts,
+            "stopped_by_asha": self.asha_stop is not None,
             "asha_rung": self.asha_stop["rung"] if self.asha_stop else None,
             "steps": self.steps, "samples_seen": self.steps * self.samples_per_step,
             "wall_s": float(last["time_total_s"]) if last is not None and "time_total_s" in self.curve else math.nan,

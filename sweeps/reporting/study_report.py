@@ -26,8 +26,9 @@ from ..scheduling import DECISIONS_FILE, read_decisions
 from .benchmark_table import read_evals
 from .benchmark_table import section as benchmark_section
 from .html_report import write_html
+from .markdown import markdown_table
 from .results import AXES
-from .sweep_report import markdown_table, token_length_section
+from .sweep_report import token_length_section
 
 
 def _relative_figure(path: Path, root: Path) -> str:

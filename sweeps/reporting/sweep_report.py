@@ -11,7 +11,8 @@ Reads the Tune experiments under ``EXPERIMENT_DIR`` (``stage1/``, ``stage2/``) w
 - ``loss_curves.png`` (val and train loss per epoch, per trial and stage) and ``by_axis.png`` (best val loss by
   dataset / dense connector / chat template / warmup schedule / epochs / batch size);
 - ``lineage.svg``: the stage-1 → stage-2 lineage with ASHA's decisions (``sweeps.reporting.html_report``);
-- ``report.html``: report.md as one self-contained page (figures inlined).
+- ``report.html``: report.md as one self-contained page (figures inlined);
+- after a rehearsal (``rehearsal.json``), its section: the cluster's view of the sweep and this machine's run of it.
 
     vlm-sweep report runs/sweep
 """
@@ -19,7 +20,6 @@ Reads the Tune experiments under ``EXPERIMENT_DIR`` (``stage1/``, ``stage2/``) w
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from ..statuses import METRIC
 from .benchmark_table import VAL_LOSS, best_row, check_select_by, read_evals, with_benchmarks
 from .benchmark_table import section as benchmark_section
 from .html_report import write_html, write_lineage_svg
+from .markdown import markdown_table
+from .rehearsal_section import section as rehearsal_section
 from .results import AXES, LINEAGE_FILE, TrialResult, experiment_dirs, read_sweep, trial_table
 
 
@@ -107,16 +109,6 @@ def plot_by_axis(table: pd.DataFrame, out: Path) -> Path:
     return path
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    def cell(v: Any) -> str:
-        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
-    return head + "\n".join("| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False))
-
-
 LENGTHS_FILE = "token_lengths.json"
 """Written by the sweep before its trials start (``sweeps.driver.measure_lengths``)."""
 
@@ -169,7 +161,14 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
             lines += [f"Best: `{b['config_id']}` — val loss {b['best_val_loss']:.4f} at epoch {b['best_epoch']}"
                       f"{by}.", ""]
         optional = ["parent", "error", "asha_rung"] + (["stopped_by_asha"] if stage == 1 else [])
-        shown = part.drop(columns=["stage"] + [c for c in optional if part[c].isna().all() or c == "stopped_by_asha"])
+        unused = [c for c in optional if part[c].isna().all() or c == "stopped_by_asha"]
+        unused += ["restarts"] if not part["restarts"].any() else []  # shown when a failure restarted a trial
+        shown = part.drop(columns=["stage"] + unused)
+        restarted = part[part["restarts"] > 0]
+        if len(restarted):
+            lines += [f"Restarted after a failure (a lost node, a crashed worker) and resumed from its last "
+                      f"checkpoint: {', '.join(f'`{r.config_id}` ({r.restarts}×)' for r in restarted.itertuples())}.",
+                      ""]
         lines += [markdown_table(shown), ""]
     lines += benchmark_section(evals)
     if len(axis_table):
@@ -187,6 +186,7 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
         starts["start_checkpoint"] = [lineage.get(p, {}).get("checkpoint") for p in starts["parent"]]
         starts["parent_val_loss"] = [lineage.get(p, {}).get("best_val_loss") for p in starts["parent"]]
         lines += ["## Stage-2 lineage", "", markdown_table(starts), ""]
+    lines += rehearsal_section(root)
     lines += ["## Figures", ""] + [f"![{f.stem}]({f.name})" for f in figures] + [""]
     atomic_write_text(root / "report.md", "\n".join(lines))
     page = write_html(root / "report.md")

@@ -36,7 +36,7 @@ API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"  # "token" | "disabled"; read by Ray's C++ config (ray._raylet.get_authentication_mode)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -99,7 +99,7 @@ def _start_local(num_cpus: int | None, object_store_bytes: int, resources: dict[
     previous = os.environ.get(API_SERVER_ENV)
     try:
         for attempt in range(1, DASHBOARD_PORT_TRIES + 1):
-            port = _free_port()
+            port = free_port()
             # the raylet copies this environment at start and hands it to every worker it spawns
             os.environ[API_SERVER_ENV] = f"http://127.0.0.1:{port}"
             try:
@@ -155,3 +155,11 @@ def init_ray(num_cpus: int | None = None, object_store_bytes: int = 1 << 30,
         ctx.print_on_execution_start = is_verbose()
         calm_ray_console()
     return {k.lower(): v for k, v in ray.cluster_resources().items()}
+
+
+def largest_node(resource: str) -> float:
+    """The most of ``resource`` one alive node of the connected cluster has (0 when none has it): what a single
+    task or actor can ever ask for."""
+    import ray
+
+    return max((float(n["Resources"].get(resource, 0.0)) for n in ray.nodes() if n.get("Alive")), default=0.0)
