@@ -47,6 +47,10 @@ def test_the_readme_command_is_held_by_the_shipped_cluster_though_no_gpu_is_up(s
     # what the check said before it knew the node types: the head alone refuses every GPU trial
     with pytest.raises(ConfigError, match=r"GPU=1.0 \(cluster has 0.0\).*--cluster-config"):
         ClusterView(HEAD_ONLY).check(sweep.every[1].resources.per_worker(), 1, sweep.every[1].spec.config_id)
+    # a fixed cluster of A100 nodes started by hand: Ray labels them "A100", the card size is theirs to declare
+    by_hand = {"cpu": 96.0, "gpu": 8.0, "accelerator_type:a100": 1.0}
+    with pytest.raises(ConfigError, match=r"ray start --resources='\{\"accelerator_type:A100-40G\": 1\}'"):
+        ClusterView(by_hand).check(sweep.every[1].resources.per_worker(), 1, sweep.every[1].spec.config_id)
 
 
 def test_stage1_concurrency_counts_the_nodes_the_autoscaler_can_launch(shipped):

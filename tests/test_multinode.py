@@ -1,9 +1,10 @@
 """Several nodes for real: a head without CPUs and worker nodes, each its own raylet with its own resources and temp
 folder (tests/local_cluster.py; one host: no network namespaces here, so the nodes share the file system, as nodes
 share the cluster's storage). The data build's tasks and actors and every trial run on the worker nodes; a worker
-node SIGKILLed mid-trial costs a restart on the other node from the last checkpoint, with the same steps; stage 2 runs
-on nodes that replaced those that wrote its stage-1 checkpoints; a killed driver's sweep finishes with ``--resume``
-from another process; nothing recorded points into a node's temp folder.
+node SIGKILLed mid-trial costs a restart on the other node from the last checkpoint, with the same steps (Tune's
+runner); stage 2 runs on nodes that replaced those that wrote its stage-1 checkpoints, through TorchTrainers; its
+driver SIGKILLed, ``--resume`` from another process finishes it without rerunning the finished trial; nothing
+recorded points into a node's temp folder.
 
     pytest -q tests/test_multinode.py
 """
@@ -24,7 +25,9 @@ from tests.local_cluster import LocalCluster
 
 VLM_SWEEP = [sys.executable, "-m", "sweeps.cli"]
 S1_UMAP, S1_RANDOM = "s1-20kUmap-nodense-raw-linear-e6-b12", "s1-10kRandom-nodense-raw-linear-e6-b8"
-SLOW = 1.5
+S2_UMAP = "s2-20kUmap-nodense-raw-linear-e3-b3-from-e6-b12"
+S2_RANDOM = "s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8"
+SLOW = 1.0
 """Seconds each optimizer step sleeps in the trials the test interrupts (``VLM_SWEEP_FAULTS``), so that a kill lands
 mid-trial."""
 
@@ -91,21 +94,40 @@ def multinode(corpus, tmp_path_factory):
         cluster.add_worker("w3")
         cluster.add_worker("w4")
         facts["stage1_nodes"] = {cluster.nodes[n] for n in ("w1", "w2")}
+        facts["temp_dirs"] = [str(cluster.root / n) for n in cluster.nodes]
 
-        # stage 2: the driver SIGKILLed once a continuation has reported, then resumed from another process
+        # stage 2 on the TorchTrainer runner (the GPU path: the Tune trial and Train's controller hold no CPU, on
+        # the head; the Train workers on the nodes), one trial at a time, no ASHA rung before the last epoch: the
+        # driver SIGKILLed once the first continuation has finished and the second has a checkpoint, then resumed
+        # from another process
+        s2 = [*sweep, "--stage", "2", "--runner", "train", "--asha.grace-period", "3"]
         env = {**cluster.env(), "VLM_SWEEP_FAULTS": json.dumps({"sleep_after_step_s": SLOW, "only": "s2-"})}
-        proc = subprocess.Popen([*sweep, "--stage", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        _wait(lambda: any(_results(d) for d in (facts["out"] / "stage2").glob("s2-*")), "a stage-2 report", proc)
+        proc = subprocess.Popen(s2, env=env, stdout=log, stderr=subprocess.STDOUT)
+        first, second = (facts["out"] / "stage2" / t for t in (S2_UMAP, S2_RANDOM))
+        _wait(lambda: len(_results(first)) == 3 and any((facts["out"] / "train").glob(f"train-{S2_RANDOM}-*/"
+                                                                                       f"checkpoint_*")),
+              "the first continuation's end and the second's checkpoint", proc)
+        time.sleep(1)  # the report that came with the checkpoint reaches Tune
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
-        resumed = subprocess.run([*sweep, "--stage", "2", "--resume"], env=env, capture_output=True, text=True,
-                                 timeout=600)
+        facts["s2_first_before"] = _results(first)
+        facts["stage2_nodes_before"] = {cluster.nodes["w3"], cluster.nodes["w4"]}
+        # the driver's node goes with it: the head (the cluster's GCS, not fault tolerant without Redis) and so the
+        # whole cluster; a new cluster resumes the sweep from the shared storage
+        cluster.stop()
+        cluster = facts["cluster"] = LocalCluster()
+        cluster.start_head()
+        cluster.add_worker("w5")
+        cluster.add_worker("w6")
+        env = {**cluster.env(), "VLM_SWEEP_FAULTS": json.dumps({"sleep_after_step_s": SLOW, "only": "s2-"})}
+        resumed = subprocess.run([*s2, "--resume"], env=env, capture_output=True, text=True, timeout=600)
         log.close()
         facts["resumed"] = resumed
-        facts["temp_dirs"] = [str(cluster.root / n) for n in cluster.nodes]
+        facts["s2_first"], facts["s2_second"] = _results(first), _results(second)
+        facts["temp_dirs"] += [str(cluster.root / n) for n in cluster.nodes]
         yield facts
     finally:
-        cluster.stop()
+        facts["cluster"].stop()
 
 
 def test_the_data_build_runs_its_tasks_and_actors_on_the_worker_nodes(multinode):
@@ -148,12 +170,33 @@ def test_stage2_continues_checkpoints_written_on_nodes_that_are_gone(multinode):
     lineage = json.loads((out / "lineage.json").read_text())
     stage2 = json.loads((out / "trials.json").read_text())["stages"]["2"]
     assert len(stage2) == 2
-    new_nodes = {cluster.nodes["w3"], cluster.nodes["w4"]}
+    new_nodes = multinode["stage2_nodes_before"] | {cluster.nodes["w5"], cluster.nodes["w6"]}
     for t in stage2:
         assert t["status"] in ("finished", "stopped_early") and set(t["nodes"]) <= new_nodes, t
         assert not set(t["nodes"]) & multinode["stage1_nodes"]
     parents = {lineage[p]["checkpoint"] for p in (S1_UMAP, S1_RANDOM)}
     assert all(Path(p).is_dir() for p in parents)
+    # the trials read the feature cache the build's actors wrote on other nodes (next to the dataset, shared)
+    params = json.loads((out / "stage2" / S2_RANDOM / "params.json").read_text())["trial"]
+    features = params["worker"]["data"]["features"]
+    assert features and Path(features).is_relative_to(multinode["data"]) and Path(features).is_dir()
+
+
+def test_a_killed_driver_resumes_from_another_process_without_rerunning_finished_trials(multinode):
+    """The driver's node lost mid-stage (the driver SIGKILLed, then the head and with it the cluster): no handler
+    runs, nothing is saved on the way out; ``--resume`` from another process on a new cluster finishes the stage from
+    what Tune and the trials wrote to shared storage: the finished trial is not rerun, the cut one continues from its
+    checkpoint (Train V2 restores a run by its stable name). The TorchTrainer runner's test of this; the Tune
+    runner's is tests/test_stage2_resume.py."""
+    assert multinode["resumed"].returncode == 0, multinode["resumed"].stderr[-3000:]
+    first, second = multinode["s2_first"], multinode["s2_second"]
+    assert first == multinode["s2_first_before"] and [r["epoch"] for r in first] == [1, 2, 3]
+    epochs = [r["epoch"] for r in second]
+    assert epochs[-1] == 3 and all(b > a for a, b in zip(epochs, epochs[1:]))
+    restarts = [i for i, r in enumerate(second) if r["iterations_since_restore"] == 1]
+    assert second[restarts[-1]]["epoch"] >= 2, epochs  # continued after the checkpoint, not from the start
+    report = (multinode["out"] / "report.md").read_text()
+    assert "## Stage 2: 2 trials (2 TERMINATED)" in report
 
 
 def test_nothing_recorded_points_into_a_nodes_temp_folder(multinode):

@@ -21,7 +21,6 @@ from sweeps.driver import SweepConfig, run_sweep
 from sweeps.scheduling import read_decisions
 from sweeps.tracking import DENSE_PROJECT, PROJECT
 from tests.conftest import WANDB_SECRET as SECRET
-from tests.conftest import sigkill_driver
 from tests.notebook import run_analysis_notebook
 from vlm_core.base.errors import ConfigError
 from vlm_core.training.checkpoint import read_meta
@@ -184,59 +183,3 @@ def test_analysis_notebook_runs_on_the_sweep(sweep, tmp_path):
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert len(images) == 2
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    f = trial_dir / "result.json"
-    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
-
-
-@pytest.mark.parametrize("runner", ["train"])
-def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(runner, variants, corpus, tmp_path):
-    """The driver is SIGKILLed mid-sweep (a preempted head node, the OOM killer): no handler runs, nothing is
-    saved on the way out. Its local Ray goes with it, and ``--resume`` finishes the sweep from what Tune and
-    the trials had written: the finished trial is not rerun, the cut one continues from its checkpoint. Here on
-    the TorchTrainer runner (the trial's loop in a Train worker); the Tune-trial runner's pair of this test is
-    covered twice over — SIGKILL and resume in tests/test_stage2_resume.py, a stage-1 trial cut mid-run and
-    continued from its checkpoint in tests/test_readme_claims.py (Ctrl-C) — and was dropped for the suite's time."""
-    out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--data", str(variants), "--images",
-           str(corpus / "images"), "--preset", "tiny", "--stage", "1", "--paper_ids", "[3, 9]",
-           "--max_concurrent", "1", "--max_steps_per_epoch", "20", "--wandb", "disabled", "--out", str(out),
-           "--runner", runner]
-    # its own local Ray (as a user's killed driver has): independent of what earlier tests left in the shared one
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # trial 2 slowed down (0.5 s a step, ~20 s in all): a tiny trial on the tune runner ends within seconds
-    env["VLM_SWEEP_FAULTS"] = json.dumps({"sleep_after_step_s": 0.5, "only": S1_RANDOM})
-    log_file = (tmp_path / "sweep.log").open("w")  # a file, not a pipe: Tune's tables would fill a pipe and block
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
-    first, second = out / "stage1" / S1_UMAP, out / "stage1" / S1_RANDOM
-    deadline = time.time() + 400
-    # Interrupt once trial 2 (which starts after trial 1 ends: one at a time) has written a checkpoint and trial 1's
-    # results are on storage. Checkpoints go straight to storage; Tune writes a trial's result.json as the driver
-    # processes its results, which may come after the next trial has started.
-    while time.time() < deadline and proc.poll() is None:
-        if list((out / "train").glob(f"train-{S1_RANDOM}-*/checkpoint_*")) and len(_results(first)) == 6:
-            break
-        time.sleep(0.2)
-    time.sleep(1)  # let the report that came with the checkpoint reach Tune (an epoch of 20 steps takes longer)
-    assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    sigkill_driver(proc)  # Ray's processes share the driver's fate: nothing is left holding the machine's CPUs
-    log_file.close()
-    done_before = _results(first)
-    assert [r["epoch"] for r in done_before] == [1, 2, 3, 4, 5, 6]
-
-    resumed = subprocess.run(cmd + ["--resume", "true"], env=env, capture_output=True, text=True, timeout=500)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert _results(first) == done_before  # the finished trial was not rerun
-    rows = _results(second)
-    epochs = [r["epoch"] for r in rows]
-    assert epochs[-1] == 6 and all(b > a for a, b in zip(epochs, epochs[1:]))
-    # after the restore the trial continued from its checkpoint (Train V2 restores a run by its stable name):
-    # the first result since the restore is past epoch 1
-    restarts = [i for i, r in enumerate(rows) if r["iterations_since_restore"] == 1]
-    assert rows[restarts[-1]]["epoch"] >= 2, epochs
-    lineage = json.loads((out / "lineage.json").read_text())
-    assert set(lineage) == {S1_UMAP, S1_RANDOM} and all(Path(e["checkpoint"]).is_dir() for e in lineage.values())
-    report = (out / "report.md").read_text()
-    assert "## Stage 1: 2 trials (2 TERMINATED)" in report and S1_UMAP in report and S1_RANDOM in report

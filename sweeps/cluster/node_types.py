@@ -169,9 +169,12 @@ def fits_live(total: dict[str, float], cluster: dict[str, Any], what: str) -> No
     short = [f"{key}={need} (cluster has {have.get(key.lower(), 0.0)})" for key, need in total.items()
              if need > 0 and key not in UNCOUNTED and have.get(key.lower(), 0.0) < need]
     if short:
+        sized = [k for k in total if k.startswith("accelerator_type:") and have.get(k.lower(), 0.0) < total[k]]
+        hint = (f"; a node started by hand declares its card size with `ray start --resources="
+                f"'{{\"{sized[0]}\": 1}}'` (Ray labels it only accelerator_type:A100)" if sized else "")
         raise ConfigError(f"{what} needs {', '.join(short)}; Ray would wait for ever. Pick a backend that matches "
                           f"the cluster (e.g. --backend cpu) or add such nodes; on an autoscaling cluster, name "
-                          f"its config with --cluster-config cluster.yaml")
+                          f"its config with --cluster-config cluster.yaml{hint}")
 
 
 def discover(explicit: str | None, joined_existing: bool) -> ClusterShape | None:
