@@ -68,5 +68,5 @@ def parse_dataclass(cls: type, argv: list[str]) -> Any:
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_class_arguments(cls, None)
     parsed = parser.parse_args(conventional_argv(parser, argv))
-    kwargs = {k: v for k, v in dict(vars(parser.instantiate_classes(parsed))).items() if k != "config"}
+    kwargs = {k: v for k, v in dict(vars(parser.instantiate(parsed))).items() if k != "config"}
     return cls(**kwargs)
