@@ -50,30 +50,35 @@ class LocalCluster:
             env[MARK] = f"{self.id}:{name}"
         return env
 
-    def _start(self, name: str, args: list[str]) -> str:
+    def _launch(self, name: str, args: list[str]) -> subprocess.Popen:
         ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                  f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
         marker = {f"test_node_{name}": 1}
         cmd = [str(RAY), "start", "--node-ip-address=127.0.0.1", f"--temp-dir={self.root / name}",
                f"--resources={json.dumps(marker)}", "--disable-usage-stats", *ports, *args]
-        done = subprocess.run(cmd, env=self.env(name), capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stderr[-2000:]
-        node_id = self._wait_for(f"test_node_{name}")
-        self.nodes[name] = node_id
-        return node_id
+        return subprocess.Popen(cmd, env=self.env(name), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def _joined(self, name: str, proc: subprocess.Popen) -> str:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        self.nodes[name] = self._wait_for(f"test_node_{name}")
+        return self.nodes[name]
 
     def start_head(self) -> None:
         """A head with no CPUs: nothing that asks for a CPU (a task, an actor, a trial) can run on it."""
         port = self.dashboard.rsplit(":", 1)[1]
-        self._start("head", ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=true",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={port}",
-                             f"--ray-client-server-port={free_port()}", "--object-store-memory=150000000",
-                             # a lost node is counted dead in ~3 s instead of Ray's ~30 s
-                             f"--system-config={json.dumps(HEALTH_CHECKS)}"])
+        self._joined("head", self._launch("head", [
+            "--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={port}", f"--ray-client-server-port={free_port()}", "--object-store-memory=150000000",
+            # a lost node is counted dead in ~3 s instead of Ray's ~30 s
+            f"--system-config={json.dumps(HEALTH_CHECKS)}"]))
 
-    def add_worker(self, name: str, cpus: int = 1) -> str:
-        return self._start(name, [f"--address={self.address}", f"--num-cpus={cpus}",
-                                  "--object-store-memory=150000000"])
+    def add_workers(self, *names: str, cpus: int = 1) -> None:
+        """Worker nodes of ``cpus`` CPUs each, started side by side."""
+        started = {n: self._launch(n, [f"--address={self.address}", f"--num-cpus={cpus}",
+                                       "--object-store-memory=150000000"]) for n in names}
+        for name, proc in started.items():
+            self._joined(name, proc)
 
     def _node_states(self):
         from ray._raylet import GcsClient

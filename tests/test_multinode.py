@@ -54,8 +54,7 @@ def multinode(corpus, tmp_path_factory):
     facts: dict = {"cluster": cluster, "out": tmp / "sweep", "data": tmp / "data"}
     try:
         cluster.start_head()
-        cluster.add_worker("w1")
-        cluster.add_worker("w2")
+        cluster.add_workers("w1", "w2")
         build_cfg = tmp / "build.yaml"
         build_cfg.write_text(yaml.safe_dump({
             "source": str(corpus / "sharegpt4v_sample.jsonl"), "images": str(corpus / "images"),
@@ -91,8 +90,7 @@ def multinode(corpus, tmp_path_factory):
         survivors = [n for n in ("w1", "w2") if n != victim]
         for name in survivors:
             cluster.kill(name)
-        cluster.add_worker("w3")
-        cluster.add_worker("w4")
+        cluster.add_workers("w3", "w4")
         facts["stage1_nodes"] = {cluster.nodes[n] for n in ("w1", "w2")}
         facts["temp_dirs"] = [str(cluster.root / n) for n in cluster.nodes]
 
@@ -117,7 +115,7 @@ def multinode(corpus, tmp_path_factory):
         cluster.stop()
         cluster = facts["cluster"] = LocalCluster()
         cluster.start_head()
-        cluster.add_worker("w5")  # one node: the resumed stage runs one trial at a time
+        cluster.add_workers("w5")  # one node: the resumed stage runs one trial at a time
         env = {**cluster.env(), "VLM_SWEEP_FAULTS": json.dumps({"sleep_after_step_s": SLOW, "only": "s2-"})}
         resumed = subprocess.run([*s2, "--resume"], env=env, capture_output=True, text=True, timeout=600)
         log.close()
