@@ -66,11 +66,12 @@ class EncoderActors:
         import ray
         import ray.data
 
-        gpus = self.gpus or int(ray.cluster_resources().get("GPU", 0))
+        up = ray.cluster_resources()  # one read of the GCS, whichever branch
+        gpus = self.gpus or int(up.get("GPU", 0))
         if gpus >= 1:
             extra = {"accelerator_type": self.accelerator_type} if self.accelerator_type else {}
             return {"num_gpus": 1, "compute": ray.data.ActorPoolStrategy(size=max(1, min(gpus, batches))), **extra}
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        cpus = int(up.get("CPU", 1))
         return {"num_cpus": 1, "compute": ray.data.ActorPoolStrategy(size=max(1, min(cpus // 2, batches)))}
 
 
