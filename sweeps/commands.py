@@ -28,41 +28,10 @@ from .reporting.sweep_report import write_report
 from .study import StudyConfig, run_main_job
 
 
-def run_cmd(preset: str = "local", out: str = "runs/main", grid: str = "paper19", paper_ids: list[int] | None = None,
-            n_train_images: int = 600, random_size: int = 300, umap_size: int = 400, eval_questions: int | None = None,
-            dense_groups: int | None = None, num_workers: int | None = None, wandb: str = "auto",
-            eval_benchmarks: str | None = None, benchmarks: str | None = None, select_by: str | None = None,
-            verbose: bool = False) -> dict:
-    """The whole study on the embedded default: corpus → data build → stage-1 and stage-2 sweeps → eval → report.
-
-    Args:
-        preset: tiny (smoke runs), local (the whole grid, ~20 min on 2 cores), local-long (one lineage, trained
-            longer: 22 min), local-clip / local-long-clip (the same with a random-init CLIP), paper (GPUs).
-        out: Output folder (rerun with the same one to reuse finished steps and trials).
-        grid: paper19 (the study's 19 + 6 runs) or full.
-        paper_ids: Run only these paper19 rows and their continuations (default: all; local-long: [7]).
-        n_train_images: Size of the sample corpus (easy-vqa images).
-        random_size: Rows of the 10kRandom variant.
-        umap_size: Rows of the 20kUmap variant.
-        eval_questions: Held-out easy-vqa questions per stage-2 checkpoint (default 36; local-long 150).
-        dense_groups: G of the dense-connector trials: DCI averages G contiguous groups of the encoder's hidden
-            states (default: the preset's, 4).
-        num_workers: Ray Train workers (data-parallel ranks) per trial; N workers make the update one makes
-            (default: the hardware profile's, 1).
-        wandb: auto (online with a key, else offline), offline, online, disabled.
-        eval_benchmarks: Benchmarks to evaluate every stage-2 checkpoint on besides easy-vqa and the sample
-            corpus's POPE set, comma-separated (e.g. gqa,xgqa-id; files under --benchmarks).
-        benchmarks: The folder holding one folder per benchmark (README: "Benchmarks").
-        select_by: What names the best config: a benchmark metric such as pope.f1 (default: easy-vqa accuracy).
-        verbose: Ray's, Tune's and Ray Data's own output and every INFO line on the console too (they always go to
-            OUT/logs/vlm-sweep.log); without it the console has one line per step and per trial event.
-    """
-    start_console(out, verbose)
-    return run_main_job(StudyConfig(preset=preset, out=out, grid=grid, paper_ids=paper_ids,
-                                    n_train_images=n_train_images, random_size=random_size, umap_size=umap_size,
-                                    eval_questions=eval_questions, dense_groups=dense_groups,
-                                    num_workers=num_workers, wandb=wandb, eval_benchmarks=eval_benchmarks,
-                                    benchmarks=benchmarks, select_by=select_by))
+def run_cmd(config: StudyConfig) -> dict:
+    """The whole study on the embedded default: corpus → data build → stage-1 and stage-2 sweeps → eval → report."""
+    start_console(config.out, config.verbose)
+    return run_main_job(config)
 
 
 def sweep_cmd(config: SweepConfig) -> dict:
@@ -164,6 +133,6 @@ TAKES_A_COMMAND = {"rehearse"}
 """Commands that take another command after ``--`` (as their ``command`` argument)."""
 GROUPS = {"show": ("What a name stands for: presets, prompts, token lengths, grids, hardware profiles",
                    {"grid": show_grid_cmd, "profiles": show_profiles_cmd})}
-CONFIG_CLASSES = {"sweep": SweepConfig}
+CONFIG_CLASSES = {"sweep": SweepConfig, "run": StudyConfig}
 """Commands whose flags are one dataclass's fields (at top level), by command path."""
 POSITIONAL = {"report": ("experiment",), "show grid": ("name",)}

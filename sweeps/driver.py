@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -42,17 +43,19 @@ from vlm_core.training.one_stage import DataSpec
 
 from .cluster.node_types import ClusterView, discover
 from .evaluation import EVAL_PROFILE, SweepEvalConfig, eval_resources, evaluate_checkpoints
-from .matrix import GRIDS, TrialSpec, get_grid
+from .matrix import GRIDS, TrialSpec, continuation, get_grid
 from .profiles import BACKENDS, PROFILES, TrialResources, trial_resources
 from .reporting.benchmark_table import EVAL_FILE, check_select_by
 from .reporting.results import LINEAGE_FILE, TrialResult, read_sweep, read_trials, record_lineage
 from .reporting.sweep_report import LENGTHS_FILE, write_report
 from .scheduling import DECISIONS_FILE, AshaLink, RecordingASHA, rung_milestones
+from .search.algorithms import SEARCH_FILE, SEARCHERS, Row, SearchSettings, TuneSearch, check_search, tune_search
+from .search.space import SearchSpace, apply, read_space
 from .statuses import METRIC, MODE
 from .tracking import MODES as WANDB_MODES
 from .tracking import log_evaluation, wandb_callbacks
 from .trial import TRIAL_RUNNERS, remove_workdirs, run_trial, runs_in_tune
-from .trial_config import Trial, TrialRun, trial_configs
+from .trial_config import Trial, TrialRun, trial_configs, trial_from_config, trial_identity
 from .trial_events import TrialEvents
 
 log = logging.getLogger(__name__)
@@ -176,6 +179,34 @@ class SweepConfig:
     """Ray tasks per checkpoint × benchmark (each answers every n-th question)."""
     select_by: str = "val_loss"
     """What picks each stage's best config in the reports: ``val_loss`` or a benchmark metric (e.g. ``pope.f1``)."""
+    search: str = "grid"
+    """How each stage's trials are chosen (``sweeps.search``): ``grid`` (the grid's rows, each once), ``random``
+    (``--num-samples`` draws of ``--space`` per row) or ``optuna`` (Optuna's TPE, ``--num-samples`` trials)."""
+    space: str | None = None
+    """Stage 1's search space: a YAML file or an inline mapping of trial fields to distributions, e.g.
+    ``'{"train.lr": {"loguniform": [1.0e-5, 1.0e-2]}}'`` (README "Search")."""
+    stage2_space: str | None = None
+    """Stage 2's search space (default: none; stage 2 runs each continuation once)."""
+    num_samples: int = 8
+    """Trials a ``random`` search draws per row, or an ``optuna`` search runs in all (points to evaluate count)."""
+    search_seed: int = 0
+    """Seeds the searcher: the same seed suggests the same configs."""
+    search_storage: str | None = None
+    """``optuna``: keep the study in this database (``sqlite:///study.db``, a PostgreSQL URL), which
+    ``optuna-dashboard`` opens (default: in memory, saved with the Tune experiment)."""
+    scheduler: str = "auto"
+    """Early stopping: ``asha`` in both stages, ``none`` in neither, ``auto``: stage 2 always, stage 1 when it
+    searches (``--search random`` / ``optuna``)."""
+    stage2_scheduler: str | None = None
+    """Stage 2's early stopping, when it differs from ``scheduler`` (``asha`` or ``none``; e.g. a search that prunes
+    stage 1 and trains every continuation to the end, to compare them on the benchmarks)."""
+    stage2_parents: int | None = None
+    """Stage 2 continues the best K stage-1 trials (by ``val_loss``) instead of the grid's continuations (default:
+    2 when stage 1 searches, else the grid's)."""
+    stage2_with_points: bool = False
+    """A searched stage 1: stage 2 also continues the trials of its points evaluated first (the space file's
+    ``points``, by default each row's own values), so the search's best meets the study's own choice in stage 2 and
+    the evaluation."""
     rehearsal: bool = field(default=False, init=False)
     """Set by ``vlm-sweep rehearse`` only (not a flag, not a config key): the trials ask Ray for what they would ask
     the real cluster, and train on the CPU (``sweeps.trial_config.Trial.rehearsal``)."""
@@ -223,6 +254,31 @@ class SweepConfig:
         check_field(self.select_by == "val_loss" or bool(self.eval_benchmarks), "select_by",
                     f"{self.select_by} needs --eval-benchmarks naming its benchmark")
         self.eval_config()  # benchmark names, limit and shards refused now, not after training
+        SEARCHERS.check(self.search)
+        SCHEDULERS.check(self.scheduler)
+        if self.stage2_scheduler is not None:
+            SCHEDULERS.check(self.stage2_scheduler, "stage2_scheduler")
+        check_field(self.num_samples >= 1, "num_samples", "must be >= 1")
+        check_field(self.stage2_parents is None or self.stage2_parents >= 1, "stage2_parents", "must be >= 1")
+        check_field(self.search_storage is None or self.search == "optuna", "search_storage",
+                    "keeps an Optuna study; use it with --search optuna")
+        check_field(self.select_by == "val_loss" or not self.searching, "select_by",
+                    f"a search optimises what its trials report (val_loss); {self.select_by} is measured after "
+                    f"training, by the evaluation tasks; search by val_loss and rank by {self.select_by} in the report")
+
+    @property
+    def searching(self) -> bool:
+        """Stage 1 draws its trials (``random`` / ``optuna``) rather than enumerating the grid."""
+        return self.search != "grid"
+
+    def search_settings(self) -> SearchSettings:
+        return SearchSettings(self.search, self.num_samples, self.search_seed, self.search_storage,
+                              f"vlm-sweep-{Path(self.out).name}")
+
+    def asha_in(self, stage: int) -> bool:
+        """Whether ASHA stops this stage's trials early (``--scheduler``)."""
+        which = self.stage2_scheduler if stage == 2 and self.stage2_scheduler is not None else self.scheduler
+        return which == "asha" or (which == "auto" and (stage == 2 or self.searching))
 
 
 class SweepInterrupted(VlmSweepError, RuntimeError):
@@ -231,6 +287,12 @@ class SweepInterrupted(VlmSweepError, RuntimeError):
 
 STAGES: Registry[tuple[int, ...]] = Registry("stage", "stage", {"1": (1,), "2": (2,), "all": (1, 2)})
 """``--stage``: which training stages a sweep runs."""
+
+SCHEDULERS: Registry[str] = Registry("scheduler", "scheduler", {
+    "auto": "ASHA in stage 2, and in stage 1 when it searches", "asha": "ASHA in both stages",
+    "none": "every trial runs all its epochs"})
+"""``--scheduler``: early stopping per stage (Ray's synchronous HyperBand is not offered: it pauses trials, which
+the per-trial rung waits of ``sweeps.scheduling`` do not know)."""
 
 
 @dataclass
@@ -246,9 +308,11 @@ class PlannedTrial:
 
 @dataclass
 class SweepPlan:
-    """The trials of every stage the sweep runs."""
+    """The trials of every stage the sweep runs (stage 2 of a search: the continuations of every stage-1 row, which
+    the best stage-1 trials replace once they are known), and each stage's search space."""
 
     stages: dict[int, list[PlannedTrial]]
+    spaces: dict[int, SearchSpace] = field(default_factory=dict)
 
     @property
     def every(self) -> list[PlannedTrial]:
@@ -258,18 +322,34 @@ class SweepPlan:
 def plan(cfg: SweepConfig, stage: int) -> list[PlannedTrial]:
     """Stage ``stage``'s trials: the grid's rows (``--paper-ids``, ``--limit``), their resources on the backend, and
     their model and training configs under the preset's scale."""
+    if stage == 2 and continues_best(cfg):  # its rows are known after stage 1: plan those of every stage-1 row
+        trials = [continuation(t) for t in _grid_rows(cfg, 1)]
+    else:
+        trials = _grid_rows(cfg, stage)
+    return plan_specs(cfg, trials)
+
+
+def _grid_rows(cfg: SweepConfig, stage: int) -> list[TrialSpec]:
+    trials = get_grid(cfg.grid, stage)
+    if cfg.paper_ids:
+        trials = [t for t in trials if t.paper_id in cfg.paper_ids]
+    return trials[: cfg.limit] if cfg.limit else trials
+
+
+def continues_best(cfg: SweepConfig) -> bool:
+    """Stage 2 continues the best stage-1 trials (a searched stage 1, or ``--stage2-parents``)."""
+    return cfg.searching or cfg.stage2_parents is not None
+
+
+def plan_specs(cfg: SweepConfig, trials: list[TrialSpec]) -> list[PlannedTrial]:
+    """Each row's resources on the backend and its model and training configs under the preset's scale."""
     backend = cfg.backend or preset(cfg.preset).backend
     scale = preset(cfg.preset).scale
     if cfg.max_steps_per_epoch:
         scale = dataclasses.replace(scale, max_steps_per_epoch=cfg.max_steps_per_epoch)
-    trials = get_grid(cfg.grid, stage)
-    if cfg.paper_ids:
-        trials = [t for t in trials if t.paper_id in cfg.paper_ids]
-    if cfg.limit:
-        trials = trials[: cfg.limit]
-    workers = (cfg.stage2_num_workers or cfg.num_workers) if stage == 2 else cfg.num_workers
     planned = []
     for t in trials:
+        workers = (cfg.stage2_num_workers or cfg.num_workers) if t.stage == 2 else cfg.num_workers
         res = trial_resources(t.profile, backend, workers or PROFILES[t.profile].num_workers)
         model, train = trial_configs(t, cfg.preset, scale, None, res.gradient_checkpointing, cfg.assets,
                                      cfg.dense_groups, cfg.stage2_sharding)
@@ -278,7 +358,20 @@ def plan(cfg: SweepConfig, stage: int) -> list[PlannedTrial]:
 
 
 def plan_sweep(cfg: SweepConfig) -> SweepPlan:
-    return SweepPlan({s: plan(cfg, s) for s in STAGES[cfg.stage]})
+    """Every stage's trials and search space, checked before Ray starts."""
+    stages = {s: plan(cfg, s) for s in STAGES[cfg.stage]}
+    spaces = {}
+    for s, spec in ((1, cfg.space), (2, cfg.stage2_space)):
+        if spec and s in stages:
+            first = stages[s][0] if stages[s] else None
+            spaces[s] = read_space(spec, s, (first.model, first.train) if first else None)
+            check_search(cfg.search, spaces[s])
+    if cfg.space and 1 not in stages:
+        log.warning("--space searches stage 1, which --stage %s does not run", cfg.stage)
+    if cfg.searching and not spaces.get(1) and 1 in stages:
+        raise ConfigError(f"search: --search {cfg.search} draws from a search space; pass --space FILE.yaml "
+                          f"(README \"Search\"), or --search grid for the grid's rows")
+    return SweepPlan(stages, spaces)
 
 
 def format_plan(planned: list[PlannedTrial]) -> str:
@@ -387,16 +480,17 @@ def _trial_resources(config: dict[str, Any]):
     """What a Tune trial reserves (see ``_run_experiment``)."""
     import ray.tune
 
-    trial = Trial.from_dict(config["trial"])
+    trial = trial_from_config(config)
     if not trial.in_tune:
         return {"CPU": 0, "memory": 1}
     return ray.tune.PlacementGroupFactory([trial.resources.resources_per_worker])
 
 
-def _run_experiment(cfg: SweepConfig, stage: int, trials: list[Trial], storage: Path, scheduler=None,
-                    fit_count: int = 1) -> list[TrialResult]:
-    """Run (or resume) training stage ``stage``'s trials as one Tune experiment in ``storage/stage<N>``; returns
-    their results, or raises ``SweepInterrupted`` when some are unfinished."""
+def _run_experiment(cfg: SweepConfig, stage: int, trials: list[Trial], storage: Path, search: TuneSearch,
+                    scheduler=None, max_concurrent: int = 1) -> list[TrialResult]:
+    """Run (or resume) training stage ``stage``'s trials as one Tune experiment in ``storage/stage<N>``: the rows
+    as ``search`` lays them out (a grid, or a searcher's draws); returns their results, or raises
+    ``SweepInterrupted`` when some are unfinished (or not yet drawn)."""
     import ray.tune
 
     name = f"stage{stage}"
@@ -410,38 +504,72 @@ def _run_experiment(cfg: SweepConfig, stage: int, trials: list[Trial], storage: 
     in_tune = bool(trials) and all(t.in_tune for t in trials)
     trainable = ray.tune.with_resources(run_trial, _trial_resources)
     if cfg.resume and ray.tune.Tuner.can_restore(str(storage / name)):
-        event("stage %d · resuming its %d trials from %s", stage, len(trials), storage / name)
+        event("stage %d · resuming its %d trials from %s", stage, search.trials, storage / name)
         tuner = ray.tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True)
     else:
-        max_conc = cfg.asha.max_concurrent if stage == 2 else (cfg.max_concurrent or fit_count)
-        event("stage %d · %d trials, up to %d at a time", stage, len(trials), max_conc)
+        event("stage %d · %d trials, up to %d at a time", stage, search.trials, max_concurrent)
         tuner = ray.tune.Tuner(
             trainable,
-            param_space={"trial": ray.tune.grid_search([t.to_dict() for t in trials])},
+            param_space=search.param_space,
             tune_config=ray.tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler,
-                                            max_concurrent_trials=max_conc, reuse_actors=in_tune,
-                                            trial_name_creator=lambda t: t.config["trial"]["config_id"],
-                                            trial_dirname_creator=lambda t: t.config["trial"]["config_id"]),
+                                            search_alg=search.search_alg, num_samples=search.num_samples,
+                                            max_concurrent_trials=max_concurrent, reuse_actors=in_tune,
+                                            trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=ray.tune.RunConfig(name=name, storage_path=str(storage),
                                           failure_config=ray.tune.FailureConfig(
                                               max_failures=cfg.max_failures if in_tune else 0),
                                           callbacks=[*wandb_callbacks(cfg.wandb, f"{storage.name}-stage{stage}"),
-                                                     TrialEvents(stage, len(trials))],
+                                                     TrialEvents(stage, search.trials)],
                                           verbose=None if is_verbose() else 0,
                                           checkpoint_config=ray.tune.CheckpointConfig(
                                               num_to_keep=1, checkpoint_score_attribute=METRIC,
                                               checkpoint_score_order=MODE)))
+        write_search_record(storage / name, search)
     grid = tuner.fit()
     left = remove_workdirs([r.metrics["trial_id"] for r in grid if r.metrics and r.metrics.get("trial_id")])
     if left:
         log.info("removed %d scratch folders of stopped trials", left)
     results = read_trials(storage / name, stage)
     unfinished = [t.config_id for t in results if not t.done]
-    if unfinished:
+    if unfinished or len(results) < search.trials:
+        also = f"; {search.trials - len(results)} not yet drawn" if len(results) < search.trials else ""
         raise SweepInterrupted(f"stage {stage} was interrupted with {len(unfinished)} of {len(results)} trials "
-                               f"unfinished ({', '.join(unfinished)}; state saved in {storage / name}); rerun the "
-                               f"same command with --resume")
+                               f"unfinished{also} ({', '.join(unfinished) or 'none running'}; state saved in "
+                               f"{storage / name}); rerun the same command with --resume")
     return results
+
+
+def stage1_on_storage(storage: Path) -> list[TrialResult]:
+    """``--stage 2`` of a search: the stage-1 trials an earlier run left in ``storage``."""
+    if not (storage / "stage1").is_dir():
+        raise ConfigError(f"stage 2 continues the best stage-1 trials, and {storage / 'stage1'} holds none; run "
+                          f"--stage 1 (or all) with this --out first")
+    return read_trials(storage / "stage1", 1)
+
+
+def storage_points(stage1: list[TrialResult]) -> list[dict[str, Any]]:
+    """The points a searched stage 1 evaluated first (its ``search.json``)."""
+    if not stage1:
+        return []
+    record = Path(stage1[0].path).parent / SEARCH_FILE
+    return json.loads(record.read_text()).get("evaluated_first", []) if record.is_file() else []
+
+
+def is_point(trial: TrialResult, points: list[dict[str, Any]]) -> bool:
+    """Whether a stage-1 trial ran one of the points evaluated first (its row and drawn values)."""
+    row = trial.config_id.rsplit("-p", 1)[0]
+    return any(p["params"] == trial.params and p.get("row", row) == row for p in points)
+
+
+def write_search_record(experiment: Path, search: TuneSearch) -> None:
+    """``stage<N>/search.json``: the algorithm, its space and the trial count (the reports read it)."""
+    experiment.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(experiment / SEARCH_FILE, json.dumps(search.record(), indent=2, default=str))
+
+
+def _trial_name(trial) -> str:
+    """A Tune trial's name and folder: its config id (a searched one's ends in its parameters' digest)."""
+    return trial_from_config(trial.config).config_id
 
 
 def measure_lengths(trials: list[PlannedTrial], data: dict[str, DataSpec]) -> list[dict[str, Any]]:
@@ -527,13 +655,70 @@ def record_token_lengths(sweep: SweepPlan, data: dict[str, DataSpec], storage: P
 
 
 def run_stage1(cfg: SweepConfig, planned: list[PlannedTrial], storage: Path, view: ClusterView,
-               data: dict[str, DataSpec], caches: dict[tuple[str, str], str]) -> list[TrialResult]:
-    """The projector-only trials, as many at once as the cluster fits, grown to its limits when it autoscales (or
-    ``--max-concurrent``)."""
+               data: dict[str, DataSpec], caches: dict[tuple[str, str], str],
+               space: SearchSpace | None = None) -> list[TrialResult]:
+    """The projector-only trials (the grid's rows, or a search's draws from them), as many at once as the cluster
+    fits, grown to its limits when it autoscales (or ``--max-concurrent``); under ASHA when ``--scheduler`` says."""
     fit = concurrent_fit(planned, view)
-    running = min(cfg.max_concurrent or fit, len(planned))
-    trials = [make_trial(cfg, p, storage, data, caches) for p in spread_cpus(planned, largest_node("CPU"), running)]
-    return _run_experiment(cfg, 1, trials, storage, fit_count=fit)
+    running = min(cfg.max_concurrent or fit, len(planned) * (cfg.num_samples if space else 1))
+    asha, scheduler = stage_asha(cfg, 1, storage, planned, space)
+    trials = [make_trial(cfg, p, storage, data, caches, asha=asha)
+              for p in spread_cpus(planned, largest_node("CPU"), running)]
+    search = stage_search(cfg, trials, planned, space)
+    return _run_experiment(cfg, 1, trials, storage, search, scheduler, min(running, search.trials))
+
+
+def stage_search(cfg: SweepConfig, trials: list[Trial], planned: list[PlannedTrial],
+                 space: SearchSpace | None) -> TuneSearch:
+    """The stage's Tune layout: its rows as a grid, or searched over ``space`` with ``--search``."""
+    rows = [Row(t.config_id, t.to_dict(), p.model, p.train) for t, p in zip(trials, planned)]
+    return tune_search(rows, space or SearchSpace(), cfg.search_settings() if space else SearchSettings())
+
+
+def stage_asha(cfg: SweepConfig, stage: int, storage: Path, planned: list[PlannedTrial],
+               space: SearchSpace | None) -> tuple[AshaLink | None, RecordingASHA | None]:
+    """ASHA for the stage (``--scheduler``), recording its rung decisions in ``stage<N>/asha_decisions.jsonl``
+    (trials read them at each rung, and when they resume from a checkpoint of a rung ASHA may not have decided),
+    with the link its trials read them through; (None, None) without early stopping."""
+    if not cfg.asha_in(stage):
+        return None, None
+    searched = space.fields.get("train.epochs") if space else None
+    max_t = max([p.train.epochs for p in planned] + [int(v) for v in (searched.values if searched else ())])
+    decisions = str(storage / f"stage{stage}" / DECISIONS_FILE)
+    link = AshaLink(decisions, cfg.asha.decision_wait_s,
+                    rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t))
+    return link, RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
+                               reduction_factor=cfg.asha.reduction_factor, identify=trial_identity)
+
+
+def best_continuations(cfg: SweepConfig, stage1: list[TrialResult]) -> list[PlannedTrial]:
+    """Stage 2 of a searched stage 1 (or ``--stage2-parents``): the best K stage-1 trials by their best
+    ``val_loss`` (finite, with a checkpoint on storage), each continued as the grid continues a row: the same
+    dataset / dense / chat / scheduler, stage 2's epochs, batch and rate, and the parent's searched model fields
+    (its projector is what stage 2 starts from)."""
+    k = cfg.stage2_parents or 2
+    usable = sorted((t for t in stage1 if t.best_checkpoint()[0] and t.best_val_loss is not None
+                     and math.isfinite(t.best_val_loss)), key=lambda t: t.best_val_loss)
+    ranked = usable[:k]
+    if cfg.stage2_with_points:
+        points = storage_points(stage1)
+        ranked += [t for t in usable[k:] if is_point(t, points)]
+        if len(ranked) > k:
+            event("stage 2 also continues the %d point(s) stage 1 evaluated first", len(ranked) - k)
+    if not ranked:
+        raise ConfigError("stage 2: no stage-1 trial finished with a finite val_loss and a checkpoint to continue "
+                          "(see the stage-1 report)")
+    out = []
+    for t in ranked:
+        spec = dataclasses.replace(continuation(TrialSpec(**{k: v for k, v in t.spec.items() if k != "config_id"})),
+                                   parent=t.config_id)
+        (p,) = plan_specs(cfg, [spec])
+        inherited = {n: v for n, v in (t.config.get("params") or {}).items() if n.startswith("model.")}
+        model, train = apply(p.model, p.train, inherited)
+        out.append(dataclasses.replace(p, model=model, train=train))
+    event("stage 2 continues %d stage-1 trial(s), best val_loss first: %s", len(out),
+          ", ".join(f"{t.config_id} ({t.best_val_loss:.4f})" for t in ranked))
+    return out
 
 
 def parent_checkpoint(p: PlannedTrial, lineage: dict[str, Any], lineage_file: Path) -> str:
@@ -553,18 +738,15 @@ def parent_checkpoint(p: PlannedTrial, lineage: dict[str, Any], lineage_file: Pa
 
 
 def run_stage2(cfg: SweepConfig, planned: list[PlannedTrial], storage: Path, data: dict[str, DataSpec],
-               caches: dict[tuple[str, str], str], lineage: dict[str, Any]) -> list[TrialResult]:
-    """The continuations, each from its parent's best checkpoint, under ASHA (which records its rung decisions:
-    trials read them at each rung, and when they resume from a checkpoint of a rung ASHA may not have decided)."""
-    max_t = max(p.spec.epochs for p in planned)
-    decisions = str(storage / "stage2" / DECISIONS_FILE)
-    asha = AshaLink(decisions, cfg.asha.decision_wait_s,
-                    rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t))
+               caches: dict[tuple[str, str], str], lineage: dict[str, Any],
+               space: SearchSpace | None = None) -> list[TrialResult]:
+    """The continuations, each from its parent's best checkpoint (searched over ``--stage2-space`` if given),
+    under ASHA unless ``--scheduler none``."""
+    asha, scheduler = stage_asha(cfg, 2, storage, planned, space)
     trials = [make_trial(cfg, p, storage, data, caches, parent_checkpoint(p, lineage, storage / LINEAGE_FILE), asha)
               for p in spread_cpus(planned, largest_node("CPU"), cfg.asha.max_concurrent)]
-    scheduler = RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
-                              reduction_factor=cfg.asha.reduction_factor)
-    return _run_experiment(cfg, 2, trials, storage, scheduler=scheduler)
+    return _run_experiment(cfg, 2, trials, storage, stage_search(cfg, trials, planned, space), scheduler,
+                           cfg.asha.max_concurrent)
 
 
 def evaluate_trials(cfg: SweepConfig, ecfg: SweepEvalConfig, results: dict[int, list[TrialResult]],
@@ -602,12 +784,15 @@ def run_sweep(cfg: SweepConfig) -> dict[str, Any]:
     results: dict[int, list[TrialResult]] = {}
     summary: dict[str, Any] = {"stages": {}}
     if 1 in sweep.stages:                                           # stage 1, then its best checkpoints
-        results[1] = run_stage1(cfg, sweep.stages[1], storage, view, data, caches)
+        results[1] = run_stage1(cfg, sweep.stages[1], storage, view, data, caches, sweep.spaces.get(1))
         summary["stages"][1] = [t.summary() for t in results[1]]
         lineage = record_lineage(summary["stages"][1], lineage)
         atomic_write_text(lineage_file, json.dumps(lineage, indent=2))
     if 2 in sweep.stages:                                           # stage 2 from them, under ASHA
-        results[2] = run_stage2(cfg, sweep.stages[2], storage, data, caches, lineage)
+        planned2 = sweep.stages[2]
+        if continues_best(cfg):                                     # the best stage-1 trials, now known
+            planned2 = best_continuations(cfg, results[1] if 1 in results else stage1_on_storage(storage))
+        results[2] = run_stage2(cfg, planned2, storage, data, caches, lineage, sweep.spaces.get(2))
         summary["stages"][2] = [t.summary() for t in results[2]]
     atomic_write_text(storage / "trials.json", json.dumps(summary, indent=2, default=str))
     if (ecfg := cfg.eval_config()) is not None:                     # the benchmarks, as Ray tasks

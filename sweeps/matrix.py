@@ -14,6 +14,7 @@ stage-1 config continued both ways).
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -65,8 +66,10 @@ class TrialSpec:
 
 
 def _epochs_and_batch(stage1_id: str) -> str:
-    """``e9-b8`` of a stage-1 config id (its last two fields, as ``TrialSpec.config_id`` writes them)."""
-    return "-".join(stage1_id.split("-")[-2:])
+    """``e9-b8`` of a stage-1 config id (its epochs and batch, as ``TrialSpec.config_id`` writes them), with a
+    searched parent's parameter digest (``e3-b2-p1a2b3c``: ``sweeps.trial_config.Trial.config_id``)."""
+    m = re.search(r"e\d+-b\d+(-p[0-9a-f]+)?$", stage1_id)
+    return m.group(0) if m else "-".join(stage1_id.split("-")[-2:])
 
 
 # The seed study's stage-1 table (shared/architecture.md §2): id, dataset, dense, chat, scheduler, epochs, batch,

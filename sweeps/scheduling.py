@@ -44,7 +44,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -88,12 +88,6 @@ class AshaLink:
 def config_digest(worker: dict[str, Any]) -> str:
     """A hash of everything a trial's workers get: with the config id, a trial's identity across restores."""
     return json_digest(worker, 10)
-
-
-def trial_identity(config: dict[str, Any]) -> tuple[str | None, str | None]:
-    """(config id, config hash) of a trial from its Tune config: the same after any restore."""
-    t = config.get("trial", {}) if isinstance(config, dict) else {}
-    return t.get("config_id"), config_digest(t["worker"]) if "worker" in t else None
 
 
 def _key(d: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -210,11 +204,14 @@ class RecordingASHA(ASHAScheduler):
     replays what it recorded (see the module docstring)."""
 
     def __init__(self, decisions_file: str, *, time_attr: str, max_t: int, grace_period: int,
-                 reduction_factor: int) -> None:
+                 reduction_factor: int, identify: Callable[[dict[str, Any]], tuple[str | None, str | None]]) -> None:
         # metric and mode come from TuneConfig (Tune refuses them in both places)
         super().__init__(time_attr=time_attr, max_t=max_t, grace_period=grace_period,
                          reduction_factor=reduction_factor)
         self.decisions_file = decisions_file
+        self.identify = identify
+        """Tune config → (config id, config hash): a trial's identity across restores
+        (``sweeps.trial_config.trial_identity``)."""
         self.milestones = set(rung_milestones(grace_period, reduction_factor, max_t))
         self.seen: dict[int, dict[str, float]] = {}  # rung → config id → metric, as the decisions were made
         self._recorded: dict[tuple, dict[str, Any]] | None = None  # loaded from decisions_file on first use
@@ -241,7 +238,7 @@ class RecordingASHA(ASHAScheduler):
     def _identity(self, trial) -> tuple[str | None, str | None]:
         ids = self.__dict__.setdefault("_identities", {})
         if trial.trial_id not in ids:
-            cid, digest = trial_identity(trial.config)
+            cid, digest = self.identify(trial.config)
             ids[trial.trial_id] = (cid or trial.trial_id, digest)
         return ids[trial.trial_id]
 

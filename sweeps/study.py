@@ -41,7 +41,7 @@ from vlm_core.evaluation.benchmarks.easy_vqa import EVAL_FILE
 from vlm_core.evaluation.heldout import EvalConfig, evaluate_checkpoint, protocol, question_set
 from vlm_core.presets import preset
 
-from .driver import SweepConfig, check_space, run_sweep
+from .driver import SweepConfig, check_space, plan_sweep, run_sweep
 from .reporting.benchmark_table import check_select_by, read_evals
 from .reporting.study_report import chat_command, write_study_report
 
@@ -63,13 +63,20 @@ class StudyConfig:
     """What ``vlm-sweep run`` runs."""
 
     preset: str = "local"
+    """tiny (smoke runs), local (the whole grid on 2 cores), local-long (one lineage, trained longer),
+    local-clip / local-long-clip (the same with a random-init CLIP), paper (GPUs)."""
     out: str = "runs/main"
+    """Output folder (rerun with the same one to reuse finished steps and trials)."""
     grid: str = "paper19"
+    """paper19 (the study's 19 + 6 runs), lora or full."""
     paper_ids: list[int] | None = None
     """paper19 rows to run (default: the preset's ``study.paper_ids``: all; ``local-long``: [7])."""
     n_train_images: int = 600
+    """Size of the sample corpus (easy-vqa images)."""
     random_size: int = 300
+    """Rows of the 10kRandom variant."""
     umap_size: int = 400
+    """Rows of the 20kUmap variant."""
     eval_questions: int | None = None
     """Held-out easy-vqa questions per stage-2 checkpoint, equal shares of yes/no, colour, shape (default: the
     preset's ``study.eval_questions``: 36; local-long: 150)."""
@@ -81,6 +88,7 @@ class StudyConfig:
     num_workers: int | None = None
     """Ray Train workers (data-parallel ranks) per trial (default: the hardware profile's, 1)."""
     wandb: str = "auto"
+    """auto (online with a key, else offline), offline, online, disabled."""
     eval_benchmarks: str | None = None
     """Benchmarks to evaluate every stage-2 checkpoint on besides easy-vqa and the corpus's POPE set,
     comma-separated (e.g. ``gqa,xgqa-id``; their files under ``benchmarks``)."""
@@ -92,6 +100,28 @@ class StudyConfig:
     min_free_gb: float | None = None
     """Refuse to start unless ``out`` and the temp folder have this much free space (GiB; default per preset:
     the preset's ``min_free_gb``)."""
+    search: str = "grid"
+    """Stage 1's trials: the grid's rows (``grid``), or a ``random`` / ``optuna`` search over ``space`` from them
+    (as ``vlm-sweep sweep --search``; README "Search")."""
+    space: str | None = None
+    """Stage 1's search space (a YAML file or an inline mapping; ``vlm-sweep sweep --space``)."""
+    num_samples: int = 8
+    """Trials of a search (``vlm-sweep sweep --num-samples``)."""
+    search_seed: int = 0
+    """Seeds the searcher (``vlm-sweep sweep --search-seed``)."""
+    max_concurrent: int | None = None
+    """Stage-1 trials in flight (default: as many as fit)."""
+    scheduler: str = "auto"
+    """Early stopping (``vlm-sweep sweep --scheduler``)."""
+    stage2_scheduler: str | None = None
+    """Stage 2's early stopping when it differs (``vlm-sweep sweep --stage2-scheduler``)."""
+    stage2_parents: int | None = None
+    """Stage 2 continues the best K stage-1 trials (``vlm-sweep sweep --stage2-parents``)."""
+    stage2_with_points: bool = False
+    """... and the trials of the search's points evaluated first (``vlm-sweep sweep --stage2-with-points``)."""
+    verbose: bool = False
+    """Ray's, Tune's and Ray Data's own output and every INFO line on the console too (they always go to
+    ``OUT/logs/vlm-sweep.log``); without it the console has one line per step and per trial event."""
 
 
 def _say(msg: str) -> None:
@@ -158,14 +188,25 @@ def prepare_data(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
 def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
     sweep_dir = out / "sweep"
     resume = (sweep_dir / "stage1").exists()
-    _say(f"sweep: {'resuming' if resume else 'starting'} {cfg.grid} (stage 1, then stage 2 under ASHA) in "
+    what = f"{cfg.search} search of {cfg.grid}" if cfg.search != "grid" else cfg.grid
+    _say(f"sweep: {'resuming' if resume else 'starting'} {what} (stage 1, then stage 2 under ASHA) in "
          f"{sweep_dir}{' — finished trials are kept' if resume else ''}")
-    return run_sweep(SweepConfig(data=str(out / "data"), images=str(corpus / "images"), preset=cfg.preset,
-                                 grid=cfg.grid, paper_ids=cfg.paper_ids, stage="all", out=str(sweep_dir),
-                                 dense_groups=cfg.dense_groups, num_workers=cfg.num_workers,
-                                 resume=resume, wandb=cfg.wandb, min_free_gb=cfg.min_free_gb,
-                                 eval_limit=cfg.eval_questions, select_by=cfg.select_by or "val_loss",
-                                 **benchmark_flags(corpus, cfg.eval_benchmarks, cfg.benchmarks)))
+    return run_sweep(study_sweep_config(cfg, corpus, out, resume))
+
+
+def study_sweep_config(cfg: StudyConfig, corpus: Path, out: Path, resume: bool = False) -> SweepConfig:
+    """The sweep ``vlm-sweep run`` runs (also built before anything runs, so its flags are checked first)."""
+    return SweepConfig(data=str(out / "data"), images=str(corpus / "images"), preset=cfg.preset,
+                       grid=cfg.grid, paper_ids=cfg.paper_ids, stage="all", out=str(out / "sweep"),
+                       dense_groups=cfg.dense_groups, num_workers=cfg.num_workers,
+                       resume=resume, wandb=cfg.wandb, min_free_gb=cfg.min_free_gb,
+                       eval_limit=cfg.eval_questions, select_by=cfg.select_by or "val_loss",
+                       search=cfg.search, space=cfg.space, num_samples=cfg.num_samples,
+                       search_seed=cfg.search_seed, max_concurrent=cfg.max_concurrent,
+                       scheduler=cfg.scheduler, stage2_scheduler=cfg.stage2_scheduler,
+                       stage2_parents=cfg.stage2_parents,
+                       stage2_with_points=cfg.stage2_with_points,
+                       **benchmark_flags(corpus, cfg.eval_benchmarks, cfg.benchmarks))
 
 
 def easy_vqa_answers(sweep_dir: Path, config_id: str) -> dict[str, dict[str, str]] | None:
@@ -228,6 +269,7 @@ def run_main_job(cfg: StudyConfig) -> dict[str, Any]:
         _say(f"preset {cfg.preset}: paper19 rows {cfg.paper_ids} only")
     check_eval_flags(cfg)
     out = Path(cfg.out).resolve()
+    plan_sweep(study_sweep_config(cfg, out / "corpus", out))  # a bad search space is refused before any data
     check_space(out, cfg.preset, cfg.min_free_gb, "run --out")
     open_log()  # OUT passed its checks: the log file may be written
     t0 = time.perf_counter()

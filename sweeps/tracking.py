@@ -27,6 +27,8 @@ from vlm_core.base.hashing import json_digest
 from vlm_core.base.outputs import atomic_write_text
 from vlm_core.base.registry import Registry
 
+from .trial_config import trial_from_config
+
 PROJECT = "multimodal-llama"
 DENSE_PROJECT = "multimodal-llama-dense-connector"
 MODES: Registry[str] = Registry("wandb", "W&B mode", {
@@ -79,7 +81,7 @@ class StudyWandbCallback(WandbLoggerCallback):
         super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 
     def log_trial_start(self, trial) -> None:
-        self.project = project_for(trial.config.get("trial", {}).get("spec", {}))
+        self.project = project_for(trial_from_config(trial.config).spec.to_dict())
         super().log_trial_start(trial)
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:

@@ -35,7 +35,7 @@ from vlm_core.training.one_stage import run_stage
 from .profiles import TrialResources
 from .scheduling import resume_decision, wait_for_decision
 from .statuses import METRIC, MODE, STATUS_NON_FINITE, STATUS_RUNNING
-from .trial_config import Trial, TrialRun
+from .trial_config import TrialRun, trial_from_config
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def run_trial(config: dict[str, Any]) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    trial = Trial.from_dict(config["trial"])  # the grid_search entry: everything this trial needs
+    trial = trial_from_config(config)  # the grid entry, or a searched row with its draw: everything it needs
     res = trial.resources
     trial_id = ray.tune.get_context().get_trial_id()
     run = trial.run_for(trial_id, workdir_prefix(trial_id))

@@ -17,7 +17,7 @@ ASHA's replay read back.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vlm_core.assets.hub import localize
@@ -28,6 +28,7 @@ from vlm_core.training.one_stage import DataSpec
 from .matrix import TrialSpec
 from .profiles import TrialResources
 from .scheduling import AshaLink, config_digest
+from .search.space import apply, params_digest, to_plain
 
 
 @dataclass
@@ -90,10 +91,29 @@ class Trial:
     """A rehearsal on a simulated cluster (``vlm-sweep rehearse``): Ray is asked for exactly what the cluster would
     be asked (GPUs, accelerator type, workers), but the GPUs exist only as numbers, so the workers train on the CPU
     and talk gloo, with no CUDA memory cap. Set only by the rehearsal; a sweep has no flag for it."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """A searched trial: the values its searcher drew (dotted field → value, ``sweeps.search``), already applied to
+    ``run`` and ``spec``; empty in a grid."""
 
     @property
     def config_id(self) -> str:
-        return self.spec.config_id
+        """The row's id; a searched trial's ends in ``-p`` and six hex digits of its parameters."""
+        return f"{self.spec.config_id}-p{params_digest(self.params)}" if self.params else self.spec.config_id
+
+    def with_params(self, params: dict[str, Any]) -> Trial:
+        """This row with a searcher's draw applied: the configs rebuilt (their checks run), the spec's axes set to
+        what the trial runs, and a searched encoder or projector field encoding on the fly (a feature cache holds one
+        projector's selection)."""
+        if not params:
+            return self
+        params = {k: to_plain(v) for k, v in sorted(params.items())}
+        model, train = apply(self.run.model, self.run.train, params)
+        axes = {axis: getter(model, train) for name, (axis, getter) in SPEC_AXES.items() if name in params}
+        data = self.run.data
+        if any(k.startswith(("model.vision.", "model.projector.")) for k in params):
+            data = dataclasses.replace(data, features=None)
+        return dataclasses.replace(self, spec=dataclasses.replace(self.spec, **axes), params=params,
+                                   run=dataclasses.replace(self.run, model=model, train=train, data=data))
 
     def run_for(self, trial_id: str, workdir_prefix: str) -> TrialRun:
         """The run the trial's workers train: its name, scratch folder, CUDA cap, and ASHA's link for this trial."""
@@ -112,6 +132,8 @@ class Trial:
                "max_failures": self.max_failures, "worker": self.run.configs(), "in_tune": self.in_tune}
         if self.rehearsal:
             out["rehearsal"] = True
+        if self.params:
+            out["params"] = self.params
         return {**out, "asha": dataclasses.asdict(self.asha)} if self.asha else out
 
     @classmethod
@@ -120,6 +142,36 @@ class Trial:
         d["spec"] = {k: v for k, v in d["spec"].items() if k != "config_id"}
         d["run"] = d.pop("worker")
         return from_dict(cls, d)
+
+
+SPEC_AXES = {
+    "train.scheduler": ("scheduler", lambda m, t: t.scheduler),
+    "train.epochs": ("epochs", lambda m, t: t.epochs),
+    "train.batch_size": ("batch_size", lambda m, t: t.batch_size),
+    "train.lr": ("lr", lambda m, t: t.lr),
+    "train.lm_tuning": ("lm_tuning", lambda m, t: t.lm_tuning),
+    "model.projector.name": ("dense", lambda m, t: m.projector.name.startswith("dense")),
+    "model.format.mode": ("chat", lambda m, t: m.format.mode == "chat"),
+}
+"""A searched field that is also an axis of the study's rows → (the spec's axis, its value from the configs)."""
+
+
+def trial_from_config(config: dict[str, Any]) -> Trial:
+    """The trial a Tune config describes: a grid's ``trial`` entry, or a search's row (``rows[row]``) with the
+    searcher's ``params`` applied (``sweeps.search.algorithms`` lays the config out)."""
+    if "trial" in config:
+        return Trial.from_dict(config["trial"])
+    return Trial.from_dict(config["rows"][config["row"]]).with_params(config.get("params") or {})
+
+
+def trial_identity(config: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(config id, config hash) of a trial from its Tune config: the same after any restore (what ASHA's records
+    are keyed by)."""
+    if not isinstance(config, dict) or not ({"trial", "rows"} & config.keys()):
+        return None, None
+    trial = trial_from_config(config)
+    return trial.config_id, trial.run.digest()
+
 
 
 PROJECTOR_FOR_DENSE = {False: "mlp2x_gelu", True: "dense_connector"}

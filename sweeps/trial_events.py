@@ -16,6 +16,7 @@ from ray.tune import Callback
 from vlm_core.base.logs import ProgressBar, event
 
 from .statuses import METRIC, STATUS_NON_FINITE
+from .trial_config import trial_identity
 
 
 def _duration(seconds: float) -> str:
@@ -24,7 +25,8 @@ def _duration(seconds: float) -> str:
 
 
 def _name(trial) -> str:
-    return trial.config.get("trial", {}).get("config_id", str(trial))
+    cid, _ = trial_identity(trial.config)
+    return cid or str(trial)
 
 
 class TrialEvents(Callback):
@@ -55,7 +57,10 @@ class TrialEvents(Callback):
         name = _name(trial)
         again = name in self.started
         self.started.add(name)
-        self._say(trial, "resumed" if again else f"started ({len(self.started)}/{self.total})")
+        params = (trial.config.get("params") or {}) if isinstance(trial.config, dict) else {}
+        drawn = ": " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in sorted(params.items())) if params else ""
+        self._say(trial, "resumed" if again else f"started ({len(self.started)}/{self.total}){drawn}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:
         value = result.get(METRIC)

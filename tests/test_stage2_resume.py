@@ -175,8 +175,13 @@ class _Controller:
         trial.status = Trial.TERMINATED
 
 
+def _identify(config: dict) -> tuple[str, str]:
+    """What ``sweeps.trial_config.trial_identity`` says of a real trial: its config id and the hash of its worker."""
+    return config["trial"]["config_id"], config_digest(config["trial"]["worker"])
+
+
 def _asha(path: Path) -> RecordingASHA:
-    s = RecordingASHA(str(path), time_attr="epoch", max_t=3, grace_period=1, reduction_factor=2)
+    s = RecordingASHA(str(path), time_attr="epoch", max_t=3, grace_period=1, reduction_factor=2, identify=_identify)
     s.set_search_properties("val_loss", "min")
     return s
 

@@ -26,6 +26,7 @@ from vlm_core.training.checkpoint import read_meta
 
 from ..scheduling import DECISIONS_FILE, read_decisions
 from ..statuses import METRIC, STATUS_NON_FINITE
+from ..trial_config import trial_from_config
 
 LINEAGE_FILE = "lineage.json"
 """Each stage-1 config's best checkpoint (and the stage-2 trials that continue it), in the experiment folder."""
@@ -247,7 +248,13 @@ class TrialResult:
             "wall_s": float(last["time_total_s"]) if last is not None and "time_total_s" in self.curve else math.nan,
             **{k: self._mean(k) for k in ("tokens_per_s", "samples_per_s", "pad_fraction")},
             "parent": spec.get("parent"),
-            "error": self.non_finite_message if self.non_finite else _last_line(self.error_text)}
+            "error": self.non_finite_message if self.non_finite else _last_line(self.error_text),
+            **self.params}
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """A searched trial's drawn parameters (dotted field → value); empty in a grid."""
+        return dict(self.config.get("params") or {})
 
 
 def _last_line(text: str | None) -> str | None:
@@ -285,7 +292,7 @@ def read_trials(experiment_dir: str | Path, stage: int) -> list[TrialResult]:
     frames = analysis.trial_dataframes
     out = []
     for trial in analysis.trials:
-        conf = trial.config["trial"]
+        conf = trial_from_config(trial.config).to_dict()
         df = frames.get(trial.trial_id)
         df = df if df is not None and not df.empty and "epoch" in df else pd.DataFrame(columns=["epoch"])
         out.append(TrialResult(stage, conf, trial.status, str(trial.path), df.reset_index(drop=True),
@@ -303,10 +310,12 @@ def read_sweep(sweep_dir: str | Path, known: dict[int, list[TrialResult]] | None
 
 
 def trial_table(results: dict[int, list[TrialResult]]) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    """(one row per trial, config id → its per-epoch results), over every stage."""
+    """(one row per trial, config id → its per-epoch results), over every stage; a searched sweep's table has a
+    column per searched parameter (its dotted field name), empty for trials that did not search it."""
     rows = [t.table_row() for trials in results.values() for t in trials]
     curves = {t.config_id: t.curve for trials in results.values() for t in trials}
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    searched = sorted({k for trials in results.values() for t in trials for k in t.params})
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS + searched)  # a column per searched parameter
     for col in ("paper_id", "best_epoch", "asha_rung", "steps", "samples_seen"):
         table[col] = table[col].astype("Int64")  # integers with gaps, not floats
     return table.sort_values(["stage", "paper_id", "config_id"], na_position="last").reset_index(drop=True), curves

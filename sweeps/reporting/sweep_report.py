@@ -12,7 +12,10 @@ Reads the Tune experiments under ``EXPERIMENT_DIR`` (``stage1/``, ``stage2/``) w
   dataset / dense connector / chat template / warmup schedule / epochs / batch size);
 - ``lineage.svg``: the stage-1 → stage-2 lineage with ASHA's decisions (``sweeps.reporting.html_report``);
 - ``report.html``: report.md as one self-contained page (figures inlined);
-- after a rehearsal (``rehearsal.json``), its section: the cluster's view of the sweep and this machine's run of it.
+- after a rehearsal (``rehearsal.json``), its section: the cluster's view of the sweep and this machine's run of it;
+- for a searched stage (``stage<N>/search.json``), its section and ``search_stage<N>.png``: the best draw, each
+  parameter's importance and a parallel-coordinates plot (``sweeps.reporting.search_section``); trials.csv gains a
+  column per searched parameter.
 
     vlm-sweep report runs/sweep
 """
@@ -35,7 +38,9 @@ from .benchmark_table import section as benchmark_section
 from .html_report import write_html, write_lineage_svg
 from .markdown import markdown_table
 from .rehearsal_section import section as rehearsal_section
-from .results import AXES, LINEAGE_FILE, TrialResult, experiment_dirs, read_sweep, trial_table
+from .results import AXES, LINEAGE_FILE, TABLE_COLUMNS, TrialResult, experiment_dirs, read_sweep, trial_table
+from .search_section import readable_params
+from .search_section import section as search_section
 
 
 def by_axis(table: pd.DataFrame) -> pd.DataFrame:
@@ -125,6 +130,14 @@ def token_length_section(experiment: Path, level: str) -> list[str]:
             "no answer is trained without its end of turn.", "", lengths_table(rows), ""]
 
 
+def _decisions_lines(decisions: list[dict[str, Any]]) -> list[str]:
+    if not decisions:
+        return ["No trial reached a rung below its last epoch (nothing to decide).", ""]
+    return ["Each row is one rung decision, in the order ASHA made it; `rung_before` is what the rung held when it "
+            "decided.", "",
+            markdown_table(pd.DataFrame([{**d, "rung_before": json.dumps(d["rung_before"])} for d in decisions])), ""]
+
+
 def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | None = None,
                  select_by: str = VAL_LOSS) -> dict[str, Any]:
     """Write report.md, trials.csv, loss_curves.png and by_axis.png into ``experiment``; return a summary. With
@@ -140,6 +153,8 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
     figures = [plot_loss_curves(table, curves, root), plot_by_axis(table, root)]
     sdirs = experiment_dirs(root)
     decisions = read_decisions(sdirs[2] / DECISIONS_FILE) if 2 in sdirs else []
+    searched, search_figures = search_section(table, sdirs, root)
+    figures += search_figures
     lineage_figure = write_lineage_svg(full, decisions, root, select_by)
     figures += [lineage_figure] if lineage_figure else []
     lineage = json.loads((root / LINEAGE_FILE).read_text()) if (root / LINEAGE_FILE).is_file() else {}
@@ -160,10 +175,12 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
             by = "" if select_by == VAL_LOSS else f" ({select_by}: not evaluated in this stage)"
             lines += [f"Best: `{b['config_id']}` — val loss {b['best_val_loss']:.4f} at epoch {b['best_epoch']}"
                       f"{by}.", ""]
-        optional = ["parent", "error", "asha_rung"] + (["stopped_by_asha"] if stage == 1 else [])
-        unused = [c for c in optional if part[c].isna().all() or c == "stopped_by_asha"]
+        optional = ["parent", "error", "asha_rung"]
+        unused = [c for c in optional if part[c].isna().all()]
+        unused += ["stopped_by_asha"] if not part["stopped_by_asha"].any() else []
+        unused += [c for c in part.columns if c not in TABLE_COLUMNS and part[c].isna().all()]  # another stage's
         unused += ["restarts"] if not part["restarts"].any() else []  # shown when a failure restarted a trial
-        shown = part.drop(columns=["stage"] + unused)
+        shown = readable_params(part.drop(columns=["stage"] + unused))
         restarted = part[part["restarts"] > 0]
         if len(restarted):
             lines += [f"Restarted after a failure (a lost node, a crashed worker) and resumed from its last "
@@ -171,17 +188,13 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
                       ""]
         lines += [markdown_table(shown), ""]
     lines += benchmark_section(evals)
+    lines += searched
     if len(axis_table):
         lines += ["## Best val loss by ablation axis", "", markdown_table(axis_table), ""]
+    if 1 in sdirs and (stage1_decisions := read_decisions(sdirs[1] / DECISIONS_FILE)):
+        lines += ["## ASHA (stage 1)", ""] + _decisions_lines(stage1_decisions)
     if 2 in sdirs:
-        lines += ["## ASHA (stage 2)", ""]
-        if decisions:
-            lines += ["Each row is one rung decision, in the order ASHA made it; `rung_before` is what the rung "
-                      "held when it decided.", "",
-                      markdown_table(pd.DataFrame([{**d, "rung_before": json.dumps(d["rung_before"])}
-                                                   for d in decisions])), ""]
-        else:
-            lines += ["No trial reached a rung below its last epoch (nothing to decide).", ""]
+        lines += ["## ASHA (stage 2)", ""] + _decisions_lines(decisions)
         starts = table[table["stage"] == 2][["config_id", "parent"]].copy()
         starts["start_checkpoint"] = [lineage.get(p, {}).get("checkpoint") for p in starts["parent"]]
         starts["parent_val_loss"] = [lineage.get(p, {}).get("best_val_loss") for p in starts["parent"]]

@@ -19,7 +19,7 @@ def check_field(cond: bool, field_name: str, msg: str) -> None:
         raise ConfigError(f"{field_name}: {msg}")
 
 
-def _dataclass_in(hint: Any) -> type | None:
+def dataclass_in(hint: Any) -> type | None:
     """The dataclass a field's type names, alone or as ``X | None``; None for any other type."""
     if dataclasses.is_dataclass(hint):
         return hint
@@ -41,7 +41,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
                           f"valid keys: {', '.join(sorted(names))}")
     kwargs = {}
     for name, value in data.items():
-        nested = _dataclass_in(hints[name])
+        nested = dataclass_in(hints[name])
         if nested is not None and isinstance(value, dict):
             value = from_dict(nested, value, f"{prefix}.{name}" if prefix else name)
         kwargs[name] = value

@@ -1,0 +1,283 @@
+"""Search (``sweeps.search``): spaces checked against the typed configs before Ray starts, the searchers' layouts and
+seeds, a real (tiny) Optuna search through Ray Tune whose best stage-1 trials feed stage 2, the report's search
+section, and a search whose driver is SIGKILLed resuming to the same trials.
+
+    pytest -q tests/test_search.py -m 'not slow'     # the spaces, the searchers, importance (seconds)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweeps.driver import SweepConfig, plan_sweep, run_sweep
+from sweeps.search.algorithms import Row, SearchSettings, tune_search
+from sweeps.search.space import parse_space, read_space
+from sweeps.trial_config import trial_from_config
+from vlm_core.base.errors import ConfigError
+
+LR_SPACE = {"train.lr": {"loguniform": [1.0e-5, 1.0e-2]}, "train.warmup_ratio": {"uniform": [0.0, 0.1]}}
+ROW3 = "s1-20kUmap-nodense-raw-linear-e6-b12"
+
+
+# --- spaces ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, message", [
+    ({"train.learning_rate": {"loguniform": [1e-5, 1e-2]}}, r"train.learning_rate: unknown field"),
+    ({"lr": {"loguniform": [1e-5, 1e-2]}}, r"lr: unknown field; did you mean train.lr"),
+    ({"train.lr": {"lognormal": [1e-5, 1e-2]}}, r"train.lr: unknown distribution 'lognormal'; use one of"),
+    ({"train.lr": {"loguniform": [1e-5, 2.0]}}, r"train.lr: loguniform bound 2.0 is out of the field's range "
+                                                r"\(train.lr: 2.0 is out of range \(0, 1\)\)"),
+    ({"train.lr": {"loguniform": [0.0, 1e-2]}}, r"loguniform needs low > 0"),
+    ({"train.lr": {"uniform": [1e-2, 1e-5]}}, r"bounds must be low < high"),
+    ({"train.epochs": {"uniform": [1, 3]}}, r"train.epochs: is an integer field; uniform draws fractions"),
+    ({"train.warmup_ratio": {"uniform": [0.0, 1.5]}}, r"train.warmup_ratio: uniform bound 1.5 is out of"),
+    ({"train.scheduler": {"choice": ["linear", "step"]}}, r"train.scheduler: choice value 'step' is out of"),
+    ({"train.batch_size": {"choice": [2, "four"]}}, r"train.batch_size: value 'four' is not a int"),
+    ({"model.projector.dense_groups": {"randint": [0, 4]}}, r"dense_groups: randint bound 0 is out of"),
+    ({"train.stage": {"choice": [1, 2]}}, r"train.stage: cannot be searched: the stage is the sweep's"),
+    ({"model.lm.source": {"choice": ["a", "b"]}}, r"model.lm.source: cannot be searched"),
+    ({"train.lr": [1e-5, 1e-2]}, r"train.lr: expected one distribution as a mapping"),
+    ({"study.rows": "all"}, r"study.rows: must be grid"),
+    ({"space": {"train.lr": {"loguniform": [1e-5, 1e-2]}}, "points": [{"train.lr": 0.5}]},
+     r"points\[0\]: train.lr=0.5 is outside the space"),
+    ({"space": {"train.lr": {"loguniform": [1e-5, 1e-2]}}, "points": [{"train.epochs": 2}]},
+     r"points\[0\] sets \['train.epochs'\], which the space does not search"),
+])
+def test_a_bad_space_is_refused_naming_the_field(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_space(raw, "space.yaml")
+
+
+def test_a_space_file_is_read_with_its_points_and_an_inline_one_too(tmp_path):
+    f = tmp_path / "lr.yaml"
+    f.write_text("space:\n  train.lr: {loguniform: [1.0e-5, 1.0e-2]}\n  train.scheduler: {choice: [linear, cosine]}\n"
+                 "  model.projector.dense_groups: {randint: [2, 6]}\npoints:\n  - {train.lr: 2.0e-5}\n")
+    space = read_space(str(f))
+    assert space.names() == ["train.lr", "train.scheduler", "model.projector.dense_groups"]
+    assert space.fields["model.projector.dense_groups"].args == (2, 6)
+    assert space.points == [{"train.lr": 2e-5}] and space.source == str(f)
+    inline = read_space(json.dumps(LR_SPACE))
+    assert inline.names() == ["train.lr", "train.warmup_ratio"] and inline.source == "(inline)"
+    with pytest.raises(ConfigError, match="neither a file nor an inline mapping"):
+        read_space(str(tmp_path / "missing.yaml"))
+
+
+def test_a_sweep_refuses_a_space_its_algorithm_cannot_search_before_ray_starts(tmp_path):
+    common = dict(data=str(tmp_path), images=str(tmp_path), preset="tiny", paper_ids=[3], stage="1",
+                  out=str(tmp_path / "out"), wandb="disabled")
+    with pytest.raises(ConfigError, match="--search grid enumerates; train.lr, train.warmup_ratio in .inline. are sampled"):
+        plan_sweep(SweepConfig(**common, space=json.dumps(LR_SPACE)))
+    with pytest.raises(ConfigError, match="Optuna cannot grid; train.batch_size"):
+        plan_sweep(SweepConfig(**common, search="optuna", space='{"train.batch_size": {"grid": [1, 2]}}'))
+    with pytest.raises(ConfigError, match="--search random draws from a search space; pass --space"):
+        plan_sweep(SweepConfig(**common, search="random"))
+    with pytest.raises(ConfigError, match="select_by: a search optimises what its trials report"):
+        SweepConfig(**common, search="optuna", select_by="pope.f1", eval_benchmarks="pope")
+    with pytest.raises(ConfigError, match="search_storage: keeps an Optuna study"):
+        SweepConfig(**common, search="random", search_storage="sqlite:///x.db")
+    grid = plan_sweep(SweepConfig(**common, space='{"train.scheduler": {"grid": [linear, cosine]}}'))
+    assert grid.spaces[1].names() == ["train.scheduler"]
+
+
+# --- a searched trial -------------------------------------------------------------------------------------------
+
+def _rows(tmp_path, ids=(3,)) -> tuple[SweepConfig, list[Row]]:
+    from sweeps.driver import make_trial
+
+    cfg = SweepConfig(data=str(tmp_path), images=str(tmp_path), preset="tiny", paper_ids=list(ids), stage="1",
+                      out=str(tmp_path / "out"), wandb="disabled")
+    from vlm_core.training.one_stage import DataSpec
+
+    planned = plan_sweep(cfg).stages[1]
+    data = {p.spec.dataset: DataSpec(train="t.parquet", images=str(tmp_path)) for p in planned}
+    caches = {(p.spec.dataset, p.model.projector.name): "cache" for p in planned}
+    trials = [make_trial(cfg, p, tmp_path, data, caches) for p in planned]
+    return cfg, [Row(t.config_id, t.to_dict(), p.model, p.train) for t, p in zip(trials, planned)]
+
+
+def test_a_draw_is_applied_to_the_configs_the_spec_and_the_id(tmp_path):
+    _, (row,) = _rows(tmp_path)
+    params = {"train.lr": 3e-4, "train.scheduler": "cosine", "model.projector.name": "dense_connector"}
+    trial = trial_from_config({"rows": {row.config_id: row.trial}, "row": row.config_id, "params": params})
+    assert trial.run.train.lr == 3e-4 and trial.run.train.scheduler == "cosine"
+    assert trial.run.model.projector.name == "dense_connector"
+    assert (trial.spec.lr, trial.spec.scheduler, trial.spec.dense) == (3e-4, "cosine", True)  # the axes it ran
+    assert trial.config_id.startswith("s1-20kUmap-dense-raw-cosine-e6-b12-p") and len(trial.config_id) == 42
+    assert trial.run.data.features is None  # a feature cache holds one projector's selection: encode on the fly
+    again = trial_from_config({"rows": {row.config_id: row.trial}, "row": row.config_id, "params": dict(params)})
+    assert again.config_id == trial.config_id and again.run.digest() == trial.run.digest()
+    lr_only = trial_from_config({"rows": {row.config_id: row.trial}, "row": row.config_id,
+                                 "params": {"train.lr": 3e-4}})
+    assert lr_only.run.data.features == "cache" and lr_only.config_id != trial.config_id
+    assert trial_from_config({"trial": row.trial}).config_id == ROW3  # a grid's trial is its row
+
+
+def test_an_optuna_search_suggests_the_same_trials_for_the_same_seed(tmp_path):
+    """Optuna's first suggestions are the points to evaluate (each row's own values: what the grid would run), then
+    seeded independent draws: the same seed gives the same trials in the same order, another seed others."""
+    _, rows = _rows(tmp_path)
+    space = parse_space(LR_SPACE)
+
+    def suggest(seed: int, n: int = 6) -> list[dict]:
+        search = tune_search(rows, space, SearchSettings("optuna", n, seed))
+        search.search_alg.set_search_properties("val_loss", "min", search.param_space)
+        return [search.search_alg.suggest(f"t{i}")["params"] for i in range(n)]
+
+    first, again, other = suggest(0), suggest(0), suggest(1)
+    assert first == again
+    assert first[0] == {"train.lr": rows[0].train.lr, "train.warmup_ratio": rows[0].train.warmup_ratio}
+    assert other[0] == first[0] and other[1:] != first[1:]
+    assert len({json.dumps(p, sort_keys=True) for p in first}) == 6
+    for p in first:
+        assert 1e-5 <= p["train.lr"] <= 1e-2 and 0 <= p["train.warmup_ratio"] <= 0.1
+
+
+def test_the_random_search_trial_count_is_tunes(tmp_path):
+    """The count a resumed search is checked against equals what Tune's generator really makes, points and gridded
+    rows included."""
+    from ray.tune.experiment import Experiment
+
+    _, rows = _rows(tmp_path, ids=(3, 9))
+    for raw, n in [(LR_SPACE, 3), ({**LR_SPACE, "train.scheduler": {"grid": ["linear", "cosine"]}}, 2),
+                   ({"space": LR_SPACE, "points": [{"train.lr": 1e-3}]}, 4)]:
+        space = parse_space(raw)
+        search = tune_search(rows, space, SearchSettings("random", n, 0))
+        search.search_alg.add_configurations([Experiment("count", lambda c: None, config=search.param_space,
+                                                         num_samples=n)])
+        made = 0
+        while search.search_alg.next_trial() is not None:
+            made += 1
+        assert made == search.trials, (raw, made, search.trials)
+
+
+def test_importance_finds_the_parameter_that_matters_and_the_plot_is_drawn(tmp_path):
+    from sweeps.reporting.search_section import importance, plot_parallel
+
+    rng = __import__("numpy").random.default_rng(0)
+    lr = 10 ** rng.uniform(-5, -2, 40)
+    warmup = rng.uniform(0, 0.1, 40)
+    table = pd.DataFrame({"train.lr": lr, "train.warmup_ratio": warmup, "stage": 1,
+                          "best_val_loss": (math.log10(3e-4) - pd.Series(lr).map(math.log10)) ** 2
+                          + rng.normal(0, 0.01, 40)})
+    imp = importance(table, LR_SPACE)
+    assert set(imp) == {"train.lr", "train.warmup_ratio"} and imp["train.lr"] > 0.8 > imp["train.warmup_ratio"]
+    assert importance(table.head(2), LR_SPACE) == {}  # too few trials to attribute anything
+    png = plot_parallel(table, LR_SPACE, 1, tmp_path)
+    assert png.name == "search_stage1.png" and png.stat().st_size > 10_000
+
+
+# --- a real search through Ray Tune ----------------------------------------------------------------------------
+
+def _params_set(out: Path, stage: int = 1) -> set[str]:
+    table = pd.read_csv(out / "trials.csv")
+    part = table[table["stage"] == stage]
+    return {json.dumps({k: float(f"{r[k]:.10g}") for k in LR_SPACE}, sort_keys=True) for _, r in part.iterrows()}
+
+
+@pytest.fixture(scope="module")
+def optuna_search(ray_local, variants, corpus, tmp_path_factory):
+    """A tiny Optuna search of stage 1 (paper row 3, 6 samples, 2 at a time, seed 7) whose best 2 trials
+    continue into stage 2, run once in-process: (config, result, out)."""
+    out = tmp_path_factory.mktemp("search") / "optuna"
+    cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all", paper_ids=[3],
+                      out=str(out), wandb="disabled", search="optuna", num_samples=6, max_concurrent=2,
+                      search_seed=7, space=json.dumps(LR_SPACE), stage2_parents=2)
+    return cfg, run_sweep(cfg), out
+
+
+@pytest.mark.slow
+def test_a_searched_stage1_feeds_its_best_trials_to_stage2(optuna_search):
+    _, result, out = optuna_search
+    s1, s2 = result["stages"][1], result["stages"][2]
+    assert len(s1) == 6 and len({t["config_id"] for t in s1}) == 6
+    best_two = sorted((t for t in s1 if t["best_val_loss"] is not None), key=lambda t: t["best_val_loss"])[:2]
+    parents = [json.loads((Path(t["path"]) / "params.json").read_text()) for t in s2]
+    continued = {trial_from_config(p).spec.parent for p in parents}
+    assert continued == {t["config_id"] for t in best_two}
+    lineage = result["lineage"]
+    for t in s2:  # each continuation started from its own parent's best checkpoint, and is named after it
+        parent = next(p for p in continued if t["config_id"].endswith(p.rsplit("-", 1)[1]))
+        assert lineage[parent]["checkpoint"]
+    table = pd.read_csv(out / "trials.csv")
+    assert {"train.lr", "train.warmup_ratio"} <= set(table.columns)
+    assert table[table["stage"] == 1]["train.lr"].notna().all() and table[table["stage"] == 2]["train.lr"].isna().all()
+    first = table[table["stage"] == 1].sort_values("config_id")
+    assert ((first["train.lr"] >= 1e-5) & (first["train.lr"] <= 1e-2)).all()
+    record = json.loads((out / "stage1" / "search.json").read_text())
+    assert record["algorithm"] == "optuna" and record["trials"] == 6 and set(record["space"]) == set(LR_SPACE)
+    md = (out / "report.md").read_text()
+    assert "## Search (stage 1)" in md and "optuna search, 6 of 6 trials" in md
+    assert "Importance of each searched parameter" in md and "![search_stage1](search_stage1.png)" in md
+    assert (out / "search_stage1.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_the_search_shows_in_the_browser_and_in_the_analysis_notebook(optuna_search, tmp_path):
+    from tests.browser import render
+    from tests.notebook import run_analysis_notebook
+
+    _, _, out = optuna_search
+    shown = render(out / "report.html", tmp_path / "browser")
+    figure = [i for i in shown.images if i["alt"] == "search_stage1"]
+    assert figure and figure[0]["decoded"], shown.images
+    assert shown.blank_images() == [] and shown.unlike_their_source() == []
+    nb, text = run_analysis_notebook(out, tmp_path)
+    assert "stage 1: optuna search, 6 trials; importance: {'train.lr':" in text, text[-3000:]
+    assert "stage 2: not searched" in text
+    shown_images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                    if "image/png" in o.get("data", {})]
+    assert len(shown_images) >= 2  # the search's parallel coordinates, and the notebook's own plots
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900, func_only=True)
+def test_a_search_whose_driver_is_killed_resumes_to_the_same_trials(optuna_search, variants, corpus, tmp_path):
+    """SIGKILL the driver once two trials finished (more were suggested and running), rerun with --resume: the
+    same six configurations as the uninterrupted search with the same seed, none suggested twice, the finished
+    trials not run again."""
+    from tests.conftest import sigkill_driver
+
+    cfg, _, ref = optuna_search
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--data", str(variants), "--images", str(corpus / "images"),
+           "--preset", "tiny", "--paper_ids", "[3]", "--stage", "1", "--out", str(out), "--wandb", "disabled",
+           "--search", "optuna", "--num_samples", "6", "--max_concurrent", "2", "--search_seed", "7",
+           "--space", json.dumps(LR_SPACE), "--scheduler", "asha"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the driver starts its own local Ray
+    log = (tmp_path / "sweep.log").open("w")
+
+    def finished() -> list[Path]:
+        """Trial folders whose result.json has the trial's last epoch (whole lines only: Tune may be writing)."""
+        done = []
+        for d in (out / "stage1").glob("s1-*") if (out / "stage1").is_dir() else []:
+            text = (d / "result.json").read_text() if (d / "result.json").is_file() else ""
+            rows = [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+            if any(r.get("epoch") == r.get("epochs_planned") for r in rows):
+                done.append(d)
+        return done
+
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None and len(finished()) < 2:
+        time.sleep(0.1)
+    assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
+    done_before = {d.name: (d / "result.json").read_text() for d in finished()}
+    assert len(done_before) >= 2 and len(list((out / "stage1").glob("s1-*"))) < 6  # killed mid-search
+    sigkill_driver(proc, "a search with trials in flight")
+    resumed = subprocess.run(cmd + ["--resume", "true"], env=env, capture_output=True, text=True, timeout=600)
+    log.close()
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
+    table = pd.read_csv(out / "trials.csv")
+    assert len(table) == 6 and table["config_id"].is_unique  # none suggested twice
+    assert _params_set(out) == _params_set(ref)  # the uninterrupted search's six configurations
+    for name, text in done_before.items():  # finished before the kill: kept, not run again
+        assert (out / "stage1" / name / "result.json").read_text() == text
