@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import ClusterConfig, UmapConfig
+from .umap_kernels import first_use, umap_module
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,7 @@ MIN_FIT_ROWS = 5
 
 
 def _umap(n_components: int, cfg: UmapConfig, seed: int, n_rows: int):
-    import umap
-
+    umap = umap_module()  # its numba kernels read from this machine's cache (data_pipeline.umap_kernels)
     # init="pca": the default spectral init is not reproducible under a fixed random_state (measured: three
     # fits of the same 50 rows gave three layouts); PCA init gave identical layouts every time.
     return umap.UMAP(n_components=n_components, n_neighbors=min(cfg.n_neighbors, max(2, n_rows - 1)),
@@ -52,7 +52,8 @@ def _umap(n_components: int, cfg: UmapConfig, seed: int, n_rows: int):
 
 def fit_plot_layout(embeddings: np.ndarray, umap_cfg: UmapConfig, seed: int) -> np.ndarray:
     """The fit sample's 2-d UMAP coordinates, for the plot only (``FittedSpace.sample_coords_2d``)."""
-    return _umap(2, umap_cfg, seed, len(embeddings)).fit_transform(embeddings)
+    with first_use("fit"):
+        return _umap(2, umap_cfg, seed, len(embeddings)).fit_transform(embeddings)
 
 
 def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: ClusterConfig, seed: int,
@@ -67,7 +68,8 @@ def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: Cluster
     if n < MIN_FIT_ROWS:
         raise ValueError(f"only {n} rows to fit UMAP/clustering; at least {MIN_FIT_ROWS} are needed")
     reducer = _umap(umap_cfg.n_components, umap_cfg, seed, n)
-    coords = reducer.fit_transform(embeddings)
+    with first_use("fit"):
+        coords = reducer.fit_transform(embeddings)
     coords_2d = fit_plot_layout(embeddings, umap_cfg, seed) if plot else None
     scores: dict[int, float] = {}
     if cluster_cfg.method == "kmeans":
@@ -104,7 +106,8 @@ def assign_counted(space: FittedSpace, embeddings: np.ndarray) -> tuple[np.ndarr
     for; seen once in CI, on a build whose texts were mostly ten repeated prompts) takes those of its nearest
     fit-sample point (:func:`nearest_fit_coords`) instead of failing the build or being dropped."""
     emb = np.asarray(embeddings, dtype=np.float32)
-    coords = space.umap.transform(emb).astype(np.float32)
+    with first_use("transform"):
+        coords = space.umap.transform(emb).astype(np.float32)
     lost = placed_by_nearest(coords)
     if lost.any():
         coords[lost] = nearest_fit_coords(space, emb[lost])

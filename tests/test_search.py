@@ -74,7 +74,7 @@ def test_a_space_file_is_read_with_its_points_and_an_inline_one_too(tmp_path):
 def test_a_sweep_refuses_a_space_its_algorithm_cannot_search_before_ray_starts(tmp_path):
     common = dict(data=str(tmp_path), images=str(tmp_path), preset="tiny", paper_ids=[3], stage="1",
                   out=str(tmp_path / "out"), wandb="disabled")
-    with pytest.raises(ConfigError, match="--search grid enumerates; train.lr, train.warmup_ratio in .inline. are sampled"):
+    with pytest.raises(ConfigError, match="grid enumerates; train.lr, train.warmup_ratio in .inline. are sampled"):
         plan_sweep(SweepConfig(**common, space=json.dumps(LR_SPACE)))
     with pytest.raises(ConfigError, match="Optuna cannot grid; train.batch_size"):
         plan_sweep(SweepConfig(**common, search="optuna", space='{"train.batch_size": {"grid": [1, 2]}}'))

@@ -176,6 +176,7 @@ def optuna_search(rows: list[Row], space: SearchSpace, s: SearchSettings) -> Tun
     from ray.tune.search.optuna import OptunaSearch
 
     check_search("optuna", space)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line is not a trial event
     if len(rows) > 1 and space.rows == "grid":
         raise ConfigError(f"search: Optuna cannot grid the {len(rows)} rows ({space.source} says study.rows: grid); "
                           f"use study.rows: choice, one row (--paper-ids / --limit 1), or --search random")

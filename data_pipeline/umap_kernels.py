@@ -1,0 +1,116 @@
+"""UMAP's numba kernels, compiled once per machine and read back by every later process, never written by two at once.
+
+umap-learn compiles its kernels with numba in every process that fits or applies UMAP (``@numba.njit`` without
+``cache=True``; pynndescent caches its own next to its sources): measured here, a fresh process spends ~10 s of a
+300-row fit and ~3 s of its transform compiling, against ~0.5 s reading the same kernels from a disk cache
+(BENCHMARKS.md "UMAP kernel cache"). A data build fits and applies UMAP in several Ray workers, and every test or
+rerun pays again.
+
+So, in each process that uses UMAP:
+
+* :func:`umap_module` points numba's cache at one folder per machine *and* versions —
+  ``$VLM_SWEEP_KERNEL_CACHE`` or ``~/.cache/vlm-sweep/numba``, then a key of the numba, llvmlite, umap-learn and
+  pynndescent versions, Python's, and the CPU's name and features — so a cache another version or CPU wrote is
+  never read, then turns caching on for umap-learn's kernels too;
+* :func:`first_use` holds an exclusive lock on that folder (``flock``: per node, released if the process dies)
+  around the process's first UMAP fit and its first transform, the calls that compile or load the kernels: two
+  processes never write the same kernel files at once (numba writes each file atomically, but an index and the data
+  files it names are written separately: two writers can leave an index naming another writer's data, the kind of
+  corruption behind a transform that returned NaN in CI before). Later calls of the process run unlocked, on
+  kernels already in memory.
+
+``VLM_SWEEP_KERNEL_CACHE=off`` turns it off (every process compiles, as umap-learn does by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+from vlm_core.base.hashing import json_digest
+
+KERNEL_CACHE_ENV = "VLM_SWEEP_KERNEL_CACHE"
+LOCK_FILE = ".lock"
+
+_state: dict[str, Any] = {"dir": None, "used": set()}
+_thread_lock = threading.Lock()
+
+
+def cache_key() -> str:
+    """What the cached kernels depend on: library versions, Python, and the CPU they were compiled for."""
+    from importlib.metadata import version
+
+    import llvmlite.binding as ll
+
+    return json_digest({"numba": version("numba"), "llvmlite": version("llvmlite"),
+                        "umap-learn": version("umap-learn"), "pynndescent": version("pynndescent"),
+                        "python": sys.version.split()[0], "machine": platform.machine(),
+                        "cpu": ll.get_host_cpu_name(), "features": ll.get_host_cpu_features().flatten()}, 12)
+
+
+def cache_dir() -> Path | None:
+    """This machine's kernel cache folder (None when ``VLM_SWEEP_KERNEL_CACHE=off``)."""
+    root = os.environ.get(KERNEL_CACHE_ENV)
+    if root == "off":
+        return None
+    base = Path(root).expanduser() if root else Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() \
+        / "vlm-sweep" / "numba"
+    return base / cache_key()
+
+
+def umap_module():
+    """``umap``, imported with its kernels cached in :func:`cache_dir` (see the module docstring)."""
+    if _state["dir"] is None:
+        folder = cache_dir()
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            import numba
+
+            numba.config.CACHE_DIR = str(folder)  # what a kernel's cache locator reads when caching is enabled
+            os.environ["NUMBA_CACHE_DIR"] = str(folder)  # and processes started from this one
+        import pynndescent  # noqa: F401  (its @njit(cache=True) kernels now cache in the folder too)
+        import umap
+
+        if folder is not None:
+            _enable_caching(("umap", "pynndescent"))
+        _state["dir"] = folder or False
+    import umap
+
+    return umap
+
+
+def _enable_caching(packages: tuple[str, ...]) -> None:
+    """Turn on numba's disk cache for every not-yet-compiled kernel of ``packages`` (umap-learn's are not cached;
+    pynndescent's, imported before ``CACHE_DIR`` was set, would cache beside their sources)."""
+    from numba.core.dispatcher import Dispatcher
+
+    for name, module in list(sys.modules.items()):
+        if module is None or name.split(".")[0] not in packages:
+            continue
+        for obj in list(vars(module).values()):
+            if isinstance(obj, Dispatcher) and not obj.signatures:
+                obj.enable_caching()
+
+
+@contextlib.contextmanager
+def first_use(kind: str) -> Iterator[None]:
+    """Hold the cache folder's lock around this process's first UMAP call of ``kind`` (``fit`` or ``transform``:
+    each compiles or loads kernels of its own); later calls of that kind run unlocked."""
+    umap_module()
+    folder = _state["dir"]
+    if not folder or kind in _state["used"]:
+        yield
+        return
+    with _thread_lock, open(Path(folder) / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+            _state["used"].add(kind)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
