@@ -6,6 +6,7 @@ so) otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -32,12 +33,14 @@ BATCH = 32
 
 
 class EncodeImages:
-    """Ray Data actor: image paths → their projector inputs as fp16 bytes (plus the size / mtime encoded)."""
+    """Ray Data actor: image paths → each selection's projector inputs as fp16 bytes (``features_<i>``, one pass of
+    the encoder for all), plus each image's size / mtime when encoded."""
 
-    def __init__(self, model: dict[str, Any], image_root: str):
-
-        self.encoder = FeatureEncoder(VLMConfig.from_dict(model))
+    def __init__(self, models: list[dict[str, Any]], image_root: str):
+        cfgs = [VLMConfig.from_dict(m) for m in models]
+        self.encoder = FeatureEncoder(cfgs[0])
         self.encoder.to(pick_device())
+        self.selections = [self.encoder.selection(c) for c in cfgs]
         self.root = Path(image_root)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -46,10 +49,10 @@ class EncodeImages:
         paths = [str(p) for p in batch["image"]]
         files = [resolve_image(p, self.root) for p in paths]
         stats = [image_stat(f) for f in files]  # before reading: a file changed meanwhile shows as stale
-        feats = self.encoder.encode([open_rgb(f) for f in files]).half().numpy()
+        feats = self.encoder.encode_many([open_rgb(f) for f in files], self.selections)
         return {"image": paths, "size": np.array([s[0] for s in stats], dtype=np.int64),
                 "mtime_ns": np.array([s[1] for s in stats], dtype=np.int64),
-                "features": [f.tobytes() for f in feats]}
+                **{f"features_{i}": [f.tobytes() for f in sel.half().numpy()] for i, sel in enumerate(feats)}}
 
 
 @dataclass(frozen=True)
@@ -78,40 +81,70 @@ class EncoderActors:
 def build_feature_cache(model: VLMConfig, images: list[str], image_root: str | Path, root: str | Path,
                         actors: EncoderActors = EncoderActors()) -> Path:
     """The cache folder ``root/<key>`` holding features of every image in ``images`` for ``model``'s encoder and
-    selection; built on Ray Data (Ray must be initialised, the actors placed as ``actors`` says) unless a matching,
-    fresh one is already there."""
+    selection (:func:`build_feature_caches` for one model)."""
+    return build_feature_caches([model], images, image_root, root, actors)[0]
+
+
+def build_feature_caches(models: list[VLMConfig], images: list[str], image_root: str | Path, root: str | Path,
+                         actors: EncoderActors = EncoderActors()) -> list[Path]:
+    """For each of ``models`` (one vision config, any projectors), the cache folder ``root/<key>`` of its layer
+    selection over every image in ``images``; those not already there (matching and fresh) are built together on
+    Ray Data, in one pass of the encoder per image (Ray must be initialised, the actors placed as ``actors`` says)."""
     import pyarrow as pa
     import ray.data
 
-    encoder = FeatureEncoder(model)
-    inputs, key = encoder.inputs(), encoder.key()
-    target = Path(root) / key
+    if any(m.vision != models[0].vision for m in models):
+        raise ValueError("build_feature_caches: the models must share one vision config (one encoder pass)")
+    encoder = FeatureEncoder(models[0])
+    selections = [encoder.selection(m) for m in models]
     unique = sorted(dict.fromkeys(images))
-    if target.exists():
-        try:
-            FeatureCache.open(target, key).verify(unique, image_root)
-            log.info("feature cache: reusing %s (%d images)", target, len(unique))
-            return target
-        except FeatureCacheError as e:
-            log.warning("feature cache: rebuilding: %s", e)
+    targets = [Path(root) / encoder.key(s) for s in selections]
+    todo = []
+    for i, (model, sel, target) in enumerate(zip(models, selections, targets)):
+        if target in (targets[j] for j in todo):
+            continue  # two models with the same selection: one cache
+        if target.exists():
+            try:
+                FeatureCache.open(target, encoder.key(sel)).verify(unique, image_root)
+                log.info("feature cache: reusing %s (%d images)", target, len(unique))
+                continue
+            except FeatureCacheError as e:
+                log.warning("feature cache: rebuilding: %s", e)
+        todo.append(i)
+    if not todo:
+        return targets
     t0 = time.perf_counter()
-    shape = [encoder.projector.num_tokens, encoder.projector.in_dim]  # what select() returns per image
-    del encoder
+    shapes = {i: [selections[i].num_tokens, selections[i].in_dim] for i in todo}  # what select() returns per image
+    inputs = {i: encoder.inputs(selections[i]) for i in todo}
+    del encoder, selections
     ds = ray.data.from_items([{"image": p} for p in unique]).map_batches(
-        EncodeImages, fn_constructor_args=(model.to_dict(), str(image_root)), batch_size=BATCH,
+        EncodeImages, fn_constructor_args=([models[i].to_dict() for i in todo], str(image_root)), batch_size=BATCH,
         **actors.plan(-(-len(unique) // BATCH)))
-    schema = pa.schema([("image", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
-                        ("features", pa.binary(2 * shape[0] * shape[1]))])
+    schemas = {i: pa.schema([("image", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+                             ("features", pa.binary(2 * shapes[i][0] * shapes[i][1]))]) for i in todo}
     n = 0
-    with atomic_dir(target) as tmp:
-        with pa.OSFile(str(tmp / FEATURES_FILE), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-                writer.write_table(batch.select(schema.names).cast(schema))
-                n += batch.num_rows
+    with contextlib.ExitStack() as stack:
+        tmps = {i: stack.enter_context(atomic_dir(targets[i])) for i in todo}
+        writers = {}
+        for i in todo:
+            sink = stack.enter_context(pa.OSFile(str(tmps[i] / FEATURES_FILE), "wb"))
+            writers[i] = pa.ipc.new_file(sink, schemas[i])
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for k, i in enumerate(todo):
+                part = batch.select(["image", "size", "mtime_ns", f"features_{k}"]).rename_columns(
+                    ["image", "size", "mtime_ns", "features"])
+                writers[i].write_table(part.cast(schemas[i]))
+            n += batch.num_rows
+        for w in writers.values():
+            w.close()
         if n != len(unique):
-            raise FeatureCacheError(f"{target}: encoded {n} of {len(unique)} images; nothing was kept")
-        (tmp / META_FILE).write_text(json.dumps({"key": key, "inputs": inputs, "shape": shape, "dtype": "float16",
-                                                 "images": n}, indent=2, sort_keys=True, default=str))
-    log.info("feature cache: %d images encoded into %s in %.1f s (%s fp16 each)", n, target,
-             time.perf_counter() - t0, "×".join(map(str, shape)))
-    return target
+            raise FeatureCacheError(f"{', '.join(str(targets[i]) for i in todo)}: encoded {n} of {len(unique)} "
+                                    f"images; nothing was kept")
+        for i in todo:
+            (tmps[i] / META_FILE).write_text(json.dumps({"key": targets[i].name, "inputs": inputs[i],
+                                                         "shape": shapes[i], "dtype": "float16", "images": n},
+                                                        indent=2, sort_keys=True, default=str))
+    log.info("feature cache: %d images encoded once into %d selection(s) in %.1f s: %s", n, len(todo),
+             time.perf_counter() - t0, ", ".join(f"{targets[i]} ({'×'.join(map(str, shapes[i]))} fp16 each)"
+                                                   for i in todo))
+    return targets

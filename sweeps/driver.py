@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_pipeline.features import EncoderActors, build_feature_cache
+from data_pipeline.features import EncoderActors
+from data_pipeline.features import build_feature_caches as build_feature_caches_of
 from vlm_core.assets.hub import ASSETS_ENV
 from vlm_core.base.errors import ConfigError, VlmSweepError
 from vlm_core.base.logs import event, is_verbose
@@ -422,23 +423,25 @@ def encoder_actors(trials: list[PlannedTrial], view: ClusterView) -> EncoderActo
 
 def build_feature_caches(cfg: SweepConfig, trials: list[PlannedTrial], storage: Path, data: dict[str, DataSpec],
                          actors: EncoderActors = EncoderActors()) -> dict[tuple[str, str], str]:
-    """One feature cache per (dataset, projector selection) the trials need, built on Ray Data or reused."""
+    """One feature cache per (dataset, projector selection) the trials need, built on Ray Data or reused: every
+    selection of a dataset from one pass of the encoder over its images."""
     import pyarrow.parquet as pq
 
-    caches: dict[tuple[str, str], str] = {}
+    wanted: dict[str, dict[str, VLMConfig]] = {}  # dataset → projector → a model with that selection
     for p in trials:
-        k = (p.spec.dataset, p.model.projector.name)
-        if k in caches:
-            continue
-        paths = data[p.spec.dataset]
+        wanted.setdefault(p.spec.dataset, {}).setdefault(p.model.projector.name, p.model)
+    caches: dict[tuple[str, str], str] = {}
+    for dataset, models in wanted.items():
+        paths = data[dataset]
         images = [img for f in (paths.train, paths.val) if f
                   for img in pq.read_table(f, columns=["image"]).column("image").to_pylist()]
-        root = Path(cfg.data) / p.spec.dataset / "features"
+        root = Path(cfg.data) / dataset / "features"
         try:
             root.mkdir(exist_ok=True)
         except OSError:  # a read-only dataset folder: keep the cache with the experiment
-            root = storage / "features" / p.spec.dataset
-        caches[k] = str(build_feature_cache(p.model, images, paths.images, root, actors))
+            root = storage / "features" / dataset
+        built = build_feature_caches_of(list(models.values()), images, paths.images, root, actors)
+        caches.update({(dataset, name): str(folder) for name, folder in zip(models, built)})
     return caches
 
 

@@ -89,6 +89,31 @@ def test_the_cache_key_names_the_hidden_state_indices(tiny_cfg):
     assert FeatureEncoder(regrouped).key() != FeatureEncoder(dense).key()
 
 
+def test_one_encoder_pass_writes_every_selection_as_its_own_build_would(built, tiny_cfg, variants, image_root,
+                                                                        tmp_path, caplog):
+    """The MLP's and the dense connector's caches of one dataset from one pass over its images: the MLP's holds the
+    bytes a build of its own wrote, the dense connector's the group means its encoder computes."""
+    from data_pipeline.features import build_feature_caches
+
+    dense = VLMConfig.from_dict(tiny_cfg.to_dict())
+    dense.projector.name = "dense_connector"
+    images = _images(variants)
+    with caplog.at_level(logging.INFO, logger="data_pipeline.features"):
+        plain_dir, dense_dir = build_feature_caches([tiny_cfg, dense], images, image_root, tmp_path)
+    assert [r.getMessage() for r in caplog.records if "encoded once into 2 selection(s)" in r.getMessage()]
+    alone, _ = built
+    assert plain_dir.name == alone.name and dense_dir.name == FeatureEncoder(dense).key()
+    mine, theirs = FeatureCache.open(plain_dir), FeatureCache.open(alone)
+    assert mine.table.column("features").equals(theirs.table.column("features"))
+    dci = FeatureEncoder(dense)
+    cache = FeatureCache.open(dense_dir, dci.key())
+    assert cache.verify(images, image_root) == len(set(images))
+    for img in images[:3]:
+        torch.testing.assert_close(cache.get(img).float(), dci.encode([open_rgb(image_root / img)])[0],
+                                   atol=5e-3, rtol=5e-3)
+    assert build_feature_caches([tiny_cfg, dense], images, image_root, tmp_path) == [plain_dir, dense_dir]  # reused
+
+
 def open_rgb_blank():
     from PIL import Image
 

@@ -72,13 +72,19 @@ class FeatureEncoder:
     def __init__(self, cfg: VLMConfig):
         self.cfg = cfg
         self.vision = build_vision_tower(cfg.vision)
-        self.projector = build_projector(cfg.projector, self.vision.geometry, LLM_WIDTH_FOR_SELECTION)
+        self.projector = self.selection(cfg)
 
-    def inputs(self) -> dict[str, Any]:
-        return key_inputs(self.cfg.vision, self.vision, self.projector)
+    def selection(self, cfg: VLMConfig):
+        """The parameter-free selection of ``cfg``'s projector on this encoder (``cfg.vision`` must be this one's)."""
+        if cfg.vision != self.cfg.vision:
+            raise ValueError("a selection of another vision config: build a FeatureEncoder for it")
+        return build_projector(cfg.projector, self.vision.geometry, LLM_WIDTH_FOR_SELECTION)
 
-    def key(self) -> str:
-        return cache_key(self.inputs())
+    def inputs(self, projector=None) -> dict[str, Any]:
+        return key_inputs(self.cfg.vision, self.vision, projector or self.projector)
+
+    def key(self, projector=None) -> str:
+        return cache_key(self.inputs(projector))
 
     def to(self, device) -> "FeatureEncoder":
         self.vision.to(device)
@@ -87,8 +93,14 @@ class FeatureEncoder:
     @torch.no_grad()
     def encode(self, images) -> torch.Tensor:
         """PIL images → ``[B, T, D]`` projector inputs (float32)."""
+        return self.encode_many(images, [self.projector])[0]
+
+    @torch.no_grad()
+    def encode_many(self, images, selections) -> list[torch.Tensor]:
+        """PIL images → each selection's ``[B, T, D]`` inputs, from one pass of the encoder (float32)."""
         device = next(self.vision.parameters()).device
-        return self.projector.select(self.vision(self.vision.preprocess(images).to(device))).float().cpu()
+        hidden = self.vision(self.vision.preprocess(images).to(device))
+        return [s.select(hidden).float().cpu() for s in selections]
 
 
 def image_stat(path: Path) -> tuple[int, int]:
