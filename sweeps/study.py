@@ -100,6 +100,8 @@ class StudyConfig:
     min_free_gb: float | None = None
     """Refuse to start unless ``out`` and the temp folder have this much free space (GiB; default per preset:
     the preset's ``min_free_gb``)."""
+    max_steps_per_epoch: int | None = None
+    """Override the preset's optimizer steps per epoch (``vlm-sweep sweep --max-steps-per-epoch``)."""
     search: str = "grid"
     """Stage 1's trials: the grid's rows (``grid``), or a ``random`` / ``optuna`` search over ``space`` from them
     (as ``vlm-sweep sweep --search``; README "Search")."""
@@ -201,6 +203,7 @@ def study_sweep_config(cfg: StudyConfig, corpus: Path, out: Path, resume: bool =
                        dense_groups=cfg.dense_groups, num_workers=cfg.num_workers,
                        resume=resume, wandb=cfg.wandb, min_free_gb=cfg.min_free_gb,
                        eval_limit=cfg.eval_questions, select_by=cfg.select_by or "val_loss",
+                       max_steps_per_epoch=cfg.max_steps_per_epoch,
                        search=cfg.search, space=cfg.space, num_samples=cfg.num_samples,
                        search_seed=cfg.search_seed, max_concurrent=cfg.max_concurrent,
                        scheduler=cfg.scheduler, stage2_scheduler=cfg.stage2_scheduler,

@@ -24,7 +24,7 @@ from vlm_core.evaluation.benchmark_eval import (
     prepare,
     read_answers,
 )
-from vlm_core.evaluation.inference import answer
+from vlm_core.evaluation.inference import answer, build_prompt_batch
 from vlm_core.model.lora import add_adapters
 from vlm_core.model.vlm import VisionLanguageModel
 from vlm_core.training.checkpoint import load_vlm, save_checkpoint
@@ -175,3 +175,37 @@ def test_two_checkpoints_evaluated_into_one_folder_keep_their_own_answers(tiny_c
                  max_new_tokens=4)
     assert [read_answers(tmp_path / "final" / b["benchmarks"]["pope"]["answers"].split("/")[-1])["image"][q.qid]
             for q in questions] == own
+
+
+def test_each_image_is_encoded_once_for_its_questions_and_the_controls(tiny_cfg, bench_root, tmp_path):
+    """POPE_ROWS: six questions on three images, answered with the image, zeroed and shuffled: three images
+    encoded in all, and every answer the one a per-batch encoding of the same batches gives."""
+    from vlm_core.evaluation.benchmark_eval import CONDITIONS, ImageFeatures, answer_benchmark
+
+    model = load_vlm(_checkpoint(tiny_cfg, "mlp2x_gelu", tmp_path / "ckpt"))
+    (prepared,) = prepare(BenchmarkEvalConfig(["pope"], root=str(bench_root), budgets={"pope": 8}))
+    seen = []
+    real = ImageFeatures.__call__
+
+    def counting(self, questions):
+        out = real(self, questions)
+        seen.append(self.encoded)
+        return out
+
+    ImageFeatures.__call__ = counting
+    try:
+        answers = answer_benchmark(model, prepared, ["zeros", "shuffled"], 2, tmp_path / "answers.jsonl")
+    finally:
+        ImageFeatures.__call__ = real
+    assert seen[-1] == 3 and len(seen) == 9  # 9 batches of 2, three images encoded once each
+    qs = prepared.questions
+    for name in ("image", "zeros", "shuffled"):
+        cond = CONDITIONS[name]
+        for start in range(0, len(qs), 2):
+            index = list(range(start, start + 2))
+            pixels = model.vision.preprocess([open_rgb(q.image) for q in cond.images(qs, index)])
+            batch = build_prompt_batch(model, [qs[i].prompt for i in index])
+            gen = model.generate(batch["input_ids"], batch["attention_mask"],
+                                 image_features=cond.features(model.image_features(pixels)), max_new_tokens=8)
+            batch_answers = [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in gen]
+            assert [answers[name][qs[i].qid] for i in index] == batch_answers, (name, index)

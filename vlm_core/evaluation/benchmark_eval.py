@@ -153,6 +153,33 @@ def _load(q: Question):
     return open_rgb(q.image)
 
 
+class ImageFeatures:
+    """Each image's encoder output (the projector's input) computed once per evaluation and shared by all its
+    questions and by the controls: POPE asks 6 questions an image, VQAv2 ~5, and the shuffled control shows the
+    benchmark's own images again (the zeroed control needs only their shape). Images are decoded and encoded in one
+    batch per call, only those not yet held; ``max_bytes`` bounds what is held (past it, the oldest are dropped and
+    encoded again if asked for)."""
+
+    def __init__(self, model, max_bytes: int = 1 << 30) -> None:
+        self.model, self.max_bytes = model, max_bytes
+        self.held: dict[Any, torch.Tensor] = {}
+        self.encoded = 0
+        """Images encoded so far (a test reads it)."""
+
+    def __call__(self, questions: Sequence[Question]) -> torch.Tensor:
+        keys = [q.image for q in questions]
+        new = [q for q in {k: q for k, q in zip(keys, questions)}.values() if q.image not in self.held]
+        if new:
+            pixels = self.model.vision.preprocess([_load(q) for q in new]).to(self.model.device)
+            for q, f in zip(new, self.model.image_features(pixels)):
+                self.held[q.image] = f
+            self.encoded += len(new)
+            size = next(iter(self.held.values())).numel() * next(iter(self.held.values())).element_size()
+            while len(self.held) * size > self.max_bytes and len(self.held) > len(new):
+                del self.held[next(iter(self.held))]  # the oldest (dicts keep insertion order)
+        return torch.stack([self.held[k] for k in keys])
+
+
 def drop_torn_tail(path: Path) -> None:
     """Cut a last line left without its newline (a process killed mid-write), so appending starts a clean line."""
     if not path.is_file():
@@ -198,6 +225,7 @@ def answer_benchmark(model, prepared: PreparedBenchmark, controls: Sequence[str]
     questions, budget = prepared.questions, prepared.budget
     answers_path.parent.mkdir(parents=True, exist_ok=True)
     batches = 0
+    features = ImageFeatures(model)
     with open(answers_path, "a", encoding="utf-8") as f:
         for name in ["image", *controls]:
             cond, done = CONDITIONS[name], answers.setdefault(name, {})
@@ -206,8 +234,7 @@ def answer_benchmark(model, prepared: PreparedBenchmark, controls: Sequence[str]
                 if stop_after_batches is not None and batches >= stop_after_batches:
                     return answers
                 index = todo[start:start + batch_size]
-                pixels = model.vision.preprocess([_load(q) for q in cond.images(questions, index)])
-                feats = cond.features(model.image_features(pixels.to(model.device)))
+                feats = cond.features(features(cond.images(questions, index)))
                 batch = build_prompt_batch(model, [questions[i].prompt for i in index])
                 gen = model.generate(batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device),
                                      image_features=feats, max_new_tokens=budget)
