@@ -27,13 +27,10 @@ def main() -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--concurrent", type=int, default=2)
     args, _ = ap.parse_known_args()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
+    from data_pipeline.sample_corpus import write_sample_corpus, write_small_variants
     from sweeps.driver import SweepConfig, run_sweep
     from vlm_core.base.ray_env import init_ray
-    from vlm_core.data.dataset import read_records, split_records
 
     init_ray()
     rates = [round(1e-4 * 1.5 ** i, 8) for i in range(args.trials)]
@@ -46,13 +43,7 @@ def main() -> dict:
         tmp = Path(tmp)
         corpus = tmp / "corpus"
         write_sample_corpus(corpus, n_train_images=60, n_eval_questions=1)
-        recs = [r for r in read_records(corpus / TRAIN_FILE) if r["image"].startswith("coco/")]
-        train_recs, val_recs = split_records(recs, 0.2)
-        (tmp / "data" / "20kUmap").mkdir(parents=True)
-        for split, rows in (("train", train_recs), ("val", val_recs)):
-            pq.write_table(pa.table({"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
-                                     "conversations": [json.dumps(r["conversations"]) for r in rows]}),
-                           tmp / "data" / "20kUmap" / f"{split}-00000.parquet")
+        write_small_variants(corpus, tmp / "data", ("20kUmap",))
         for rnd in range(args.repeats):
             for name, (search, space) in variants.items():
                 out = tmp / f"{name}-{rnd}"

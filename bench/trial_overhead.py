@@ -24,13 +24,10 @@ def main() -> dict:
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--runners", default="auto,train", help="comma-separated --runner values")
     args, _ = ap.parse_known_args()
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from data_pipeline.sample_corpus import TRAIN_FILE, write_sample_corpus
+    from data_pipeline.sample_corpus import write_sample_corpus, write_small_variants
     from sweeps.driver import SweepConfig, plan, run_sweep
     from vlm_core.base.ray_env import init_ray
-    from vlm_core.data.dataset import read_records, split_records
     from vlm_core.training.one_stage import DataSpec, run_stage
 
     init_ray()
@@ -38,14 +35,7 @@ def main() -> dict:
         tmp = Path(tmp)
         corpus = tmp / "corpus"
         write_sample_corpus(corpus, n_train_images=60, n_eval_questions=1)
-        recs = [r for r in read_records(corpus / TRAIN_FILE) if r["image"].startswith("coco/")]
-        train_recs, val_recs = split_records(recs, 0.2)
-        for name in ("10kRandom", "20kUmap"):
-            (tmp / "data" / name).mkdir(parents=True)
-            for split, rows in (("train", train_recs), ("val", val_recs)):
-                pq.write_table(pa.table({"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
-                                         "conversations": [json.dumps(r["conversations"]) for r in rows]}),
-                               tmp / "data" / name / f"{split}-00000.parquet")
+        write_small_variants(corpus, tmp / "data")
         base = dict(data=str(tmp / "data"), images=str(corpus / "images"), preset=args.preset, stage="1",
                     limit=args.trials, max_concurrent=1, wandb="disabled", feature_cache=False)
         planned = plan(SweepConfig(**base), 1)

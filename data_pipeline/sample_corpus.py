@@ -172,3 +172,23 @@ def write_sample_corpus(out: str | Path, n_train_images: int = 600, n_eval_quest
             "pope_questions": pope,
             "eval_questions": len(eval_rows), "train_file": str(out / TRAIN_FILE),
             "eval_file": str(out / EVAL_FILE), "image_root": str(images)}
+
+
+def write_small_variants(corpus: str | Path, out: str | Path, names: tuple[str, ...] = ("10kRandom", "20kUmap"),
+                         val_fraction: float = 0.2) -> Path:
+    """The corpus's COCO rows as the named variants in ``data build``'s layout (``out/<name>/train-00000.parquet``,
+    ``val-00000.parquet``), without Ray Data, UMAP or sampling: the same rows in each, for benchmarks that time the
+    sweep and not the data."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vlm_core.data.dataset import read_records, split_records
+
+    recs = [r for r in read_records(Path(corpus) / TRAIN_FILE) if r["image"].startswith("coco/")]
+    for name in names:
+        (Path(out) / name).mkdir(parents=True, exist_ok=True)
+        for split, rows in zip(("train", "val"), split_records(recs, val_fraction)):
+            pq.write_table(pa.table({"id": [r["id"] for r in rows], "image": [r["image"] for r in rows],
+                                     "conversations": [json.dumps(r["conversations"]) for r in rows]}),
+                           Path(out) / name / f"{split}-00000.parquet")
+    return Path(out)
