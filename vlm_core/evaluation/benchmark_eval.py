@@ -147,7 +147,7 @@ def prepare(cfg: BenchmarkEvalConfig) -> list[PreparedBenchmark]:
     return out
 
 
-def _load(q: Question):
+def load_question_image(q: Question):
     if isinstance(q.image, InlineImage):
         return q.image.open().convert("RGB")
     return open_rgb(q.image)
@@ -170,7 +170,7 @@ class ImageFeatures:
         keys = [q.image for q in questions]
         new = [q for q in {k: q for k, q in zip(keys, questions)}.values() if q.image not in self.held]
         if new:
-            pixels = self.model.vision.preprocess([_load(q) for q in new]).to(self.model.device)
+            pixels = self.model.vision.preprocess([load_question_image(q) for q in new]).to(self.model.device)
             for q, f in zip(new, self.model.image_features(pixels)):
                 self.held[q.image] = f
             self.encoded += len(new)
