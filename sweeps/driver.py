@@ -687,9 +687,13 @@ def stage_asha(cfg: SweepConfig, stage: int, storage: Path, planned: list[Planne
         return None, None
     searched = space.fields.get("train.epochs") if space else None
     max_t = max([p.train.epochs for p in planned] + [int(v) for v in (searched.values if searched else ())])
+    milestones = rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t)
+    if not milestones:  # every trial ends before its first rung: nothing to decide
+        log.info("stage %d: ASHA has no rung below %d epochs (grace period %d); every trial runs to its end",
+                 stage, max_t, cfg.asha.grace_period)
+        return None, None
     decisions = str(storage / f"stage{stage}" / DECISIONS_FILE)
-    link = AshaLink(decisions, cfg.asha.decision_wait_s,
-                    rung_milestones(cfg.asha.grace_period, cfg.asha.reduction_factor, max_t))
+    link = AshaLink(decisions, cfg.asha.decision_wait_s, milestones)
     return link, RecordingASHA(decisions, time_attr="epoch", max_t=max_t, grace_period=cfg.asha.grace_period,
                                reduction_factor=cfg.asha.reduction_factor, identify=trial_identity)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweeps.driver import SweepConfig, plan_sweep, run_sweep
+from sweeps.driver import SweepConfig, plan_sweep
 from sweeps.search.algorithms import Row, SearchSettings, tune_search
 from sweeps.search.space import parse_space, read_space
 from sweeps.trial_config import trial_from_config
@@ -175,7 +175,65 @@ def test_importance_finds_the_parameter_that_matters_and_the_plot_is_drawn(tmp_p
     assert png.name == "search_stage1.png" and png.stat().st_size > 10_000
 
 
-# --- a real search through Ray Tune ----------------------------------------------------------------------------
+# --- a real search through Ray Tune: its driver SIGKILLed in stage 1, resumed to the end -------------------------
+
+SEED, SAMPLES = 7, 6
+
+
+def _ended(stage_dir: Path) -> dict[str, str]:
+    """Trial folder → its result.json, for the trials that ended: their results reached their last epoch, or ASHA
+    stopped them (whole lines only: Tune may be writing)."""
+    from sweeps.scheduling import DECISIONS_FILE, read_decisions
+
+    stopped = {d["trial"] for d in read_decisions(stage_dir / DECISIONS_FILE) if d["decision"] == "stop"}
+    done = {}
+    for d in stage_dir.glob("s1-*") if stage_dir.is_dir() else []:
+        text = (d / "result.json").read_text() if (d / "result.json").is_file() else ""
+        rows = [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+        if d.name in stopped or any(r.get("epoch") == r.get("epochs_planned") for r in rows):
+            done[d.name] = text
+    return done
+
+
+@pytest.fixture(scope="module")
+def optuna_search(variants, corpus, tmp_path_factory):
+    """A tiny Optuna search of stage 1 (paper row 3, 6 samples, 2 at a time, seed 7; ASHA from epoch 4 of 6)
+    whose best 2 trials continue into stage 2, as `vlm-sweep sweep` runs it: its driver SIGKILLed once two stage-1
+    trials ended and two more were suggested and running, then rerun with --resume to the end. (out, the ended
+    trials' results at the kill)."""
+    from tests.conftest import sigkill_driver
+
+    tmp = tmp_path_factory.mktemp("search")
+    out = tmp / "optuna"
+    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--data", str(variants), "--images", str(corpus / "images"),
+           "--preset", "tiny", "--paper_ids", "[3]", "--stage", "all", "--out", str(out), "--wandb", "disabled",
+           "--search", "optuna", "--num_samples", str(SAMPLES), "--max_concurrent", "2", "--search_seed", str(SEED),
+           "--space", json.dumps(LR_SPACE), "--stage2_parents", "2", "--asha.grace_period", "4"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the driver starts its own local Ray
+    with (tmp / "sweep.log").open("w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 400
+        while time.time() < deadline and proc.poll() is None and len(_ended(out / "stage1")) < 2:
+            time.sleep(0.05)
+        assert proc.poll() is None, (tmp / "sweep.log").read_text()[-3000:]
+        done_before = _ended(out / "stage1")
+        started = len(list((out / "stage1").glob("s1-*")))
+        assert len(done_before) >= 2 and started < SAMPLES, started  # killed mid-search
+        sigkill_driver(proc, "a search with trials in flight")
+    resumed = subprocess.run(cmd + ["--resume", "true"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
+    return out, done_before
+
+
+def _suggested(tmp_path, seed: int) -> set[str]:
+    """What the seeded searcher suggests for the row, without Ray: the configurations an uninterrupted search runs
+    (Optuna's first suggestions are seeded draws whatever order results arrive in)."""
+    _, rows = _rows(tmp_path)
+    search = tune_search(rows, parse_space(LR_SPACE), SearchSettings("optuna", SAMPLES, seed))
+    search.search_alg.set_search_properties("val_loss", "min", search.param_space)
+    return {json.dumps({k: float(f"{v:.10g}") for k, v in search.search_alg.suggest(f"t{i}")["params"].items()},
+                       sort_keys=True) for i in range(SAMPLES)}
+
 
 def _params_set(out: Path, stage: int = 1) -> set[str]:
     table = pd.read_csv(out / "trials.csv")
@@ -183,39 +241,41 @@ def _params_set(out: Path, stage: int = 1) -> set[str]:
     return {json.dumps({k: float(f"{r[k]:.10g}") for k in LR_SPACE}, sort_keys=True) for _, r in part.iterrows()}
 
 
-@pytest.fixture(scope="module")
-def optuna_search(ray_local, variants, corpus, tmp_path_factory):
-    """A tiny Optuna search of stage 1 (paper row 3, 6 samples, 2 at a time, seed 7) whose best 2 trials
-    continue into stage 2, run once in-process: (config, result, out)."""
-    out = tmp_path_factory.mktemp("search") / "optuna"
-    cfg = SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", stage="all", paper_ids=[3],
-                      out=str(out), wandb="disabled", search="optuna", num_samples=6, max_concurrent=2,
-                      search_seed=7, space=json.dumps(LR_SPACE), stage2_parents=2)
-    return cfg, run_sweep(cfg), out
+@pytest.mark.slow
+def test_a_search_whose_driver_is_killed_resumes_to_the_same_trials(optuna_search, tmp_path):
+    """The same six configurations the seeded searcher suggests uninterrupted, none twice, the trials finished
+    before the kill not run again."""
+    out, done_before = optuna_search
+    table = pd.read_csv(out / "trials.csv")
+    assert (table["stage"] == 1).sum() == SAMPLES and table["config_id"].is_unique  # none suggested twice
+    assert _params_set(out) == _suggested(tmp_path, SEED) != _suggested(tmp_path, SEED + 1)
+    for name, text in done_before.items():  # finished before the kill: kept, not run again
+        assert (out / "stage1" / name / "result.json").read_text() == text
 
 
 @pytest.mark.slow
 def test_a_searched_stage1_feeds_its_best_trials_to_stage2(optuna_search):
-    _, result, out = optuna_search
-    s1, s2 = result["stages"][1], result["stages"][2]
-    assert len(s1) == 6 and len({t["config_id"] for t in s1}) == 6
+    out, _ = optuna_search
+    summary = json.loads((out / "trials.json").read_text())["stages"]
+    s1, s2 = summary["1"], summary["2"]
+    assert len(s1) == SAMPLES and len({t["config_id"] for t in s1}) == SAMPLES
     best_two = sorted((t for t in s1 if t["best_val_loss"] is not None), key=lambda t: t["best_val_loss"])[:2]
     parents = [json.loads((Path(t["path"]) / "params.json").read_text()) for t in s2]
     continued = {trial_from_config(p).spec.parent for p in parents}
     assert continued == {t["config_id"] for t in best_two}
-    lineage = result["lineage"]
-    for t in s2:  # each continuation started from its own parent's best checkpoint, and is named after it
-        parent = next(p for p in continued if t["config_id"].endswith(p.rsplit("-", 1)[1]))
-        assert lineage[parent]["checkpoint"]
+    lineage = json.loads((out / "lineage.json").read_text())
+    for t in s2:  # each continuation is named after its parent, and started from the parent's best checkpoint
+        (parent,) = [p for p in continued if t["config_id"].endswith(p.rsplit("-", 1)[1])]
+        assert lineage[parent]["checkpoint"] and Path(lineage[parent]["checkpoint"]).is_dir()
     table = pd.read_csv(out / "trials.csv")
     assert {"train.lr", "train.warmup_ratio"} <= set(table.columns)
     assert table[table["stage"] == 1]["train.lr"].notna().all() and table[table["stage"] == 2]["train.lr"].isna().all()
-    first = table[table["stage"] == 1].sort_values("config_id")
+    first = table[table["stage"] == 1]
     assert ((first["train.lr"] >= 1e-5) & (first["train.lr"] <= 1e-2)).all()
     record = json.loads((out / "stage1" / "search.json").read_text())
-    assert record["algorithm"] == "optuna" and record["trials"] == 6 and set(record["space"]) == set(LR_SPACE)
+    assert record["algorithm"] == "optuna" and record["trials"] == SAMPLES and set(record["space"]) == set(LR_SPACE)
     md = (out / "report.md").read_text()
-    assert "## Search (stage 1)" in md and "optuna search, 6 of 6 trials" in md
+    assert "## Search (stage 1)" in md and f"optuna search, {SAMPLES} of {SAMPLES} trials" in md
     assert "Importance of each searched parameter" in md and "![search_stage1](search_stage1.png)" in md
     assert (out / "search_stage1.png").stat().st_size > 10_000
 
@@ -225,59 +285,14 @@ def test_the_search_shows_in_the_browser_and_in_the_analysis_notebook(optuna_sea
     from tests.browser import render
     from tests.notebook import run_analysis_notebook
 
-    _, _, out = optuna_search
+    out, _ = optuna_search
     shown = render(out / "report.html", tmp_path / "browser")
     figure = [i for i in shown.images if i["alt"] == "search_stage1"]
     assert figure and figure[0]["decoded"], shown.images
     assert shown.blank_images() == [] and shown.unlike_their_source() == []
     nb, text = run_analysis_notebook(out, tmp_path)
-    assert "stage 1: optuna search, 6 trials; importance: {'train.lr':" in text, text[-3000:]
+    assert f"stage 1: optuna search, {SAMPLES} trials; importance: {{'train.lr':" in text, text[-3000:]
     assert "stage 2: not searched" in text
     shown_images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                     if "image/png" in o.get("data", {})]
     assert len(shown_images) >= 2  # the search's parallel coordinates, and the notebook's own plots
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900, func_only=True)
-def test_a_search_whose_driver_is_killed_resumes_to_the_same_trials(optuna_search, variants, corpus, tmp_path):
-    """SIGKILL the driver once two trials finished (more were suggested and running), rerun with --resume: the
-    same six configurations as the uninterrupted search with the same seed, none suggested twice, the finished
-    trials not run again."""
-    from tests.conftest import sigkill_driver
-
-    cfg, _, ref = optuna_search
-    out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "sweeps.cli", "sweep", "--data", str(variants), "--images", str(corpus / "images"),
-           "--preset", "tiny", "--paper_ids", "[3]", "--stage", "1", "--out", str(out), "--wandb", "disabled",
-           "--search", "optuna", "--num_samples", "6", "--max_concurrent", "2", "--search_seed", "7",
-           "--space", json.dumps(LR_SPACE), "--scheduler", "asha"]
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the driver starts its own local Ray
-    log = (tmp_path / "sweep.log").open("w")
-
-    def finished() -> list[Path]:
-        """Trial folders whose result.json has the trial's last epoch (whole lines only: Tune may be writing)."""
-        done = []
-        for d in (out / "stage1").glob("s1-*") if (out / "stage1").is_dir() else []:
-            text = (d / "result.json").read_text() if (d / "result.json").is_file() else ""
-            rows = [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
-            if any(r.get("epoch") == r.get("epochs_planned") for r in rows):
-                done.append(d)
-        return done
-
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None and len(finished()) < 2:
-        time.sleep(0.1)
-    assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
-    done_before = {d.name: (d / "result.json").read_text() for d in finished()}
-    assert len(done_before) >= 2 and len(list((out / "stage1").glob("s1-*"))) < 6  # killed mid-search
-    sigkill_driver(proc, "a search with trials in flight")
-    resumed = subprocess.run(cmd + ["--resume", "true"], env=env, capture_output=True, text=True, timeout=600)
-    log.close()
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
-    table = pd.read_csv(out / "trials.csv")
-    assert len(table) == 6 and table["config_id"].is_unique  # none suggested twice
-    assert _params_set(out) == _params_set(ref)  # the uninterrupted search's six configurations
-    for name, text in done_before.items():  # finished before the kill: kept, not run again
-        assert (out / "stage1" / name / "result.json").read_text() == text

@@ -26,6 +26,7 @@ none is suggested twice).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -177,6 +178,8 @@ def optuna_search(rows: list[Row], space: SearchSpace, s: SearchSettings) -> Tun
 
     check_search("optuna", space)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line is not a trial event
+    # a trial resumed from a checkpoint says its last epoch's result again (sweeps.trial), which Optuna already has
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", module="optuna")
     if len(rows) > 1 and space.rows == "grid":
         raise ConfigError(f"search: Optuna cannot grid the {len(rows)} rows ({space.source} says study.rows: grid); "
                           f"use study.rows: choice, one row (--paper-ids / --limit 1), or --search random")
