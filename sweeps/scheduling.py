@@ -1,4 +1,5 @@
-"""ASHA for stage 2, with every rung decision written down once (``<stage dir>/asha_decisions.jsonl``).
+"""ASHA for stage 2 (and stage 1 when it searches, ``--scheduler``), with every rung decision written down once
+(``<stage dir>/asha_decisions.jsonl``).
 
 Ray's ``ASHAScheduler`` decides, each time a trial reaches a rung (``grace_period * reduction_factor**k``
 epochs, below ``max_t``), whether it continues or stops; it keeps no record a user can read afterwards. This

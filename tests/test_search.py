@@ -296,3 +296,17 @@ def test_the_search_shows_in_the_browser_and_in_the_analysis_notebook(optuna_sea
     shown_images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                     if "image/png" in o.get("data", {})]
     assert len(shown_images) >= 2  # the search's parallel coordinates, and the notebook's own plots
+
+
+def test_an_optuna_study_kept_in_a_database_holds_the_search(tmp_path):
+    """``--search-storage sqlite:///...``: the study is in the file (what optuna-dashboard opens), with the trials
+    the searcher asked for."""
+    import optuna
+
+    _, rows = _rows(tmp_path)
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    search = tune_search(rows, parse_space(LR_SPACE), SearchSettings("optuna", 3, 0, url, "my-study"))
+    search.search_alg.set_search_properties("val_loss", "min", search.param_space)
+    drawn = [search.search_alg.suggest(f"t{i}")["params"]["train.lr"] for i in range(3)]
+    study = optuna.load_study(study_name="my-study", storage=url)
+    assert [t.params["params/train.lr"] for t in study.trials] == drawn
