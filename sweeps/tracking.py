@@ -61,7 +61,9 @@ class StudyWandbCallback(WandbLoggerCallback):
     """``WandbLoggerCallback`` that picks the study's project per trial and logs the trial's spec as config."""
 
     def __init__(self, group: str, mode: str, upload_timeout: int = 120) -> None:
-        super().__init__(project=PROJECT, group=group, mode=mode, job_type="train", upload_timeout=upload_timeout)
+        # a searched trial's config carries every row of its stage ("rows"): its run logs which row and its draw
+        super().__init__(project=PROJECT, group=group, mode=mode, job_type="train", upload_timeout=upload_timeout,
+                         excludes=["rows"])
 
     def setup(self, *args, **kwargs) -> None:
         if self.kwargs.get("mode") != "online":  # Ray checks for a key unless WANDB_MODE is set in the env
