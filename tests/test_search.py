@@ -310,3 +310,17 @@ def test_an_optuna_study_kept_in_a_database_holds_the_search(tmp_path):
     drawn = [search.search_alg.suggest(f"t{i}")["params"]["train.lr"] for i in range(3)]
     study = optuna.load_study(study_name="my-study", storage=url)
     assert [t.params["params/train.lr"] for t in study.trials] == drawn
+
+
+def test_a_space_is_checked_against_its_own_stage(tmp_path):
+    """LoRA tunes the LLM, which only stage 2 trains: a stage-2 space may search it, a stage-1 space may not."""
+    lm = {"train.lm_tuning": {"choice": ["full", "lora"]}, "train.lora.rank": {"choice": [8, 16]}}
+    with pytest.raises(ConfigError, match="train.lm_tuning: choice value 'lora' is out of the field's range"):
+        parse_space(lm, "stage1.yaml", stage=1)
+    assert parse_space(lm, "stage2.yaml", stage=2).names() == ["train.lm_tuning", "train.lora.rank"]
+    cfg = SweepConfig(data=str(tmp_path), images=str(tmp_path), preset="tiny", paper_ids=[3], stage="all",
+                      out=str(tmp_path / "out"), wandb="disabled", search="random", space=json.dumps(LR_SPACE),
+                      stage2_space=json.dumps(lm))
+    sweep = plan_sweep(cfg)
+    assert sweep.spaces[2].names() == ["train.lm_tuning", "train.lora.rank"]
+    assert [p.spec.parent for p in sweep.stages[2]] == [ROW3]  # planned as the row's continuation until stage 1 ends
