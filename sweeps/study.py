@@ -190,10 +190,12 @@ def prepare_data(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
 def run_sweep_stages(cfg: StudyConfig, corpus: Path, out: Path) -> dict[str, Any]:
     sweep_dir = out / "sweep"
     resume = (sweep_dir / "stage1").exists()
+    sweep = study_sweep_config(cfg, corpus, out, resume)
     what = f"{cfg.search} search of {cfg.grid}" if cfg.search != "grid" else cfg.grid
-    _say(f"sweep: {'resuming' if resume else 'starting'} {what} (stage 1, then stage 2 under ASHA) in "
-         f"{sweep_dir}{' — finished trials are kept' if resume else ''}")
-    return run_sweep(study_sweep_config(cfg, corpus, out, resume))
+    kept = " — finished trials are kept" if resume else ""
+    _say(f"sweep: {'resuming' if resume else 'starting'} {what} (stage 1, then stage 2"
+         f"{' under ASHA' if sweep.asha_in(2) else ''}) in {sweep_dir}{kept}")
+    return run_sweep(sweep)
 
 
 def study_sweep_config(cfg: StudyConfig, corpus: Path, out: Path, resume: bool = False) -> SweepConfig:

@@ -25,12 +25,18 @@ MIN_TRIALS = 3
 """Fewest finished trials an importance is computed from."""
 
 
+def is_param_column(column: str) -> bool:
+    """A searched parameter's column in trials.csv (``train.lr``, ``model.projector.name``; a benchmark's columns
+    are ``BENCH.METRIC``)."""
+    return column.startswith(("train.", "model."))
+
+
 def readable_params(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with its searched-parameter columns (dotted names) as text with 3 significant digits: a learning
-    rate of 6.4e-05 is not a 4-decimal 0.0001."""
+    """The table with its searched-parameter columns as text with 3 significant digits: a learning rate of 6.4e-05
+    is not a 4-decimal 0.0001."""
     out = table.copy()
     for c in out.columns:
-        if "." in c and pd.api.types.is_float_dtype(out[c]):
+        if is_param_column(c) and pd.api.types.is_float_dtype(out[c]):
             out[c] = [f"{v:.3g}" if pd.notna(v) else "" for v in out[c]]
     return out
 

@@ -27,7 +27,9 @@ from .benchmark_table import read_evals
 from .benchmark_table import section as benchmark_section
 from .html_report import write_html
 from .markdown import markdown_table
-from .results import AXES
+from .results import AXES, experiment_dirs
+from .search_section import is_param_column, readable_params
+from .search_section import section as search_section
 from .sweep_report import token_length_section
 
 
@@ -243,9 +245,12 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
     lines += ["## Sweep", "", "Full tables, ASHA decisions and lineage: [sweep/report.md](sweep/report.md).", ""]
     lines += token_length_section(sweep_dir, "###")
     for stage in sorted(table["stage"].unique()):
-        part = table[table["stage"] == stage][["config_id", "status", "best_val_loss", "epochs_run",
-                                                "stopped_by_asha", "asha_rung", "wall_s"]]
-        lines += [f"### Stage {stage}", "", markdown_table(part.sort_values("best_val_loss")), ""]
+        rows = table[table["stage"] == stage]
+        searched = [c for c in rows.columns if is_param_column(c) and rows[c].notna().any()]
+        part = rows[["config_id", *searched, "status", "best_val_loss", "epochs_run", "stopped_by_asha", "asha_rung",
+                     "wall_s"]]
+        lines += [f"### Stage {stage}", "", markdown_table(readable_params(part.sort_values("best_val_loss"))), ""]
+    lines += search_section(table, experiment_dirs(sweep_dir), sweep_dir, "###")[0]
     lines += [f"![{Path(f).stem}]({_relative_figure(Path(f), root)})" for f in sweep["figures"]] + [""]
     decisions = read_decisions(sweep_dir / "stage2" / DECISIONS_FILE)
     if decisions:

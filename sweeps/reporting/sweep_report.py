@@ -38,8 +38,8 @@ from .benchmark_table import section as benchmark_section
 from .html_report import write_html, write_lineage_svg
 from .markdown import markdown_table
 from .rehearsal_section import section as rehearsal_section
-from .results import AXES, LINEAGE_FILE, TABLE_COLUMNS, TrialResult, experiment_dirs, read_sweep, trial_table
-from .search_section import readable_params
+from .results import AXES, LINEAGE_FILE, TrialResult, experiment_dirs, read_sweep, trial_table
+from .search_section import is_param_column, readable_params
 from .search_section import section as search_section
 
 
@@ -178,7 +178,7 @@ def write_report(experiment: str | Path, known: dict[int, list[TrialResult]] | N
         optional = ["parent", "error", "asha_rung"]
         unused = [c for c in optional if part[c].isna().all()]
         unused += ["stopped_by_asha"] if not part["stopped_by_asha"].any() else []
-        unused += [c for c in part.columns if c not in TABLE_COLUMNS and part[c].isna().all()]  # another stage's
+        unused += [c for c in part.columns if is_param_column(c) and part[c].isna().all()]  # another stage's search
         unused += ["restarts"] if not part["restarts"].any() else []  # shown when a failure restarted a trial
         shown = readable_params(part.drop(columns=["stage"] + unused))
         restarted = part[part["restarts"] > 0]
