@@ -39,7 +39,7 @@ LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-SLOW_FIXTURES = {"ray_local", "two_stage_sweep", "two_stage_sweep_train"}
+SLOW_FIXTURES = {"ray_local", "two_stage_sweep"}
 """A test that uses one of these starts (or shares) a Ray cluster: slow, whatever its module."""
 SLOW_MODULES = {"test_sweep", "test_stage2_resume", "test_main_job", "test_job_submit", "test_data_build",
                 "test_faults", "test_distributed", "test_paper_shaped", "test_gpu_step", "test_ray_auth",
@@ -186,13 +186,6 @@ def two_stage_sweep(ray_local, variants, corpus, tmp_path_factory):
     uninterrupted reference (its lineage and its rung decisions). Tests must not change its lineage, checkpoints
     or rung decisions (the report files, trials.csv and token_lengths.json are rewritten by some)."""
     return _two_stage_sweep(variants, corpus, tmp_path_factory.mktemp("sweep") / "tiny-study", "auto")
-
-
-@pytest.fixture(scope="session")
-def two_stage_sweep_train(ray_local, variants, corpus, tmp_path_factory):
-    """The same sweep with ``--runner train``: every trial through a Ray Train ``TorchTrainer`` (the GPU and
-    multi-worker path), so tests/test_sweep.py checks each behaviour on both runners."""
-    return _two_stage_sweep(variants, corpus, tmp_path_factory.mktemp("sweep-train") / "tiny-study", "train")
 
 
 @pytest.fixture(scope="module")

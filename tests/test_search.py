@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweeps.driver import SweepConfig, plan_sweep
+from sweeps.driver import AshaConfig, SweepConfig, plan_sweep, run_sweep
 from sweeps.search.algorithms import Row, SearchSettings, tune_search
 from sweeps.search.space import parse_space, read_space
 from sweeps.trial_config import trial_from_config
@@ -196,11 +196,11 @@ def _ended(stage_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def optuna_search(variants, corpus, tmp_path_factory):
+def optuna_search(ray_local, variants, corpus, tmp_path_factory):
     """A tiny Optuna search of stage 1 (paper row 3, 6 samples, 2 at a time, seed 7; ASHA from epoch 4 of 6)
     whose best 2 trials continue into stage 2, as `vlm-sweep sweep` runs it: its driver SIGKILLed once two stage-1
-    trials ended and two more were suggested and running, then rerun with --resume to the end. (out, the ended
-    trials' results at the kill)."""
+    trials ended and two more were suggested and running, then resumed to the end (in this process, on the test
+    session's Ray, as `--resume` runs it). (out, the ended trials' results at the kill)."""
     from tests.conftest import sigkill_driver
 
     tmp = tmp_path_factory.mktemp("search")
@@ -220,8 +220,10 @@ def optuna_search(variants, corpus, tmp_path_factory):
         started = len(list((out / "stage1").glob("s1-*")))
         assert len(done_before) >= 2 and started < SAMPLES, started  # killed mid-search
         sigkill_driver(proc, "a search with trials in flight")
-    resumed = subprocess.run(cmd + ["--resume", "true"], env=env, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-5000:]
+    run_sweep(SweepConfig(data=str(variants), images=str(corpus / "images"), preset="tiny", paper_ids=[3], stage="all",
+                          out=str(out), wandb="disabled", search="optuna", num_samples=SAMPLES, max_concurrent=2,
+                          search_seed=SEED, space=json.dumps(LR_SPACE), stage2_parents=2,
+                          asha=AshaConfig(grace_period=4), resume=True))
     return out, done_before
 
 
@@ -291,6 +293,13 @@ def test_the_search_shows_in_the_browser_and_in_the_analysis_notebook(optuna_sea
     assert figure and figure[0]["decoded"], shown.images
     assert shown.blank_images() == [] and shown.unlike_their_source() == []
     nb, text = run_analysis_notebook(out, tmp_path)
+    # its table rebuilt from Tune's records agrees with trials.csv: for the trials resumed after the kill, whose
+    # history in Tune starts again at the resume, the best val loss comes from their checkpoints
+    assert f"{SAMPLES + 2} trials agree with trials.csv" in text, text[-3000:]
+    from sweeps.scheduling import DECISIONS_FILE, read_decisions
+
+    stops = {d["trial"]: d["rung"] for d in read_decisions(out / "stage1" / DECISIONS_FILE) if d["decision"] == "stop"}
+    assert f"stopped by ASHA: {stops or 'none'}" in text  # stage 1's ASHA too
     assert f"stage 1: optuna search, {SAMPLES} trials; importance: {{'train.lr':" in text, text[-3000:]
     assert "stage 2: not searched" in text
     shown_images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])

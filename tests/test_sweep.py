@@ -1,4 +1,4 @@
-"""A real (tiny) two-stage sweep through Ray Tune (+ Ray Train) on CPU, on both runners: lineage, ASHA stopping a
+"""A real (tiny) two-stage sweep through Ray Tune on CPU: lineage, ASHA stopping a
 trial, the report, wandb offline runs, the analysis notebook, refusing to overwrite, and resuming an interrupted
 sweep.
 
@@ -30,11 +30,14 @@ S2_UMAP = "s2-20kUmap-nodense-raw-linear-e3-b3-from-e6-b12"
 S2_RANDOM = "s2-10kRandom-nodense-raw-linear-e3-b3-from-e6-b8"
 
 
-@pytest.fixture(scope="module", params=["auto", "train"])
-def sweep(request):
-    """(config, result, out) of the tiny two-stage sweep (tests/conftest.py) on each runner: ``auto`` (the CPU
-    trials train in the Tune trial itself; shared with test_stage2_resume.py) and ``train`` (a TorchTrainer each)."""
-    return request.getfixturevalue("two_stage_sweep" if request.param == "auto" else "two_stage_sweep_train")
+@pytest.fixture(scope="module")
+def sweep(two_stage_sweep):
+    """(config, result, out) of the tiny two-stage sweep (tests/conftest.py) on the default runner (the CPU trials
+    train in the Tune trial itself; shared with test_stage2_resume.py). The TorchTrainer runner's copy of it (62 s of
+    CI) was dropped on 2026-12-07: that path runs end to end in tests/test_multinode.py (stage 2 through TorchTrainers
+    on other nodes, its driver killed and resumed, the report), tests/test_rehearsal.py, tests/test_faults.py (a
+    killed Train worker, one and two per trial) and the FSDP claim of tests/test_readme_claims.py."""
+    return two_stage_sweep
 
 
 def test_the_wandb_key_is_written_nowhere(sweep):

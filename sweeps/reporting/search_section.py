@@ -79,8 +79,8 @@ def importance(table: pd.DataFrame, space: dict[str, dict[str, list[Any]]], seed
         params = {n: (row[n].item() if hasattr(row[n], "item") else row[n]) for n in names}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
                                                   value=float(row["best_val_loss"])))
-    return dict(optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), params=names))
+    return {k: float(v) for k, v in optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=seed), params=names).items()}
 
 
 def plot_parallel(table: pd.DataFrame, space: dict[str, dict[str, list[Any]]], stage: int, out: Path) -> Path | None:
