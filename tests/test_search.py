@@ -333,3 +333,9 @@ def test_a_space_is_checked_against_its_own_stage(tmp_path):
     sweep = plan_sweep(cfg)
     assert sweep.spaces[2].names() == ["train.lm_tuning", "train.lora.rank"]
     assert [p.spec.parent for p in sweep.stages[2]] == [ROW3]  # planned as the row's continuation until stage 1 ends
+
+
+def test_a_long_inline_space_is_read_as_a_mapping_not_a_file_name():
+    points = [{"train.lr": round(1e-4 * 1.5 ** i, 8)} for i in range(12)]  # longer than a file name may be
+    space = read_space(json.dumps({"space": {"train.lr": {"loguniform": [1e-5, 1e-2]}}, "points": points}))
+    assert len(space.points) == 12

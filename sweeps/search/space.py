@@ -320,14 +320,15 @@ def read_space(spec: str | None, stage: int = 1, base: tuple[VLMConfig, TrainCon
     """``--space``: a YAML / JSON file, or the mapping inline (``'{"train.lr": {"loguniform": [1e-5, 1e-2]}}'``)."""
     if not spec:
         return SearchSpace()
+    inline = spec.lstrip().startswith("{")
     path = Path(spec).expanduser()
-    if path.is_file():
+    if not inline and path.is_file():
         try:
             raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"search space {path}: not valid YAML ({e})") from None
         return parse_space(raw, str(path), stage, base)
-    if spec.lstrip().startswith("{"):
+    if inline:
         try:
             raw = yaml.safe_load(spec)
         except yaml.YAMLError as e:
