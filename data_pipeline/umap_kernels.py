@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -79,6 +80,10 @@ def umap_module():
 
         if folder is not None:
             _enable_caching(("umap", "pynndescent"))
+            # a few kernels use dynamic globals (pynndescent's nn_descent): numba compiles them each time and says so
+            from numba.core.errors import NumbaWarning
+
+            warnings.filterwarnings("ignore", message="Cannot cache compiled function", category=NumbaWarning)
         _state["dir"] = folder or False
     import umap
 
