@@ -93,19 +93,17 @@ def build_feature_caches(models: list[VLMConfig], images: list[str], image_root:
     import pyarrow as pa
     import ray.data
 
-    if any(m.vision != models[0].vision for m in models):
-        raise ValueError("build_feature_caches: the models must share one vision config (one encoder pass)")
     encoder = FeatureEncoder(models[0])
-    selections = [encoder.selection(m) for m in models]
+    selections = [encoder.selection(m) for m in models]  # refuses a model of another vision config
     unique = sorted(dict.fromkeys(images))
     targets = [Path(root) / encoder.key(s) for s in selections]
     todo = []
-    for i, (model, sel, target) in enumerate(zip(models, selections, targets)):
+    for i, target in enumerate(targets):
         if target in (targets[j] for j in todo):
             continue  # two models with the same selection: one cache
         if target.exists():
             try:
-                FeatureCache.open(target, encoder.key(sel)).verify(unique, image_root)
+                FeatureCache.open(target, target.name).verify(unique, image_root)
                 log.info("feature cache: reusing %s (%d images)", target, len(unique))
                 continue
             except FeatureCacheError as e:

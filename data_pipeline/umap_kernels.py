@@ -25,11 +25,9 @@ So, in each process that uses UMAP:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import platform
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,7 +38,6 @@ KERNEL_CACHE_ENV = "VLM_SWEEP_KERNEL_CACHE"
 LOCK_FILE = ".lock"
 
 _state: dict[str, Any] = {"dir": None, "used": set()}
-_thread_lock = threading.Lock()
 
 
 def cache_key() -> str:
@@ -112,10 +109,8 @@ def first_use(kind: str) -> Iterator[None]:
     if not folder or kind in _state["used"]:
         yield
         return
-    with _thread_lock, open(Path(folder) / LOCK_FILE, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-            _state["used"].add(kind)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    from filelock import FileLock  # what vlm_core.base.outputs.build_once locks with (a transformers dependency)
+
+    with FileLock(Path(folder) / LOCK_FILE):  # per process and per thread: flock on the folder's lock file
+        yield
+        _state["used"].add(kind)

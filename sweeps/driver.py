@@ -366,7 +366,8 @@ def plan_sweep(cfg: SweepConfig) -> SweepPlan:
         if spec and s in stages:
             first = stages[s][0] if stages[s] else None
             spaces[s] = read_space(spec, s, (first.model, first.train) if first else None)
-            check_search(cfg.search, spaces[s])
+            # stage 2's rows are known after stage 1 (its best K): checked again then, by the searcher
+            check_search(cfg.search, spaces[s], len(stages[s]) if s == 1 else 1)
     if cfg.space and 1 not in stages:
         log.warning("--space searches stage 1, which --stage %s does not run", cfg.stage)
     if cfg.searching and not spaces.get(1) and 1 in stages:
@@ -560,7 +561,7 @@ def storage_points(stage1: list[TrialResult]) -> list[dict[str, Any]]:
 
 def is_point(trial: TrialResult, points: list[dict[str, Any]]) -> bool:
     """Whether a stage-1 trial ran one of the points evaluated first (its row and drawn values)."""
-    row = trial.config_id.rsplit("-p", 1)[0]
+    row = trial.spec["config_id"]  # the row's id: the trial's without its draw's digest
     return any(p["params"] == trial.params and p.get("row", row) == row for p in points)
 
 
@@ -703,15 +704,15 @@ def best_continuations(cfg: SweepConfig, stage1: list[TrialResult]) -> list[Plan
     ``val_loss`` (finite, with a checkpoint on storage), each continued as the grid continues a row: the same
     dataset / dense / chat / scheduler, stage 2's epochs, batch and rate, and the parent's searched model fields
     (its projector is what stage 2 starts from)."""
-    k = cfg.stage2_parents or 2
+    top = cfg.stage2_parents or 2
     usable = sorted((t for t in stage1 if t.best_checkpoint()[0] and t.best_val_loss is not None
                      and math.isfinite(t.best_val_loss)), key=lambda t: t.best_val_loss)
-    ranked = usable[:k]
+    ranked = usable[:top]
     if cfg.stage2_with_points:
         points = storage_points(stage1)
-        ranked += [t for t in usable[k:] if is_point(t, points)]
-        if len(ranked) > k:
-            event("stage 2 also continues the %d point(s) stage 1 evaluated first", len(ranked) - k)
+        ranked += [t for t in usable[top:] if is_point(t, points)]
+        if len(ranked) > top:
+            event("stage 2 also continues the %d point(s) stage 1 evaluated first", len(ranked) - top)
     if not ranked:
         raise ConfigError("stage 2: no stage-1 trial finished with a finite val_loss and a checkpoint to continue "
                           "(see the stage-1 report)")

@@ -173,7 +173,6 @@ def trial_identity(config: dict[str, Any]) -> tuple[str | None, str | None]:
     return trial.config_id, trial.run.digest()
 
 
-
 PROJECTOR_FOR_DENSE = {False: "mlp2x_gelu", True: "dense_connector"}
 FORMAT_FOR_CHAT = {False: "raw", True: "chat"}
 

@@ -15,6 +15,7 @@ from ray.tune import Callback
 
 from vlm_core.base.logs import ProgressBar, event
 
+from .search.space import format_draw
 from .statuses import METRIC, STATUS_NON_FINITE
 from .trial_config import trial_identity
 
@@ -58,8 +59,7 @@ class TrialEvents(Callback):
         again = name in self.started
         self.started.add(name)
         params = (trial.config.get("params") or {}) if isinstance(trial.config, dict) else {}
-        drawn = ": " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                 for k, v in sorted(params.items())) if params else ""
+        drawn = f": {format_draw(dict(sorted(params.items())))}" if params else ""
         self._say(trial, "resumed" if again else f"started ({len(self.started)}/{self.total}){drawn}")
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info: Any) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from ..search.algorithms import SEARCH_FILE
+from ..search.space import format_draw, to_plain
 from .markdown import markdown_table
 
 MIN_TRIALS = 3
@@ -76,7 +77,7 @@ def importance(table: pd.DataFrame, space: dict[str, dict[str, list[Any]]], seed
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="minimize")
     for _, row in done.iterrows():
-        params = {n: (row[n].item() if hasattr(row[n], "item") else row[n]) for n in names}
+        params = {n: to_plain(row[n]) for n in names}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
                                                   value=float(row["best_val_loss"])))
     return {k: float(v) for k, v in optuna.importance.get_param_importances(
@@ -101,7 +102,7 @@ def plot_parallel(table: pd.DataFrame, space: dict[str, dict[str, list[Any]]], s
         v = done[n]
         if kind in ("choice", "grid"):
             order = {json.dumps(a): i for i, a in enumerate(args)}
-            x = v.map(lambda a: order.get(json.dumps(a.item() if hasattr(a, "item") else a), math.nan))
+            x = v.map(lambda a: order.get(json.dumps(to_plain(a)), math.nan))
             lo, hi = 0, max(1, len(args) - 1)
             labels.append(f"{n}\n{args[0]} … {args[-1]}")
         else:
@@ -133,9 +134,10 @@ def plot_parallel(table: pd.DataFrame, space: dict[str, dict[str, list[Any]]], s
     return path
 
 
-def section(table: pd.DataFrame, stage_dirs: dict[int, Path], out: Path,
-            level: str = "##") -> tuple[list[str], list[Path]]:
-    """Markdown lines and figures for every searched stage (none for a grid)."""
+def section(table: pd.DataFrame, stage_dirs: dict[int, Path], out: Path, level: str = "##",
+            draw: bool = True) -> tuple[list[str], list[Path]]:
+    """Markdown lines and figures for every searched stage (none for a grid); ``draw=False``: the lines only (the
+    study report, whose sweep report drew the figures)."""
     lines: list[str] = []
     figures: list[Path] = []
     for stage, edir in sorted(stage_dirs.items()):
@@ -150,7 +152,7 @@ def section(table: pd.DataFrame, stage_dirs: dict[int, Path], out: Path,
         ranked = part.dropna(subset=["best_val_loss"]).sort_values("best_val_loss")
         if len(ranked):
             b = ranked.iloc[0]
-            drawn = ", ".join(f"`{n}`={b[n]:.3g}" if isinstance(b[n], float) else f"`{n}`={b[n]}" for n in space)
+            drawn = format_draw({n: to_plain(b[n]) for n in space}, code=True)
             lines += [f"Best draw: `{b['config_id']}` ({drawn}), val loss {b['best_val_loss']:.4f}.", ""]
             top = ranked[["config_id", *[n for n in space if n in ranked], "best_val_loss", "epochs_run", "status"]]
             lines += [markdown_table(readable_params(top.head(10).reset_index(drop=True))), ""]
@@ -163,7 +165,7 @@ def section(table: pd.DataFrame, stage_dirs: dict[int, Path], out: Path,
         else:
             lines += [f"Importance: not computed (it needs {MIN_TRIALS} or more finished trials whose searched "
                       f"parameters differ).", ""]
-        fig = plot_parallel(part, space, stage, out)
+        fig = plot_parallel(part, space, stage, out) if draw else None
         if fig:
             figures.append(fig)
     return lines, figures

@@ -250,7 +250,7 @@ def write_study_report(out: str | Path, manifest: dict[str, Any], sweep_dir: str
         part = rows[["config_id", *searched, "status", "best_val_loss", "epochs_run", "stopped_by_asha", "asha_rung",
                      "wall_s"]]
         lines += [f"### Stage {stage}", "", markdown_table(readable_params(part.sort_values("best_val_loss"))), ""]
-    lines += search_section(table, experiment_dirs(sweep_dir), sweep_dir, "###")[0]
+    lines += search_section(table, experiment_dirs(sweep_dir), sweep_dir, "###", draw=False)[0]
     lines += [f"![{Path(f).stem}]({_relative_figure(Path(f), root)})" for f in sweep["figures"]] + [""]
     decisions = read_decisions(sweep_dir / "stage2" / DECISIONS_FILE)
     if decisions:

@@ -34,7 +34,7 @@ from vlm_core.base.errors import ConfigError
 from vlm_core.base.registry import Registry
 from vlm_core.config import TrainConfig, VLMConfig
 
-from .space import DISTRIBUTIONS, SearchSpace
+from .space import SearchSpace, field_value
 
 SEARCH_FILE = "search.json"
 """In each stage's experiment folder: the algorithm, its space and how many trials it runs (``TuneSearch.record``)."""
@@ -82,28 +82,12 @@ class TuneSearch:
                 **(self.space.to_json() if self.space else {"space": {}}), "evaluated_first": self.points or []}
 
 
-def field_value(model: VLMConfig, train: TrainConfig, name: str) -> Any:
-    """The value of a dotted field (``train.lr``, ``model.projector.name``) in the configs."""
-    root, *path = name.split(".")
-    value: Any = train if root == "train" else model
-    for part in path:
-        value = getattr(value, part)
-    return value
-
-
-def _inside(space: SearchSpace, name: str, value: Any) -> bool:
-    d = space.fields[name]
-    if DISTRIBUTIONS[d.kind].ranged:
-        return isinstance(value, (int, float)) and d.values[0] <= value <= d.values[1]
-    return value in d.values
-
-
 def default_points(rows: list[Row], space: SearchSpace, with_row: bool) -> list[dict[str, Any]]:
     """Each row's own values of the searched fields (what the grid would run), where every one lies in the space."""
     points = []
     for r in rows:
         values = {n: field_value(r.model, r.train, n) for n in space.names()}
-        if all(_inside(space, n, v) for n, v in values.items()):
+        if all(space.fields[n].contains(v) for n, v in values.items()):
             points.append({**({"row": r.config_id} if with_row else {}), "params": values})
     return points
 
@@ -176,13 +160,10 @@ def optuna_search(rows: list[Row], space: SearchSpace, s: SearchSettings) -> Tun
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    check_search("optuna", space)
+    check_search("optuna", space, len(rows))
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line is not a trial event
     # a trial resumed from a checkpoint says its last epoch's result again (sweeps.trial), which Optuna already has
     warnings.filterwarnings("ignore", message="The reported value is ignored because this `step", module="optuna")
-    if len(rows) > 1 and space.rows == "grid":
-        raise ConfigError(f"search: Optuna cannot grid the {len(rows)} rows ({space.source} says study.rows: grid); "
-                          f"use study.rows: choice, one row (--paper-ids / --limit 1), or --search random")
     nested = _points(rows, space)
     points = [_flat(p) for p in nested]
     storage = optuna.storages.RDBStorage(s.storage) if s.storage else None
@@ -202,9 +183,9 @@ def tune_search(rows: list[Row], space: SearchSpace, settings: SearchSettings) -
     return SEARCHERS[settings.algorithm](rows, space, settings)
 
 
-def check_search(algorithm: str, space: SearchSpace) -> None:
-    """Refuse, before Ray starts, a space the algorithm cannot search (a sampled distribution in a grid, a grid
-    in Optuna)."""
+def check_search(algorithm: str, space: SearchSpace, rows: int = 1) -> None:
+    """Refuse, before Ray starts, a space the algorithm cannot search over the stage's ``rows`` (a sampled
+    distribution in a grid; a grid in Optuna, of fields or of several rows)."""
     if algorithm == "grid":
         sampled = [n for n, d in space.fields.items() if not d.is_grid()]
         if sampled:
@@ -217,3 +198,6 @@ def check_search(algorithm: str, space: SearchSpace) -> None:
             raise ConfigError(f"search: Optuna cannot grid; {', '.join(grids)} in {space.source} "
                               f"{'uses' if len(grids) == 1 else 'use'} {{grid: ...}}: write {{choice: [...]}} "
                               f"(Optuna picks) or use --search random")
+        if rows > 1 and space.rows == "grid":
+            raise ConfigError(f"search: Optuna cannot grid the {rows} rows ({space.source} says study.rows: grid); "
+                              f"use study.rows: choice, one row (--paper-ids / --limit 1), or --search random")

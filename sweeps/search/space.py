@@ -81,6 +81,12 @@ class Distribution:
     def is_grid(self) -> bool:
         return self.kind == "grid"
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is one this distribution can draw (within a range's bounds, or one of its values)."""
+        if DISTRIBUTIONS[self.kind].ranged:
+            return isinstance(value, (int, float)) and self.args[0] <= value <= self.args[1]
+        return value in self.args
+
     def to_tune(self):
         """The Ray Tune domain (``tune.loguniform`` ...) or ``grid_search`` spec."""
         return DISTRIBUTIONS[self.kind].to_tune(*self.args)
@@ -150,6 +156,16 @@ def set_field(model: dict[str, Any], train: dict[str, Any], name: str, value: An
     d[path[-1]] = value
 
 
+def field_value(model: VLMConfig, train: TrainConfig, name: str) -> Any:
+    """The value of a dotted field (``train.lr``, ``model.projector.name``) in the configs (:func:`set_field`'s
+    reading side)."""
+    root, *path = name.split(".")
+    value: Any = train if root == "train" else model
+    for part in path:
+        value = getattr(value, part)
+    return value
+
+
 def apply(model: VLMConfig, train: TrainConfig, params: dict[str, Any]) -> tuple[VLMConfig, TrainConfig]:
     """The configs with ``params`` (dotted field → value) set, rebuilt so their own checks run."""
     m, t = model.to_dict(), train.to_dict()
@@ -175,17 +191,17 @@ class SearchSpace:
     def names(self) -> list[str]:
         return list(self.fields)
 
-    def has_grid(self) -> bool:
-        return any(d.is_grid() for d in self.fields.values())
-
-    def values_of(self, name: str) -> list[Any]:
-        """The values a choice / grid field can take (a ranged one: none)."""
-        d = self.fields.get(name)
-        return list(d.values) if d and not DISTRIBUTIONS[d.kind].ranged else []
-
     def to_json(self) -> dict[str, Any]:
         return {"space": {k: d.to_json() for k, d in self.fields.items()}, "points": self.points, "rows": self.rows,
                 "source": self.source}
+
+
+def format_draw(params: dict[str, Any], code: bool = False) -> str:
+    """A draw as ``train.lr=0.000443, train.scheduler=cosine`` (floats to 3 significant digits; ``code``: each
+    name in backticks, for Markdown)."""
+    tick = "`" if code else ""
+    return ", ".join(f"{tick}{k}{tick}={v:.3g}" if isinstance(v, float) else f"{tick}{k}{tick}={v}"
+                     for k, v in params.items())
 
 
 def params_digest(params: dict[str, Any]) -> str:
@@ -307,9 +323,7 @@ def parse_space(raw: Any, source: str = "(inline)", stage: int = 1,
             raise ConfigError(f"search space {source}: points[{i}] sets {extra}, which the space does not search")
         for name, v in p.items():
             d = fields[name]
-            inside = (d.values[0] <= v <= d.values[1]) if DISTRIBUTIONS[d.kind].ranged and \
-                isinstance(v, (int, float)) else v in d.values
-            if not inside:
+            if not d.contains(v):
                 raise ConfigError(f"search space {source}: points[{i}]: {name}={v!r} is outside the space "
                                   f"({d.kind} {list(d.values)})")
         points.append(dict(p))

@@ -174,7 +174,7 @@ class ImageFeatures:
             for q, f in zip(new, self.model.image_features(pixels)):
                 self.held[q.image] = f
             self.encoded += len(new)
-            size = next(iter(self.held.values())).numel() * next(iter(self.held.values())).element_size()
+            size = f.numel() * f.element_size()  # every image's features have one shape
             while len(self.held) * size > self.max_bytes and len(self.held) > len(new):
                 del self.held[next(iter(self.held))]  # the oldest (dicts keep insertion order)
         return torch.stack([self.held[k] for k in keys])
