@@ -395,6 +395,22 @@ def start_run(cfg: BuildConfig) -> BuildRun:
     return run
 
 
+def read_and_filter(run: BuildRun, plan: ActorPlan):
+    """The pass's first steps as a lazy Ray Data dataset: the JSONL cut into shards of ``shard_lines`` lines, each
+    read and validated by a task, then filtered by image prefix (and opened with ``check_images``); rejected rows
+    stay in the stream with their ``reason``. ``bench/caption_stream.py`` streams it alone at the caption files'
+    real sizes."""
+    import ray
+
+    cfg = run.cfg
+    shards = plan_shards(run.jsonl, cfg.shard_lines)
+    ds = ray.data.from_items([{"path": s.path, "start": s.start, "end": s.end, "first_line": s.first_line}
+                              for s in shards], override_num_blocks=max(1, len(shards)))
+    ds = ds.map_batches(read_shards_batch, batch_size=1, num_cpus=plan.read_cpus)
+    return ds.map_batches(filter_batch, fn_args=(cfg.image_prefix, cfg.check_images, cfg.images),
+                          num_cpus=plan.read_cpus)
+
+
 def embed_rows(run: BuildRun, resources: dict[str, float]) -> EmbeddedRows:
     """Step 1, one streaming pass: read + validate + filter (tasks) → translate → embed (actor pools) → Parquet in
     ``_work/rows-<key>``, keyed by everything that produced it (a rerun with the same inputs reuses it)."""
@@ -411,12 +427,7 @@ def embed_rows(run: BuildRun, resources: dict[str, float]) -> EmbeddedRows:
         run.reused.append("rows")
         log.info("reusing validated, translated and embedded rows from %s", folder)
     else:
-        shards = plan_shards(run.jsonl, cfg.shard_lines)
-        ds = ray.data.from_items([{"path": s.path, "start": s.start, "end": s.end, "first_line": s.first_line}
-                                  for s in shards], override_num_blocks=max(1, len(shards)))
-        ds = ds.map_batches(read_shards_batch, batch_size=1, num_cpus=plan.read_cpus)
-        ds = ds.map_batches(filter_batch, fn_args=(cfg.image_prefix, cfg.check_images, cfg.images),
-                            num_cpus=plan.read_cpus)
+        ds = read_and_filter(run, plan)
         if plan.translate_actors:
             ds = ds.map_batches(TranslateStep, fn_constructor_args=(
                 translate_cfg.to_dict(), str((run.work / "translation_cache").resolve())),

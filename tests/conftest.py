@@ -7,6 +7,10 @@ loop.
 
     pytest -q                   # the whole suite (what CI runs)
     pytest -q -m "not slow"     # the fast loop, while working on it
+    pytest -q -n 0 tests/...    # one process (pyproject.toml's addopts run two pytest-xdist workers)
+
+Two workers (``-n 2``) each get whole modules, longest first (:func:`pytest_xdist_make_scheduler`), each with its own
+local Ray cluster (``ray_local``); tests that start clusters of their own pick free ports, so two never collide.
 """
 
 from __future__ import annotations
@@ -49,11 +53,50 @@ SLOW_MODULES = {"test_sweep", "test_stage2_resume", "test_main_job", "test_job_s
 the paper-shaped models, the packaged real models, the headless browser."""
 
 
+LONGEST_FIRST = ("test_multinode", "test_sweep", "test_sweep_eval", "test_stage2_resume", "test_main_job",
+                 "test_readme_claims", "test_rehearsal", "test_gpu_step", "test_faults", "test_search",
+                 "test_data_build", "test_paper_shaped", "test_fixed_prompts", "test_umap_kernels",
+                 "test_distributed", "test_export_lmms_eval")
+"""Modules handed out first when the suite runs on several workers (``-n``, pyproject.toml's addopts): the longest
+units of work (``--durations`` of a whole run) go out first, so that no worker is left with one long module at the
+end while the other idles. Within a module the order is the file's."""
+TWO_STAGE_SWEEP_MODULES = {"test_sweep", "test_sweep_eval", "test_stage2_resume"}
+"""The modules whose tests read the session's two-stage sweep (``two_stage_sweep``): one worker runs them all, so the
+sweep is run once."""
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Workers get whole modules (a module's fixtures — a data build, a sweep, a cluster — are built once), the
+    modules of :data:`TWO_STAGE_SWEEP_MODULES` as one unit, in collection order (:data:`LONGEST_FIRST`).
+
+    pytest-xdist's ``--dist loadgroup`` would say this with marks, but 3.8 renames ``item._nodeid``, which pytest 9
+    no longer reads, so its groups do nothing; this is ``--dist loadscope`` with our scope."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "two_stage_sweep" if Path(path).stem in TWO_STAGE_SWEEP_MODULES else path
+
+    config.option.loadscopereorder = False
+    return ModuleScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         module = item.module.__name__.split(".")[-1]
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        if "two_stage_sweep" in item.fixturenames and module not in TWO_STAGE_SWEEP_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} reads two_stage_sweep: add {module} to "
+                                    "tests/conftest.py's TWO_STAGE_SWEEP_MODULES (the sweep is built once per worker)")
+
+    def rank(item) -> tuple[int, int]:
+        module = item.module.__name__.split(".")[-1]
+        first = LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+        return (0 if item.get_closest_marker("slow") else 1, first)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
