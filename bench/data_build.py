@@ -23,17 +23,19 @@ from pathlib import Path
 
 
 class RssMonitor(threading.Thread):
-    """Peak RSS of this process and of every Ray process on the machine, sampled."""
+    """Peak RSS of one process (this one, or ``driver_pid`` when set before ``start``) and of every Ray process on
+    the machine with it, sampled."""
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 0.5, watch: int | None = None):
         super().__init__(daemon=True)
         self.interval, self.stop_flag = interval, threading.Event()
         self.peak_driver = self.peak_total = 0
+        self.driver_pid = watch
 
     def run(self) -> None:
         import psutil
 
-        me = psutil.Process()
+        me = psutil.Process(self.driver_pid) if self.driver_pid else psutil.Process()
         while not self.stop_flag.is_set():
             total = 0
             for p in psutil.process_iter(["pid", "cmdline", "memory_info"]):
@@ -43,7 +45,10 @@ class RssMonitor(threading.Thread):
                         total += p.info["memory_info"].rss
                 except (psutil.Error, TypeError):
                     continue
-            self.peak_driver = max(self.peak_driver, me.memory_info().rss)
+            try:
+                self.peak_driver = max(self.peak_driver, me.memory_info().rss)
+            except psutil.Error:
+                break
             self.peak_total = max(self.peak_total, total)
             self.stop_flag.wait(self.interval)
 
