@@ -10,6 +10,7 @@ sample point (HDBSCAN has no out-of-sample predict).
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .config import ClusterConfig, UmapConfig
-from .umap_kernels import first_use, umap_module
+from .umap_kernels import compile_once, umap_module
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +43,35 @@ MIN_FIT_ROWS = 5
 """Fewest rows UMAP and the clusterer are fitted on (``data build`` stops before fitting on fewer)."""
 
 
-def _umap(n_components: int, cfg: UmapConfig, seed: int, n_rows: int):
+SMALL_DATA_ROWS = 4096
+"""umap-learn's threshold: below it a fit finds exact neighbours (pairwise distances), at or above it runs
+NN-descent (pynndescent) — two sets of kernels, and two sets for ``transform`` (``UMAP._small_data``)."""
+WARM_UP_ROWS = 64
+"""Rows of the warm-up call that compiles (or loads) a call's kernels under the kernel cache's lock."""
+
+
+def _umap(n_components: int, cfg: UmapConfig, seed: int, n_rows: int, **extra):
     umap = umap_module()  # its numba kernels read from this machine's cache (data_pipeline.umap_kernels)
     # init="pca": the default spectral init is not reproducible under a fixed random_state (measured: three
     # fits of the same 50 rows gave three layouts); PCA init gave identical layouts every time.
     return umap.UMAP(n_components=n_components, n_neighbors=min(cfg.n_neighbors, max(2, n_rows - 1)),
-                     min_dist=cfg.min_dist, metric="cosine", random_state=seed, n_jobs=1, init="pca")
+                     min_dist=cfg.min_dist, metric="cosine", random_state=seed, n_jobs=1, init="pca", **extra)
+
+
+def _fit_transform(n_components: int, cfg: UmapConfig, seed: int, embeddings: np.ndarray):
+    """A fitted UMAP and the fit rows' coordinates; the kernels compiled (or loaded) first on a few of the rows, on
+    the fit's own neighbour path (:data:`SMALL_DATA_ROWS`), under the kernel cache's lock (``compile_once``)."""
+    approximate = len(embeddings) >= SMALL_DATA_ROWS
+    rows = embeddings[:WARM_UP_ROWS]
+    compile_once(f"fit-{'nndescent' if approximate else 'exact'}", lambda: _umap(
+        n_components, cfg, seed, len(rows), n_epochs=5, force_approximation_algorithm=approximate).fit(rows))
+    reducer = _umap(n_components, cfg, seed, len(embeddings))
+    return reducer, reducer.fit_transform(embeddings)
 
 
 def fit_plot_layout(embeddings: np.ndarray, umap_cfg: UmapConfig, seed: int) -> np.ndarray:
     """The fit sample's 2-d UMAP coordinates, for the plot only (``FittedSpace.sample_coords_2d``)."""
-    with first_use("fit"):
-        return _umap(2, umap_cfg, seed, len(embeddings)).fit_transform(embeddings)
+    return _fit_transform(2, umap_cfg, seed, embeddings)[1]
 
 
 def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: ClusterConfig, seed: int,
@@ -67,9 +85,7 @@ def fit_space(embeddings: np.ndarray, umap_cfg: UmapConfig, cluster_cfg: Cluster
     n = len(embeddings)
     if n < MIN_FIT_ROWS:
         raise ValueError(f"only {n} rows to fit UMAP/clustering; at least {MIN_FIT_ROWS} are needed")
-    reducer = _umap(umap_cfg.n_components, umap_cfg, seed, n)
-    with first_use("fit"):
-        coords = reducer.fit_transform(embeddings)
+    reducer, coords = _fit_transform(umap_cfg.n_components, umap_cfg, seed, embeddings)
     coords_2d = fit_plot_layout(embeddings, umap_cfg, seed) if plot else None
     scores: dict[int, float] = {}
     if cluster_cfg.method == "kmeans":
@@ -106,8 +122,10 @@ def assign_counted(space: FittedSpace, embeddings: np.ndarray) -> tuple[np.ndarr
     for; seen once in CI, on a build whose texts were mostly ten repeated prompts) takes those of its nearest
     fit-sample point (:func:`nearest_fit_coords`) instead of failing the build or being dropped."""
     emb = np.asarray(embeddings, dtype=np.float32)
-    with first_use("transform"):
-        coords = space.umap.transform(emb).astype(np.float32)
+    # the warm-up transforms with a copy: a transform on NN-descent's index advances its search state
+    compile_once(f"transform-{'exact' if space.umap._small_data else 'nndescent'}",
+                 lambda: copy.deepcopy(space.umap).transform(emb[:WARM_UP_ROWS]))
+    coords = space.umap.transform(emb).astype(np.float32)
     lost = placed_by_nearest(coords)
     if lost.any():
         coords[lost] = nearest_fit_coords(space, emb[lost])

@@ -12,25 +12,25 @@ So, in each process that uses UMAP:
   ``$VLM_SWEEP_KERNEL_CACHE`` or ``~/.cache/vlm-sweep/numba``, then a key of the numba, llvmlite, umap-learn and
   pynndescent versions, Python's, and the CPU's name and features — so a cache another version or CPU wrote is
   never read, then turns caching on for umap-learn's kernels too;
-* :func:`first_use` holds an exclusive lock on that folder (``flock``: per node, released if the process dies)
-  around the process's first UMAP fit and its first transform, the calls that compile or load the kernels: two
-  processes never write the same kernel files at once (numba writes each file atomically, but an index and the data
-  files it names are written separately: two writers can leave an index naming another writer's data, the kind of
-  corruption behind a transform that returned NaN in CI before). Later calls of the process run unlocked, on
-  kernels already in memory.
+* :func:`compile_once` runs a *warm-up* — the same UMAP call on a few rows, which compiles or loads every kernel the
+  real call runs — holding an exclusive lock on that folder (``flock``: per node, released if the process dies), the
+  first time the process makes a call of that kind: two processes never write the same kernel files at once (numba
+  writes each file atomically, but an index and the data files it names are written separately: two writers can
+  leave an index naming another writer's data, the kind of corruption behind a transform that returned NaN in CI
+  before). The real call then runs unlocked, on kernels already in memory, beside other processes' calls: the
+  lock covers compiling (or reading the cache), never a 20k-row fit's minutes of work.
 
 ``VLM_SWEEP_KERNEL_CACHE=off`` turns it off (every process compiles, as umap-learn does by default).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 from vlm_core.base.hashing import json_digest
 
@@ -100,17 +100,18 @@ def _enable_caching(packages: tuple[str, ...]) -> None:
                 obj.enable_caching()
 
 
-@contextlib.contextmanager
-def first_use(kind: str) -> Iterator[None]:
-    """Hold the cache folder's lock around this process's first UMAP call of ``kind`` (``fit`` or ``transform``:
-    each compiles or loads kernels of its own); later calls of that kind run unlocked."""
+def compile_once(kind: str, warm_up: Callable[[], object]) -> None:
+    """The first time this process makes a UMAP call of ``kind`` (a fit or a transform, on one of umap-learn's two
+    neighbour paths: each compiles kernels of its own), run ``warm_up`` — that call on a few rows, on objects the real
+    call does not use — holding the cache folder's lock; later calls of ``kind`` skip it. With the cache off there is
+    nothing to protect and nothing is run: the real call compiles."""
     umap_module()
     folder = _state["dir"]
-    if not folder or kind in _state["used"]:
-        yield
+    if kind in _state["used"]:
         return
-    from filelock import FileLock  # what vlm_core.base.outputs.build_once locks with (a transformers dependency)
+    if folder:
+        from filelock import FileLock  # what vlm_core.base.outputs.build_once locks with (a transformers dependency)
 
-    with FileLock(Path(folder) / LOCK_FILE):  # per process and per thread: flock on the folder's lock file
-        yield
-        _state["used"].add(kind)
+        with FileLock(Path(folder) / LOCK_FILE):  # per process and per thread: flock on the folder's lock file
+            warm_up()
+    _state["used"].add(kind)

@@ -72,3 +72,55 @@ def test_processes_racing_on_an_empty_cache_get_identical_finite_coordinates(tmp
     assert later.returncode == 0, out[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "later.npy"), coords["a"])
     assert _files(folder) == filled  # read, not written again
+
+
+WARM_UP_SCRIPT = """
+import json, sys
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from data_pipeline import reduce
+from data_pipeline.config import ClusterConfig, UmapConfig
+
+def compiled():
+    return {f"{name}.{attr}": len(obj.signatures) for name, module in list(sys.modules.items())
+            if module is not None and name.split(".")[0] in ("umap", "pynndescent")
+            for attr, obj in list(vars(module).items()) if isinstance(obj, Dispatcher)}
+
+after_warm_up = []
+compile_once = reduce.compile_once
+def spy(kind, warm_up):
+    compile_once(kind, lambda: (warm_up(), after_warm_up.append((kind, compiled()))))
+reduce.compile_once = spy
+
+rows = int(sys.argv[1])
+rng = np.random.default_rng(0)
+n = rows + 40
+emb = (rng.normal(size=(8, 32))[rng.integers(0, 8, n)] + 0.3 * rng.normal(size=(n, 32))).astype(np.float32)
+space = reduce.fit_space(emb[:rows], UmapConfig(n_components=4, n_neighbors=10), ClusterConfig(method="kmeans", k=4),
+                         0, plot=False)
+after_fit = compiled()
+coords, _ = reduce.assign(space, emb[rows:])
+print(json.dumps({"kinds": [k for k, _ in after_warm_up], "fit_new": sorted(k for k, n in after_fit.items()
+                  if n > after_warm_up[0][1].get(k, 0)), "transform_new": sorted(
+                  k for k, n in compiled().items() if n > after_warm_up[1][1].get(k, 0)),
+                  "finite": bool(np.isfinite(coords).all())}))
+"""
+
+
+@pytest.mark.parametrize("rows, path", [(80, "exact"), (4200, "nndescent")])
+def test_the_warm_up_under_the_lock_compiles_every_kernel_the_real_call_runs(tmp_path, rows, path):
+    """The lock covers only the warm-up (a few rows), so the real fit and transform run unlocked beside other
+    processes': that is safe only if they compile nothing the warm-up did not (a kernel first compiled outside the
+    lock would be written to the cache outside it). Checked on both of umap-learn's neighbour paths (exact below
+    4,096 fit rows, NN-descent at or above), on an empty cache, by numba's own record of compiled signatures."""
+    env = {**os.environ, KERNEL_CACHE_ENV: str(tmp_path / "kernels"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    got = subprocess.run([sys.executable, "-c", WARM_UP_SCRIPT, str(rows)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert got.returncode == 0, got.stderr[-3000:]
+    import json
+
+    result = json.loads(got.stdout.strip().splitlines()[-1])
+    assert result["kinds"] == [f"fit-{path}", f"transform-{path}"]
+    assert result["fit_new"] == [] and result["transform_new"] == [], result
+    assert result["finite"]

@@ -1,0 +1,68 @@
+"""UMAP's kernel cache (``data_pipeline.umap_kernels``) on whole data builds, side by side in one run: the same build
+with the cache off (every process compiles, as umap-learn does), on an empty cache (the first build on a machine),
+and on the cache that build filled (every later build), in that order, each in a fresh process and output folder.
+
+Two builds: the main job's (``vlm-sweep data build`` on the sample corpus, 566 rows: UMAP's exact-neighbour path)
+and ``bench/data_build.py``'s generated ``--rows`` (NN-descent at 4,096 fit rows and above). The figures are the
+build's own timings (``manifest.json``'s ``timings_s``) and its wall time.
+
+    python bench/kernel_cache.py --rows 5000 --out /tmp/bench-kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).parent
+VLM_SWEEP = Path(sys.executable).with_name("vlm-sweep")
+CORPUS_VARIANTS = "[{name: 10kRandom, kind: random, size: 300}, {name: 20kUmap, kind: umap, size: 400}]"
+
+
+def run(cmd: list[str], cache: str, manifest: Path) -> dict:
+    env = {**os.environ, "VLM_SWEEP_KERNEL_CACHE": cache}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    m = json.loads(manifest.read_text())
+    return {**{k: round(v, 1) for k, v in m["timings_s"].items()}, "build_s": round(m["wall_s"], 1),
+            "process_wall_s": round(wall, 1)}
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=5000)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench-kernels"))
+    args = ap.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    cache = str(args.out / "kernels")
+    corpus = args.out / "corpus"
+    subprocess.run([str(VLM_SWEEP), "data", "sample-corpus", "--out", str(corpus)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results: dict[str, dict] = {}
+    for case, folder in (("off", "off"), ("cold", cache), ("warm", cache)):
+        out = args.out / f"corpus-{case}"
+        results[f"corpus/{case}"] = run(
+            [str(VLM_SWEEP), "data", "build", "--source", str(corpus / "sharegpt4v_sample.jsonl"), "--images",
+             str(corpus / "images"), "--out", str(out), "--variants", CORPUS_VARIANTS], folder, out / "manifest.json")
+        print(json.dumps({f"corpus/{case}": results[f"corpus/{case}"]}), flush=True)
+    shutil.rmtree(cache)
+    for case, folder in (("off", "off"), ("cold", cache), ("warm", cache)):
+        out = args.out / f"rows{args.rows}-{case}"
+        results[f"rows{args.rows}/{case}"] = run(
+            [sys.executable, str(BENCH / "data_build.py"), "--rows", str(args.rows), "--compare_rows", "200", "--out",
+             str(out)], folder, out / "data" / "manifest.json")
+        print(json.dumps({f"rows{args.rows}/{case}": results[f"rows{args.rows}/{case}"]}), flush=True)
+    print(json.dumps(results))  # last line: for bench/run_all.py
+    return results
+
+
+if __name__ == "__main__":
+    main()
