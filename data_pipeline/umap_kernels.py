@@ -18,7 +18,9 @@ So, in each process that uses UMAP:
   writes each file atomically, but an index and the data files it names are written separately: two writers can
   leave an index naming another writer's data, the kind of corruption behind a transform that returned NaN in CI
   before). The real call then runs unlocked, on kernels already in memory, beside other processes' calls: the
-  lock covers compiling (or reading the cache), never a 20k-row fit's minutes of work.
+  lock covers compiling (or reading the cache), never a 20k-row fit's minutes of work. A process that finds the
+  lock held while the kernels are not yet in the cache compiles in memory instead of waiting (on an empty cache
+  the processes of a build compile at the same time, as without the cache; one of them fills it).
 
 ``VLM_SWEEP_KERNEL_CACHE=off`` turns it off (every process compiles, as umap-learn does by default).
 """
@@ -100,18 +102,50 @@ def _enable_caching(packages: tuple[str, ...]) -> None:
                 obj.enable_caching()
 
 
+def _disable_caching(packages: tuple[str, ...]) -> None:
+    """Turn numba's disk cache off again for every kernel of ``packages`` (what :func:`_enable_caching` and
+    pynndescent's ``cache=True`` turned on): later compiles of this process stay in memory."""
+    from numba.core.caching import NullCache
+    from numba.core.dispatcher import Dispatcher
+
+    for name, module in list(sys.modules.items()):
+        if module is None or name.split(".")[0] not in packages:
+            continue
+        for obj in list(vars(module).values()):
+            if isinstance(obj, Dispatcher):
+                obj._cache = NullCache()  # what Dispatcher.__init__ sets when caching is off
+
+
 def compile_once(kind: str, warm_up: Callable[[], object]) -> None:
     """The first time this process makes a UMAP call of ``kind`` (a fit or a transform, on one of umap-learn's two
     neighbour paths: each compiles kernels of its own), run ``warm_up`` — that call on a few rows, on objects the real
-    call does not use — holding the cache folder's lock; later calls of ``kind`` skip it. With the cache off there is
-    nothing to protect and nothing is run: the real call compiles."""
+    call does not use — holding the cache folder's lock, and mark ``kind`` filled (``<kind>.done`` in the folder);
+    later calls of ``kind`` skip it. With the cache off there is nothing to protect and nothing is run: the real call
+    compiles.
+
+    When another process holds the lock and ``kind`` is not yet filled, it is compiling these kernels into the cache
+    right now: rather than wait for it (on a cold cache each process would compile in turn, on one core), this process
+    stops using the cache and compiles in memory, as umap-learn does, at the same time. Once ``kind`` is filled,
+    later processes wait for the lock (a load takes about a second) and read the cache."""
     umap_module()
     folder = _state["dir"]
     if kind in _state["used"]:
         return
     if folder:
-        from filelock import FileLock  # what vlm_core.base.outputs.build_once locks with (a transformers dependency)
+        from filelock import FileLock, Timeout  # what vlm_core.base.outputs.build_once locks with
 
-        with FileLock(Path(folder) / LOCK_FILE):  # per process and per thread: flock on the folder's lock file
-            warm_up()
+        filled = Path(folder) / f"{kind}.done"
+        lock = FileLock(Path(folder) / LOCK_FILE)  # per process and per thread: flock on the folder's lock file
+        try:
+            lock.acquire(timeout=-1 if filled.exists() else 0)
+        except Timeout:
+            _disable_caching(("umap", "pynndescent"))
+            _state["dir"] = False
+        else:
+            try:
+                warm_up()
+                if not filled.exists():
+                    filled.touch()
+            finally:
+                lock.release()
     _state["used"].add(kind)
