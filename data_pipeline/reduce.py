@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .config import ClusterConfig, UmapConfig
-from .umap_kernels import compile_once, umap_module
+from .umap_kernels import call_kind, compile_once, umap_module
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,28 @@ def _fit_transform(n_components: int, cfg: UmapConfig, seed: int, embeddings: np
     the fit's own neighbour path (:data:`SMALL_DATA_ROWS`), under the kernel cache's lock (``compile_once``)."""
     approximate = len(embeddings) >= SMALL_DATA_ROWS
     rows = embeddings[:WARM_UP_ROWS]
-    compile_once(f"fit-{'nndescent' if approximate else 'exact'}", lambda: _umap(
-        n_components, cfg, seed, len(rows), n_epochs=5, force_approximation_algorithm=approximate).fit(rows))
+    compile_once(call_kind("fit", approximate), lambda: _warm_up_model(n_components, cfg, seed, rows, approximate))
     reducer = _umap(n_components, cfg, seed, len(embeddings))
     return reducer, reducer.fit_transform(embeddings)
+
+
+def _warm_up_model(n_components: int, cfg: UmapConfig, seed: int, rows: np.ndarray, approximate: bool):
+    """A UMAP fitted on a few rows, a few epochs, on the neighbour path a fit of ``approximate`` size takes."""
+    return _umap(n_components, cfg, seed, len(rows), n_epochs=5, force_approximation_algorithm=approximate).fit(rows)
+
+
+def fill_kernel_cache(dim: int = 384, seed: int = 0) -> list[str]:
+    """Compile (or load) the kernels of every kind of UMAP call a data build makes — a fit and a transform on each
+    neighbour path — into this machine's kernel cache (``python -m data_pipeline.umap_kernels``), on random rows of
+    the embedder's width and dtype (numba specialises on types, not sizes). Returns the kinds."""
+    rows = np.random.default_rng(seed).normal(size=(WARM_UP_ROWS, dim)).astype(np.float32)
+    cfg = UmapConfig()
+    for approximate in (False, True):
+        compile_once(call_kind("fit", approximate),
+                     lambda: _warm_up_model(cfg.n_components, cfg, seed, rows, approximate))
+        compile_once(call_kind("transform", approximate),
+                     lambda: _warm_up_model(cfg.n_components, cfg, seed, rows, approximate).transform(rows[:8]))
+    return [call_kind(call, approximate) for approximate in (False, True) for call in ("fit", "transform")]
 
 
 def fit_plot_layout(embeddings: np.ndarray, umap_cfg: UmapConfig, seed: int) -> np.ndarray:
@@ -123,7 +141,7 @@ def assign_counted(space: FittedSpace, embeddings: np.ndarray) -> tuple[np.ndarr
     fit-sample point (:func:`nearest_fit_coords`) instead of failing the build or being dropped."""
     emb = np.asarray(embeddings, dtype=np.float32)
     # the warm-up transforms with a copy: a transform on NN-descent's index advances its search state
-    compile_once(f"transform-{'exact' if space.umap._small_data else 'nndescent'}",
+    compile_once(call_kind("transform", not space.umap._small_data),
                  lambda: copy.deepcopy(space.umap).transform(emb[:WARM_UP_ROWS]))
     coords = space.umap.transform(emb).astype(np.float32)
     lost = placed_by_nearest(coords)

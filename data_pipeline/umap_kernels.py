@@ -42,6 +42,15 @@ LOCK_FILE = ".lock"
 _state: dict[str, Any] = {"dir": None, "used": set()}
 
 
+def call_kind(call: str, approximate: bool) -> str:
+    """The name :func:`compile_once` keys a UMAP call by: ``fit`` or ``transform`` on umap-learn's exact-neighbour
+    path or its NN-descent path (each compiles kernels of its own)."""
+    return f"{call}-{'nndescent' if approximate else 'exact'}"
+
+
+KINDS = tuple(call_kind(call, approximate) for approximate in (False, True) for call in ("fit", "transform"))
+
+
 def cache_key() -> str:
     """What the cached kernels depend on: library versions, Python, and the CPU they were compiled for."""
     from importlib.metadata import version
@@ -149,3 +158,19 @@ def compile_once(kind: str, warm_up: Callable[[], object]) -> None:
             finally:
                 lock.release()
     _state["used"].add(kind)
+
+
+def main() -> None:
+    """``python -m data_pipeline.umap_kernels``: fill this machine's kernel cache with every kind of UMAP call a data
+    build makes, unless it is filled (``scripts/setup.sh`` runs it, so that a machine's first build reads the kernels
+    instead of compiling them: compiling into numba's cache costs about 1.6× compiling in memory, BENCHMARKS.md)."""
+    folder = cache_dir()
+    if folder is None or all((folder / f"{kind}.done").is_file() for kind in KINDS):
+        return
+    from .reduce import fill_kernel_cache
+
+    print(f"UMAP's kernels compiled into {folder}: {', '.join(fill_kernel_cache())}")
+
+
+if __name__ == "__main__":
+    main()
