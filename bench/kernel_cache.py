@@ -1,8 +1,8 @@
 """UMAP's kernel cache (``data_pipeline.umap_kernels``) on whole data builds, side by side in one run: the same build
 with the cache off (every process compiles, as umap-learn does), on an empty cache (a first build that compiles),
-on a cache ``scripts/setup.sh`` filled (``python -m data_pipeline.umap_kernels``, timed apart: the first build on a
-machine set up as README says), and on the cache a build filled (every later build), in that order, each in a fresh
-process and output folder.
+on a cache filled beforehand (``python -m data_pipeline.umap_kernels``, as ``scripts/setup.sh`` runs it, for the
+corpus's build; with ``--nn-descent`` for the generated rows'; timed apart), and on the cache a build filled (every
+later build), in that order, each in a fresh process and output folder.
 
 Two builds: the main job's (``vlm-sweep data build`` on the sample corpus, 566 rows: UMAP's exact-neighbour path)
 and ``bench/data_build.py``'s generated ``--rows`` (NN-descent at 4,096 fit rows and above). The figures are the
@@ -27,11 +27,11 @@ VLM_SWEEP = Path(sys.executable).with_name("vlm-sweep")
 CORPUS_VARIANTS = "[{name: 10kRandom, kind: random, size: 300}, {name: 20kUmap, kind: umap, size: 400}]"
 
 
-def fill(cache: str) -> float:
-    """An empty cache filled as ``scripts/setup.sh`` fills it; its seconds."""
+def fill(cache: str, *flags: str) -> float:
+    """An empty cache filled as ``scripts/setup.sh`` fills it (``--nn-descent``: NN-descent's kernels too); seconds."""
     shutil.rmtree(cache, ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "data_pipeline.umap_kernels"], env={**os.environ,
+    subprocess.run([sys.executable, "-m", "data_pipeline.umap_kernels", *flags], env={**os.environ,
                    "VLM_SWEEP_KERNEL_CACHE": cache}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return round(time.perf_counter() - t0, 1)
 
@@ -50,6 +50,7 @@ def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=5000)
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench-kernels"))
+    ap.add_argument("--builds", nargs="+", choices=["corpus", "rows"], default=["corpus", "rows"])
     args = ap.parse_args()
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
@@ -59,16 +60,16 @@ def main() -> dict:
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results: dict[str, dict] = {}
     cases = (("off", "off"), ("cold", cache), ("filled by setup", cache), ("warm", cache))
-    for case, folder in cases:
+    for case, folder in cases if "corpus" in args.builds else ():
         filled = {"fill_s": fill(cache)} if case == "filled by setup" else {}
         out = args.out / f"corpus-{case.replace(' ', '-')}"
         results[f"corpus/{case}"] = filled | run(
             [str(VLM_SWEEP), "data", "build", "--source", str(corpus / "sharegpt4v_sample.jsonl"), "--images",
              str(corpus / "images"), "--out", str(out), "--variants", CORPUS_VARIANTS], folder, out / "manifest.json")
         print(json.dumps({f"corpus/{case}": results[f"corpus/{case}"]}), flush=True)
-    shutil.rmtree(cache)
-    for case, folder in cases:
-        filled = {"fill_s": fill(cache)} if case == "filled by setup" else {}
+    shutil.rmtree(cache, ignore_errors=True)
+    for case, folder in cases if "rows" in args.builds else ():
+        filled = {"fill_s": fill(cache, "--nn-descent")} if case == "filled by setup" else {}
         out = args.out / f"rows{args.rows}-{case.replace(' ', '-')}"
         results[f"rows{args.rows}/{case}"] = filled | run(
             [sys.executable, str(BENCH / "data_build.py"), "--rows", str(args.rows), "--compare_rows", "200", "--out",

@@ -63,7 +63,8 @@ def _fit_transform(n_components: int, cfg: UmapConfig, seed: int, embeddings: np
     the fit's own neighbour path (:data:`SMALL_DATA_ROWS`), under the kernel cache's lock (``compile_once``)."""
     approximate = len(embeddings) >= SMALL_DATA_ROWS
     rows = embeddings[:WARM_UP_ROWS]
-    compile_once(call_kind("fit", approximate), lambda: _warm_up_model(n_components, cfg, seed, rows, approximate))
+    compile_once(call_kind("fit", approximate), lambda: _warm_up_model(n_components, cfg, seed, rows, approximate),
+                 fill=not approximate)
     reducer = _umap(n_components, cfg, seed, len(embeddings))
     return reducer, reducer.fit_transform(embeddings)
 
@@ -73,18 +74,19 @@ def _warm_up_model(n_components: int, cfg: UmapConfig, seed: int, rows: np.ndarr
     return _umap(n_components, cfg, seed, len(rows), n_epochs=5, force_approximation_algorithm=approximate).fit(rows)
 
 
-def fill_kernel_cache(dim: int = 384, seed: int = 0) -> list[str]:
-    """Compile (or load) the kernels of every kind of UMAP call a data build makes — a fit and a transform on each
-    neighbour path — into this machine's kernel cache (``python -m data_pipeline.umap_kernels``), on random rows of
-    the embedder's width and dtype (numba specialises on types, not sizes). Returns the kinds."""
+def fill_kernel_cache(paths: tuple[bool, ...] = (False, True), dim: int = 384, seed: int = 0) -> list[str]:
+    """Compile (or load) the kernels of a fit and a transform on each neighbour path of ``paths`` (False: exact, below
+    :data:`SMALL_DATA_ROWS` fit rows; True: NN-descent) into this machine's kernel cache (``python -m
+    data_pipeline.umap_kernels``), on random rows of the embedder's width and dtype (numba specialises on types, not
+    sizes). Returns the kinds."""
     rows = np.random.default_rng(seed).normal(size=(WARM_UP_ROWS, dim)).astype(np.float32)
     cfg = UmapConfig()
-    for approximate in (False, True):
+    for approximate in paths:
         compile_once(call_kind("fit", approximate),
                      lambda: _warm_up_model(cfg.n_components, cfg, seed, rows, approximate))
         compile_once(call_kind("transform", approximate),
                      lambda: _warm_up_model(cfg.n_components, cfg, seed, rows, approximate).transform(rows[:8]))
-    return [call_kind(call, approximate) for approximate in (False, True) for call in ("fit", "transform")]
+    return [call_kind(call, approximate) for approximate in paths for call in ("fit", "transform")]
 
 
 def fit_plot_layout(embeddings: np.ndarray, umap_cfg: UmapConfig, seed: int) -> np.ndarray:
@@ -142,7 +144,7 @@ def assign_counted(space: FittedSpace, embeddings: np.ndarray) -> tuple[np.ndarr
     emb = np.asarray(embeddings, dtype=np.float32)
     # the warm-up transforms with a copy: a transform on NN-descent's index advances its search state
     compile_once(call_kind("transform", not space.umap._small_data),
-                 lambda: copy.deepcopy(space.umap).transform(emb[:WARM_UP_ROWS]))
+                 lambda: copy.deepcopy(space.umap).transform(emb[:WARM_UP_ROWS]), fill=space.umap._small_data)
     coords = space.umap.transform(emb).astype(np.float32)
     lost = placed_by_nearest(coords)
     if lost.any():

@@ -48,8 +48,6 @@ def call_kind(call: str, approximate: bool) -> str:
     return f"{call}-{'nndescent' if approximate else 'exact'}"
 
 
-KINDS = tuple(call_kind(call, approximate) for approximate in (False, True) for call in ("fit", "transform"))
-
 
 def cache_key() -> str:
     """What the cached kernels depend on: library versions, Python, and the CPU they were compiled for."""
@@ -125,7 +123,7 @@ def _disable_caching(packages: tuple[str, ...]) -> None:
                 obj._cache = NullCache()  # what Dispatcher.__init__ sets when caching is off
 
 
-def compile_once(kind: str, warm_up: Callable[[], object]) -> None:
+def compile_once(kind: str, warm_up: Callable[[], object], fill: bool = True) -> None:
     """The first time this process makes a UMAP call of ``kind`` (a fit or a transform, on one of umap-learn's two
     neighbour paths: each compiles kernels of its own), run ``warm_up`` — that call on a few rows, on objects the real
     call does not use — holding the cache folder's lock, and mark ``kind`` filled (``<kind>.done`` in the folder);
@@ -135,7 +133,12 @@ def compile_once(kind: str, warm_up: Callable[[], object]) -> None:
     When another process holds the lock and ``kind`` is not yet filled, it is compiling these kernels into the cache
     right now: rather than wait for it (on a cold cache each process would compile in turn, on one core), this process
     stops using the cache and compiles in memory, as umap-learn does, at the same time. Once ``kind`` is filled,
-    later processes wait for the lock (a load takes about a second) and read the cache."""
+    later processes wait for the lock (a load takes about a second) and read the cache.
+
+    ``fill=False``: read ``kind``'s kernels if they are filled, but never compile them into the cache here (compile
+    in memory instead): for the NN-descent path, whose kernels cost a build ~90 s more to compile into the cache than
+    in memory (BENCHMARKS.md "UMAP's kernel cache"); ``python -m data_pipeline.umap_kernels --nn-descent`` fills
+    them."""
     umap_module()
     folder = _state["dir"]
     if kind in _state["used"]:
@@ -146,6 +149,8 @@ def compile_once(kind: str, warm_up: Callable[[], object]) -> None:
         filled = Path(folder) / f"{kind}.done"
         lock = FileLock(Path(folder) / LOCK_FILE)  # per process and per thread: flock on the folder's lock file
         try:
+            if not (fill or filled.exists()):
+                raise Timeout(lock.lock_file)
             lock.acquire(timeout=-1 if filled.exists() else 0)
         except Timeout:
             _disable_caching(("umap", "pynndescent"))
@@ -160,16 +165,26 @@ def compile_once(kind: str, warm_up: Callable[[], object]) -> None:
     _state["used"].add(kind)
 
 
-def main() -> None:
-    """``python -m data_pipeline.umap_kernels``: fill this machine's kernel cache with every kind of UMAP call a data
-    build makes, unless it is filled (``scripts/setup.sh`` runs it, so that a machine's first build reads the kernels
-    instead of compiling them: compiling into numba's cache costs about 1.6× compiling in memory, BENCHMARKS.md)."""
+def main(argv: list[str] | None = None) -> None:
+    """``python -m data_pipeline.umap_kernels [--nn-descent]``: fill this machine's kernel cache with a fit and a
+    transform on umap-learn's exact-neighbour path (what builds of fewer than 4,096 fit rows run: the main job's, the
+    tests'), and with ``--nn-descent`` on NN-descent's too, unless filled. ``scripts/setup.sh`` runs it without the
+    flag, so that a machine's first small build reads the kernels instead of compiling them (compiling into numba's
+    cache costs about 1.6× compiling in memory; BENCHMARKS.md "UMAP's kernel cache"); a large build's NN-descent fit
+    takes minutes, beside which its first compile is small, and fills that path itself."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Fill this machine's UMAP kernel cache.")
+    ap.add_argument("--nn-descent", action="store_true", help="also the NN-descent path (fits of >= 4,096 rows)")
+    args = ap.parse_args(argv)
+    paths = (False, True) if args.nn_descent else (False,)
     folder = cache_dir()
-    if folder is None or all((folder / f"{kind}.done").is_file() for kind in KINDS):
+    wanted = [call_kind(call, approximate) for approximate in paths for call in ("fit", "transform")]
+    if folder is None or all((folder / f"{kind}.done").is_file() for kind in wanted):
         return
     from .reduce import fill_kernel_cache
 
-    print(f"UMAP's kernels compiled into {folder}: {', '.join(fill_kernel_cache())}")
+    print(f"UMAP's kernels compiled into {folder}: {', '.join(fill_kernel_cache(paths))}")
 
 
 if __name__ == "__main__":

