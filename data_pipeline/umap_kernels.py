@@ -27,12 +27,13 @@ So, in each process that uses UMAP:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from vlm_core.base.hashing import json_digest
 
@@ -71,6 +72,19 @@ def cache_dir() -> Path | None:
     return base / cache_key()
 
 
+@contextlib.contextmanager
+def _locked(folder: Path | None) -> Iterator[None]:
+    """The kernel folder's lock (``flock`` on its lock file: per node, released if the process dies); nothing when
+    the cache is off."""
+    if folder is None:
+        yield
+        return
+    from filelock import FileLock  # what vlm_core.base.outputs.build_once locks with (a transformers dependency)
+
+    with FileLock(Path(folder) / LOCK_FILE):
+        yield
+
+
 def umap_module():
     """``umap``, imported with its kernels cached in :func:`cache_dir` (see the module docstring)."""
     if _state["dir"] is None:
@@ -81,8 +95,11 @@ def umap_module():
 
             numba.config.CACHE_DIR = str(folder)  # what a kernel's cache locator reads when caching is enabled
             os.environ["NUMBA_CACHE_DIR"] = str(folder)  # and processes started from this one
-        import pynndescent  # noqa: F401  (its @njit(cache=True) kernels now cache in the folder too)
-        import umap
+        # importing pynndescent compiles (and, with the folder set, writes) its kernels that declare signatures:
+        # under the lock too, like every other write of the folder
+        with _locked(folder):
+            import pynndescent  # noqa: F401  (its @njit(cache=True) kernels now cache in the folder too)
+            import umap
 
         if folder is not None:
             _enable_caching(("umap", "pynndescent"))
@@ -110,11 +127,22 @@ def _enable_caching(packages: tuple[str, ...]) -> None:
 
 
 def _disable_caching(packages: tuple[str, ...]) -> None:
-    """Turn numba's disk cache off again for every kernel of ``packages`` (what :func:`_enable_caching` and
-    pynndescent's ``cache=True`` turned on): later compiles of this process stay in memory."""
+    """Stop this process from writing the shared cache: every kernel of ``packages`` that has a cache gets numba's
+    ``NullCache`` again, and numba's cache folder moves to a private one removed at exit — pynndescent makes kernels
+    with ``cache=True`` on the fly (its NN-descent closures), and those would otherwise write the shared folder
+    unlocked."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import numba
     from numba.core.caching import NullCache
     from numba.core.dispatcher import Dispatcher
 
+    private = tempfile.mkdtemp(prefix="vlm-sweep-numba-")
+    atexit.register(shutil.rmtree, private, True)
+    numba.config.CACHE_DIR = private
+    os.environ["NUMBA_CACHE_DIR"] = private
     for name, module in list(sys.modules.items()):
         if module is None or name.split(".")[0] not in packages:
             continue
