@@ -1,6 +1,6 @@
 """UMAP's kernel cache (``data_pipeline.umap_kernels``) on whole data builds, side by side in one run: the same build
 with the cache off (every process compiles, as umap-learn does), on an empty cache (a first build that compiles),
-on a cache filled beforehand (``python -m data_pipeline.umap_kernels``, as ``scripts/setup.sh`` runs it, for the
+on a cache filled beforehand (``python -m data_pipeline.fill_kernels``, as ``scripts/setup.sh`` runs it, for the
 corpus's build; with ``--nn-descent`` for the generated rows'; timed apart), and on the cache a build filled (every
 later build), in that order, each in a fresh process and output folder.
 
@@ -31,7 +31,7 @@ def fill(cache: str, *flags: str) -> float:
     """An empty cache filled as ``scripts/setup.sh`` fills it (``--nn-descent``: NN-descent's kernels too); seconds."""
     shutil.rmtree(cache, ignore_errors=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "data_pipeline.umap_kernels", *flags], env={**os.environ,
+    subprocess.run([sys.executable, "-m", "data_pipeline.fill_kernels", *flags], env={**os.environ,
                    "VLM_SWEEP_KERNEL_CACHE": cache}, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return round(time.perf_counter() - t0, 1)
 

@@ -77,7 +77,7 @@ def _warm_up_model(n_components: int, cfg: UmapConfig, seed: int, rows: np.ndarr
 def fill_kernel_cache(paths: tuple[bool, ...] = (False, True), dim: int = 384, seed: int = 0) -> list[str]:
     """Compile (or load) the kernels of a fit and a transform on each neighbour path of ``paths`` (False: exact, below
     :data:`SMALL_DATA_ROWS` fit rows; True: NN-descent) into this machine's kernel cache (``python -m
-    data_pipeline.umap_kernels``), on random rows of the embedder's width and dtype (numba specialises on types, not
+    data_pipeline.fill_kernels``), on random rows of the embedder's width and dtype (numba specialises on types, not
     sizes). Returns the kinds."""
     rows = np.random.default_rng(seed).normal(size=(WARM_UP_ROWS, dim)).astype(np.float32)
     cfg = UmapConfig()

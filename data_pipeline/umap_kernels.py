@@ -165,7 +165,7 @@ def compile_once(kind: str, warm_up: Callable[[], object], fill: bool = True) ->
 
     ``fill=False``: read ``kind``'s kernels if they are filled, but never compile them into the cache here (compile
     in memory instead): for the NN-descent path, whose kernels cost a build ~90 s more to compile into the cache than
-    in memory (BENCHMARKS.md "UMAP's kernel cache"); ``python -m data_pipeline.umap_kernels --nn-descent`` fills
+    in memory (BENCHMARKS.md "UMAP's kernel cache"); ``python -m data_pipeline.fill_kernels --nn-descent`` fills
     them."""
     umap_module()
     folder = _state["dir"]
@@ -191,29 +191,3 @@ def compile_once(kind: str, warm_up: Callable[[], object], fill: bool = True) ->
             finally:
                 lock.release()
     _state["used"].add(kind)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m data_pipeline.umap_kernels [--nn-descent]``: fill this machine's kernel cache with a fit and a
-    transform on umap-learn's exact-neighbour path (what builds of fewer than 4,096 fit rows run: the main job's, the
-    tests'), and with ``--nn-descent`` on NN-descent's too, unless filled. ``scripts/setup.sh`` runs it without the
-    flag, so that a machine's first small build reads the kernels instead of compiling them (compiling into numba's
-    cache costs about 1.6× compiling in memory; BENCHMARKS.md "UMAP's kernel cache"); a large build's NN-descent fit
-    takes minutes, beside which its first compile is small, and fills that path itself."""
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Fill this machine's UMAP kernel cache.")
-    ap.add_argument("--nn-descent", action="store_true", help="also the NN-descent path (fits of >= 4,096 rows)")
-    args = ap.parse_args(argv)
-    paths = (False, True) if args.nn_descent else (False,)
-    folder = cache_dir()
-    wanted = [call_kind(call, approximate) for approximate in paths for call in ("fit", "transform")]
-    if folder is None or all((folder / f"{kind}.done").is_file() for kind in wanted):
-        return
-    from .reduce import fill_kernel_cache
-
-    print(f"UMAP's kernels compiled into {folder}: {', '.join(fill_kernel_cache(paths))}")
-
-
-if __name__ == "__main__":
-    main()

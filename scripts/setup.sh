@@ -22,7 +22,7 @@ fi
 # UMAP's numba kernels for builds under 4,096 fit rows, compiled once into this machine's cache
 # (~/.cache/vlm-sweep/numba, or $VLM_SWEEP_KERNEL_CACHE; data_pipeline/umap_kernels.py), so that the first data
 # build reads them: ~30 s the first time, a second once filled
-.venv/bin/python -m data_pipeline.umap_kernels
+.venv/bin/python -m data_pipeline.fill_kernels
 # Optional, best effort: Debian's English-Indonesian FreeDict dictionary for the offline `dictionary`
 # translator (data build --translate.name dictionary). Everything else works without it.
 if [ ! -f /usr/share/dictd/freedict-eng-ind.index ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

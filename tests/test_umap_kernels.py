@@ -112,12 +112,12 @@ def test_the_warm_up_under_the_lock_compiles_every_kernel_the_real_call_runs(tmp
     """The lock covers only the warm-up (a few rows), so the real fit and transform run unlocked beside other
     processes': that is safe only if they compile nothing the warm-up did not (a kernel first compiled outside the
     lock would be written to the cache outside it). Checked on both of umap-learn's neighbour paths (exact below
-    4,096 fit rows, on an empty cache; NN-descent at or above, on a cache ``python -m data_pipeline.umap_kernels
+    4,096 fit rows, on an empty cache; NN-descent at or above, on a cache ``python -m data_pipeline.fill_kernels
     --nn-descent`` filled from other rows), by numba's own record of compiled signatures."""
     env = {**os.environ, KERNEL_CACHE_ENV: str(tmp_path / "kernels"),
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     if path == "nndescent":  # a build never compiles NN-descent's kernels into the cache: filled beforehand
-        filled = subprocess.run([sys.executable, "-m", "data_pipeline.umap_kernels", "--nn-descent"], env=env,
+        filled = subprocess.run([sys.executable, "-m", "data_pipeline.fill_kernels", "--nn-descent"], env=env,
                                 capture_output=True, text=True, timeout=600)
         assert filled.returncode == 0, filled.stderr[-3000:]
     got = subprocess.run([sys.executable, "-c", WARM_UP_SCRIPT, str(rows)], env=env, capture_output=True, text=True,
