@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     paths = (False, True) if args.nn_descent else (False,)
     folder = umap_kernels.cache_dir()
-    wanted = [umap_kernels.call_kind(call, approximate) for approximate in paths for call in ("fit", "transform")]
+    wanted = umap_kernels.call_kinds(paths)
     if folder is None or all((folder / f"{kind}.done").is_file() for kind in wanted):
         return
     print(f"UMAP's kernels compiled into {folder}: {', '.join(fill_kernel_cache(paths))}")

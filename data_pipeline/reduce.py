@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .config import ClusterConfig, UmapConfig
-from .umap_kernels import call_kind, compile_once, umap_module
+from .umap_kernels import call_kind, call_kinds, compile_once, umap_module
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def fill_kernel_cache(paths: tuple[bool, ...] = (False, True), dim: int = 384, s
                      lambda: _warm_up_model(cfg.n_components, cfg, seed, rows, approximate))
         compile_once(call_kind("transform", approximate),
                      lambda: _warm_up_model(cfg.n_components, cfg, seed, rows, approximate).transform(rows[:8]))
-    return [call_kind(call, approximate) for approximate in paths for call in ("fit", "transform")]
+    return call_kinds(paths)
 
 
 def fit_plot_layout(embeddings: np.ndarray, umap_cfg: UmapConfig, seed: int) -> np.ndarray:

@@ -49,6 +49,10 @@ def call_kind(call: str, approximate: bool) -> str:
     return f"{call}-{'nndescent' if approximate else 'exact'}"
 
 
+def call_kinds(paths: tuple[bool, ...]) -> list[str]:
+    """The kinds of a fit and a transform on each neighbour path of ``paths`` (False: exact; True: NN-descent)."""
+    return [call_kind(call, approximate) for approximate in paths for call in ("fit", "transform")]
+
 
 def cache_key() -> str:
     """What the cached kernels depend on: library versions, Python, and the CPU they were compiled for."""
@@ -72,16 +76,21 @@ def cache_dir() -> Path | None:
     return base / cache_key()
 
 
+def _folder_lock(folder: Path):
+    """The kernel folder's lock: ``flock`` on its lock file, per node, released if the process dies (filelock's
+    ``FileLock``, what vlm_core.base.outputs.build_once locks with; a transformers dependency)."""
+    from filelock import FileLock
+
+    return FileLock(Path(folder) / LOCK_FILE)
+
+
 @contextlib.contextmanager
 def _locked(folder: Path | None) -> Iterator[None]:
-    """The kernel folder's lock (``flock`` on its lock file: per node, released if the process dies); nothing when
-    the cache is off."""
+    """:func:`_folder_lock` held; nothing when the cache is off."""
     if folder is None:
         yield
         return
-    from filelock import FileLock  # what vlm_core.base.outputs.build_once locks with (a transformers dependency)
-
-    with FileLock(Path(folder) / LOCK_FILE):
+    with _folder_lock(folder):
         yield
 
 
@@ -116,14 +125,19 @@ def umap_module():
 def _enable_caching(packages: tuple[str, ...]) -> None:
     """Turn on numba's disk cache for every not-yet-compiled kernel of ``packages`` (umap-learn's are not cached;
     pynndescent's, imported before ``CACHE_DIR`` was set, would cache beside their sources)."""
+    for dispatcher in _dispatchers(packages):
+        if not dispatcher.signatures:
+            dispatcher.enable_caching()
+
+
+def _dispatchers(packages: tuple[str, ...]):
+    """Every numba kernel (``Dispatcher``) defined at module level in the imported modules of ``packages``."""
     from numba.core.dispatcher import Dispatcher
 
     for name, module in list(sys.modules.items()):
         if module is None or name.split(".")[0] not in packages:
             continue
-        for obj in list(vars(module).values()):
-            if isinstance(obj, Dispatcher) and not obj.signatures:
-                obj.enable_caching()
+        yield from (obj for obj in list(vars(module).values()) if isinstance(obj, Dispatcher))
 
 
 def _disable_caching(packages: tuple[str, ...]) -> None:
@@ -137,18 +151,13 @@ def _disable_caching(packages: tuple[str, ...]) -> None:
 
     import numba
     from numba.core.caching import NullCache
-    from numba.core.dispatcher import Dispatcher
 
     private = tempfile.mkdtemp(prefix="vlm-sweep-numba-")
     atexit.register(shutil.rmtree, private, True)
     numba.config.CACHE_DIR = private
     os.environ["NUMBA_CACHE_DIR"] = private
-    for name, module in list(sys.modules.items()):
-        if module is None or name.split(".")[0] not in packages:
-            continue
-        for obj in list(vars(module).values()):
-            if isinstance(obj, Dispatcher):
-                obj._cache = NullCache()  # what Dispatcher.__init__ sets when caching is off
+    for dispatcher in _dispatchers(packages):
+        dispatcher._cache = NullCache()  # what Dispatcher.__init__ sets when caching is off
 
 
 def compile_once(kind: str, warm_up: Callable[[], object], fill: bool = True) -> None:
@@ -172,22 +181,25 @@ def compile_once(kind: str, warm_up: Callable[[], object], fill: bool = True) ->
     if kind in _state["used"]:
         return
     if folder:
-        from filelock import FileLock, Timeout  # what vlm_core.base.outputs.build_once locks with
+        from filelock import Timeout
 
-        filled = Path(folder) / f"{kind}.done"
-        lock = FileLock(Path(folder) / LOCK_FILE)  # per process and per thread: flock on the folder's lock file
-        try:
-            if not (fill or filled.exists()):
-                raise Timeout(lock.lock_file)
-            lock.acquire(timeout=-1 if filled.exists() else 0)
-        except Timeout:
+        marker = Path(folder) / f"{kind}.done"
+        filled = marker.exists()
+        lock, held = _folder_lock(folder), False
+        if fill or filled:
+            try:
+                lock.acquire(timeout=-1 if filled else 0)  # filled: wait for a load; not filled: only if free
+                held = True
+            except Timeout:
+                pass
+        if not held:
             _disable_caching(("umap", "pynndescent"))
             _state["dir"] = False
         else:
             try:
                 warm_up()
-                if not filled.exists():
-                    filled.touch()
+                if not filled:
+                    marker.touch()
             finally:
                 lock.release()
     _state["used"].add(kind)
